@@ -1,0 +1,1 @@
+"""Image captioning helpers shared by the notebooks, the command line and the tests."""

@@ -1,0 +1,51 @@
+"""Shared test fixtures. Every test runs with the network blocked: nothing here may download."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+class NetworkBlocked(RuntimeError):
+    """Raised when a test tries to reach a non-loopback address."""
+
+
+_real_connect = socket.socket.connect
+
+
+def _guarded_connect(self, address):
+    host = address[0] if isinstance(address, tuple) else address
+    if isinstance(host, str) and (host in ("localhost", "::1") or host.startswith("127.")):
+        return _real_connect(self, address)
+    if self.family == socket.AF_UNIX:
+        return _real_connect(self, address)
+    raise NetworkBlocked(f"test tried to reach the network: {address!r}")
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    """An empty TORCH_HOME: weights must be planted there, never downloaded."""
+    home = tmp_path / "torch_home"
+    (home / "hub" / "checkpoints").mkdir(parents=True)
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory):
+    """A small synthetic dataset in the Flickr8k layout, shared by the whole session (read-only)."""
+    from helpers.demo import make_demo_dataset
+
+    out = tmp_path_factory.mktemp("demo") / "flickr_demo"
+    make_demo_dataset(out, num_images=120, seed=0)
+    return out

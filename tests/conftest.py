@@ -26,9 +26,19 @@ def _guarded_connect(self, address):
     raise NetworkBlocked(f"test tried to reach the network: {address!r}")
 
 
+_real_getaddrinfo = socket.getaddrinfo
+
+
+def _guarded_getaddrinfo(host, *args, **kwargs):
+    if host in (None, "localhost", "::1") or (isinstance(host, str) and host.startswith("127.")):
+        return _real_getaddrinfo(host, *args, **kwargs)
+    raise NetworkBlocked(f"test tried to resolve a network host: {host!r}")
+
+
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
+    monkeypatch.setattr(socket, "getaddrinfo", _guarded_getaddrinfo)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 

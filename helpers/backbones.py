@@ -1,0 +1,181 @@
+"""CNN backbones: a registry of the choices with their facts, the one image transform per backbone,
+and `ImageEncoder`, the course module's encoder extended to ResNet50/101 and RegNet-X-400MF.
+
+Weights come from torchvision's `weights=` enums and are cached under `$TORCH_HOME/hub/checkpoints`;
+a file already there loads without network access.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.transforms import v2 as transforms
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """What a user wants to know before choosing a backbone (all measured, see BACKBONE_GUIDE.md)."""
+
+    name: str
+    parameters: int  # whole classification network, as torchvision reports it
+    out_channels: int  # channels of the last feature map
+    feature_size: int  # spatial side of the feature map at `image_size`
+    image_size: int  # centre-crop side the weights were trained with
+    resize_size: int  # short side before the crop, from the weights' own transform
+    batch_size: int  # recommended training batch on a 16 GB T4 when fine-tuning
+    weights: str  # torchvision enum member used for pretrained=True
+    description: str
+
+    @property
+    def weights_enum(self) -> torchvision.models.WeightsEnum:
+        enum_name, member = self.weights.split(".")
+        return getattr(getattr(torchvision.models, enum_name), member)
+
+    @property
+    def weights_file(self) -> str:
+        """File name under $TORCH_HOME/hub/checkpoints where the pretrained weights are cached."""
+        return self.weights_enum.url.rsplit("/", 1)[-1]
+
+    def feature_bytes(self, image_size: int | None = None, dtype_bytes: int = 2) -> int:
+        """Bytes of one image's stored feature map (float16 by default)."""
+        side = math.ceil((image_size or self.image_size) / 32)
+        return self.out_channels * side * side * dtype_bytes
+
+
+BACKBONES: dict[str, BackboneInfo] = {
+    "resnet50": BackboneInfo(
+        name="resnet50", parameters=25_557_032, out_channels=2048, feature_size=7, image_size=224,
+        resize_size=232, batch_size=128, weights="ResNet50_Weights.IMAGENET1K_V2",
+        description="Default: strong features at moderate cost.",
+    ),
+    "resnet101": BackboneInfo(
+        name="resnet101", parameters=44_549_160, out_channels=2048, feature_size=7, image_size=224,
+        resize_size=232, batch_size=64, weights="ResNet101_Weights.IMAGENET1K_V2",
+        description="Deeper ResNet: slightly better features, about twice the compute of ResNet50.",
+    ),
+    "regnet_x_400mf": BackboneInfo(
+        name="regnet_x_400mf", parameters=5_495_976, out_channels=400, feature_size=7, image_size=224,
+        resize_size=232, batch_size=256, weights="RegNet_X_400MF_Weights.IMAGENET1K_V2",
+        description="The course module's backbone: small and fast; 400 channels (not 1280).",
+    ),
+}
+DEFAULT_BACKBONE = "resnet50"
+
+
+def get_backbone(name: str) -> BackboneInfo:
+    """Registry lookup with an error that lists the valid names."""
+    try:
+        return BACKBONES[name]
+    except (KeyError, TypeError):
+        valid = ", ".join(repr(n) for n in BACKBONES)
+        raise ValueError(f"Unknown backbone {name!r}; choose one of {valid}.") from None
+
+
+def image_transform(backbone: str = DEFAULT_BACKBONE, image_size: int | None = None):
+    """PIL RGB image -> float tensor (3, S, S) in [0, 1]: resize the short side, centre crop.
+
+    Not normalised: `ImageEncoder.forward` applies the ImageNet normalisation, as the course module does.
+    The resize/crop ratio follows the backbone's weights (232/224 for all three here).
+    """
+    info = get_backbone(backbone)
+    size = image_size or info.image_size
+    resize = round(size * info.resize_size / info.image_size)
+    return transforms.Compose(
+        [
+            transforms.ToImage(),
+            transforms.Resize(resize, interpolation=transforms.InterpolationMode.BILINEAR, antialias=True),
+            transforms.CenterCrop(size),
+            transforms.ToDtype(torch.float32, scale=True),
+        ]
+    )
+
+
+class PretrainedWeightsUnavailable(RuntimeError):
+    """The pretrained weights are neither cached nor downloadable."""
+
+
+def _load_weights(info: BackboneInfo) -> dict[str, torch.Tensor]:
+    checkpoints = f"{torch.hub.get_dir()}/checkpoints"
+    try:
+        return info.weights_enum.get_state_dict(progress=True)
+    except Exception as error:  # urllib, socket and SSL errors all mean the same thing to the user
+        raise PretrainedWeightsUnavailable(
+            f"Could not load the pretrained {info.name} weights ({info.weights}): {error}.\n"
+            f"They are looked up in {checkpoints}/{info.weights_file} and downloaded when missing.\n"
+            "On Kaggle: turn Internet on (notebook sidebar -> Session options -> Internet), or attach a "
+            f"dataset holding {info.weights_file} and copy it into {checkpoints}/. "
+            "Elsewhere: check the network, or pass pretrained=False to train from random weights."
+        ) from error
+
+
+def _trunk(name: str, network: nn.Module) -> nn.Sequential:
+    """The network without its pooling and classifier: images -> last spatial feature map."""
+    if name.startswith("resnet"):
+        return nn.Sequential(*list(network.children())[:-2])
+    return nn.Sequential(network.stem, network.trunk_output)
+
+
+class ImageEncoder(nn.Module):
+    """CNN trunk that maps images to spatial features (N, C, H/32, W/32).
+
+    Accepts uint8 images in [0, 255] or float images in [0, 1] and normalises them with the ImageNet
+    statistics itself, like the course module's encoder.
+    """
+
+    def __init__(self, pretrained: bool = True, backbone: str = DEFAULT_BACKBONE, verbose: bool = True):
+        super().__init__()
+        info = get_backbone(backbone)
+        self.backbone = info.name
+        self.info = info
+        network = getattr(torchvision.models, info.name)(weights=None)
+        if pretrained:
+            network.load_state_dict(_load_weights(info))
+        self.weights_name = info.weights if pretrained else "random"
+        self.num_parameters = sum(p.numel() for p in network.parameters())
+        self.cnn = _trunk(info.name, network)
+        self.mean = IMAGENET_MEAN
+        self.std = IMAGENET_STD
+        self.register_buffer("_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        was_training = self.cnn.training
+        self.cnn.eval()
+        with torch.no_grad():
+            self._out_channels = self.cnn(torch.zeros(1, 3, 64, 64)).shape[1]
+        self.cnn.train(was_training)
+        if verbose:
+            print(
+                f"ImageEncoder: {info.name} ({self.weights_name}), "
+                f"{self.num_parameters / 1e6:.2f} M parameters, {self._out_channels} output channels"
+            )
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of the feature map, measured from the network at construction."""
+        return self._out_channels
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [0, 255] or float [0, 1] images -> ImageNet-normalised floats."""
+        if not images.is_floating_point():
+            images = images.float() / 255.0
+        return (images - self._mean.to(images.dtype)) / self._std.to(images.dtype)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(
+                f"ImageEncoder expects images of shape (N, 3, H, W); got {tuple(images.shape)}."
+            )
+        return self.cnn(self.normalize(images))
+
+    def trainable_stages(self) -> list[nn.Module]:
+        """The trunk's stages from input to output, for fine-tuning the last few."""
+        if self.backbone.startswith("resnet"):
+            return list(self.cnn.children())
+        stem, trunk = self.cnn
+        return [stem, *trunk.children()]

@@ -1,0 +1,477 @@
+"""Vocabulary, encoded captions, splits and a manifest, prepared once in a work dir.
+
+``prepare_dataset`` writes ``work_dir/data/<key>/``, ``key`` being the dataset name and a hash of
+every setting and of the caption files' contents, so different settings never share artifacts:
+
+* ``vocab.json``: the vocabulary, built from the training split only;
+* ``captions.npy`` (M, max_caption_length + 2) int32 and ``caption_image.npy`` (M,) int32: the
+  encoded captions, grouped by split (train, val, test; ranges in the manifest), each with the
+  index of its image in that split's list;
+* ``splits.json``: split -> sorted image file names (relative to the image folder);
+* ``references.json``: split -> {image: [every caption, tokenized and space-joined]} for metrics;
+* ``manifest.json``: source, counts, hashes, settings, truncated captions and dropped rows.
+
+A second call with the same settings reuses the folder (it is trusted when its manifest says
+complete and every file it lists has the recorded size). The folder is built aside and renamed into
+place, so an interrupted call leaves nothing that a later call would trust.
+
+Bad rows (empty captions, duplicates, images missing or empty on disk) are dropped and reported by
+file and row; images on disk without captions are reported and left out. Broken files (missing,
+wrong header, invalid json, a Karpathy split that does not fit the images) are errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from .sources import (
+    IMAGE_EXTENSIONS,
+    DatasetFormatError,
+    DatasetLayout,
+    KarpathySplit,
+    download_dataset,
+    download_karpathy_split,
+    image_key,
+    read_karpathy_split,
+)
+from .text import Vocabulary, tokenize
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+DEMO_IMAGES = 300
+_EXAMPLES_PER_REASON = 20
+_FILES = ("vocab.json", "captions.npy", "caption_image.npy", "splits.json", "references.json")
+
+
+class PreparedDataset:
+    """Access to the artifacts of one ``prepare_dataset`` call (see the module docstring)."""
+
+    def __init__(self, root: Path, manifest: dict, vocab: Vocabulary, splits: dict[str, list[str]]):
+        self.root = Path(root)
+        self.manifest = manifest
+        self.dataset: str = manifest["dataset"]
+        self.key: str = manifest["key"]
+        self.image_dir = Path(manifest["source"]["image_dir"])
+        self.max_caption_length: int = manifest["settings"]["max_caption_length"]
+        self.vocab = vocab
+        self.splits = splits
+        self._arrays: tuple[np.ndarray, np.ndarray] | None = None
+        self._references: dict | None = None
+
+    @classmethod
+    def load(cls, root: str | os.PathLike) -> PreparedDataset:
+        """Open a prepared folder; refuses one that is incomplete (an interrupted build)."""
+        root = Path(root)
+        manifest = _trusted_manifest(root)
+        if manifest is None:
+            raise FileNotFoundError(
+                f"{root} is not a complete prepared dataset (no complete manifest.json); run prepare_dataset"
+            )
+        splits = json.loads((root / "splits.json").read_text(encoding="utf-8"))
+        return cls(root, manifest, Vocabulary.load(root / "vocab.json"), splits)
+
+    def _check_split(self, split: str) -> None:
+        if split not in self.splits:
+            raise KeyError(f"unknown split {split!r}; {self.key} has {sorted(self.splits)}")
+
+    def captions(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(encoded captions (M, T+2) int32, index of each caption's image in ``splits[split]`` (M,))."""
+        self._check_split(split)
+        if self._arrays is None:
+            self._arrays = (np.load(self.root / "captions.npy"), np.load(self.root / "caption_image.npy"))
+        start, end = self.manifest["caption_ranges"][split]
+        encoded, image_index = self._arrays
+        return encoded[start:end], image_index[start:end]
+
+    def references(self, split: str) -> dict[str, list[str]]:
+        """image file name -> its reference captions (tokenized, space-joined, not truncated)."""
+        self._check_split(split)
+        if self._references is None:
+            self._references = json.loads((self.root / "references.json").read_text(encoding="utf-8"))
+        return self._references[split]
+
+    def image_path(self, filename: str) -> Path:
+        return self.image_dir / filename
+
+    def summary(self) -> str:
+        """One line with the sizes, as printed by ``prepare_dataset``."""
+        counts = self.manifest["counts"]
+        images = " / ".join(f"{s} {counts['images'][s]:,}" for s in SPLITS)
+        captions = " / ".join(f"{counts['captions'][s]:,}" for s in SPLITS)
+        dropped = sum(entry["count"] for entry in self.manifest["dropped"].values())
+        min_count = self.manifest["settings"]["min_word_count"]
+        return (
+            f"{self.dataset} ({self.manifest['split_method']} split): images {images}; captions {captions}; "
+            f"vocabulary {len(self.vocab):,} words (min count {min_count}); "
+            f"{counts['truncated_captions']:,} captions cut to {self.max_caption_length} words; "
+            f"{dropped:,} rows dropped -> {self.root}"
+        )
+
+    def __repr__(self) -> str:
+        return f"PreparedDataset({self.summary()})"
+
+
+def prepare_dataset(
+    dataset: str = "flickr8k",
+    data_dir: str | os.PathLike | None = None,
+    work_dir: str | os.PathLike = "work",
+    min_word_count: int = 5,
+    max_caption_length: int = 20,
+    split: str | None = None,
+    val_size: int | float = 0.1,
+    test_size: int | float = 0.1,
+    seed: int = 0,
+    karpathy_json: str | os.PathLike | None = None,
+    max_bad_images: int | None = None,
+    download_timeout: float = 60.0,
+    verbose: bool = True,
+) -> PreparedDataset:
+    """Prepare ``dataset`` ('flickr8k', 'flickr30k', 'coco', 'demo', or any name with ``data_dir``).
+
+    ``data_dir`` skips downloading (the layout is looked for there); 'demo' without it generates
+    the synthetic demo under ``work_dir/sources/demo``. ``split``: 'karpathy' (required), 'seeded'
+    (a split by image from ``seed``, ``val_size``/``test_size`` as fractions or image counts), or
+    None: Karpathy when a split file is given, found next to the data, or (when downloading) on
+    Kaggle, else seeded. ``max_bad_images`` (default 1% of the images, at least 10) is how many
+    images may be missing or empty on disk before this fails instead of dropping them.
+    """
+    if split not in (None, "karpathy", "seeded"):
+        raise ValueError(f"split must be None, 'karpathy' or 'seeded', got {split!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", dataset):
+        raise ValueError(f"dataset name {dataset!r} may only use letters, digits, '_', '.', '-'")
+    work_dir = Path(work_dir)
+    if dataset == "demo" and data_dir is None:
+        from .demo import make_demo_dataset
+
+        data_dir = make_demo_dataset(work_dir / "sources" / "demo", num_images=DEMO_IMAGES)
+    layout = download_dataset(dataset, data_dir, timeout=download_timeout, verbose=verbose)
+    karpathy = _karpathy_source(dataset, layout, split, karpathy_json, downloaded=data_dir is None,
+                                verbose=verbose)
+    settings = {
+        "dataset": dataset, "min_word_count": min_word_count, "max_caption_length": max_caption_length,
+        "split": "karpathy" if karpathy else "seeded", "val_size": None if karpathy else val_size,
+        "test_size": None if karpathy else test_size, "seed": None if karpathy else seed,
+        "max_bad_images": max_bad_images,
+    }
+    source = {
+        "kind": layout.kind,
+        "root": str(layout.root),
+        "image_dir": str(layout.image_dir),
+        "caption_files": [_file_identity(path) for path in layout.caption_files],
+        "karpathy_json": _file_identity(karpathy) if karpathy else None,
+    }
+    key = _artifact_key(dataset, settings, source)
+    root = work_dir / "data" / key
+    manifest = _trusted_manifest(root)
+    if manifest is None:
+        _build(root, layout, karpathy, settings, source, key)
+    elif manifest["source"]["image_dir"] != source["image_dir"]:
+        # Same captions, same settings, but the images now live elsewhere (a new Kaggle mount path).
+        manifest["source"].update(root=source["root"], image_dir=source["image_dir"])
+        _write_json(root / "manifest.json", manifest)
+    prepared = PreparedDataset.load(root)
+    if verbose:
+        print(("prepared " if manifest is None else "reusing ") + prepared.summary())
+        for reason, entry in prepared.manifest["dropped"].items():
+            print(f"  dropped {entry['count']:,} x {reason}, e.g. {'; '.join(entry['examples'][:3])}")
+    return prepared
+
+
+# ----------------------------------------------------------------------------------------------
+# Identity and trust
+
+
+def _file_identity(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return {"name": path.name, "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def _artifact_key(dataset: str, settings: dict, source: dict) -> str:
+    """Dataset name and a hash of the format, the settings and the caption files' contents."""
+    identity = {
+        "format": FORMAT_VERSION,
+        "settings": settings,
+        "caption_files": [(f["name"], f["sha256"]) for f in source["caption_files"]],
+        "karpathy": source["karpathy_json"] and source["karpathy_json"]["sha256"],
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return f"{dataset}-{digest[:12]}"
+
+
+def _trusted_manifest(root: Path) -> dict | None:
+    """The manifest of a completely built folder, else None."""
+    try:
+        manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not manifest.get("complete") or manifest.get("format_version") != FORMAT_VERSION:
+        return None
+    for name, size in manifest.get("files", {}).items():
+        path = root / name
+        if not path.is_file() or path.stat().st_size != size:
+            return None
+    return manifest
+
+
+def _write_json(path: Path, data) -> None:
+    """Write json atomically (temp file renamed into place)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, ensure_ascii=False, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------
+# Splits
+
+
+def _karpathy_source(dataset: str, layout: DatasetLayout, split: str | None,
+                     karpathy_json: str | os.PathLike | None, downloaded: bool, verbose: bool) -> Path | None:
+    """The Karpathy split file to use, or None for a seeded split."""
+    if split == "seeded":
+        return None
+    if karpathy_json is not None:
+        path = Path(karpathy_json)
+        if not path.is_file():
+            raise FileNotFoundError(f"karpathy_json {path} does not exist")
+        return path
+    found = layout.karpathy_json
+    if found is None and downloaded:
+        found = download_karpathy_split(dataset, verbose=verbose)
+    if found is None and split == "karpathy":
+        raise DatasetFormatError(
+            f"split='karpathy' but no Karpathy split file for {dataset!r} was found in {layout.root}; "
+            f"pass karpathy_json=... (dataset_{dataset}.json from Kaggle 'shtvkumar/karpathy-splits') "
+            f"or use split='seeded'"
+        )
+    return found
+
+
+def _split_count(size: int | float, total: int, name: str) -> int:
+    if isinstance(size, float) and 0 <= size < 1:
+        return round(size * total)
+    if isinstance(size, int) and size >= 0:
+        return size
+    raise ValueError(f"{name} must be a fraction in [0, 1) or an image count, got {size!r}")
+
+
+def _seeded_split(images: list[str], val_size, test_size, seed: int) -> dict[str, list[str]]:
+    """A reproducible split by image: shuffle the sorted names with ``seed``, cut test, val, train."""
+    order = sorted(images)
+    random.Random(seed).shuffle(order)
+    n_val = _split_count(val_size, len(order), "val_size")
+    n_test = _split_count(test_size, len(order), "test_size")
+    if n_val + n_test >= len(order):
+        raise ValueError(
+            f"val_size={val_size!r} and test_size={test_size!r} leave no training images out of {len(order)}"
+        )
+    return {
+        "train": sorted(order[n_val + n_test:]),
+        "val": sorted(order[n_test:n_test + n_val]),
+        "test": sorted(order[:n_test]),
+    }
+
+
+def _karpathy_splits(karpathy: KarpathySplit, images: list[str], caption_file: Path,
+                     dropped: dict) -> dict[str, list[str]]:
+    """Our images in the Karpathy split; fails when the split file does not fit the images."""
+    splits: dict[str, list[str]] = {name: [] for name in SPLITS}
+    outside = []
+    for image in sorted(images):
+        split = karpathy.split_of.get(image_key(image))
+        if split is None:
+            outside.append(image)
+        else:
+            splits[split].append(image)
+    matched = len(images) - len(outside)
+    if matched < 0.5 * len(images) or not splits["train"]:
+        json_examples = sorted(karpathy.split_of)[:3]
+        raise DatasetFormatError(
+            f"Karpathy split {karpathy.path} (dataset {karpathy.dataset!r}, "
+            f"{len(karpathy.split_of):,} images) does not fit {caption_file}: only {matched:,} of its "
+            f"{len(images):,} images are in the split "
+            f"({len(splits['train']):,} in train). Examples from the json: {json_examples}; examples "
+            f"from the captions: {sorted(images)[:3]}. Use the split file of this dataset, or split='seeded'."
+        )
+    for image in outside:
+        _drop(dropped, "image not in the Karpathy split", image)
+    return splits
+
+
+# ----------------------------------------------------------------------------------------------
+# Building
+
+
+def _drop(dropped: dict, reason: str, where: str) -> None:
+    entry = dropped.setdefault(reason, {"count": 0, "examples": []})
+    entry["count"] += 1
+    if len(entry["examples"]) < _EXAMPLES_PER_REASON:
+        entry["examples"].append(where)
+
+
+def _images_on_disk(layout: DatasetLayout) -> dict[str, int]:
+    """Image path (relative to the image folder) -> size in bytes, for every image file there."""
+    sizes = {}
+    for subdir in layout.image_subdirs:
+        folder = layout.image_dir / subdir
+        prefix = f"{subdir}/" if subdir else ""
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file():
+                    sizes[prefix + entry.name] = entry.stat().st_size
+    return sizes
+
+
+def _clean_rows(layout: DatasetLayout, max_bad_images: int | None, dropped: dict):
+    """Rows worth keeping as (image, tokens, where); reports the rest into ``dropped``."""
+    table = layout.read()
+    for row in table.dropped:
+        _drop(dropped, row.reason, f"{row.where}: {row.detail}" if row.detail else row.where)
+    on_disk = _images_on_disk(layout)
+    kept, first_seen, bad_images = [], {}, {}
+    for row in table.rows:
+        tokens = tokenize(row.caption)
+        tokens_key = (row.image, " ".join(tokens))
+        size = on_disk.get(row.image)
+        if not row.caption.strip():
+            _drop(dropped, "empty or whitespace-only caption", row.where)
+        elif not tokens:
+            _drop(dropped, "caption has no words", f"{row.where}: {row.caption!r}")
+        elif size is None or size == 0:
+            reason = "image file not found" if size is None else "image file is empty (0 bytes)"
+            bad_images.setdefault(row.image, f"{row.image} ({row.where}: {reason})")
+            _drop(dropped, reason, f"{row.where}: {row.image}")
+        elif tokens_key in first_seen:
+            _drop(dropped, "duplicate row", f"{row.where} repeats {first_seen[tokens_key]}")
+        else:
+            first_seen[tokens_key] = row.where
+            kept.append((row.image, tokens, row.where))
+    named = {row.image for row in table.rows}
+    limit = max_bad_images if max_bad_images is not None else max(10, len(named) // 100)
+    if len(bad_images) > limit:
+        examples = "; ".join(list(bad_images.values())[:5])
+        raise DatasetFormatError(
+            f"{len(bad_images):,} of the {len(named):,} images named in {layout.caption_files[0]} are "
+            f"missing or empty in {layout.image_dir} (more than max_bad_images={limit}), e.g. {examples}. "
+            f"Check that the image folder is complete, or raise max_bad_images to drop them."
+        )
+    if not kept:
+        raise DatasetFormatError(f"no usable caption rows in {', '.join(map(str, layout.caption_files))}")
+    for image in sorted(set(on_disk) - named):
+        _drop(dropped, "image without captions", image)
+    return kept
+
+
+def _build(root: Path, layout: DatasetLayout, karpathy_path: Path | None, settings: dict, source: dict,
+           key: str) -> None:
+    """Build the artifacts in a temporary folder beside ``root``, then rename it into place."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_builds(root)
+    building = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.building-{os.getpid()}-"))
+    try:
+        _write_artifacts(building, layout, karpathy_path, settings, source, key)
+        if _trusted_manifest(root) is not None:  # another process finished the same build first
+            shutil.rmtree(building)
+            return
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(building, root)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+
+
+def _remove_abandoned_builds(root: Path) -> None:
+    """Delete temporary folders of earlier builds of this key whose process is gone (killed runs)."""
+    for folder in root.parent.glob(f".{root.name}.building-*"):
+        pid = folder.name.split("building-")[1].split("-")[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftovers: this process is not building that folder now
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _write_artifacts(folder: Path, layout: DatasetLayout, karpathy_path: Path | None, settings: dict,
+                     source: dict, key: str) -> None:
+    dropped: dict = {}
+    rows = _clean_rows(layout, settings["max_bad_images"], dropped)
+    images = sorted({image for image, _, _ in rows})
+    if karpathy_path is not None:
+        karpathy = read_karpathy_split(karpathy_path)
+        splits = _karpathy_splits(karpathy, images, layout.caption_files[0], dropped)
+    else:
+        splits = _seeded_split(images, settings["val_size"], settings["test_size"], settings["seed"])
+
+    tokens_by_image = defaultdict(list)
+    for image, tokens, _ in rows:
+        tokens_by_image[image].append(tokens)
+    vocab = Vocabulary.build(
+        (tokens for image in splits["train"] for tokens in tokens_by_image[image]), settings["min_word_count"]
+    )
+    max_length = settings["max_caption_length"]
+    encoded, caption_image, ranges, references = [], [], {}, {}
+    truncated: Counter = Counter()
+    for split in SPLITS:
+        start = len(encoded)
+        references[split] = {}
+        for index, image in enumerate(splits[split]):
+            references[split][image] = [" ".join(tokens) for tokens in tokens_by_image[image]]
+            for tokens in tokens_by_image[image]:
+                encoded.append(vocab.encode(tokens, max_length))
+                caption_image.append(index)
+                truncated[split] += len(tokens) > max_length
+        ranges[split] = [start, len(encoded)]
+
+    vocab.save(folder / "vocab.json")
+    np.save(folder / "captions.npy", np.asarray(encoded, dtype=np.int32).reshape(-1, max_length + 2))
+    np.save(folder / "caption_image.npy", np.asarray(caption_image, dtype=np.int32))
+    _write_json(folder / "splits.json", splits)
+    _write_json(folder / "references.json", references)
+    counts = {
+        "images": {split: len(splits[split]) for split in SPLITS},
+        "captions": {split: ranges[split][1] - ranges[split][0] for split in SPLITS},
+        "vocabulary": len(vocab),
+        "truncated_captions": sum(truncated.values()),
+        "truncated_by_split": {split: truncated[split] for split in SPLITS},
+    }
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "dataset": settings["dataset"],
+        "key": key,
+        "split_method": settings["split"],
+        "settings": settings,
+        "source": source,
+        "counts": counts,
+        "caption_ranges": ranges,
+        "dropped": dropped,
+        "files": {name: (folder / name).stat().st_size for name in _FILES},
+        "complete": True,
+    }
+    _write_json(folder / "manifest.json", manifest)

@@ -1,0 +1,124 @@
+"""The one tokenizer and the vocabulary, shared by data preparation, training and evaluation.
+
+Captions are encoded as ``<START> w1 .. wn <END> <NULL> ...`` with a fixed length ``max_length + 2``;
+the special tokens have the ids of the classic course module (``<NULL>``=0, ``<START>``=1,
+``<END>``=2, ``<UNK>``=3).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+NULL, START, END, UNK = "<NULL>", "<START>", "<END>", "<UNK>"
+SPECIAL_TOKENS = [NULL, START, END, UNK]
+
+# Apostrophes are deleted ("dog's" -> "dogs", "don't" -> "dont") so a word is never split in two;
+# every other non-word character (hyphens, commas, full stops, quotes...) separates words.
+_APOSTROPHES = re.compile(r"['\u2019\u2018`]")
+_NON_WORD = re.compile(r"[^\w\s]|_")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lowercase, strip punctuation and split on whitespace: the one tokenizer of the project."""
+    text = _APOSTROPHES.sub("", text.lower())
+    return _NON_WORD.sub(" ", text).split()
+
+
+def _as_tokens(caption: str | Sequence[str]) -> list[str]:
+    """A caption given as raw text or as tokens, as tokens."""
+    return tokenize(caption) if isinstance(caption, str) else list(caption)
+
+
+class Vocabulary:
+    """Words <-> ids with the four special tokens first; built from training captions only."""
+
+    def __init__(self, idx_to_word: Sequence[str]):
+        if list(idx_to_word[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+            raise ValueError(
+                f"a vocabulary must start with {SPECIAL_TOKENS}, got {list(idx_to_word[:4])}"
+            )
+        self.idx_to_word: list[str] = list(idx_to_word)
+        self.word_to_idx: dict[str, int] = {word: i for i, word in enumerate(self.idx_to_word)}
+        if len(self.word_to_idx) != len(self.idx_to_word):
+            duplicates = sorted(w for w, n in Counter(self.idx_to_word).items() if n > 1)
+            raise ValueError(f"a vocabulary lists each word once; repeated: {duplicates[:10]}")
+
+    @classmethod
+    def build(cls, captions: Iterable[str | Sequence[str]], min_count: int = 5) -> Vocabulary:
+        """Keep the words seen at least ``min_count`` times, most frequent first, ties alphabetical.
+
+        ``captions`` holds token lists (or raw strings, which are tokenized).
+        """
+        counts = Counter(word for caption in captions for word in _as_tokens(caption))
+        kept = [(word, n) for word, n in counts.items() if n >= min_count and word not in SPECIAL_TOKENS]
+        kept.sort(key=lambda item: (-item[1], item[0]))
+        return cls(SPECIAL_TOKENS + [word for word, _ in kept])
+
+    def __len__(self) -> int:
+        return len(self.idx_to_word)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocabulary) and self.idx_to_word == other.idx_to_word
+
+    def __repr__(self) -> str:
+        return f"Vocabulary({len(self)} words)"
+
+    def encode(self, caption: str | Sequence[str], max_length: int) -> list[int]:
+        """``<START> w1 .. wn <END>`` padded with ``<NULL>`` to ``max_length + 2`` ids.
+
+        Captions longer than ``max_length`` words keep their first ``max_length`` words and the
+        ``<END>``; unknown words become ``<UNK>``.
+        """
+        unk = self.word_to_idx[UNK]
+        words = _as_tokens(caption)[:max_length]
+        ids = [self.word_to_idx[START]] + [self.word_to_idx.get(w, unk) for w in words]
+        ids.append(self.word_to_idx[END])
+        return ids + [self.word_to_idx[NULL]] * (max_length + 2 - len(ids))
+
+    def decode(self, ids) -> str:
+        """Words of one encoded caption (list, numpy row or tensor row); stops at ``<END>``."""
+        values = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        skipped = (self.word_to_idx[NULL], self.word_to_idx[START])
+        end = self.word_to_idx[END]
+        words = []
+        for idx in values:
+            idx = int(idx)
+            if idx == end:
+                break
+            if idx not in skipped:
+                words.append(self.idx_to_word[idx])
+        return " ".join(words)
+
+    def decode_batch(self, rows) -> list[str]:
+        """``decode`` for each row of a 2-D list, array or tensor."""
+        return [self.decode(row) for row in rows]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the word list as json (atomically: a temp file renamed into place)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({"idx_to_word": self.idx_to_word}, f, ensure_ascii=False, indent=0)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Vocabulary:
+        """Read a vocabulary written by ``save``."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            words = data["idx_to_word"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{path} is not a vocabulary file written by Vocabulary.save: {err}") from err
+        return cls(words)

@@ -179,3 +179,53 @@ class ImageEncoder(nn.Module):
             return list(self.cnn.children())
         stem, trunk = self.cnn
         return [stem, *trunk.children()]
+
+
+def measure_backbone(
+    backbone: str,
+    image_size: int | None = None,
+    batch_size: int = 32,
+    batches: int = 3,
+    device: str | torch.device = "cpu",
+    pretrained: bool = False,
+    num_images: int | None = None,
+) -> dict:
+    """Measured facts for the comparison table: parameters, channels, feature-map shape, images/s
+    (after one warm-up batch; fp16 autocast and channels_last on CUDA, as extraction runs), peak GPU
+    memory, and the feature store size for `num_images` images."""
+    import time
+
+    info = get_backbone(backbone)
+    size = image_size or info.image_size
+    device = torch.device(device)
+    encoder = ImageEncoder(pretrained=pretrained, backbone=backbone, verbose=False).eval().to(device)
+    on_cuda = device.type == "cuda"
+    if on_cuda:
+        encoder = encoder.to(memory_format=torch.channels_last)
+        torch.cuda.reset_peak_memory_stats(device)
+    images = torch.rand(batch_size, 3, size, size, device=device)
+    if on_cuda:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=on_cuda):
+        shape = tuple(encoder(images).shape[1:])  # warm-up: cuDNN autotuning, lazy allocations
+        if on_cuda:
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        for _ in range(batches):
+            encoder(images)
+        if on_cuda:
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - started
+    row = {
+        "backbone": backbone,
+        "parameters (M)": round(encoder.num_parameters / 1e6, 2),
+        "channels": encoder.out_channels,
+        "feature map": "x".join(str(n) for n in shape),
+        "image size": size,
+        "images/s": round(batches * batch_size / elapsed, 1),
+        "peak GPU memory (MB)": round(torch.cuda.max_memory_allocated(device) / 2**20) if on_cuda else None,
+        "device": str(device),
+    }
+    if num_images is not None:
+        row["feature store (GB)"] = round(num_images * info.feature_bytes(size) / 1e9, 3)
+    return row

@@ -14,6 +14,7 @@ from helpers.backbones import (
     PretrainedWeightsUnavailable,
     get_backbone,
     image_transform,
+    measure_backbone,
 )
 
 
@@ -94,3 +95,11 @@ def test_trainable_stages_cover_the_whole_trunk():
         encoder = ImageEncoder(pretrained=False, backbone=name, verbose=False)
         staged = sum(p.numel() for stage in encoder.trainable_stages() for p in stage.parameters())
         assert staged == sum(p.numel() for p in encoder.cnn.parameters())
+
+
+def test_measure_backbone_reports_measured_facts():
+    row = measure_backbone("regnet_x_400mf", image_size=64, batch_size=2, batches=1, num_images=1000)
+    assert row["channels"] == 400 and row["feature map"] == "400x2x2"
+    assert row["parameters (M)"] == 5.5
+    assert row["images/s"] > 0 and row["peak GPU memory (MB)"] is None
+    assert row["feature store (GB)"] == round(1000 * 400 * 2 * 2 * 2 / 1e9, 3)

@@ -1,0 +1,80 @@
+"""Run the numbered notebooks in order with papermill: the README's main job and the notebook tests.
+
+`python -m helpers.suite --demo --out runs/demo` executes 00 to 07 in DEMO mode (generated data, no
+downloads) and leaves the executed notebooks in runs/demo/notebooks/ and their artifacts in runs/demo/work/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+SUITE = (
+    "00_data_prep",
+    "01_glove",
+    "02_backbones",
+    "03_train_vanilla_rnn",
+    "04_train_lstm",
+    "05_train_attention_lstm",
+    "06_train_transformer",
+    "07_results",
+)
+
+
+def run_notebook(name: str, out_dir: Path, parameters: dict, kernel: str = "python3", timeout: int = 1800) -> Path:
+    """Execute one notebook in a fresh kernel; returns the executed copy's path (written even on failure)."""
+    import papermill
+
+    source = NOTEBOOKS_DIR / f"{name}.ipynb"
+    if not source.exists():
+        raise FileNotFoundError(f"No notebook {source}; the suite is {', '.join(SUITE)}.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{name}.ipynb"
+    papermill.execute_notebook(
+        str(source),
+        str(target),
+        parameters=parameters,
+        kernel_name=kernel,
+        cwd=str(NOTEBOOKS_DIR),
+        progress_bar=False,
+        execution_timeout=timeout,
+    )
+    return target
+
+
+def run_suite(out: Path, demo: bool = True, names: tuple[str, ...] = SUITE, extra: dict | None = None) -> list[Path]:
+    """Run `names` in order, sharing one WORK_DIR, so each stage reuses the artifacts of the last."""
+    out = Path(out).resolve()
+    parameters = {"DEMO": demo, "WORK_DIR": str(out / "work"), **(extra or {})}
+    executed = []
+    for name in names:
+        started = time.perf_counter()
+        print(f"[suite] {name} ...", flush=True)
+        executed.append(run_notebook(name, out / "notebooks", parameters))
+        print(f"[suite] {name} done in {time.perf_counter() - started:.0f} s -> {executed[-1]}", flush=True)
+    return executed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for notebooks and work dir")
+    parser.add_argument("--demo", action=argparse.BooleanOptionalAction, default=True, help="DEMO mode (default)")
+    parser.add_argument("--only", nargs="*", choices=SUITE, help="run only these notebooks, in suite order")
+    args = parser.parse_args(argv)
+    names = tuple(n for n in SUITE if not args.only or n in args.only)
+    try:
+        executed = run_suite(args.out, demo=args.demo, names=names)
+    except Exception as error:  # papermill raises PapermillExecutionError naming the failing cell
+        print(f"[suite] failed: {error}", file=sys.stderr)
+        return 1
+    print("[suite] executed notebooks:")
+    for path in executed:
+        print(f"  {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,442 @@
+"""Push-ready Kaggle folders for the notebook suite: `python -m helpers.kaggle --owner NAME`.
+
+Kaggle runs one notebook per kernel and uploads only its `code_file`, so the suite is published as
+one folder per notebook (the notebook plus its own `kernel-metadata.json`) and one dataset folder that
+ships `helpers/` and `configs/` for the notebooks to put on `sys.path`. Every folder's metadata is
+derived from the suite template `kaggle_kernel_metadata.json` at the repository top, whose owner is a
+placeholder replaced by `--owner`.
+
+Stages are chained with `kernel_sources`: Kaggle mounts the last committed output (`/kaggle/working`)
+of each listed notebook under `/kaggle/input` (`/kaggle/input/notebooks/<owner>/<slug>` since 2025,
+`/kaggle/input/<slug>` before), where `helpers.notebook.find_earlier_output` finds it. Each stage lists
+every stage whose files it reads directly (see STAGE_INPUTS) rather than relying on an intermediate
+stage to copy them forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SUITE_METADATA = REPO_ROOT / "kaggle_kernel_metadata.json"
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+HELPERS_DIR = Path(__file__).resolve().parent
+CONFIGS_DIR = REPO_ROOT / "configs"
+
+PLACEHOLDER_OWNER = "your-kaggle-username"
+HELPERS_DATASET_SLUG = "captioning-helpers"
+HELPERS_DATASET_TITLE = "Captioning Helpers"
+# The dataset holds package/helpers/*.py and package/configs/. `kaggle datasets create --dir-mode zip`
+# uploads the folder as package.zip; whether Kaggle unpacks it into package/ or into the dataset root,
+# a helpers/ folder with configs/ beside it (where helpers.config looks) appears, and HELPERS_BOOTSTRAP
+# finds it. The extra level is what makes both unpackings give an importable `helpers`.
+DATASET_PACKAGE_DIR = "package"
+
+# The first cell of every notebook: put the folder holding `helpers/` on sys.path, from the
+# repository checkout, else from the attached helpers dataset (any Kaggle mount layout, unpacked or not).
+HELPERS_BOOTSTRAP = """\
+import sys, zipfile
+from pathlib import Path
+
+
+def find_helpers_root(start=".", kaggle_input="/kaggle/input", unpack_to="/tmp/captioning-helpers"):
+    start, kaggle_input = Path(start).resolve(), Path(kaggle_input)
+    for folder in (start, *start.parents):
+        if (folder / "helpers" / "__init__.py").is_file():
+            return folder
+    for depth in range(1, 7):
+        for init in sorted(kaggle_input.glob("*/" * depth + "helpers/__init__.py")):
+            return init.parent.parent
+    for archive in sorted(kaggle_input.glob("**/package.zip")):
+        zipfile.ZipFile(archive).extractall(unpack_to)
+        return Path(unpack_to)
+    raise ModuleNotFoundError("No helpers/: run inside the repository, or on Kaggle add the "
+                              "captioning-helpers dataset (Add Input) and rerun this cell.")
+
+
+sys.path.insert(0, str(find_helpers_root()))
+"""
+KERNEL_METADATA_FILE = "kernel-metadata.json"
+DATASET_METADATA_FILE = "dataset-metadata.json"
+
+# Stage number -> the earlier stages whose outputs it reads: 01 needs the vocabulary, 02 the prepared
+# images, the training stages the vocabulary (00), the GloVe matrix (01) and the feature store (02),
+# and 07 the runs of 03..06 plus the vocabulary for captioning uploaded images.
+STAGE_INPUTS: dict[str, tuple[str, ...]] = {
+    "00": (),
+    "01": ("00",),
+    "02": ("00",),
+    "03": ("00", "01", "02"),
+    "04": ("00", "01", "02"),
+    "05": ("00", "01", "02"),
+    "06": ("00", "01", "02"),
+    "07": ("00", "03", "04", "05", "06"),
+}
+
+# The kaggle CLI's accepted values (kaggle 2.x, api/kaggle_api_extended.py).
+LANGUAGES = ("python", "r", "rmarkdown")
+KERNEL_TYPES = ("script", "notebook")
+PINNING_TYPES = ("original", "latest")
+RETIRED_MACHINE_SHAPES = {"nvidiateslap100": "the P100 has no kernels in current torch; use NvidiaTeslaT4"}
+BOOLEAN_KEYS = ("is_private", "enable_gpu", "enable_tpu", "enable_internet")
+SOURCE_LIST_KEYS = ("dataset_sources", "kernel_sources", "competition_sources", "model_sources", "keywords")
+TITLE_WORDS = {"rnn": "RNN", "lstm": "LSTM", "glove": "GloVe"}
+OWNER_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+class KaggleMetadataError(ValueError):
+    """Metadata the kaggle CLI or Kaggle would refuse; the message names the file and the key."""
+
+
+def slugify(title: str) -> str:
+    """Kaggle's slug of a title: lower case, runs of anything but letters and digits become one dash."""
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+
+
+def _split_ref(ref: Any, key: str, where: str, allow_version: bool) -> list[str]:
+    """'owner/slug' (or 'owner/slug/version' where allowed) split into parts, or a clear error."""
+    parts = ref.split("/") if isinstance(ref, str) else []
+    max_parts = 3 if allow_version else 2
+    if not 2 <= len(parts) <= max_parts or not all(parts):
+        form = "'owner/slug' or 'owner/slug/version'" if allow_version else "'owner/slug'"
+        raise KaggleMetadataError(f"{where}: {key} entry {ref!r} must have the form {form}.")
+    if allow_version and len(parts) == 3 and not parts[2].isdigit():
+        raise KaggleMetadataError(f"{where}: {key} entry {ref!r}: the version must be a number.")
+    return parts
+
+
+def validate_kernel_metadata(
+    meta: dict[str, Any], folder: Path, where: str | None = None, require_code_file: bool = True
+) -> None:
+    """Check kernel metadata the way the kaggle CLI does, plus the title/slug match it only warns about.
+
+    `folder` is where `code_file` is resolved (the folder that would be pushed); the suite template is
+    checked with `require_code_file=False`, since each generated folder gets its own notebook.
+    """
+    where = where or str(Path(folder) / KERNEL_METADATA_FILE)
+    if not isinstance(meta, dict):
+        raise KaggleMetadataError(f"{where}: the metadata must be a JSON object.")
+    for key in ("id", "title", "code_file", "language", "kernel_type"):
+        if key not in meta:
+            raise KaggleMetadataError(f"{where}: missing required key {key!r}.")
+    owner, slug = _split_ref(meta["id"], "id", where, allow_version=False)
+    if len(slug) < 5:
+        raise KaggleMetadataError(
+            f"{where}: id {meta['id']!r}: the kernel slug must be at least 5 characters."
+        )
+    title = meta["title"]
+    if not isinstance(title, str) or len(title) < 5:
+        raise KaggleMetadataError(f"{where}: title {title!r} must be a string of at least 5 characters.")
+    if slugify(title) != slug:
+        raise KaggleMetadataError(
+            f"{where}: title {title!r} slugifies to {slugify(title)!r}, not to the id's slug {slug!r}; "
+            "make them match or Kaggle creates the kernel under another URL."
+        )
+    code_file = meta["code_file"]
+    if not isinstance(code_file, str) or not code_file:
+        raise KaggleMetadataError(f"{where}: code_file must name the notebook file.")
+    if require_code_file and not (Path(folder) / code_file).is_file():
+        raise KaggleMetadataError(f"{where}: code_file {code_file!r} not found in {folder}.")
+    if meta["language"] not in LANGUAGES:
+        raise KaggleMetadataError(f"{where}: language {meta['language']!r} must be one of {LANGUAGES}.")
+    if meta["kernel_type"] not in KERNEL_TYPES:
+        raise KaggleMetadataError(
+            f"{where}: kernel_type {meta['kernel_type']!r} must be one of {KERNEL_TYPES}."
+        )
+    for key in BOOLEAN_KEYS:
+        value = meta.get(key, False)
+        if not isinstance(value, bool) and str(value).lower() not in ("true", "false"):
+            raise KaggleMetadataError(f"{where}: {key} {value!r} must be true or false.")
+    for key in SOURCE_LIST_KEYS:
+        value = meta.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+            raise KaggleMetadataError(f"{where}: {key} must be a list of non-empty strings.")
+    for key in ("dataset_sources", "kernel_sources"):
+        for ref in meta.get(key, []):
+            _split_ref(ref, key, where, allow_version=True)
+    shape = meta.get("machine_shape")
+    if shape is not None:
+        if not isinstance(shape, str) or not shape:
+            raise KaggleMetadataError(f"{where}: machine_shape must be a name such as 'NvidiaTeslaT4'.")
+        if shape.lower() in RETIRED_MACHINE_SHAPES:
+            raise KaggleMetadataError(
+                f"{where}: machine_shape {shape!r}: {RETIRED_MACHINE_SHAPES[shape.lower()]}."
+            )
+    pinning = meta.get("docker_image_pinning_type")
+    if pinning is not None and pinning not in PINNING_TYPES:
+        raise KaggleMetadataError(
+            f"{where}: docker_image_pinning_type {pinning!r} must be one of {PINNING_TYPES}."
+        )
+    if not OWNER_PATTERN.fullmatch(owner):
+        raise KaggleMetadataError(f"{where}: id {meta['id']!r}: {owner!r} is not a Kaggle user name.")
+
+
+def validate_dataset_metadata(meta: dict[str, Any], where: str) -> None:
+    """Check dataset metadata the way `kaggle datasets create` does (slug and title 6..50, one license)."""
+    for key in ("id", "title", "licenses"):
+        if key not in meta:
+            raise KaggleMetadataError(f"{where}: missing required key {key!r}.")
+    _, slug = _split_ref(meta["id"], "id", where, allow_version=False)
+    if not 6 <= len(slug) <= 50:
+        raise KaggleMetadataError(f"{where}: id {meta['id']!r}: the dataset slug must be 6 to 50 characters.")
+    if not isinstance(meta["title"], str) or not 6 <= len(meta["title"]) <= 50:
+        raise KaggleMetadataError(f"{where}: title {meta['title']!r} must be 6 to 50 characters.")
+    licenses = meta["licenses"]
+    if not (
+        isinstance(licenses, list)
+        and len(licenses) == 1
+        and isinstance(licenses[0], dict)
+        and licenses[0].get("name")
+    ):
+        raise KaggleMetadataError(f"{where}: licenses must hold exactly one {{'name': ...}}, e.g. CC0-1.0.")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file, with the file and line named when it does not parse."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise KaggleMetadataError(f"{path}: file not found.") from None
+    except json.JSONDecodeError as error:
+        raise KaggleMetadataError(f"{path}: line {error.lineno}: invalid JSON ({error.msg}).") from None
+
+
+def notebook_title(suite_title: str, stem: str) -> str:
+    """'Image Captioning' + '05_train_attention_lstm' -> 'Image Captioning 05 Train Attention LSTM'."""
+    words = [TITLE_WORDS.get(word, word.capitalize()) for word in stem.split("_") if word]
+    return " ".join([suite_title, *words])
+
+
+def _with_owner(ref: str, owner: str) -> str:
+    parts = ref.split("/")
+    return "/".join([owner, *parts[1:]]) if parts[0] == PLACEHOLDER_OWNER else ref
+
+
+def resolve_owner(owner: str | None) -> str:
+    """The Kaggle user name: given, else $KAGGLE_USERNAME, else ~/.kaggle/kaggle.json's username."""
+    if not owner:
+        owner = os.environ.get("KAGGLE_USERNAME")
+    if not owner:
+        config_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
+        credentials = config_dir / "kaggle.json"
+        if credentials.is_file():
+            owner = read_json(credentials).get("username")
+    if not owner:
+        raise KaggleMetadataError("No Kaggle user name: pass --owner NAME (your kaggle.com user name).")
+    if not OWNER_PATTERN.fullmatch(owner) or owner == PLACEHOLDER_OWNER:
+        raise KaggleMetadataError(
+            f"--owner {owner!r} is not a Kaggle user name; give yours, e.g. --owner jane."
+        )
+    return owner
+
+
+def _suite_notebooks(notebooks_dir: Path) -> dict[str, Path]:
+    """Stage number -> notebook file, for every NN_name.ipynb in the folder; unknown stages are errors."""
+    notebooks = sorted(Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb"))
+    if not notebooks:
+        raise KaggleMetadataError(f"{notebooks_dir}: no numbered notebooks (NN_name.ipynb) to publish.")
+    stages: dict[str, Path] = {}
+    for notebook in notebooks:
+        stage = notebook.name[:2]
+        if stage not in STAGE_INPUTS:
+            raise KaggleMetadataError(
+                f"{notebook}: stage {stage} has no entry in helpers.kaggle.STAGE_INPUTS; add which earlier "
+                "stages it reads."
+            )
+        if stage in stages:
+            raise KaggleMetadataError(
+                f"{notebooks_dir}: two notebooks for stage {stage}: {stages[stage].name}, {notebook.name}."
+            )
+        stages[stage] = notebook
+    for stage, notebook in stages.items():
+        missing = [needed for needed in STAGE_INPUTS[stage] if needed not in stages]
+        if missing:
+            raise KaggleMetadataError(
+                f"{notebook}: reads the outputs of stage(s) {', '.join(missing)}, which have no notebook in "
+                f"{notebooks_dir}."
+            )
+    return stages
+
+
+def cleared_notebook(path: Path) -> dict[str, Any]:
+    """The notebook without outputs, execution counts or saved widget state (Kaggle reruns it)."""
+    notebook = read_json(path)
+    if "cells" not in notebook:
+        raise KaggleMetadataError(f"{path}: not a Jupyter notebook (no 'cells').")
+    for cell in notebook["cells"]:
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = []
+            cell["execution_count"] = None
+        for key in ("execution", "papermill"):
+            cell.get("metadata", {}).pop(key, None)
+    for key in ("widgets", "papermill"):
+        notebook.get("metadata", {}).pop(key, None)
+    return notebook
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _copy_sources(source: Path, target: Path, pattern: str) -> None:
+    """Copy the files matching `pattern` below `source`, keeping sub-folders, skipping caches."""
+    for file in sorted(source.rglob(pattern)):
+        if file.is_file() and "__pycache__" not in file.parts:
+            destination = target / file.relative_to(source)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(file, destination)
+
+
+def _push_instructions(
+    out_dir: Path, owner: str, dataset_dir: Path, kernel_dirs: list[Path], kernel_ids: list[str]
+) -> str:
+    helpers_ref = f"{owner}/{HELPERS_DATASET_SLUG}"
+    lines = [
+        f"# Publishing the captioning suite to Kaggle as {owner}",
+        "",
+        "Needs the kaggle CLI (`pip install kaggle`) and your API token in ~/.kaggle/kaggle.json (mode 600).",
+        "Run the commands in this order; each stage reads the committed output of the stages before it.",
+        "",
+        "```bash",
+        f"cd {out_dir.resolve()}",
+        "# 1. the helpers dataset (folders are uploaded as zip archives, which Kaggle unpacks)",
+        f"kaggle datasets create -p {dataset_dir.name} --dir-mode zip",
+        f"# later updates: kaggle datasets version -p {dataset_dir.name} --dir-mode zip -m 'new helpers'",
+        f"kaggle datasets status {helpers_ref}   # wait until it says ready",
+        "# 2. the notebooks, in stage order; pushing runs the notebook on Kaggle",
+    ]
+    for folder, kernel_id in zip(kernel_dirs, kernel_ids):
+        lines.append(f"kaggle kernels push -p {folder.name}")
+        lines.append(f"kaggle kernels status {kernel_id}   # wait until it says complete")
+    lines += [
+        "```",
+        "",
+        "To rerun one stage alone, push only its folder: it mounts the last committed outputs of the",
+        "stages listed in its kernel_sources.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def build_kaggle_folders(
+    owner: str,
+    out_dir: str | Path = "kaggle_build",
+    notebooks_dir: str | Path = NOTEBOOKS_DIR,
+    metadata_path: str | Path = SUITE_METADATA,
+    helpers_dir: str | Path = HELPERS_DIR,
+    configs_dir: str | Path = CONFIGS_DIR,
+) -> list[Path]:
+    """Write the helpers dataset folder and one kernel folder per notebook into `out_dir`, plus PUSH.md.
+
+    Returns the folders in push order (the dataset first). `out_dir` is replaced as a whole, so a
+    notebook removed from the suite leaves no stale folder; a non-empty `out_dir` without PUSH.md is
+    refused rather than deleted.
+    """
+    owner = resolve_owner(owner)
+    out_dir = Path(out_dir)
+    metadata_path = Path(metadata_path)
+    suite = read_json(metadata_path)
+    validate_kernel_metadata(suite, metadata_path.parent, where=str(metadata_path), require_code_file=False)
+    suite_owner, suite_slug = suite["id"].split("/")
+    if suite_owner != PLACEHOLDER_OWNER:
+        raise KaggleMetadataError(
+            f"{metadata_path}: id {suite['id']!r} must use the placeholder owner {PLACEHOLDER_OWNER!r}, "
+            "which --owner replaces."
+        )
+    stages = _suite_notebooks(Path(notebooks_dir))
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "PUSH.md").is_file():
+        raise KaggleMetadataError(
+            f"{out_dir} exists and is not a previous build (no PUSH.md); choose another --out."
+        )
+
+    helpers_ref = f"{owner}/{HELPERS_DATASET_SLUG}"
+    dataset_sources = [_with_owner(ref, owner) for ref in suite.get("dataset_sources", [])]
+    if helpers_ref not in dataset_sources:
+        dataset_sources.append(helpers_ref)
+    kernel_ids = {stage: f"{owner}/{suite_slug}-{slugify(path.stem)}" for stage, path in stages.items()}
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        dataset_dir = staging / HELPERS_DATASET_SLUG
+        package_dir = dataset_dir / DATASET_PACKAGE_DIR
+        _copy_sources(Path(helpers_dir), package_dir / "helpers", "*.py")
+        if not (package_dir / "helpers" / "__init__.py").is_file():
+            raise KaggleMetadataError(
+                f"{helpers_dir}: no __init__.py; point helpers_dir at the helpers package."
+            )
+        if Path(configs_dir).is_dir():
+            _copy_sources(Path(configs_dir), package_dir / "configs", "*.yaml")
+        dataset_meta = {
+            "title": HELPERS_DATASET_TITLE,
+            "id": helpers_ref,
+            "licenses": [{"name": "CC0-1.0"}],
+            "description": "The `helpers` package and `configs/` of the image-captioning notebook suite. "
+            "Notebooks add the folder holding `helpers/` to sys.path (helpers.kaggle.HELPERS_BOOTSTRAP).",
+        }
+        validate_dataset_metadata(dataset_meta, str(dataset_dir / DATASET_METADATA_FILE))
+        _write_json(dataset_dir / DATASET_METADATA_FILE, dataset_meta)
+
+        kernel_dirs = []
+        for stage, notebook in stages.items():
+            kernel_id = kernel_ids[stage]
+            folder = staging / kernel_id.split("/")[1]
+            folder.mkdir()
+            _write_json(folder / notebook.name, cleared_notebook(notebook))
+            meta = {
+                "id": kernel_id,
+                "title": notebook_title(suite["title"], notebook.stem),
+                "code_file": notebook.name,
+                **{key: value for key, value in suite.items() if key not in ("id", "title", "code_file")},
+                "dataset_sources": dataset_sources,
+                "kernel_sources": [kernel_ids[needed] for needed in STAGE_INPUTS[stage]],
+            }
+            validate_kernel_metadata(meta, folder)
+            _write_json(folder / KERNEL_METADATA_FILE, meta)
+            kernel_dirs.append(folder)
+
+        (staging / "PUSH.md").write_text(
+            _push_instructions(out_dir, owner, dataset_dir, kernel_dirs, list(kernel_ids.values())),
+            encoding="utf-8",
+        )
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return [out_dir / HELPERS_DATASET_SLUG, *(out_dir / folder.name for folder in kernel_dirs)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.kaggle", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--owner", help="your Kaggle user name (default: $KAGGLE_USERNAME or ~/.kaggle/kaggle.json)"
+    )
+    parser.add_argument("--out", default="kaggle_build", help="output folder (default: kaggle_build)")
+    parser.add_argument("--notebooks-dir", default=str(NOTEBOOKS_DIR), help="the numbered notebooks")
+    parser.add_argument(
+        "--metadata", default=str(SUITE_METADATA), help="the suite's kernel metadata template"
+    )
+    args = parser.parse_args(argv)
+    try:
+        folders = build_kaggle_folders(args.owner, args.out, args.notebooks_dir, args.metadata)
+    except KaggleMetadataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for folder in folders:
+        print(folder)
+    print(f"Next: follow {Path(args.out) / 'PUSH.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

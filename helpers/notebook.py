@@ -1,0 +1,740 @@
+"""What the notebooks show: the session setup, choice widgets, caption grids, attention maps, curves
+and the results table. Notebooks stay a few lines per cell; the logic and its tests live here.
+
+Widgets take their defaults from the notebook's parameters cell, so Run All (and papermill) needs no
+clicks; each prints the choice at creation and echoes every change next to the widget. Later cells
+read `.value`. Figures are returned (and shown at once inside a notebook: assign the result or end
+the line with `;` so Jupyter does not draw it a second time).
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import math
+import os
+import re
+import textwrap
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+KAGGLE_INPUT = Path("/kaggle/input")
+KAGGLE_WORKING = Path("/kaggle/working")
+MIN_COMPUTE_CAPABILITY = (7, 0)  # current torch wheels have no kernels below sm_70 (Kaggle's P100 is 6.0)
+
+DECODER_NAMES = {"rnn": "Vanilla RNN", "lstm": "LSTM", "attn": "Attention LSTM", "transformer": "Transformer"}
+METRIC_COLUMNS = {  # normalised pycocoevalcap name -> column
+    "bleu1": "BLEU-1",
+    "bleu2": "BLEU-2",
+    "bleu3": "BLEU-3",
+    "bleu4": "BLEU-4",
+    "meteor": "METEOR",
+    "rougel": "ROUGE-L",
+    "cider": "CIDEr",
+}
+RESULT_COLUMNS = [
+    "run",
+    "decoder",
+    "backbone",
+    "embeddings",
+    "split",
+    "beam",
+    *METRIC_COLUMNS.values(),
+    "epochs",
+    "best_epoch",
+    "train_time_min",
+    "device",
+    "path",
+]
+OPTION_LABELS = {
+    "use_glove": "GloVe word vectors",
+    "freeze": "freeze the word vectors",
+    "pretrained": "ImageNet weights for the backbone",
+    "demo": "demo mode (generated data, CPU-sized)",
+    "resume": "resume from the last checkpoint",
+}
+
+
+# ----------------------------------------------------------------------------------------- session
+
+
+@dataclass(frozen=True)
+class Env:
+    """Where this session runs and where its files live."""
+
+    on_kaggle: bool
+    device: str  # "cuda" or "cpu" (cpu also when the GPU is too old for this torch)
+    gpu_name: str | None
+    compute_capability: tuple[int, int] | None
+    work_dir: Path  # this stage's outputs (Kaggle keeps /kaggle/working after the session)
+    input_dirs: tuple[Path, ...]  # read-only places holding earlier stages' outputs (/kaggle/input)
+
+    def summary(self) -> str:
+        where = "Kaggle" if self.on_kaggle else "local"
+        gpu = (
+            f"{self.gpu_name} (sm_{self.compute_capability[0]}{self.compute_capability[1]})"
+            if self.gpu_name
+            else "none"
+        )
+        inputs = ", ".join(str(p) for p in self.input_dirs) or "none"
+        return f"{where} | device {self.device} | GPU {gpu} | work dir {self.work_dir} | inputs {inputs}"
+
+
+def _gpu() -> tuple[str | None, tuple[int, int] | None]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None, None
+    return torch.cuda.get_device_name(0), tuple(torch.cuda.get_device_capability(0))
+
+
+def setup(
+    work_dir: str | Path | None = None,
+    *,
+    kaggle_input: str | Path = KAGGLE_INPUT,
+    kaggle_working: str | Path = KAGGLE_WORKING,
+) -> Env:
+    """Detect Kaggle and the GPU, create the work dir and print a one-line summary.
+
+    On Kaggle (KAGGLE_KERNEL_RUN_TYPE is set) the work dir is /kaggle/working, or a relative
+    `work_dir` below it; elsewhere `work_dir` (default ./work). A GPU below compute capability 7.0
+    (Kaggle's P100) is reported and not used: torch's first CUDA operation would fail on it.
+    """
+    on_kaggle = bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE"))
+    if on_kaggle:
+        base = Path(kaggle_working)
+        work = (
+            base
+            if work_dir is None
+            else (Path(work_dir) if Path(work_dir).is_absolute() else base / work_dir)
+        )
+        inputs = (Path(kaggle_input),)
+    else:
+        work = Path(work_dir if work_dir is not None else "work").resolve()
+        inputs = ()
+    work.mkdir(parents=True, exist_ok=True)
+
+    gpu_name, capability = _gpu()
+    device = "cuda" if gpu_name else "cpu"
+    if capability is not None and capability < MIN_COMPUTE_CAPABILITY:
+        device = "cpu"
+        message = (
+            f"GPU {gpu_name} has compute capability {capability[0]}.{capability[1]}; this torch needs "
+            f"{MIN_COMPUTE_CAPABILITY[0]}.{MIN_COMPUTE_CAPABILITY[1]} or newer (Kaggle's P100 no longer "
+            "works). Running on the CPU: in Settings > Accelerator pick 'GPU T4 x2' and restart."
+        )
+        warnings.warn(message, stacklevel=2)
+        print(f"WARNING: {message}")
+    elif on_kaggle and gpu_name is None:
+        print("No GPU in this session: in Settings > Accelerator pick 'GPU T4 x2' (and turn Internet on).")
+    env = Env(on_kaggle, device, gpu_name, capability, work, inputs)
+    print(env.summary())
+    return env
+
+
+def find_earlier_outputs(name_glob: str, env: Env) -> list[Path]:
+    """Every file or folder matching `name_glob` (e.g. 'data/*/manifest.json') at any depth, in the work
+    dir first, then in the input dirs (Kaggle mounts attached notebooks' outputs under
+    /kaggle/input/notebooks/<owner>/<slug> since 2025, /kaggle/input/<slug> before; both are found
+    because nothing assumes a layout). Shallower matches come first within each root."""
+    found: list[Path] = []
+    for root in (env.work_dir, *env.input_dirs):
+        if root.is_dir():
+            for match in sorted(root.glob(f"**/{name_glob}"), key=lambda path: (len(path.parts), str(path))):
+                if match not in found:  # a work dir inside an input dir would list it twice
+                    found.append(match)
+    return found
+
+
+def find_earlier_output(name_glob: str, env: Env) -> Path | None:
+    """The first of `find_earlier_outputs`, or None when no earlier stage left one."""
+    matches = find_earlier_outputs(name_glob, env)
+    return matches[0] if matches else None
+
+
+# ----------------------------------------------------------------------------------------- widgets
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and "IPKernelApp" in shell.config
+
+
+def _show(*widgets_to_show) -> None:
+    if _in_notebook():
+        from IPython.display import display
+
+        display(*widgets_to_show)
+
+
+def _echoing(widget, name: str, describe=repr):
+    """Print the choice now, show it next to the widget, and update that echo on every change."""
+    import ipywidgets
+
+    def as_html(value) -> str:
+        return f"<code>{html.escape(f'{name} = {describe(value)}')}</code>"
+
+    echo = ipywidgets.HTML(as_html(widget.value))
+    widget.observe(lambda change: setattr(echo, "value", as_html(change["new"])), "value")
+    print(f"{name} = {describe(widget.value)}")
+    widget.echo = echo
+    return echo
+
+
+def _registry(registry: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    if registry is not None:
+        return registry
+    from helpers.backbones import BACKBONES
+
+    return BACKBONES
+
+
+def backbone_label(info) -> str:
+    """'resnet50: 25.6 M params, 2048 x 7 x 7 features, batch 128'."""
+    side = info.feature_size
+    return (
+        f"{info.name}: {info.parameters / 1e6:.1f} M params, {info.out_channels} x {side} x {side} features, "
+        f"batch {info.batch_size}"
+    )
+
+
+def backbone_table(registry: Mapping[str, Any] | None = None):
+    """The registry as a pandas DataFrame, one row per backbone."""
+    import pandas as pd
+
+    rows = [
+        {
+            "backbone": info.name,
+            "parameters (M)": round(info.parameters / 1e6, 2),
+            "channels": info.out_channels,
+            "feature map": f"{info.out_channels} x {info.feature_size} x {info.feature_size}",
+            "image size": info.image_size,
+            "batch size": info.batch_size,
+            "weights": info.weights,
+            "notes": info.description,
+        }
+        for info in _registry(registry).values()
+    ]
+    return pd.DataFrame(rows).set_index("backbone")
+
+
+def _check_choices(given: Iterable[str], valid: Sequence[str], what: str) -> None:
+    unknown = [name for name in given if name not in valid]
+    if unknown:
+        raise ValueError(f"Unknown {what} {', '.join(map(repr, unknown))}; choose from {', '.join(valid)}.")
+
+
+def choose_backbone(default: str, registry: Mapping[str, Any] | None = None):
+    """A Dropdown of the backbones (each option shows its parameters, channels and batch size) under
+    an HTML table of the registry. Returns the Dropdown; `.value` is the backbone name."""
+    import ipywidgets
+
+    backbones = _registry(registry)
+    _check_choices([default], list(backbones), "backbone")
+    dropdown = ipywidgets.Dropdown(
+        options=[(backbone_label(info), name) for name, info in backbones.items()],
+        value=default,
+        description="Backbone",
+        layout=ipywidgets.Layout(width="max-content"),
+    )
+    table = ipywidgets.HTML(backbone_table(backbones).to_html())
+    _show(ipywidgets.VBox([table, dropdown, _echoing(dropdown, "BACKBONE")]))
+    return dropdown
+
+
+def choose_backbones(defaults: Sequence[str], registry: Mapping[str, Any] | None = None):
+    """A multi-select of backbones (ctrl/shift-click); `.value` is a tuple of names."""
+    import ipywidgets
+
+    backbones = _registry(registry)
+    defaults = [defaults] if isinstance(defaults, str) else list(defaults)
+    _check_choices(defaults, list(backbones), "backbone")
+    select = ipywidgets.SelectMultiple(
+        options=[(backbone_label(info), name) for name, info in backbones.items()],
+        value=tuple(defaults),
+        rows=len(backbones),
+        description="Backbones",
+        layout=ipywidgets.Layout(width="max-content"),
+    )
+    _show(ipywidgets.VBox([select, _echoing(select, "BACKBONES", lambda value: repr(list(value)))]))
+    return select
+
+
+class Options:
+    """Checkboxes for on/off choices; `.value` is {name: bool}, `options[name]` one of them."""
+
+    def __init__(self, flags: Mapping[str, bool]):
+        import ipywidgets
+
+        self.boxes = {
+            name: ipywidgets.Checkbox(
+                value=bool(flag), description=OPTION_LABELS.get(name, name.replace("_", " ")), indent=False
+            )
+            for name, flag in flags.items()
+        }
+        self.echo = ipywidgets.HTML()
+        for box in self.boxes.values():
+            box.observe(lambda _: self._update_echo(), "value")
+        self._update_echo()
+        print(self._describe())
+        self.widget = ipywidgets.VBox([*self.boxes.values(), self.echo])
+
+    def _describe(self) -> str:
+        return ", ".join(f"{name.upper()} = {value}" for name, value in self.value.items())
+
+    def _update_echo(self) -> None:
+        self.echo.value = f"<code>{html.escape(self._describe())}</code>"
+
+    @property
+    def value(self) -> dict[str, bool]:
+        return {name: box.value for name, box in self.boxes.items()}
+
+    def __getitem__(self, name: str) -> bool:
+        return self.boxes[name].value
+
+
+def choose_options(use_glove: bool, freeze: bool, **more: bool) -> Options:
+    """Checkboxes for GloVe, freezing and any further flags (e.g. pretrained=True)."""
+    options = Options({"use_glove": use_glove, "freeze": freeze, **more})
+    _show(options.widget)
+    return options
+
+
+def preset_choices(configs_dir: str | Path | None = None) -> dict[str, str]:
+    """Preset name -> a one-line summary (backbone, hidden size, GloVe) from configs/presets/*.yaml."""
+    import yaml
+
+    presets_dir = (
+        Path(configs_dir) / "presets"
+        if configs_dir
+        else Path(__file__).resolve().parent.parent / "configs" / "presets"
+    )
+    choices = {}
+    for path in sorted(presets_dir.glob("*.yaml")):
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: not valid YAML ({error}).") from None
+        model = data.get("model", {})
+        glove = "GloVe" if data.get("embeddings", {}).get("use_glove") else "random embeddings"
+        choices[path.stem] = (
+            f"{path.stem}: {model.get('backbone', '?')}, hidden {model.get('hidden_dim', '?')}, {glove}"
+        )
+    return choices
+
+
+def choose_preset(default: str | None, options: Mapping[str, str] | Sequence[str] | None = None):
+    """A Dropdown of presets (default: those in configs/presets) plus '(none)'; `.value` is the preset
+    name, or None for the decoder config alone."""
+    import ipywidgets
+
+    if options is None:
+        options = preset_choices()
+    labels = dict(options) if isinstance(options, Mapping) else {name: name for name in options}
+    if default is not None:
+        _check_choices([default], list(labels), "preset")
+    dropdown = ipywidgets.Dropdown(
+        options=[("(none)", None), *((label, name) for name, label in labels.items())],
+        value=default,
+        description="Preset",
+        layout=ipywidgets.Layout(width="max-content"),
+    )
+    _show(ipywidgets.VBox([dropdown, _echoing(dropdown, "PRESET")]))
+    return dropdown
+
+
+def upload_widget():
+    """A FileUpload for 'caption your own image'; read it with `uploaded_images(widget)`."""
+    import ipywidgets
+
+    upload = ipywidgets.FileUpload(accept="image/*", multiple=True, description="Upload images")
+    _show(upload)
+    return upload
+
+
+def uploaded_images(upload) -> list[tuple[str, Any]]:
+    """(file name, RGB PIL image) for each uploaded file. Accepts the widget or its `.value` in
+    ipywidgets 8 form (a tuple of dicts with name and content) or 7 form ({name: {'content': ...}})."""
+    from PIL import Image, UnidentifiedImageError
+
+    value = getattr(upload, "value", upload)
+    if isinstance(value, Mapping):
+        entries = [(name, item["content"]) for name, item in value.items()]
+    else:
+        entries = [(item["name"], item["content"]) for item in value]
+    images = []
+    for name, content in entries:
+        try:
+            image = Image.open(io.BytesIO(bytes(content)))
+            image.load()
+        except (UnidentifiedImageError, OSError) as error:
+            raise ValueError(f"Uploaded file {name!r} is not a readable image ({error}).") from None
+        images.append((name, image.convert("RGB")))
+    return images
+
+
+# ----------------------------------------------------------------------------------------- figures
+
+
+def _finish(fig):
+    """Show the figure at once inside a notebook (inline backend), and hand it back."""
+    if _in_notebook():
+        import matplotlib.pyplot as plt
+
+        plt.show()
+    return fig
+
+
+def as_image_array(image) -> np.ndarray:
+    """An (H, W, 3) array from a PIL image, a path, or a (3, H, W) / (H, W, 3) tensor or array in [0, 1]."""
+    from PIL import Image
+
+    if isinstance(image, (str, os.PathLike)):
+        with Image.open(image) as opened:
+            return np.asarray(opened.convert("RGB"))
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    if hasattr(image, "detach"):
+        image = image.detach().float().cpu().numpy()
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
+        array = array.transpose(1, 2, 0)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3):
+        raise ValueError(f"Expected an image (H, W, 3) or (3, H, W), got shape {array.shape}.")
+    return np.clip(array, 0.0, 1.0) if array.dtype.kind == "f" else array
+
+
+def _wrap(text: str, width: int) -> str:
+    return "\n".join(textwrap.wrap(text, width=width)) or text
+
+
+def show_captions(
+    images: Sequence[Any],
+    references: Sequence[Sequence[str]] | None = None,
+    generated: Mapping[str, Sequence[str]] | None = None,
+    ncols: int = 3,
+    max_references: int = 2,
+    titles: Sequence[str] | None = None,
+    wrap: int = 60,
+):
+    """A grid of images, each with its reference captions (grey) and each decoder's caption underneath.
+
+    `generated` maps a label to one caption per image, e.g. {'greedy': [...], 'beam 3': [...]}.
+    Returns the figure, whose axes are exactly one per image.
+    """
+    import matplotlib.pyplot as plt
+
+    count = len(images)
+    if count == 0:
+        raise ValueError("show_captions needs at least one image.")
+    generated = dict(generated or {})
+    for label, captions in [("references", references), *generated.items()]:
+        if captions is not None and len(captions) != count:
+            raise ValueError(
+                f"{len(captions)} {label} captions for {count} images; give one entry per image."
+            )
+
+    blocks = []  # per image: list of (text, colour)
+    for index in range(count):
+        lines = [
+            (_wrap(f"ref: {ref}", wrap), "0.35")
+            for ref in (references[index] if references else [])[:max_references]
+        ]
+        lines += [
+            (_wrap(f"{label}: {captions[index]}", wrap), f"C{k}")
+            for k, (label, captions) in enumerate(generated.items())
+        ]
+        blocks.append(lines)
+    text_lines = max(sum(text.count("\n") + 1 for text, _ in block) for block in blocks)
+
+    ncols = max(1, min(ncols, count))
+    nrows = math.ceil(count / ncols)
+    cell_width, image_height = 4.0, 3.0  # inches
+    line_points, gap_points = 11.5, 3.0  # one text line at fontsize 8.5, and the gap between captions
+    title_height = 0.25 if titles is not None else 0.0
+    text_height = (line_points * text_lines + gap_points * (len(blocks[0]) + 1)) / 72 + 0.2 + title_height
+    fig_height = nrows * (image_height + text_height) + title_height
+    fig = plt.figure(figsize=(cell_width * ncols, fig_height))
+    grid = fig.add_gridspec(
+        2 * nrows,
+        ncols,
+        height_ratios=[image_height, text_height] * nrows,
+        hspace=0.02,
+        wspace=0.05,
+        left=0.01,
+        right=0.99,
+        top=1 - (title_height + 0.05) / fig_height,
+        bottom=0.0,
+    )
+    for index, block in enumerate(blocks):
+        ax = fig.add_subplot(grid[2 * (index // ncols), index % ncols])
+        ax.imshow(as_image_array(images[index]))
+        ax.set_axis_off()
+        if titles is not None:
+            ax.set_title(str(titles[index]), fontsize=9)
+        offset = gap_points
+        for text, colour in block:
+            ax.annotate(
+                text,
+                xy=(0, 0),
+                xycoords="axes fraction",
+                xytext=(0, -offset),
+                textcoords="offset points",
+                va="top",
+                ha="left",
+                fontsize=8.5,
+                color=colour,
+            )
+            offset += (text.count("\n") + 1) * line_points + gap_points
+    return _finish(fig)
+
+
+def attention_overlay(attention_map, size: tuple[int, int]) -> np.ndarray:
+    """One attention map (h, w) upsampled smoothly (bicubic) to `size` = (height, width), scaled to
+    [0, 1] by its maximum."""
+    from PIL import Image
+
+    grid = np.asarray(attention_map, dtype=np.float32)
+    if grid.ndim != 2:
+        raise ValueError(f"An attention map must be 2-D (h, w), got shape {grid.shape}.")
+    height, width = size
+    upsampled = np.asarray(Image.fromarray(grid).resize((width, height), Image.Resampling.BICUBIC))
+    upsampled = np.clip(upsampled, 0.0, None)
+    peak = upsampled.max()
+    return upsampled / peak if peak > 0 else upsampled
+
+
+def _attention_grids(attention, steps: int) -> np.ndarray:
+    """(T, h, w) from (T, h, w) or (T, h*w), keeping the first `steps` maps."""
+    if hasattr(attention, "detach"):
+        attention = attention.detach().float().cpu().numpy()
+    maps = np.asarray(attention, dtype=np.float32)
+    if maps.ndim == 2:
+        side = math.isqrt(maps.shape[1])
+        if side * side != maps.shape[1]:
+            raise ValueError(
+                f"Flat attention of {maps.shape[1]} positions is not a square grid; pass (T, h, w)."
+            )
+        maps = maps.reshape(maps.shape[0], side, side)
+    if maps.ndim != 3:
+        raise ValueError(f"Attention must be (T, h, w) or (T, h*w), got shape {maps.shape}.")
+    if maps.shape[0] < steps:
+        raise ValueError(f"{steps} words but only {maps.shape[0]} attention maps; give one map per word.")
+    return maps[:steps]
+
+
+def show_attention(
+    image, words: Sequence[str], attention, ncols: int = 5, alpha: float = 0.6, cmap: str = "jet"
+):
+    """The image, then one panel per generated word with its attention upsampled to the image and
+    overlaid; the word is the panel's title. Returns the figure (len(words) + 1 axes)."""
+    import matplotlib.pyplot as plt
+
+    picture = as_image_array(image)
+    maps = _attention_grids(attention, len(words))
+    panels = len(words) + 1
+    ncols = max(1, min(ncols, panels))
+    nrows = math.ceil(panels / ncols)
+    fig = plt.figure(figsize=(2.6 * ncols, 2.7 * nrows))
+    ax = fig.add_subplot(nrows, ncols, 1)
+    ax.imshow(picture)
+    ax.set_title("image", fontsize=10)
+    ax.set_axis_off()
+    for index, (word, grid) in enumerate(zip(words, maps), start=2):
+        ax = fig.add_subplot(nrows, ncols, index)
+        ax.imshow(picture)
+        ax.imshow(attention_overlay(grid, picture.shape[:2]), cmap=cmap, alpha=alpha, vmin=0.0, vmax=1.0)
+        ax.set_title(word, fontsize=10)
+        ax.set_axis_off()
+    fig.tight_layout()
+    return _finish(fig)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: line {error.lineno}: broken JSON ({error.msg}).") from None
+
+
+def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in record.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}_"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def plot_history(history: Sequence[Mapping[str, Any]] | str | Path):
+    """Loss curves (left) and validation BLEU-4 / CIDEr / METEOR / ROUGE-L (right) per epoch, from a
+    history list, a history.json, or a results.json holding 'history'."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    if isinstance(history, (str, os.PathLike)):
+        source = str(history)
+        history = _read_json(Path(history))
+        if isinstance(history, Mapping):
+            history = history.get("history", [])
+    else:
+        source = "history"
+    records = [_flatten(record) for record in history]
+    if not records:
+        raise ValueError(f"{source}: no epochs recorded yet.")
+    epochs = [record.get("epoch", index + 1) for index, record in enumerate(records)]
+    keys = list(
+        dict.fromkeys(key for record in records for key, value in record.items() if _is_number(value))
+    )
+    loss_keys = [key for key in keys if "loss" in key.lower()]
+    metric_keys = [key for key in keys if re.search(r"bleu_?4|cider|meteor|rouge", key, re.IGNORECASE)]
+
+    fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for axis, chosen, title in ((loss_ax, loss_keys, "loss"), (metric_ax, metric_keys, "validation metrics")):
+        for key in chosen:
+            axis.plot(epochs, [record.get(key, np.nan) for record in records], marker="o", label=key)
+        axis.set_title(title)
+        axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+        if chosen:
+            axis.legend(fontsize=8)
+        else:
+            axis.text(0.5, 0.5, f"no {title} recorded", ha="center", va="center", transform=axis.transAxes)
+    fig.tight_layout()
+    return _finish(fig)
+
+
+# ----------------------------------------------------------------------------------------- results
+
+
+def _get(mapping: Any, *keys: str, default: Any = np.nan) -> Any:
+    for key in keys:
+        if not isinstance(mapping, Mapping) or key not in mapping:
+            return default
+        mapping = mapping[key]
+    return default if mapping is None else mapping
+
+
+def _embeddings(config: Mapping[str, Any]) -> Any:
+    embeddings = _get(config, "embeddings", default={})
+    use_glove = _get(embeddings, "use_glove")
+    if not isinstance(use_glove, bool):
+        return np.nan
+    if not use_glove:
+        return "random"
+    return "GloVe (frozen)" if _get(embeddings, "freeze", default=False) else "GloVe"
+
+
+def _result_rows(path: Path) -> list[dict[str, Any]]:
+    results = _read_json(path)
+    if not isinstance(results, Mapping):
+        raise ValueError(f"{path}: expected a JSON object with 'config' and 'metrics'.")
+    config = _get(results, "config", default={})
+    cell_type = _get(config, "model", "cell_type")
+    wall_time = _get(results, "train_wall_time_s", default=_get(results, "wall_time_s"))
+    base = {
+        "run": _get(results, "run_name", default=path.parent.name),
+        "decoder": DECODER_NAMES.get(cell_type, cell_type) if isinstance(cell_type, str) else np.nan,
+        "backbone": _get(config, "model", "backbone"),
+        "embeddings": _embeddings(config),
+        "epochs": _get(results, "epochs"),
+        "best_epoch": _get(results, "best_epoch"),
+        "train_time_min": wall_time / 60 if _is_number(wall_time) else np.nan,
+        "device": _get(results, "device"),
+        "path": str(path),
+    }
+    rows = []
+    for split, by_beam in _get(results, "metrics", default={}).items():
+        for beam_key, scores in (by_beam or {}).items():
+            match = re.fullmatch(r"beam_?(\d+)|(greedy)", str(beam_key))
+            beam = (int(match.group(1)) if match.group(1) else 1) if match else np.nan
+            row = {**base, "split": split, "beam": beam}
+            for name, value in (scores or {}).items():
+                column = METRIC_COLUMNS.get(re.sub(r"[^a-z0-9]", "", name.lower()))
+                if column and _is_number(value):
+                    row[column] = value
+            rows.append(row)
+    return rows or [{**base, "split": np.nan, "beam": np.nan}]
+
+
+def results_table(roots: str | Path | Iterable[str | Path], split: str | None = None):
+    """Every results.json below `roots` (the work dir, and on Kaggle /kaggle/input) as one DataFrame:
+    a row per run, split and beam size, best CIDEr first within each split. Missing figures are NaN; a
+    run name found twice keeps its first root's copy."""
+    import pandas as pd
+
+    roots = [roots] if isinstance(roots, (str, os.PathLike)) else list(roots)
+    rows, seen_runs = [], set()
+    for root in map(Path, roots):
+        if not root.is_dir():
+            continue
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for path in sorted(root.glob("**/results.json")):
+            result_rows = _result_rows(path)
+            runs.setdefault(result_rows[0]["run"], result_rows)
+        for run, result_rows in runs.items():
+            if run not in seen_runs:
+                seen_runs.add(run)
+                rows.extend(result_rows)
+    table = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    if split is not None:
+        table = table[table["split"] == split]
+    table = table.sort_values(
+        ["split", "CIDEr", "run", "beam"], ascending=[True, False, True, True], na_position="last"
+    )
+    return table.dropna(axis=1, how="all").reset_index(drop=True)
+
+
+def plot_results(table, split: str | None = None, metrics: Sequence[str] = ("BLEU-4", "CIDEr")):
+    """One horizontal bar chart per metric, a bar per run and beam size (the test split by default,
+    else the first split present). Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    if table.empty:
+        raise ValueError("No results to plot: train a model first (no results.json found).")
+    splits = list(dict.fromkeys(table["split"].dropna()))
+    split = split or ("test" if "test" in splits else (splits[0] if splits else None))
+    rows = table[table["split"] == split] if split is not None else table
+    metrics = [metric for metric in metrics if metric in rows.columns]
+    if rows.empty or not metrics:
+        raise ValueError(f"No {', '.join(metrics) or 'metric'} figures for split {split!r} in the table.")
+    labels = [
+        f"{row.decoder} / {row.backbone} / {row.embeddings} / beam {row.beam:g}"
+        if all(hasattr(row, name) for name in ("decoder", "backbone", "embeddings", "beam"))
+        else str(row.run)
+        for row in rows.itertuples()
+    ]
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(5.5 * len(metrics), 0.45 * len(rows) + 1.5), squeeze=False
+    )
+    for ax, metric in zip(axes[0], metrics):
+        values = rows[metric].to_numpy(dtype=float)
+        ax.barh(range(len(values)), values, color=[f"C{i % 10}" for i in range(len(values))])
+        ax.set_yticks(range(len(values)), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(f"{metric} ({split})")
+        for position, value in enumerate(values):
+            if np.isfinite(value):
+                ax.text(value, position, f" {value:.3f}", va="center", fontsize=8)
+        if np.isfinite(values).any():
+            ax.set_xlim(0, np.nanmax(values) * 1.2)  # room for the value labels
+    fig.tight_layout()
+    return _finish(fig)

@@ -1,0 +1,390 @@
+"""Display helpers of the notebooks: session setup, earlier-output discovery, widgets, figures, results."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from types import SimpleNamespace
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from helpers import notebook as nb  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def _fake_gpu(monkeypatch, name, capability):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: name)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=0: capability)
+
+
+def _text_of(fig) -> str:
+    """All text artists of a figure, whitespace collapsed (wrapping inserts newlines)."""
+    texts = [text.get_text() for ax in fig.axes for text in [*ax.texts, ax.title]]
+    return " ".join(" ".join(texts).split())
+
+
+# ----------------------------------------------------------------------------------------- session
+
+
+def test_setup_local(tmp_path, monkeypatch, no_gpu, capsys):
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    env = nb.setup(tmp_path / "w")
+    assert env == nb.Env(False, "cpu", None, None, tmp_path / "w", ())
+    assert (tmp_path / "w").is_dir()
+    assert (
+        capsys.readouterr().out.strip()
+        == f"local | device cpu | GPU none | work dir {tmp_path / 'w'} | inputs none"
+    )
+
+
+def test_setup_on_kaggle_uses_working_and_input(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    _fake_gpu(monkeypatch, "Tesla T4", (7, 5))
+    roots = {"kaggle_input": tmp_path / "input", "kaggle_working": tmp_path / "working"}
+    env = nb.setup(**roots)
+    assert (env.on_kaggle, env.device, env.gpu_name, env.compute_capability) == (
+        True,
+        "cuda",
+        "Tesla T4",
+        (7, 5),
+    )
+    assert env.work_dir == tmp_path / "working" and env.input_dirs == (tmp_path / "input",)
+    assert "GPU Tesla T4 (sm_75)" in capsys.readouterr().out
+    assert nb.setup("work", **roots).work_dir == tmp_path / "working" / "work"
+    assert (tmp_path / "working" / "work").is_dir()
+
+
+def test_setup_refuses_p100_and_hints_without_gpu(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    roots = {"kaggle_input": tmp_path / "input", "kaggle_working": tmp_path / "working"}
+    _fake_gpu(monkeypatch, "Tesla P100-PCIE-16GB", (6, 0))
+    with pytest.warns(UserWarning, match=r"capability 6\.0.*P100.*GPU T4 x2"):
+        env = nb.setup(**roots)
+    assert env.device == "cpu" and env.gpu_name == "Tesla P100-PCIE-16GB"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    capsys.readouterr()
+    nb.setup(**roots)
+    assert "pick 'GPU T4 x2'" in capsys.readouterr().out
+
+
+def test_find_earlier_output_in_both_kaggle_layouts(tmp_path, monkeypatch, no_gpu):
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    inputs, working = tmp_path / "input", tmp_path / "working"
+    new_layout = inputs / "notebooks" / "jane" / "image-captioning-00-data-prep" / "data" / "flickr8k"
+    old_layout = inputs / "image-captioning-02-backbones" / "features" / "resnet50-224-x"
+    for folder, name in ((new_layout, "manifest.json"), (old_layout, "index.json")):
+        folder.mkdir(parents=True)
+        (folder / name).write_text("{}")
+    (inputs / "datasets" / "adityajn105" / "flickr8k" / "Images").mkdir(parents=True)
+    env = nb.setup(kaggle_input=inputs, kaggle_working=working)
+
+    assert nb.find_earlier_output("data/*/manifest.json", env) == new_layout / "manifest.json"
+    assert nb.find_earlier_output("features/resnet50-*/index.json", env) == old_layout / "index.json"
+    assert nb.find_earlier_output("features/resnet101-*", env) is None
+
+    own = working / "data" / "flickr8k"
+    own.mkdir(parents=True)
+    (own / "manifest.json").write_text("{}")
+    assert nb.find_earlier_outputs("data/*/manifest.json", env) == [
+        own / "manifest.json",
+        new_layout / "manifest.json",
+    ]
+
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE")
+    local = nb.setup(tmp_path / "local")
+    assert local.input_dirs == () and nb.find_earlier_output("data/*/manifest.json", local) is None
+
+
+# ----------------------------------------------------------------------------------------- widgets
+
+FAKE_REGISTRY = {
+    name: SimpleNamespace(
+        name=name,
+        parameters=params,
+        out_channels=channels,
+        feature_size=7,
+        image_size=224,
+        resize_size=232,
+        batch_size=batch,
+        weights=f"{name}.W",
+        description=f"{name} notes",
+    )
+    for name, params, channels, batch in (("big", 25_557_032, 2048, 128), ("small", 5_495_976, 400, 256))
+}
+
+
+def test_choose_backbone_defaults_labels_and_echo(capsys):
+    dropdown = nb.choose_backbone("small", registry=FAKE_REGISTRY)
+    assert dropdown.value == "small"
+    assert capsys.readouterr().out == "BACKBONE = 'small'\n"
+    assert dict(dropdown.options) == {
+        "big: 25.6 M params, 2048 x 7 x 7 features, batch 128": "big",
+        "small: 5.5 M params, 400 x 7 x 7 features, batch 256": "small",
+    }
+    dropdown.value = "big"
+    assert dropdown.echo.value == "<code>BACKBONE = &#x27;big&#x27;</code>"
+    table = nb.backbone_table(FAKE_REGISTRY)
+    assert table.loc["small", "channels"] == 400 and table.loc["big", "parameters (M)"] == 25.56
+    with pytest.raises(ValueError, match="Unknown backbone 'vit'; choose from big, small"):
+        nb.choose_backbone("vit", registry=FAKE_REGISTRY)
+
+
+def test_choose_backbone_with_the_real_registry():
+    from helpers.backbones import BACKBONES
+
+    dropdown = nb.choose_backbone("regnet_x_400mf")
+    assert dropdown.value == "regnet_x_400mf"
+    assert [value for _, value in dropdown.options] == list(BACKBONES)
+    label = dict((value, label) for label, value in dropdown.options)["regnet_x_400mf"]
+    assert "400 x 7 x 7 features" in label and f"batch {BACKBONES['regnet_x_400mf'].batch_size}" in label
+
+
+def test_choose_backbones_and_options(capsys):
+    select = nb.choose_backbones(["big", "small"], registry=FAKE_REGISTRY)
+    assert select.value == ("big", "small")
+    assert nb.choose_backbones("big", registry=FAKE_REGISTRY).value == ("big",)
+    options = nb.choose_options(use_glove=True, freeze=False, pretrained=False)
+    assert options.value == {"use_glove": True, "freeze": False, "pretrained": False}
+    assert options["use_glove"] is True
+    out = capsys.readouterr().out
+    assert (
+        "BACKBONES = ['big', 'small']" in out
+        and "USE_GLOVE = True, FREEZE = False, PRETRAINED = False" in out
+    )
+    options.boxes["freeze"].value = True
+    assert options.value["freeze"] is True and "FREEZE = True" in options.echo.value
+    assert options.boxes["use_glove"].description == "GloVe word vectors"
+
+
+def test_choose_preset_reads_the_presets():
+    presets = nb.preset_choices()
+    assert {"beginner", "kaggle_small_gpu", "research"} <= set(presets)
+    assert presets["kaggle_small_gpu"].startswith("kaggle_small_gpu: regnet_x_400mf, hidden 256")
+    dropdown = nb.choose_preset("research")
+    assert dropdown.value == "research"
+    assert nb.choose_preset(None, ["a", "b"]).value is None
+    with pytest.raises(ValueError, match="Unknown preset 'expert'"):
+        nb.choose_preset("expert")
+
+
+def _png_bytes(color, size=(20, 10)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_uploaded_images_from_ipywidgets8_value():
+    from ipywidgets.widgets.widget_upload import _deserialize_value
+
+    upload = nb.upload_widget()
+    files = [("red.png", (255, 0, 0)), ("blue.png", (0, 0, 255))]
+    upload.value = _deserialize_value(
+        [
+            {
+                "name": n,
+                "type": "image/png",
+                "size": 1,
+                "content": memoryview(_png_bytes(c)),
+                "last_modified": 0,
+            }
+            for n, c in files
+        ],
+        None,
+    )
+    images = nb.uploaded_images(upload)
+    assert [name for name, _ in images] == ["red.png", "blue.png"]
+    assert images[0][1].size == (20, 10) and images[0][1].getpixel((3, 3)) == (255, 0, 0)
+    assert images[1][1].getpixel((0, 0)) == (0, 0, 255)
+    old_style = {"g.png": {"metadata": {"name": "g.png"}, "content": _png_bytes((0, 255, 0))}}
+    assert nb.uploaded_images(old_style)[0][1].getpixel((1, 1)) == (0, 255, 0)
+    with pytest.raises(ValueError, match="'notes.txt' is not a readable image"):
+        nb.uploaded_images([{"name": "notes.txt", "content": b"hello"}])
+
+
+# ----------------------------------------------------------------------------------------- figures
+
+
+def test_show_captions_grid_and_texts(tmp_path):
+    path = tmp_path / "a.png"
+    Image.new("RGB", (40, 30), (10, 20, 30)).save(path)
+    images = [path, Image.new("RGB", (30, 30)), torch.rand(3, 16, 24), np.random.rand(24, 16, 3)]
+    references = [[f"reference {i} one", f"reference {i} two", f"reference {i} three"] for i in range(4)]
+    long = "a dog runs through the tall green grass next to a small wooden fence on a sunny afternoon"
+    generated = {"greedy": [long, "g1", "g2", "g3"], "beam 3": ["b0", "b1", "b2", "b3"]}
+    fig = nb.show_captions(images, references, generated, ncols=3)
+    assert len(fig.axes) == 4
+    text = _text_of(fig)
+    for i in range(4):
+        assert f"ref: reference {i} one" in text and f"ref: reference {i} two" in text
+        assert f"reference {i} three" not in text  # max_references=2
+        assert f"beam 3: b{i}" in text
+    assert f"greedy: {long}" in text
+    wrapped = [t.get_text() for t in fig.axes[0].texts if t.get_text().startswith("greedy")]
+    assert len(wrapped) == 1 and "\n" in wrapped[0]
+    shapes = [ax.images[0].get_array().shape for ax in fig.axes]
+    assert shapes == [(30, 40, 3), (30, 30, 3), (16, 24, 3), (24, 16, 3)]
+    with pytest.raises(ValueError, match="3 greedy captions for 4 images"):
+        nb.show_captions(images, references, {"greedy": ["x"] * 3})
+
+
+def test_attention_overlay_is_smooth_and_image_sized():
+    assert np.allclose(nb.attention_overlay(np.full((7, 7), 0.02), (224, 160)), 1.0)
+    corner = np.zeros((7, 7), dtype=np.float32)
+    corner[0, 0] = 1.0
+    overlay = nb.attention_overlay(corner, (224, 224))
+    assert overlay.shape == (224, 224) and overlay.min() >= 0 and math.isclose(overlay.max(), 1.0)
+    row, col = np.unravel_index(overlay.argmax(), overlay.shape)
+    assert row < 32 and col < 32
+    assert overlay[:32, :32].mean() > 5 * overlay[64:, 64:].mean()
+    assert len(np.unique(np.round(overlay[:48, 0], 4))) > 10  # interpolated, not 32-pixel blocks
+    with pytest.raises(ValueError, match="must be 2-D"):
+        nb.attention_overlay(np.zeros((2, 7, 7)), (10, 10))
+
+
+def test_show_attention_panels():
+    image = torch.rand(3, 64, 96)
+    words = ["a", "dog", "runs"]
+    attention = torch.softmax(torch.randn(5, 49), dim=1)  # more steps than words: the rest is ignored
+    fig = nb.show_attention(image, words, attention, ncols=2)
+    assert len(fig.axes) == 4
+    assert [ax.get_title() for ax in fig.axes] == ["image", *words]
+    for ax, grid in zip(fig.axes[1:], attention[:3].reshape(3, 7, 7).numpy()):
+        overlay = ax.images[1].get_array()
+        assert overlay.shape == (64, 96)
+        assert np.allclose(overlay, nb.attention_overlay(grid, (64, 96)))
+    with pytest.raises(ValueError, match="3 words but only 2 attention maps"):
+        nb.show_attention(image, words, attention[:2])
+    with pytest.raises(ValueError, match="not a square grid"):
+        nb.show_attention(image, words, torch.rand(3, 50))
+
+
+HISTORY = [
+    {"epoch": 1, "train_loss": 4.0, "val_loss": 3.5, "val_Bleu_4": 0.05, "val_CIDEr": 0.10, "lr": 1e-3},
+    {"epoch": 2, "train_loss": 3.0, "val_loss": 3.1, "val_Bleu_4": 0.08, "val_CIDEr": 0.25, "lr": 5e-4},
+]
+
+
+def test_plot_history_from_list_and_files(tmp_path):
+    fig = nb.plot_history(HISTORY)
+    assert len(fig.axes) == 2
+    curves = {line.get_label(): list(line.get_ydata()) for ax in fig.axes for line in ax.get_lines()}
+    assert curves == {
+        "train_loss": [4.0, 3.0],
+        "val_loss": [3.5, 3.1],
+        "val_Bleu_4": [0.05, 0.08],
+        "val_CIDEr": [0.10, 0.25],
+    }
+    assert [line.get_label() for line in fig.axes[1].get_lines()] == ["val_Bleu_4", "val_CIDEr"]
+    assert list(fig.axes[0].get_lines()[0].get_xdata()) == [1, 2]
+
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"history": HISTORY}))
+    assert len(nb.plot_history(results).axes[0].get_lines()) == 2
+    broken = tmp_path / "history.json"
+    broken.write_text('[{"epoch": 1,\n "train_loss": }]')
+    with pytest.raises(ValueError, match=r"history\.json: line 2: broken JSON"):
+        nb.plot_history(broken)
+
+
+# ----------------------------------------------------------------------------------------- results
+
+
+def _results(cell_type, backbone, use_glove, freeze, metrics, **extra):
+    return {
+        "run_name": f"{cell_type}-{backbone}",
+        "config": {
+            "model": {"cell_type": cell_type, "backbone": backbone, "hidden_dim": 512},
+            "embeddings": {"use_glove": use_glove, "glove_path": "g.txt", "freeze": freeze},
+        },
+        "vocab_size": 100,
+        "metrics": metrics,
+        **extra,
+    }
+
+
+def _scores(b1, b4, rouge, cider, **more):
+    return {
+        "Bleu_1": b1,
+        "Bleu_2": 0.4,
+        "Bleu_3": 0.3,
+        "Bleu_4": b4,
+        "ROUGE_L": rouge,
+        "CIDEr": cider,
+        **more,
+    }
+
+
+def _write(path, data):
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(data))
+
+
+def test_results_table_two_runs(tmp_path):
+    work, inputs = tmp_path / "work", tmp_path / "input"
+    lstm_metrics = {
+        "beam1": _scores(0.60, 0.15, 0.45, 0.40),
+        "beam3": _scores(0.62, 0.18, 0.46, 0.52, METEOR=0.2),
+    }
+    lstm = _results(
+        "lstm",
+        "resnet50",
+        True,
+        True,
+        {"test": lstm_metrics},
+        epochs=10,
+        best_epoch=7,
+        train_wall_time_s=1200.0,
+        device="cuda (Tesla T4)",
+    )
+    attn = _results("attn", "resnet101", False, False, {"test": {"beam_1": _scores(0.65, 0.21, 0.48, 0.61)}})
+    _write(work / "runs" / "lstm-resnet50" / "results.json", lstm)
+    _write(inputs / "notebooks" / "jane" / "x" / "runs" / "attn-resnet101" / "results.json", attn)
+    table = nb.results_table([work, inputs])
+    assert list(table["run"]) == ["attn-resnet101", "lstm-resnet50", "lstm-resnet50"]  # best CIDEr first
+    assert list(table["decoder"]) == ["Attention LSTM", "LSTM", "LSTM"]
+    assert list(table["embeddings"]) == ["random", "GloVe (frozen)", "GloVe (frozen)"]
+    assert list(table["beam"]) == [1, 3, 1]
+    assert list(table["CIDEr"]) == [0.61, 0.52, 0.40]
+    assert list(table["BLEU-4"]) == [0.21, 0.18, 0.15] and list(table["ROUGE-L"]) == [0.48, 0.46, 0.45]
+    assert table["METEOR"].isna().tolist() == [True, False, True] and table.loc[1, "METEOR"] == 0.2
+    assert table.loc[1, "train_time_min"] == 20.0 and table.loc[1, "epochs"] == 10
+    assert math.isnan(table.loc[0, "epochs"]) and math.isnan(table.loc[0, "train_time_min"])
+    for column in ["BLEU-1", "BLEU-2", "BLEU-3", "split", "backbone", "device"]:
+        assert column in table.columns
+
+    fig = nb.plot_results(table)
+    assert len(fig.axes) == 2 and [ax.get_title() for ax in fig.axes] == ["BLEU-4 (test)", "CIDEr (test)"]
+    assert [bar.get_width() for bar in fig.axes[1].patches] == [0.61, 0.52, 0.40]
+    assert fig.axes[1].get_yticklabels()[0].get_text() == "Attention LSTM / resnet101 / random / beam 1"
+
+
+def test_results_table_tolerates_gaps_and_names_broken_files(tmp_path):
+    _write(tmp_path / "runs" / "bare" / "results.json", {"config": {}})
+    table = nb.results_table(tmp_path)
+    assert list(table["run"]) == ["bare"] and "CIDEr" not in table.columns
+    assert nb.results_table(tmp_path / "missing").empty
+    broken = tmp_path / "runs" / "bad" / "results.json"
+    _write(broken, {})
+    broken.write_text('{"metrics": {')
+    with pytest.raises(ValueError, match=f"{broken}: line 1: broken JSON"):
+        nb.results_table(tmp_path)

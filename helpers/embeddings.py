@@ -444,3 +444,41 @@ def _atomic_write(target: Path, write) -> None:
 
 def _atomic_write_bytes(target: Path, data: bytes) -> None:
     _atomic_write(target, lambda handle: handle.write(data))
+
+
+# Kaggle datasets holding glove.6B files, by dimension (see FACTS.md); the first is the smallest download.
+GLOVE_KAGGLE_HANDLES: dict[int, tuple[str, ...]] = {
+    50: ("anindya2906/glove6b",),
+    100: ("danielwillgeorge/glove6b100dtxt", "anindya2906/glove6b"),
+    200: ("anindya2906/glove6b",),
+    300: ("thanakomsn/glove6b300dtxt", "anindya2906/glove6b"),
+}
+
+
+def download_glove(dim: int = 300, timeout: float = 60.0, verbose: bool = True) -> Path:
+    """Path of glove.6B.<dim>d.txt: from the attached Kaggle dataset inside a notebook, else downloaded
+    once with kagglehub (and cached). Fails within `timeout` seconds with the ways to fix it."""
+    from helpers.sources import DatasetUnavailableError, kaggle_path
+
+    if dim not in GLOVE_KAGGLE_HANDLES:
+        raise ValueError(f"glove.6B comes in {sorted(GLOVE_KAGGLE_HANDLES)} dimensions, not {dim}.")
+    name = f"glove.6B.{dim}d.txt"
+    failures = []
+    for handle in GLOVE_KAGGLE_HANDLES[dim]:
+        try:
+            root = kaggle_path(handle, timeout, verbose)
+        except DatasetUnavailableError as error:
+            failures.append(str(error))
+            continue
+        found = sorted(root.rglob(name))
+        if found:
+            if verbose:
+                print(f"GloVe: {found[0]}")
+            return found[0]
+        failures.append(f"{handle} holds no {name}")
+    raise FileNotFoundError(
+        f"Could not get {name}: " + "; ".join(failures) + ".\n"
+        f"Fix: in a Kaggle notebook add the dataset {GLOVE_KAGGLE_HANDLES[dim][0]} (Add Input -> Datasets) "
+        "and turn Internet on; elsewhere download it (nlp.stanford.edu/projects/glove) and pass its path "
+        "as GLOVE_PATH / embeddings.glove_path, or set USE_GLOVE=False."
+    )

@@ -384,3 +384,39 @@ def test_frozen_embedding_gets_no_gradient_and_unfreezes():
     optimizer.step()
     assert layer.W_embed.grad is None
     assert torch.equal(layer.W_embed, frozen_values)
+
+
+def test_download_glove_finds_the_file_in_the_kaggle_folder(tmp_path, monkeypatch):
+    import kagglehub
+
+    from helpers.embeddings import download_glove
+
+    mounted = tmp_path / "mount" / "glove6b300dtxt"
+    write_glove_file(mounted / "glove.6B.300d.txt", {"dog": np.ones(300, dtype=np.float32)})
+    asked = []
+
+    def attached(handle, **kwargs):
+        asked.append(handle)
+        return str(mounted)
+
+    monkeypatch.setattr(kagglehub, "dataset_download", attached)
+    assert download_glove(300, verbose=False) == mounted / "glove.6B.300d.txt"
+    assert asked == ["thanakomsn/glove6b300dtxt"]
+
+
+def test_download_glove_offline_says_how_to_fix(monkeypatch, tmp_path):
+    import kagglehub
+
+    from helpers.embeddings import download_glove
+
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "empty-cache"))
+
+    def offline(handle, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(kagglehub, "dataset_download", offline)
+    with pytest.raises(FileNotFoundError, match="glove.6B.100d.txt") as caught:
+        download_glove(100, timeout=5, verbose=False)
+    assert "danielwillgeorge/glove6b100dtxt" in str(caught.value) and "USE_GLOVE=False" in str(caught.value)
+    with pytest.raises(ValueError, match="not 77"):
+        download_glove(77)

@@ -1,0 +1,352 @@
+"""Captioning models: the course's CaptioningRNN (rnn / lstm / attn) and a CaptioningTransformer.
+
+Both take images (N, 3, H, W) -- the CNN then runs -- or precomputed backbone features
+(N, input_dim, H', W') from the feature store, and give the same loss for the same inputs. Decoding
+(greedy and beam search) is written once, in :func:`beam_search`, over a two-method step interface
+that every model implements:
+
+* ``init_state(features) -> state``: a tuple of tensors whose first dimension is the batch;
+* ``step(state, words) -> (log_probs (B, V), state, attention (B, H'*W') or None)``: feed one word per
+  row and get the distribution of the next one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from helpers.backbones import ImageEncoder
+from helpers.decoders import (
+    LSTM,
+    RNN,
+    AttentionLSTM,
+    TransformerDecoder,
+    dot_product_attention,
+    temporal_softmax_loss,
+)
+from helpers.embeddings import WordEmbedding, load_glove_embeddings
+
+__all__ = ["CELL_TYPES", "CaptioningModel", "CaptioningRNN", "CaptioningTransformer", "beam_search"]
+
+CELL_TYPES = {"rnn": "rnn", "lstm": "lstm", "attn": "attn", "attention": "attn"}
+SPECIAL_TOKENS = ("<NULL>", "<START>", "<END>")
+
+
+def beam_search(model, features: Tensor, max_length: int, beam_size: int = 1, alpha: float = 0.7):
+    """Decode a batch with beam search, all images and beams at once (batch * beam_size rows).
+
+    Hypotheses are ranked by their summed log-probability while searching; a hypothesis that emits
+    ``<END>`` is finished and keeps its place, extended only by ``<NULL>`` at no cost. At the end
+    each image keeps the hypothesis with the best ``score / length ** alpha`` (length counts the
+    words up to and including ``<END>``). ``beam_size=1`` is greedy decoding.
+
+    Returns ``(tokens (N, max_length), attention (N, max_length, H'*W') or None)``; tokens after
+    ``<END>`` are ``<NULL>`` and so is their attention (zeros).
+    """
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be at least 1, got {beam_size}")
+    N, k = features.shape[0], beam_size
+    device = features.device
+    state = tuple(s.repeat_interleave(k, dim=0) for s in model.init_state(features))
+    words = torch.full((N * k,), model._start, dtype=torch.long, device=device)
+    scores = torch.zeros(N, k, device=device)
+    scores[:, 1:] = -math.inf  # all beams start identical: expand only the first one
+    finished = torch.zeros(N, k, dtype=torch.bool, device=device)
+    lengths = torch.zeros(N, k, dtype=torch.long, device=device)
+    tokens = torch.full((N, k, max_length), model._null, dtype=torch.long, device=device)
+    attention_history = None
+    row_offsets = torch.arange(N, device=device).unsqueeze(1) * k
+    for t in range(max_length):
+        log_probs, state, attention = model.step(state, words)
+        vocab_size = log_probs.shape[1]
+        log_probs = log_probs.float().view(N, k, vocab_size)
+        null_only = torch.full((vocab_size,), -math.inf, device=device)
+        null_only[model._null] = 0.0
+        log_probs = torch.where(finished.unsqueeze(2), null_only, log_probs)
+        scores, flat_choice = (scores.unsqueeze(2) + log_probs).view(N, k * vocab_size).topk(k, dim=1)
+        parent = flat_choice // vocab_size
+        word = flat_choice % vocab_size
+        tokens = tokens.gather(1, parent.unsqueeze(2).expand(N, k, max_length))
+        tokens[:, :, t] = word
+        parent_finished = finished.gather(1, parent)
+        lengths = lengths.gather(1, parent) + (~parent_finished).long()
+        finished = parent_finished | (word == model._end)
+        if attention is not None:
+            positions = attention.shape[1]
+            if attention_history is None:
+                attention_history = attention.new_zeros(N, k, max_length, positions)
+            attention_history = attention_history.gather(
+                1, parent.view(N, k, 1, 1).expand(N, k, max_length, positions)
+            )
+            step_attention = attention.view(N, k, positions).gather(
+                1, parent.unsqueeze(2).expand(N, k, positions)
+            )
+            attention_history[:, :, t] = step_attention * (~parent_finished).unsqueeze(2)
+        rows = (row_offsets + parent).view(-1)
+        state = tuple(s.index_select(0, rows) for s in state)
+        words = word.view(-1)
+        if bool(finished.all()):
+            break
+    best = (scores / lengths.clamp(min=1).float() ** alpha).argmax(dim=1)
+    batch = torch.arange(N, device=device)
+    best_attention = None if attention_history is None else attention_history[batch, best]
+    return tokens[batch, best], best_attention
+
+
+class CaptioningModel(nn.Module):
+    """What every captioning model shares: vocabulary, image encoder, word embedding, loss, decoding.
+
+    Subclasses build their decoder and implement ``scores(features, captions_in) -> (N, T, V)``,
+    ``init_state`` and ``step`` (see the module docstring).
+    """
+
+    returns_attention = False
+
+    def __init__(
+        self,
+        word_to_idx: dict[str, int],
+        input_dim: int | None,
+        wordvec_dim: int,
+        image_encoder_pretrained: bool,
+        ignore_index: int | None,
+        backbone: str,
+        glove_path: str | None,
+        freeze_embeddings: bool,
+    ):
+        super().__init__()
+        missing = [token for token in SPECIAL_TOKENS if token not in word_to_idx]
+        if missing:
+            raise ValueError(
+                f"word_to_idx lacks the special tokens {missing}; build it with helpers.text.Vocabulary"
+            )
+        if sorted(word_to_idx.values()) != list(range(len(word_to_idx))):
+            raise ValueError("word_to_idx must map its words to the ids 0 .. len(word_to_idx) - 1, each once")
+        self.word_to_idx = dict(word_to_idx)
+        self.idx_to_word = {index: word for word, index in word_to_idx.items()}
+        self._null = word_to_idx["<NULL>"]
+        self._start = word_to_idx["<START>"]
+        self._end = word_to_idx["<END>"]
+        self.ignore_index = self._null if ignore_index is None else ignore_index
+
+        self.image_encoder = ImageEncoder(
+            pretrained=image_encoder_pretrained, backbone=backbone, verbose=False
+        )
+        channels = self.image_encoder.out_channels
+        if input_dim is not None and input_dim != channels:
+            raise ValueError(
+                f"input_dim={input_dim} does not match {backbone}, which outputs {channels} channels; "
+                f"pass input_dim={channels} or leave it None"
+            )
+        self.input_dim = channels
+        self.backbone = backbone
+        self.wordvec_dim = wordvec_dim
+
+        pretrained = None
+        if glove_path is not None:
+            try:
+                pretrained = load_glove_embeddings(glove_path, self.word_to_idx, embed_dim=wordvec_dim)
+            except ValueError as err:
+                raise ValueError(
+                    f"cannot use the GloVe file {glove_path} with wordvec_dim={wordvec_dim}: {err} "
+                    "(wordvec_dim must equal the GloVe dimension)"
+                ) from err
+        self.word_embed = WordEmbedding(
+            len(word_to_idx), wordvec_dim, pretrained_embeddings=pretrained, freeze=freeze_embeddings
+        )
+
+    def encode(self, images: Tensor) -> Tensor:
+        """Run the CNN: images (N, 3, H, W), uint8 or float in [0, 1] -> features (N, input_dim, H', W')."""
+        return self.image_encoder(images)
+
+    def features_from(self, images_or_features: Tensor) -> Tensor:
+        """Backbone features for a batch of images (the CNN runs) or of precomputed features (returned as is).
+
+        The two are told apart by the channel count: 3 for images, ``input_dim`` for features.
+        """
+        x = images_or_features
+        if x.dim() == 4 and x.shape[1] == 3:
+            return self.encode(x)
+        if x.dim() == 4 and x.shape[1] == self.input_dim:
+            return x.to(self.output_proj.weight.dtype)
+        raise ValueError(
+            f"expected images (N, 3, H, W) or {self.backbone} features (N, {self.input_dim}, H', W'); "
+            f"got shape {tuple(x.shape)}"
+        )
+
+    def forward(self, images: Tensor, captions: Tensor) -> Tensor:
+        """Teacher-forced loss: summed over time, averaged over the batch, ``<NULL>`` targets ignored.
+
+        captions (N, T + 1) start with ``<START>``; the model reads ``captions[:, :-1]`` and predicts
+        ``captions[:, 1:]``.
+        """
+        captions_in, captions_out = captions[:, :-1], captions[:, 1:]
+        scores = self.scores(self.features_from(images), captions_in)
+        return temporal_softmax_loss(scores, captions_out, ignore_index=self.ignore_index)
+
+    @torch.no_grad()
+    def sample(self, images: Tensor, max_length: int = 15, beam_size: int = 1, alpha: float = 0.7):
+        """Caption a batch: token ids (N, max_length), starting with the first word after ``<START>``.
+
+        ``beam_size=1`` is greedy decoding; larger values run :func:`beam_search` over the whole batch
+        with length normalisation ``score / length ** alpha``. Positions after ``<END>`` hold
+        ``<NULL>``. Models with attention also return the attention maps (N, max_length, H', W'),
+        on the CPU like the course module. Runs in eval mode (no dropout) and then gives every
+        submodule back its own mode (a frozen encoder kept in eval stays in eval).
+        """
+        modes = [(module, module.training) for module in self.modules()]
+        self.eval()
+        try:
+            features = self.features_from(images)
+            captions, attention = beam_search(self, features, max_length, beam_size, alpha)
+        finally:
+            for module, training in modes:
+                module.training = training
+        if not self.returns_attention:
+            return captions
+        return captions, attention.reshape(*captions.shape, *features.shape[2:]).cpu()
+
+    def log_probs(self, hidden: Tensor) -> Tensor:
+        """Hidden states (..., H) -> log-probabilities (..., V) in float32."""
+        return self.output_proj(hidden).float().log_softmax(dim=-1)
+
+
+class CaptioningRNN(CaptioningModel):
+    """The course's captioning model with a vanilla RNN, an LSTM or an attention LSTM decoder.
+
+    rnn / lstm: the spatially averaged features pass a Linear(input_dim, hidden_dim) to give h0.
+    attn: a 1x1 convolution projects the features to A (N, hidden_dim, H', W') to attend over.
+    """
+
+    def __init__(
+        self,
+        word_to_idx: dict[str, int],
+        input_dim: int | None = None,
+        wordvec_dim: int = 128,
+        hidden_dim: int = 128,
+        cell_type: str = "rnn",
+        image_encoder_pretrained: bool = True,
+        ignore_index: int | None = None,
+        backbone: str = "resnet50",
+        glove_path: str | None = None,
+        freeze_embeddings: bool = False,
+    ):
+        if cell_type not in CELL_TYPES:
+            raise ValueError(f"unknown cell_type {cell_type!r}; choose one of {sorted(CELL_TYPES)}")
+        super().__init__(
+            word_to_idx, input_dim, wordvec_dim, image_encoder_pretrained, ignore_index, backbone,
+            glove_path, freeze_embeddings,
+        )
+        self.cell_type = CELL_TYPES[cell_type]
+        self.hidden_dim = hidden_dim
+        self.returns_attention = self.cell_type == "attn"
+        if self.cell_type == "attn":
+            self.feat_proj = nn.Conv2d(self.input_dim, hidden_dim, kernel_size=1)
+            self.decoder = AttentionLSTM(wordvec_dim, hidden_dim)
+        else:
+            self.feat_proj = nn.Linear(self.input_dim, hidden_dim)
+            self.decoder = (RNN if self.cell_type == "rnn" else LSTM)(wordvec_dim, hidden_dim)
+        self.output_proj = nn.Linear(hidden_dim, len(word_to_idx))
+
+    def scores(self, features: Tensor, captions_in: Tensor) -> Tensor:
+        """Teacher-forced vocabulary scores (N, T, V); RNN and LSTM run torch's fused kernels."""
+        word_embeds = self.word_embed(captions_in)
+        if self.cell_type == "attn":
+            hidden = self.decoder(word_embeds, self.feat_proj(features))
+        else:
+            hidden = self.decoder(word_embeds, self.feat_proj(features.mean(dim=(2, 3))))
+        return self.output_proj(hidden)
+
+    def init_state(self, features: Tensor) -> tuple[Tensor, ...]:
+        """(h,) for rnn, (h, c) for lstm with c = 0, (h, c, A) for attn with h = c = mean of A."""
+        if self.cell_type == "attn":
+            A = self.feat_proj(features)
+            h = A.mean(dim=(2, 3))
+            return h, h, A
+        h = self.feat_proj(features.mean(dim=(2, 3)))
+        return (h,) if self.cell_type == "rnn" else (h, torch.zeros_like(h))
+
+    def step(self, state: tuple[Tensor, ...], words: Tensor):
+        """One decoding step with the per-step path of the course's cells."""
+        x = self.word_embed(words)
+        attention = None
+        if self.cell_type == "rnn":
+            h = self.decoder.step_forward(x, state[0])
+            state = (h,)
+        elif self.cell_type == "lstm":
+            h, c = self.decoder.step_forward(x, *state)
+            state = (h, c)
+        else:
+            h, c, A = state
+            attn, weights = dot_product_attention(h, A)
+            h, c = self.decoder.step_forward(x, h, c, attn)
+            state = (h, c, A)
+            attention = weights.flatten(1)
+        return self.log_probs(h), state, attention
+
+
+class CaptioningTransformer(CaptioningModel):
+    """A Transformer decoder over the spatial image features; ``hidden_dim`` is d_model.
+
+    Same forward/sample contract as :class:`CaptioningRNN`; ``sample`` also returns the last layer's
+    cross-attention maps averaged over heads.
+    """
+
+    cell_type = "transformer"
+    returns_attention = True
+
+    def __init__(
+        self,
+        word_to_idx: dict[str, int],
+        input_dim: int | None = None,
+        wordvec_dim: int = 128,
+        hidden_dim: int = 128,
+        num_heads: int = 4,
+        num_layers: int = 2,
+        dropout: float = 0.1,
+        max_length: int = 50,
+        image_encoder_pretrained: bool = True,
+        ignore_index: int | None = None,
+        backbone: str = "resnet50",
+        glove_path: str | None = None,
+        freeze_embeddings: bool = False,
+    ):
+        super().__init__(
+            word_to_idx, input_dim, wordvec_dim, image_encoder_pretrained, ignore_index, backbone,
+            glove_path, freeze_embeddings,
+        )
+        self.hidden_dim = hidden_dim
+        self.max_length = max_length
+        self.decoder = TransformerDecoder(
+            self.input_dim, wordvec_dim, d_model=hidden_dim, num_heads=num_heads, num_layers=num_layers,
+            dropout=dropout, max_length=max_length,
+        )
+        self.output_proj = nn.Linear(hidden_dim, len(word_to_idx))
+
+    def scores(self, features: Tensor, captions_in: Tensor) -> Tensor:
+        """Teacher-forced vocabulary scores (N, T, V), all positions at once under a causal mask."""
+        return self.output_proj(self.decoder(self.word_embed(captions_in), features))
+
+    def init_state(self, features: Tensor) -> tuple[Tensor, ...]:
+        """Each layer's image keys and values, then each layer's (still empty) word keys and values."""
+        memory_kv = self.decoder.memory_keys_values(self.decoder.encode_memory(features))
+        past_kv = self.decoder.empty_cache(features.shape[0], features.device)
+        return tuple(t for pair in memory_kv + past_kv for t in pair)
+
+    def step(self, state: tuple[Tensor, ...], words: Tensor):
+        """Decode one position from the cached keys and values (no recomputation of the prefix)."""
+        pairs = [state[i : i + 2] for i in range(0, len(state), 2)]
+        layers = len(self.decoder.layers)
+        hidden, past_kv, weights = self.decoder.step(self.word_embed(words), pairs[:layers], pairs[layers:])
+        state = tuple(t for pair in pairs[:layers] + past_kv for t in pair)
+        return self.log_probs(hidden), state, weights
+
+    def sample(self, images: Tensor, max_length: int = 15, beam_size: int = 1, alpha: float = 0.7):
+        """As :meth:`CaptioningModel.sample`; max_length may not exceed the model's ``max_length``."""
+        if max_length > self.max_length:
+            raise ValueError(
+                f"max_length={max_length} exceeds the model's max_length={self.max_length}; "
+                f"build CaptioningTransformer with max_length >= {max_length}"
+            )
+        return super().sample(images, max_length=max_length, beam_size=beam_size, alpha=alpha)

@@ -1,0 +1,297 @@
+"""The feature store: equal to the encoder's own output, keyed, resumable, robust to bad images."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+import helpers.features as features_module
+from helpers.backbones import ImageEncoder, image_transform
+from helpers.features import (
+    CaptionFeatureDataset,
+    FeatureStore,
+    ImageFeatureDataset,
+    extract_features,
+    feature_store_bytes,
+    store_directory,
+)
+from helpers.images import TooManyBadImagesError, load_image
+
+BACKBONE = "regnet_x_400mf"  # smallest registered backbone: 400 channels
+SIZE = 64  # -> 2 x 2 feature maps
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tiny convolutions run several times faster on one thread than on two busy cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@dataclass
+class FakePrepared:
+    """Stand-in for helpers.prepare.PreparedDataset with just what the feature store uses."""
+
+    root: Path
+    image_dir: Path
+    splits: dict[str, list[str]]
+    encoded: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    dataset: str = "fake"
+    key: str = "fake-0001"
+
+    def captions(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        return self.encoded[split]
+
+    def image_path(self, filename: str) -> Path:
+        return self.image_dir / filename
+
+
+def make_prepared(tmp_path: Path, bad: dict[str, bytes] | None = None, key: str = "fake-0001"):
+    """Ten noise JPEGs (plus optional bad files replacing some) split 6/2/2, two captions per image."""
+    image_dir = tmp_path / "images"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    names = [f"img_{number:02d}.jpg" for number in range(10)]
+    for number, name in enumerate(names):
+        size = (80 + 4 * number, 60)  # varied shapes, like real photos
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(image_dir / name)
+    for name, content in (bad or {}).items():
+        (image_dir / name).write_bytes(content)
+    splits = {"train": names[:6], "val": names[6:8], "test": names[8:]}
+    encoded = {}
+    for split, files in splits.items():
+        image_idx = np.repeat(np.arange(len(files)), 2)
+        encoded[split] = (rng.integers(0, 50, (len(image_idx), 7)).astype(np.int32), image_idx)
+    return FakePrepared(tmp_path / "work" / "data" / key, image_dir, splits, encoded, key=key)
+
+
+def extract(prepared, **overrides):
+    settings = dict(backbone=BACKBONE, image_size=SIZE, pretrained=False, batch_size=4, num_workers=0,
+                    device="cpu", progress=False)
+    settings.update(overrides)
+    torch.manual_seed(0)  # the random weights of the encoder built inside
+    return extract_features(prepared, **settings)
+
+
+def reference_features(prepared, names):
+    """Direct ImageEncoder output (same random weights as `extract`) for the named images, in float32."""
+    torch.manual_seed(0)
+    encoder = ImageEncoder(pretrained=False, backbone=BACKBONE, verbose=False).eval()
+    transform = image_transform(BACKBONE, SIZE)
+    images = torch.stack([transform(load_image(prepared.image_path(name))) for name in names])
+    with torch.no_grad():
+        return encoder(images).numpy()
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    """One store extracted with two loader workers, shared (read-only) by the tests below."""
+    prepared = make_prepared(tmp_path_factory.mktemp("clean"))
+    store = extract(prepared, num_workers=2)
+    return prepared, store
+
+
+def test_store_equals_direct_encoder_output_within_fp16(clean):
+    prepared, store = clean
+    assert store.path == prepared.root.parent.parent / "features" / "fake-0001" / f"{BACKBONE}-{SIZE}-random"
+    assert (store.backbone, store.image_size, store.weights) == (BACKBONE, SIZE, "random")
+    assert (store.channels, store.feature_size, store.dataset_key) == (400, 2, "fake-0001")
+    all_names = [name for names in prepared.splits.values() for name in names]
+    expected = dict(zip(all_names, reference_features(prepared, all_names)))
+    assert np.abs(np.stack(list(expected.values()))).max() > 0.1  # not a trivially zero comparison
+    for split, names in prepared.splits.items():
+        stored = store.features(split)
+        assert isinstance(stored, np.memmap) and stored.dtype == np.float16
+        assert stored.shape == (len(names), 400, 2, 2)
+        assert store.filenames(split) == names and store.is_complete(split)
+        wanted = np.stack([expected[name] for name in names])
+        np.testing.assert_allclose(stored.astype(np.float32), wanted, rtol=2e-3, atol=2e-3)
+    assert store.index_of("val", "img_07.jpg") == 1
+    assert store.size_bytes == sum((store.path / f"{split}.npy").stat().st_size for split in prepared.splits)
+    assert store.size_bytes >= 10 * 400 * 4 * 2
+    reopened = FeatureStore.open(store.path / "index.json")
+    np.testing.assert_array_equal(reopened.features("test"), store.features("test"))
+
+
+def test_size_estimate_matches_the_flickr8k_figure():
+    assert feature_store_bytes(8091, "resnet50", 224) == 8091 * 2048 * 7 * 7 * 2  # about 1.6 GB
+    assert feature_store_bytes(10, BACKBONE, SIZE) == 10 * 400 * 2 * 2 * 2
+
+
+def test_prints_the_size_and_warns_when_it_exceeds_free_disk_or_kaggle_limit(tmp_path, monkeypatch, capsys):
+    prepared = make_prepared(tmp_path)
+    monkeypatch.setattr(features_module.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 100})())
+    monkeypatch.setattr(features_module, "KAGGLE_OUTPUT_LIMIT_BYTES", 1000)
+    with pytest.warns(UserWarning) as caught:
+        extract(prepared)
+    assert "10 images x 400 x 2 x 2 float16 = 32.00 kB" in capsys.readouterr().out
+    messages = " ".join(str(warning.message) for warning in caught)
+    assert "32.00 kB but only 100 B is free" in messages and "Kaggle's 20 GB limit" in messages
+
+
+def test_stores_are_keyed_by_dataset_backbone_size_and_weights(clean, monkeypatch):
+    prepared, first = clean
+    other_size = extract(prepared, image_size=96)
+    assert other_size.path != first.path and other_size.feature_size == 3
+    assert first.features("train").shape[2:] == (2, 2)  # the 64 px store is untouched
+    pretrained_dir = store_directory("w", "k", "resnet50", 224, pretrained=True)
+    assert pretrained_dir == Path("w/k/resnet50-224-IMAGENET1K_V2")
+    assert store_directory("w", "k", "resnet50", 224, pretrained=False) == Path("w/k/resnet50-224-random")
+    assert store_directory("w", "k2", "resnet101", 224, pretrained=False) == Path("w/k2/resnet101-224-random")
+
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("a complete store must be reused without building the encoder")
+
+    monkeypatch.setattr(features_module, "ImageEncoder", no_encoder)
+    reused = extract(prepared)
+    assert reused.path == first.path and reused.is_complete()
+    with pytest.raises(ValueError, match="image_size=16 is too small"):
+        extract(prepared, image_size=16)
+
+
+def test_interrupted_extraction_resumes_to_the_same_store(clean, tmp_path, monkeypatch):
+    _, uninterrupted = clean
+    prepared = make_prepared(tmp_path)  # the same images as `clean`, in another work dir
+    original_forward = ImageEncoder.forward
+    images_seen = []
+
+    def interrupted_forward(self, images):
+        if images_seen:
+            raise KeyboardInterrupt("simulated interruption")
+        images_seen.append(len(images))
+        return original_forward(self, images)
+
+    monkeypatch.setattr(ImageEncoder, "forward", interrupted_forward)
+    with pytest.raises(KeyboardInterrupt):
+        extract(prepared)
+    partial = FeatureStore.open(store_directory(tmp_path / "work" / "features", "fake-0001", BACKBONE, SIZE,
+                                                pretrained=False))
+    assert partial.rows_done("train") == 4 and not partial.is_complete()
+    with pytest.raises(RuntimeError, match="incomplete for split 'train'"):
+        CaptionFeatureDataset(partial, prepared, "train")
+
+    def counting_forward(self, images):
+        images_seen.append(len(images))
+        return original_forward(self, images)
+
+    monkeypatch.setattr(ImageEncoder, "forward", counting_forward)
+    images_seen.clear()
+    resumed = extract(prepared)
+    assert sum(images_seen) == 6  # only the rows not done before
+    for split in prepared.splits:
+        np.testing.assert_array_equal(resumed.features(split), uninterrupted.features(split))
+        assert resumed.rows_done(split) == len(prepared.splits[split])
+
+
+def test_bad_images_stop_the_run_over_threshold_else_get_zero_rows_and_no_captions(tmp_path):
+    prepared = make_prepared(tmp_path, bad={"img_03.jpg": b"", "img_07.jpg": b"plain text, not a JPEG"})
+    with pytest.raises(TooManyBadImagesError, match="2 of 10 images") as caught:
+        extract(prepared, max_bad_images=1)
+    assert "img_03.jpg: empty file" in str(caught.value) and "img_07.jpg: not an image" in str(caught.value)
+    partial = FeatureStore.open(store_directory(tmp_path / "work" / "features", "fake-0001", BACKBONE, SIZE,
+                                                pretrained=False))
+    assert partial.rows_done("train") == 4  # the first batch (with one bad image) is kept
+    assert partial.bad_images("train") == {"img_03.jpg": "empty file (0 bytes)"}
+
+    with pytest.warns(UserWarning, match="skipped 2 of 10 images"):  # a higher threshold finishes it
+        store = extract(prepared, max_bad_images=0.5)
+    assert store.is_complete()
+    assert "not an image" in store.bad_images("val")["img_07.jpg"]
+    assert store.bad_rows("train").tolist() == [False, False, False, True, False, False]
+    assert not store.features("train")[3].any() and store.features("train")[2].any()
+    progress = json.loads((store.path / "val.progress.json").read_text())
+    assert progress["bad"]["1"]["filename"] == "img_07.jpg"
+
+    pairs = CaptionFeatureDataset(store, prepared, "train")
+    assert len(pairs) == 10 and pairs.skipped_captions == 2  # 6 images x 2 captions, minus img_03's
+    captions, image_idx = prepared.captions("train")
+    kept = np.flatnonzero(image_idx != 3)
+    for position in (0, 5, 9):
+        features, caption = pairs[position]
+        assert features.dtype == torch.float32 and features.shape == (400, 2, 2)
+        assert caption.dtype == torch.int64
+        np.testing.assert_array_equal(caption.numpy(), captions[kept[position]])
+        row = image_idx[kept[position]]
+        np.testing.assert_array_equal(features.numpy(), store.features("train")[row].astype(np.float32))
+
+    per_image = ImageFeatureDataset(store, "val")
+    assert len(per_image) == 1 and per_image[0][1] == "img_06.jpg"
+
+
+def test_caption_pairs_load_in_worker_processes(clean):
+    prepared, store = clean
+    loader = DataLoader(CaptionFeatureDataset(store, prepared, "train"), batch_size=4, num_workers=2)
+    batches = list(loader)
+    features = torch.cat([features for features, _ in batches])
+    captions = torch.cat([captions for _, captions in batches])
+    encoded, image_idx = prepared.captions("train")
+    np.testing.assert_array_equal(features.numpy(), store.features("train")[image_idx].astype(np.float32))
+    np.testing.assert_array_equal(captions.numpy(), encoded)
+
+
+def test_image_features_serve_every_good_image_with_its_name(clean):
+    _, store = clean
+    per_image = ImageFeatureDataset(store, "test")
+    assert [per_image[i][1] for i in range(len(per_image))] == ["img_08.jpg", "img_09.jpg"]
+    np.testing.assert_array_equal(per_image[1][0].numpy(), store.features("test")[1].astype(np.float32))
+
+
+def test_caption_dataset_refuses_a_store_of_another_dataset(clean, tmp_path):
+    _, store = clean
+    with pytest.raises(ValueError, match="made for dataset 'fake-0001', not 'other-0002'"):
+        CaptionFeatureDataset(store, make_prepared(tmp_path, key="other-0002"), "train")
+
+
+def test_a_store_for_different_images_under_the_same_key_is_rebuilt(clean, tmp_path):
+    prepared, store = clean
+    copy = make_prepared(tmp_path)
+    shutil.copytree(store.path, copy.root.parent.parent / "features" / "fake-0001" / store.path.name)
+    copy.splits = {"train": copy.splits["train"][:4], "test": copy.splits["test"]}
+    with pytest.warns(UserWarning, match="different settings or images; rebuilding"):
+        rebuilt = extract(copy)
+    assert rebuilt.splits == ["train", "test"] and rebuilt.features("train").shape[0] == 4
+    assert not (rebuilt.path / "val.npy").exists()
+    np.testing.assert_array_equal(rebuilt.features("train"), store.features("train")[:4])
+
+
+def test_extracts_a_real_prepared_demo_dataset(demo_dir, tmp_path):
+    from helpers.prepare import prepare_dataset
+
+    prepared = prepare_dataset("flickr8k", data_dir=demo_dir, work_dir=tmp_path / "work", verbose=False)
+    store = extract(prepared, batch_size=64)
+    assert store.path.parent == tmp_path / "work" / "features" / prepared.key
+    for split, names in prepared.splits.items():
+        assert store.filenames(split) == names and store.is_complete(split)
+        pairs = CaptionFeatureDataset(store, prepared, split)
+        encoded, image_idx = prepared.captions(split)
+        assert len(pairs) == len(encoded) and pairs.skipped_captions == 0
+        features, caption = pairs[len(pairs) - 1]
+        np.testing.assert_array_equal(caption.numpy(), encoded[-1])
+        expected = store.features(split)[image_idx[-1]].astype(np.float32)
+        np.testing.assert_array_equal(features.numpy(), expected)
+    test_names = prepared.splits["test"][:3]
+    np.testing.assert_allclose(store.features("test")[:3].astype(np.float32),
+                               reference_features(prepared, test_names), rtol=2e-3, atol=2e-3)
+
+
+def test_values_beyond_the_float16_range_are_saturated_with_a_warning(tmp_path, monkeypatch):
+    original_forward = ImageEncoder.forward
+
+    def huge_forward(self, images):  # like a random-weight ResNet101, whose features reach ~3e5
+        return original_forward(self, images) * 1e6
+
+    monkeypatch.setattr(ImageEncoder, "forward", huge_forward)
+    with pytest.warns(UserWarning, match=r"reached .*e\+0\d, beyond the float16 range"):
+        store = extract(make_prepared(tmp_path))
+    stored = store.features("train").astype(np.float32)
+    assert np.isfinite(stored).all() and np.abs(stored).max() == 65504

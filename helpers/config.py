@@ -1,0 +1,508 @@
+"""The one config schema: YAML files (decoder configs, presets, overlays) plus `key=value` overrides.
+
+A config is built from one or more YAML files merged in order, then command-line style overrides:
+
+    load_config("configs/LSTM.yaml")
+    load_config(["LSTM", "kaggle_small_gpu"], ["training.epochs=3", "model.hidden_dim=256"])
+
+Names without a path resolve to `configs/<name>.yaml`, then `configs/presets/<name>.yaml`. Presets and
+`configs/demo.yaml` are partial: they only set the keys they name, merged over a decoder config. The
+result is a validated `Config` (dataclasses), printable, and serialisable with `config.to_dict()`.
+Every problem raises `ConfigError` naming the file (or override), the dotted key, the bad value and
+the valid choices. `build_model(config, vocab)` turns a config into the captioning model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from helpers.backbones import BACKBONES, DEFAULT_BACKBONE
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+PRESET_DIR = CONFIG_DIR / "presets"
+
+# Decoder names accepted in `model.cell_type`; aliases map to the canonical name the models use.
+CELL_TYPES = ("rnn", "lstm", "attn", "transformer")
+CELL_TYPE_ALIASES = {"attention": "attn", "vanilla_rnn": "rnn", "attention_lstm": "attn"}
+TRAINING_MODES = ("features", "finetune")
+SCHEDULES = ("cosine", "linear", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says where and how to fix it."""
+
+
+@dataclass
+class ModelConfig:
+    """The decoder and the CNN whose features it reads (the original project's `model:` section)."""
+
+    cell_type: str = "lstm"
+    wordvec_dim: int = 300
+    hidden_dim: int = 512
+    backbone: str = DEFAULT_BACKBONE
+    attn_dim: int | None = None  # channels of the feature map; inferred from the backbone when omitted
+    pretrained_backbone: bool = True  # ImageNet weights for the CNN (False: random, for tests and demos)
+    num_heads: int = 4  # transformer only; must divide hidden_dim (the transformer's d_model)
+    num_layers: int = 2  # transformer only
+    dropout: float = 0.1  # transformer only
+
+
+@dataclass
+class EmbeddingsConfig:
+    """Word embeddings (the original project's `embeddings:` section)."""
+
+    use_glove: bool = False
+    glove_path: str | None = "glove.6B.300d.txt"  # "demo": a generated file for the demo words
+    freeze: bool = False
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, where, and how its captions are prepared (see helpers.prepare)."""
+
+    dataset: str = "flickr8k"
+    data_dir: str | None = None  # None: download with kagglehub (or use the attached Kaggle dataset)
+    work_dir: str = "work"  # prepared data and feature stores live here
+    min_word_count: int = 5
+    max_caption_length: int = 20
+    image_size: int | None = None  # None: the backbone's own size (224)
+
+
+@dataclass
+class TrainingConfig:
+    """The training loop's settings (see helpers.train)."""
+
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int | None = None  # None: warmup_fraction of all steps
+    warmup_fraction: float = 0.05
+    schedule: str = "cosine"  # decay after warmup: cosine | linear | constant
+    min_lr_ratio: float = 0.01  # final learning rate as a fraction of lr
+    grad_clip: float | None = 5.0  # max gradient norm; None: no clipping
+    patience: int | None = 3  # epochs without a better val CIDEr before stopping; None: never stop early
+    mode: str = "features"  # features: frozen CNN on the feature store; finetune: images end to end
+    finetune_stages: int = 1  # finetune mode: how many of the backbone's last stages train
+    encoder_lr_scale: float = 0.1  # finetune mode: the CNN's learning rate as a fraction of lr
+    seed: int = 0
+    num_workers: int | None = None  # DataLoader workers; None: helpers.images.default_num_workers()
+    amp: bool = True  # fp16 autocast + gradient scaler on CUDA (ignored on the CPU)
+    device: str = "auto"  # auto | cpu | cuda
+    checkpoint_every_steps: int = 0  # also save last.pt every N steps (0: only at epoch ends)
+    val_max_images: int | None = None  # validate on the first N val images (None: all)
+    eval_splits: list[str] = field(default_factory=lambda: ["val", "test"])  # scored into results.json
+    eval_beam_sizes: list[int] = field(default_factory=lambda: [1, 3])
+    meteor: bool = True  # also METEOR in results.json when Java is available (its JVM takes ~10 s to start)
+    run_dir: str = "runs"  # runs are written to <run_dir>/<run_name>/
+    run_name: str | None = None  # None: <config name>-<backbone>
+
+
+@dataclass
+class Config:
+    """A whole, validated experiment configuration."""
+
+    name: str = "experiment"
+    batch_size: int = 128
+    model: ModelConfig = field(default_factory=ModelConfig)
+    embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    sources: list[str] = field(default_factory=list)  # the files and overrides it was built from
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (json/yaml serialisable)."""
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def __str__(self) -> str:
+        return self.to_yaml()
+
+    @property
+    def run_name(self) -> str:
+        return self.training.run_name or f"{self.name}-{self.model.backbone}"
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.training.run_dir) / self.run_name
+
+    @property
+    def image_size(self) -> int:
+        return self.data.image_size or BACKBONES[self.model.backbone].image_size
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def find_config(name_or_path: str | Path) -> Path:
+    """A config file from a path, or a bare name looked up in configs/ and configs/presets/."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if path.suffix == "" and path.parent == Path("."):
+        for folder in (CONFIG_DIR, PRESET_DIR):
+            candidate = folder / f"{path.name}.yaml"
+            if candidate.is_file():
+                return candidate
+    known = sorted(p.stem for folder in (CONFIG_DIR, PRESET_DIR) for p in folder.glob("*.yaml"))
+    raise ConfigError(
+        f"Config file not found: {name_or_path}. Give a path to a YAML file or one of the names "
+        f"{', '.join(known)} (from {CONFIG_DIR} and {PRESET_DIR})."
+    )
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """One YAML file as a mapping (an empty file is an empty mapping)."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, not {type(data).__name__}.")
+    return data
+
+
+def parse_overrides(overrides: Sequence[str] | Mapping[str, Any]) -> list[tuple[str, Any, str]]:
+    """`key=value` strings (values parsed as YAML scalars) or a mapping -> (dotted key, value, text)."""
+    if isinstance(overrides, Mapping):
+        return [(str(key), value, f"{key}={value!r}") for key, value in _flatten(overrides)]
+    parsed = []
+    for item in overrides:
+        if not isinstance(item, str) or "=" not in item:
+            raise ConfigError(
+                f"Override {item!r} is not of the form key=value (for example model.hidden_dim=256)."
+            )
+        key, _, text = item.partition("=")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        parsed.append((key.strip(), value, item))
+    return parsed
+
+
+def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            yield from _flatten(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def load_config(
+    path_or_paths: str | Path | Sequence[str | Path], overrides: Sequence[str] | Mapping[str, Any] = ()
+) -> Config:
+    """Merge YAML files in order, apply overrides, validate; the first file's stem names the config."""
+    paths = [path_or_paths] if isinstance(path_or_paths, (str, Path)) else list(path_or_paths)
+    if not paths:
+        raise ConfigError("load_config needs at least one config file.")
+    config = Config()
+    files = [find_config(p) for p in paths]
+    config.name = files[0].stem
+    for path in files:
+        for key, value in _flatten(read_yaml(path)):
+            _assign(config, key, value, source=str(path))
+        config.sources.append(str(path))
+    for key, value, text in parse_overrides(overrides):
+        _assign(config, key, value, source=f"override {text!r}")
+        config.sources.append(text)
+    validate(config, source=", ".join(config.sources))
+    return config
+
+
+def config_from_dict(data: Mapping[str, Any], source: str = "checkpoint") -> Config:
+    """Rebuild a Config from `Config.to_dict()` output (as stored in checkpoints and results.json)."""
+    data = dict(data)
+    sources = list(data.pop("sources", []))
+    config = Config()
+    for key, value in _flatten(data):
+        _assign(config, key, value, source=source)
+    config.sources = sources
+    validate(config, source=source)
+    return config
+
+
+# ------------------------------------------------------------------------------------------ assignment
+
+
+def _assign(config: Config, dotted: str, value: Any, source: str) -> None:
+    """Set one dotted key, checking the key exists and the value has the field's type."""
+    parts = dotted.split(".")
+    if parts[0] == "sources":
+        raise ConfigError(f"{source}: 'sources' is filled in by load_config and cannot be set.")
+    target: Any = config
+    for depth, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(target)}
+        where = ".".join(parts[: depth + 1])
+        if part not in fields:
+            prefix = ".".join(parts[:depth])
+            choices = sorted(fields)
+            close = difflib.get_close_matches(part, choices, n=1, cutoff=0.6)
+            hint = f" Did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"{source}: unknown key '{where}'.{hint} Valid keys"
+                f"{' in ' + repr(prefix) if prefix else ''}: {', '.join(choices)}."
+            )
+        hint_type = typing.get_type_hints(type(target))[part]
+        is_section = dataclasses.is_dataclass(hint_type)
+        last = depth == len(parts) - 1
+        if is_section and last:
+            if value is None or value == {}:
+                return
+            raise ConfigError(
+                f"{source}: '{where}' is a section; set its keys instead (for example {where}.<key>=...), "
+                f"not the value {value!r}."
+            )
+        if not is_section:
+            if not last:
+                raise ConfigError(f"{source}: '{where}' is a value, not a section; cannot set '{dotted}'.")
+            setattr(target, part, _coerce(hint_type, value, where, source))
+            return
+        target = getattr(target, part)
+
+
+def _type_name(hint: Any) -> str:
+    if _optional_inner(hint) is not None:
+        return f"{_type_name(_optional_inner(hint))} or null"
+    if typing.get_origin(hint) is list:
+        return f"a list of {_type_name(typing.get_args(hint)[0])}"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
+
+
+def _optional_inner(hint: Any) -> Any:
+    """T for `T | None`, else None."""
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(hint)) == 2:
+            return args[0]
+    return None
+
+
+def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
+    """`value` as the field's type, or ConfigError. Accepts '1e-3' (YAML 1.1 reads it as a string)."""
+    inner = _optional_inner(hint)
+    if inner is not None:
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
+            return None
+        return _coerce(inner, value, key, source)
+    problem = f"{source}: {key}={value!r} is not valid: expected {_type_name(hint)}"
+    if typing.get_origin(hint) is list:
+        items = value if isinstance(value, list) else [value] if not isinstance(value, (dict, str)) else None
+        if items is None:
+            raise ConfigError(problem + " (for example [1, 3]).")
+        return [_coerce(typing.get_args(hint)[0], item, key, source) for item in items]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(problem + ".")
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+def _choice_error(source: str, key: str, value: Any, choices: Iterable[str]) -> ConfigError:
+    choices = list(choices)
+    close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return ConfigError(
+        f"{source}: {key}={value!r} is not valid.{hint} Valid choices: {', '.join(map(repr, choices))}."
+    )
+
+
+def validate(config: Config, source: str = "config") -> Config:
+    """Check choices, ranges and cross-field consistency; fills in inferred values (attn_dim)."""
+    model, training, data = config.model, config.training, config.data
+    cell = CELL_TYPE_ALIASES.get(str(model.cell_type).lower(), str(model.cell_type).lower())
+    if cell not in CELL_TYPES:
+        raise _choice_error(source, "model.cell_type", model.cell_type, CELL_TYPES + tuple(CELL_TYPE_ALIASES))
+    model.cell_type = cell
+    if model.backbone not in BACKBONES:
+        raise _choice_error(source, "model.backbone", model.backbone, BACKBONES)
+    channels = BACKBONES[model.backbone].out_channels
+    if model.attn_dim is None:
+        model.attn_dim = channels
+    elif model.attn_dim != channels:
+        raise ConfigError(
+            f"{source}: model.attn_dim={model.attn_dim} but {model.backbone} outputs {channels} channels; "
+            f"remove attn_dim or set it to {channels}."
+        )
+    if training.mode not in TRAINING_MODES:
+        raise _choice_error(source, "training.mode", training.mode, TRAINING_MODES)
+    if training.schedule not in SCHEDULES:
+        raise _choice_error(source, "training.schedule", training.schedule, SCHEDULES)
+    if training.device not in DEVICES and not str(training.device).startswith("cuda:"):
+        raise _choice_error(source, "training.device", training.device, DEVICES)
+    positive = {
+        "batch_size": config.batch_size,
+        "model.wordvec_dim": model.wordvec_dim,
+        "model.hidden_dim": model.hidden_dim,
+        "model.num_heads": model.num_heads,
+        "model.num_layers": model.num_layers,
+        "data.max_caption_length": data.max_caption_length,
+        "data.min_word_count": data.min_word_count,
+        "training.epochs": training.epochs,
+        "training.lr": training.lr,
+        "training.finetune_stages": training.finetune_stages,
+    }
+    optional_positive = {
+        "data.image_size": data.image_size,
+        "training.grad_clip": training.grad_clip,
+        "training.val_max_images": training.val_max_images,
+        "training.warmup_steps": None if training.warmup_steps == 0 else training.warmup_steps,
+        "training.patience": training.patience,
+    }
+    for key, value in {**positive, **optional_positive}.items():
+        if (key in positive or value is not None) and value <= 0:
+            raise ConfigError(f"{source}: {key}={value} must be positive.")
+    if data.image_size is not None and data.image_size < 32:
+        raise ConfigError(
+            f"{source}: data.image_size={data.image_size} is too small; the CNN needs >= 32 px."
+        )
+    for key, value in {
+        "training.weight_decay": training.weight_decay,
+        "training.checkpoint_every_steps": training.checkpoint_every_steps,
+        "training.encoder_lr_scale": training.encoder_lr_scale,
+    }.items():
+        if value < 0:
+            raise ConfigError(f"{source}: {key}={value} must not be negative.")
+    for key, value, upper in (
+        ("training.warmup_fraction", training.warmup_fraction, "1)"),
+        ("training.min_lr_ratio", training.min_lr_ratio, "1]"),
+        ("model.dropout", model.dropout, "1)"),
+    ):
+        if value < 0 or value > 1 or (value == 1 and upper == "1)"):
+            raise ConfigError(f"{source}: {key}={value} must be in [0, {upper}.")
+    if cell == "transformer" and model.hidden_dim % model.num_heads:
+        raise ConfigError(
+            f"{source}: model.hidden_dim={model.hidden_dim} is not divisible by model.num_heads="
+            f"{model.num_heads}; the transformer's width (hidden_dim) is split across its heads."
+        )
+    bad_beams = [b for b in training.eval_beam_sizes if b < 1]
+    if bad_beams:
+        raise ConfigError(
+            f"{source}: training.eval_beam_sizes={training.eval_beam_sizes}: beam sizes must be >= 1."
+        )
+    if config.embeddings.use_glove and not config.embeddings.glove_path:
+        raise ConfigError(f"{source}: embeddings.use_glove is true but embeddings.glove_path is empty.")
+    return config
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def glove_file_dim(path: str | Path) -> int:
+    """Vector size of a GloVe text file from its first line (a word2vec 'count dim' header also works)."""
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        first = handle.readline().rstrip("\n").split(" ")
+    if len(first) == 2 and all(part.isdigit() for part in first):
+        return int(first[1])
+    if len(first) < 2:
+        raise ConfigError(f"{path}: not a GloVe text file (expected 'word v1 v2 ...' on each line).")
+    return len(first) - 1
+
+
+DEMO_GLOVE = "demo"
+
+
+def demo_glove_path(config: Config) -> Path:
+    """Where the generated demo GloVe file for `config` lives: <work_dir>/glove/glove.demo.<dim>d.txt."""
+    return Path(config.data.work_dir) / "glove" / f"glove.demo.{config.model.wordvec_dim}d.txt"
+
+
+def resolve_glove_path(config: Config, vocab: Any = None) -> Path:
+    """The GloVe file for `config`, checked to exist and to match model.wordvec_dim.
+
+    `embeddings.glove_path: demo` (DEMO mode) writes a small GloVe-format file for the words of
+    `vocab` with helpers.demo.make_demo_glove, so the GloVe code path runs without any download.
+    """
+    if config.embeddings.glove_path == DEMO_GLOVE:
+        from helpers.demo import make_demo_glove
+
+        if vocab is None:
+            raise ConfigError("embeddings.glove_path=demo needs the vocabulary to write the demo GloVe file.")
+        words = [word for word in word_index(vocab) if not word.startswith("<")]
+        return make_demo_glove(demo_glove_path(config), words, dim=config.model.wordvec_dim)
+    path = Path(config.embeddings.glove_path)
+    if not path.is_file():
+        raise ConfigError(
+            f"embeddings.glove_path: GloVe file {str(path)!r} not found "
+            f"(config {', '.join(config.sources)}). "
+            "Download it first (notebook 01_glove, or attach the Kaggle dataset thanakomsn/glove6b300dtxt), "
+            "set embeddings.glove_path to the file, or set embeddings.use_glove=false."
+        )
+    dim = glove_file_dim(path)
+    if dim != config.model.wordvec_dim:
+        raise ConfigError(
+            f"embeddings.glove_path {str(path)!r} holds {dim}-dimensional vectors but model.wordvec_dim="
+            f"{config.model.wordvec_dim}; set model.wordvec_dim={dim} or use a {config.model.wordvec_dim}d "
+            "GloVe file."
+        )
+    return path
+
+
+def word_index(vocab: Any) -> dict[str, int]:
+    """word_to_idx of a Vocabulary, or the dict itself."""
+    return dict(vocab.word_to_idx) if hasattr(vocab, "word_to_idx") else dict(vocab)
+
+
+def build_model(config: Config, vocab: Any, load_glove: bool = True):
+    """The captioning model `config` describes: CaptioningRNN (rnn/lstm/attn) or CaptioningTransformer.
+
+    `vocab` is a Vocabulary or a word_to_idx dict. `load_glove=False` skips reading the GloVe file
+    (when the embedding weights come from a checkpoint anyway).
+    """
+    from helpers.models import CaptioningRNN, CaptioningTransformer
+
+    word_to_idx = word_index(vocab)
+    glove_path = None
+    if config.embeddings.use_glove and load_glove:
+        glove_path = str(resolve_glove_path(config, word_to_idx))
+    common = dict(
+        input_dim=config.model.attn_dim,
+        wordvec_dim=config.model.wordvec_dim,
+        hidden_dim=config.model.hidden_dim,
+        image_encoder_pretrained=config.model.pretrained_backbone,
+        backbone=config.model.backbone,
+        glove_path=glove_path,
+        freeze_embeddings=config.embeddings.freeze,
+    )
+    if config.model.cell_type == "transformer":
+        return CaptioningTransformer(
+            word_to_idx,
+            num_heads=config.model.num_heads,
+            num_layers=config.model.num_layers,
+            dropout=config.model.dropout,
+            max_length=max(50, config.data.max_caption_length + 2),
+            **common,
+        )
+    return CaptioningRNN(word_to_idx, cell_type=config.model.cell_type, **common)

@@ -1,0 +1,441 @@
+"""Decoding a split and scoring it the way captioning papers do; `python -m helpers.evaluate RUN_DIR`.
+
+`compute_metrics` wraps pycocoevalcap, the reference implementation papers report: BLEU-1..4,
+ROUGE-L and CIDEr-D (CIDEr over the whole split in one call, since its document frequencies come
+from the set being scored), plus METEOR when Java is on PATH. Text is tokenized with the project's
+one tokenizer (`helpers.text.tokenize`) instead of the Java PTBTokenizer, so no Java is needed for
+the main metrics. `evaluate_run` decodes a trained run's best checkpoint and writes results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import io
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from helpers.text import tokenize
+
+METRIC_NAMES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr")
+METEOR_TIMEOUT_S = 600
+_meteor_notice_shown = False
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+
+def _check_inputs(references: Mapping, hypotheses: Mapping) -> tuple[dict, dict]:
+    """Tokenized, space-joined {id: [refs]} and {id: [hyp]}; clear errors for mismatched inputs."""
+    if not references:
+        raise ValueError("compute_metrics: no references given (an empty split?).")
+    missing = [key for key in references if key not in hypotheses]
+    extra = [key for key in hypotheses if key not in references]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} ids have references but no hypothesis (e.g. {missing[:3]})")
+        if extra:
+            parts.append(f"{len(extra)} ids have a hypothesis but no references (e.g. {extra[:3]})")
+        raise ValueError(
+            "compute_metrics needs the same ids in references and hypotheses: " + "; ".join(parts) + "."
+        )
+    gts, res = {}, {}
+    for key, refs in references.items():
+        if isinstance(refs, str) or not isinstance(refs, Sequence) or not refs:
+            raise ValueError(f"compute_metrics: references[{key!r}] must be a non-empty list of captions.")
+        hypothesis = hypotheses[key]
+        if not isinstance(hypothesis, str):
+            if isinstance(hypothesis, Sequence) and len(hypothesis) == 1 and isinstance(hypothesis[0], str):
+                hypothesis = hypothesis[0]
+            else:
+                raise ValueError(
+                    f"compute_metrics: hypotheses[{key!r}] must be exactly one caption string, "
+                    f"got {hypothesis!r}."
+                )
+        gts[key] = [" ".join(tokenize(ref)) for ref in refs]
+        res[key] = [" ".join(tokenize(hypothesis))]
+    return gts, res
+
+
+def compute_metrics(
+    references: Mapping[Hashable, Sequence[str]],
+    hypotheses: Mapping[Hashable, str],
+    meteor: bool | str = "auto",
+) -> dict[str, float]:
+    """Corpus metrics of one hypothesis per id against its references (pycocoevalcap).
+
+    Returns Bleu_1..Bleu_4, ROUGE_L, CIDEr (CIDEr-D) and, when Java runs, METEOR. `meteor`: "auto"
+    scores METEOR when `java` is on PATH (a one-line notice otherwise), False skips it, True insists
+    (RuntimeError without Java).
+    """
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    gts, res = _check_inputs(references, hypotheses)
+    with contextlib.redirect_stdout(io.StringIO()):  # Bleu prints its n-gram counts
+        bleu, _ = Bleu(4).compute_score(gts, res)
+        rouge, _ = Rouge().compute_score(gts, res)
+        cider, _ = Cider().compute_score(gts, res)
+    metrics = {f"Bleu_{n}": float(score) for n, score in enumerate(bleu, start=1)}
+    metrics["ROUGE_L"] = float(rouge)
+    metrics["CIDEr"] = float(cider)
+    if meteor not in ("auto", True, False):
+        raise ValueError(f"meteor must be 'auto', True or False, got {meteor!r}.")
+    if meteor:
+        score = _meteor(gts, res, required=meteor is True)
+        if score is not None:
+            metrics["METEOR"] = score
+    return metrics
+
+
+def _meteor_notice(reason: str) -> None:
+    global _meteor_notice_shown
+    if not _meteor_notice_shown:
+        print(f"METEOR skipped: {reason} (apt-get install -y default-jre-headless to enable it).")
+        _meteor_notice_shown = True
+
+
+_meteor_scorer = None
+
+
+def _close_meteor() -> None:
+    """Stop the METEOR JVM (at exit, or after it failed)."""
+    global _meteor_scorer
+    scorer, _meteor_scorer = _meteor_scorer, None
+    if scorer is not None:
+        scorer.meteor_p.kill()
+        scorer.meteor_p.wait()
+        # Meteor.__del__ takes this lock; a scorer that failed mid-call still holds it.
+        if scorer.lock.locked():
+            scorer.lock.release()
+
+
+def _meteor(gts: dict, res: dict, required: bool) -> float | None:
+    """METEOR 1.5 via pycocoevalcap's Java scorer, or None (with a notice) when it cannot run.
+
+    The JVM takes seconds to start and load its paraphrase table, so one scorer serves every call
+    of the process (stopped at exit).
+    """
+    global _meteor_scorer
+    if shutil.which("java") is None:
+        if required:
+            raise RuntimeError("METEOR needs `java` on PATH; install a JRE or pass meteor=False.")
+        _meteor_notice("java is not on PATH")
+        return None
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    outcome: dict[str, Any] = {}
+    try:
+        if _meteor_scorer is None:
+            _meteor_scorer = Meteor()
+            atexit.register(_close_meteor)
+        scorer = _meteor_scorer
+
+        def run() -> None:
+            try:
+                outcome["score"] = float(scorer.compute_score(gts, res)[0])
+            except Exception as error:  # a JVM that dies mid-way closes the pipe: ValueError on ''
+                outcome["error"] = error
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        worker.join(METEOR_TIMEOUT_S)
+        if worker.is_alive():
+            outcome["error"] = TimeoutError(f"no answer from the METEOR JVM in {METEOR_TIMEOUT_S} s")
+    except OSError as error:
+        outcome["error"] = error
+    if "error" in outcome:
+        _close_meteor()
+        if required:
+            raise RuntimeError(f"METEOR failed: {outcome['error']}")
+        _meteor_notice(f"the METEOR scorer failed ({outcome['error']})")
+        return None
+    return outcome["score"]
+
+
+# ------------------------------------------------------------------------------------------ decoding
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def decode_split(
+    model,
+    source,
+    split: str,
+    beam_size: int = 1,
+    max_length: int | None = None,
+    batch_size: int = 64,
+    vocab=None,
+    max_images: int | None = None,
+    image_size: int | None = None,
+    num_workers: int | None = None,
+) -> dict[str, str]:
+    """Caption every image of `split`: {filename: caption}.
+
+    `source` is a FeatureStore (the decoder reads the stored features; `vocab` then comes from the
+    model's idx_to_word unless given) or a PreparedDataset (images pass through the model's CNN, as
+    in fine-tuned runs). `max_length` defaults to the prepared max caption length, or 20.
+    `max_images` decodes only the first N images (quick validation); `image_size` is the crop side
+    for images (default: the backbone's); `num_workers` image-decoding workers (default: by CPU count).
+    """
+    device = _model_device(model)
+    if hasattr(source, "features"):  # a FeatureStore
+        from helpers.features import ImageFeatureDataset
+
+        dataset = ImageFeatureDataset(source, split)
+        loader = DataLoader(_first(dataset, max_images), batch_size=batch_size, shuffle=False)
+        batches = ((inputs, list(names)) for inputs, names in loader)
+    else:  # a PreparedDataset: run the CNN on the images
+        from helpers.backbones import image_transform
+        from helpers.images import ImageDataset, image_loader
+
+        names_all = list(source.splits[split])[: max_images or None]
+        transform = image_transform(model.backbone, image_size)
+        dataset = ImageDataset(names_all, transform, image_dir=source.image_dir)
+        loader = image_loader(dataset, batch_size=batch_size, num_workers=num_workers, device=device)
+        batches = (
+            (batch.images, [names_all[i] for i in batch.indices.tolist()])
+            for batch in loader
+            if batch.images is not None
+        )
+        vocab = vocab or source.vocab
+        max_length = max_length or source.max_caption_length
+    idx_to_word = vocab.idx_to_word if vocab is not None else model.idx_to_word
+    end = model.word_to_idx["<END>"]
+    skipped = {model.word_to_idx["<NULL>"], model.word_to_idx["<START>"]}
+    max_length = max_length or 20
+    captions: dict[str, str] = {}
+    for inputs, names in batches:
+        output = model.sample(inputs.to(device), max_length=max_length, beam_size=beam_size)
+        tokens = output[0] if isinstance(output, tuple) else output
+        for name, row in zip(names, tokens.tolist()):
+            words = []
+            for idx in row:
+                if idx == end:
+                    break
+                if idx not in skipped:
+                    words.append(idx_to_word[idx])
+            captions[name] = " ".join(words)
+    return captions
+
+
+def _first(dataset, count: int | None):
+    if count is None or count >= len(dataset):
+        return dataset
+    return torch.utils.data.Subset(dataset, range(count))
+
+
+# ------------------------------------------------------------------------------------- run evaluation
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
+    """json.dump to a temp file in the same folder, then os.replace (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, ensure_ascii=False, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+    """Total, trainable, CNN (image_encoder) and decoder parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    encoder = sum(p.numel() for p in model.image_encoder.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable, "encoder": encoder, "decoder": total - encoder}
+
+
+def score_model(
+    model,
+    prepared,
+    store,
+    splits: Sequence[str],
+    beam_sizes: Sequence[int],
+    max_length: int | None = None,
+    batch_size: int = 64,
+    meteor: bool | str = "auto",
+    progress: bool = True,
+    image_size: int | None = None,
+) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, dict[str, dict[str, str]]]]:
+    """Metrics {split: {"beam<k>": metrics}} and the captions {split: {"beam<k>": {file: caption}}}.
+
+    Without a feature store the images pass through the model's CNN at `image_size`.
+    """
+    source = store if store is not None else prepared
+    metrics: dict[str, dict[str, dict[str, float]]] = {}
+    captions: dict[str, dict[str, dict[str, str]]] = {}
+    for split in splits:
+        references = prepared.references(split)
+        metrics[split], captions[split] = {}, {}
+        for beam in beam_sizes:
+            started = time.perf_counter()
+            hypotheses = decode_split(
+                model,
+                source,
+                split,
+                beam_size=beam,
+                batch_size=batch_size,
+                vocab=prepared.vocab,
+                max_length=max_length or prepared.max_caption_length,
+                image_size=image_size,
+            )
+            scores = compute_metrics({k: references[k] for k in hypotheses}, hypotheses, meteor=meteor)
+            metrics[split][f"beam{beam}"] = scores
+            captions[split][f"beam{beam}"] = hypotheses
+            if progress:
+                print(
+                    f"{split} beam {beam}: BLEU-4 {scores['Bleu_4']:.4f}  CIDEr {scores['CIDEr']:.4f}  "
+                    f"({len(hypotheses)} images, {time.perf_counter() - started:.1f} s)"
+                )
+    return metrics, captions
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    split: str | Sequence[str] = "test",
+    beam_sizes: Sequence[int] = (1, 3),
+    prepared=None,
+    store=None,
+    device: str | torch.device | None = None,
+    meteor: bool | str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score a run's best.pt on `split` with each beam size and merge the figures into results.json.
+
+    The prepared data and the feature store are rebuilt from the run's config (cached in its work
+    dir) unless given. Returns the results dict that was written.
+    """
+    from helpers.train import load_run, make_source, resolve_device
+
+    run_dir = Path(run_dir)
+    device = resolve_device(device or "auto")
+    model, checkpoint, config = load_run(run_dir, device=device)
+    prepared, store = make_source(config, prepared, store, device=device)
+    splits = [split] if isinstance(split, str) else list(split)
+    metrics, captions = score_model(
+        model,
+        prepared,
+        store if config.training.mode == "features" else None,
+        splits,
+        beam_sizes,
+        max_length=config.data.max_caption_length,
+        meteor=meteor,
+        progress=progress,
+        image_size=config.image_size,
+    )
+    return write_results(run_dir, model, config, checkpoint, metrics, captions, device)
+
+
+def write_results(
+    run_dir: Path, model, config, checkpoint: dict, metrics: dict, captions: dict, device
+) -> dict:
+    """Merge metrics and captions into <run_dir>/results.json (earlier splits and beams are kept)."""
+    path = Path(run_dir) / "results.json"
+    results = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    history = checkpoint.get("history", [])
+    results.update(
+        {
+            "run_name": Path(run_dir).name,
+            "config": config.to_dict(),
+            "vocab_size": len(model.word_to_idx),
+            "epochs": len(history),
+            "best_epoch": checkpoint.get("best_epoch"),
+            "best_val": checkpoint.get("best_metrics"),
+            "train_wall_time_s": checkpoint.get("wall_time_s"),
+            "device": _device_name(device),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "parameters": parameter_counts(model),
+            "history": history,
+        }
+    )
+    for split, by_beam in metrics.items():
+        results.setdefault("metrics", {}).setdefault(split, {}).update(by_beam)
+    for split, by_beam in captions.items():
+        results.setdefault("captions", {}).setdefault(split, {}).update(by_beam)
+    write_json_atomic(path, results)
+    return results
+
+
+def _device_name(device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def format_metrics_table(metrics: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+    """A small markdown table: one row per split and beam size."""
+    names = [
+        n for n in (*METRIC_NAMES, "METEOR") if any(n in m for b in metrics.values() for m in b.values())
+    ]
+    lines = ["| split | beam | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for split, by_beam in metrics.items():
+        for beam, scores in by_beam.items():
+            cells = " | ".join(f"{scores[n]:.4f}" if n in scores else "-" for n in names)
+            lines.append(f"| {split} | {beam.removeprefix('beam')} | {cells} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers.evaluate",
+        description="Score a trained run (its best.pt) and write results.json into the run folder.",
+    )
+    parser.add_argument("run_dir", help="the run folder written by python -m helpers.train")
+    parser.add_argument("--split", action="append", help="split to score (repeatable; default test)")
+    parser.add_argument(
+        "--beam-size", type=int, action="append", help="beam size (repeatable; default 1 and 3)"
+    )
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--no-meteor", action="store_true", help="skip METEOR even when Java is available")
+    args = parser.parse_args(argv)
+    from helpers.train import USER_ERRORS
+
+    try:
+        if any(beam < 1 for beam in args.beam_size or ()):
+            raise ValueError(f"--beam-size must be at least 1, got {args.beam_size}.")
+        results = evaluate_run(
+            args.run_dir,
+            split=args.split or ["test"],
+            beam_sizes=args.beam_size or (1, 3),
+            device=args.device,
+            meteor=False if args.no_meteor else "auto",
+        )
+    except (*USER_ERRORS, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"\n{results['run_name']}: best epoch {results['best_epoch']} of {results['epochs']}")
+    print(format_metrics_table(results["metrics"]))
+    print(f"results: {Path(args.run_dir) / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

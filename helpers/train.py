@@ -1,0 +1,841 @@
+"""The one training loop, used by the notebooks and by `python -m helpers.train --config configs/LSTM.yaml`.
+
+`train(config)` prepares the data (cached), extracts the backbone features (cached), builds the model
+from the config and trains it with teacher forcing: AdamW, linear warmup then cosine (or linear)
+decay, gradient clipping, fp16 autocast with a gradient scaler on CUDA. Two modes:
+
+* ``features`` (default): the CNN is frozen and never runs; batches come from the feature store.
+* ``finetune``: images pass through the CNN, whose last `training.finetune_stages` stages train
+  (with `encoder_lr_scale` times the learning rate) while the rest stay frozen; BatchNorm layers
+  keep their ImageNet statistics.
+
+Each epoch ends with validation (loss, greedy-decoded BLEU-4 and CIDEr); training stops early when
+the val CIDEr has not improved for `patience` epochs. The run folder `<run_dir>/<run_name>/` gets
+`last.pt` (everything needed to resume: model, optimizer, scheduler, scaler, RNG states, history;
+also every `checkpoint_every_steps` steps), `best.pt` (the best weights by val CIDEr), `history.json`
+after each epoch and, at the end, `results.json` with test metrics. Checkpoints are written to a
+temp file and renamed, so a killed session never leaves a broken one; `train` resumes from
+`last.pt` by default and, for a seeded run on the CPU, ends with exactly the weights of an
+uninterrupted run. Checkpoints hold only the decoder when the CNN is frozen and pretrained (the CNN
+weights are rebuilt from torchvision), keeping them small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from helpers.config import Config, ConfigError, build_model, config_from_dict, load_config
+from helpers.evaluate import compute_metrics, decode_split, score_model, write_json_atomic, write_results
+
+CHECKPOINT_FORMAT = 1
+MIN_CUDA_CAPABILITY = (7, 0)
+Callback = Callable[[str, "TrainState"], None]
+
+
+class UnsupportedDeviceError(RuntimeError):
+    """A GPU the installed torch cannot run (compute capability below 7.0, e.g. Kaggle's P100)."""
+
+
+# ----------------------------------------------------------------------------------------- devices
+
+
+def check_cuda_device(device: torch.device) -> None:
+    """Refuse GPUs below compute capability 7.0 with advice instead of a cryptic kernel error later."""
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < MIN_CUDA_CAPABILITY:
+        name = torch.cuda.get_device_name(device)
+        raise UnsupportedDeviceError(
+            f"{name} has compute capability {major}.{minor}; this torch ({torch.__version__}) needs at "
+            f"least {MIN_CUDA_CAPABILITY[0]}.{MIN_CUDA_CAPABILITY[1]}. Kaggle's P100 no longer runs current "
+            "torch (no sm_60 kernels: the first CUDA operation fails). In the notebook sidebar choose "
+            'Session options -> Accelerator -> "GPU T4 x2", or train on the CPU with training.device=cpu.'
+        )
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """'auto' -> cuda when available, else cpu; CUDA devices are checked for a supported capability."""
+    if str(name) == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UnsupportedDeviceError("training.device asks for CUDA but no GPU is available here.")
+        check_cuda_device(device)
+    return device
+
+
+# --------------------------------------------------------------------------------------------- RNG
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy, torch and CUDA generator states, in types torch.load(weights_only=True) accepts."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), position, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_worker(worker_id: int) -> None:
+    """DataLoader workers: numpy and random seeded from the worker's torch seed (set by the loader)."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+def make_source(config: Config, prepared=None, store=None, device=None, progress: bool = True):
+    """(prepared dataset, feature store or None) for `config`, from the caches in its work dir.
+
+    The store is made only in features mode; a given store must match the config's backbone.
+    """
+    if prepared is None:
+        from helpers.prepare import prepare_dataset
+
+        prepared = prepare_dataset(
+            dataset=config.data.dataset,
+            data_dir=config.data.data_dir,
+            work_dir=config.data.work_dir,
+            min_word_count=config.data.min_word_count,
+            max_caption_length=config.data.max_caption_length,
+            seed=config.training.seed,
+            verbose=progress,
+        )
+    if config.training.mode != "features":
+        return prepared, None
+    if store is None:
+        from helpers.features import extract_features
+
+        # A random (unpretrained) CNN must be the same CNN each time: seed its initialisation.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.training.seed)
+            store = extract_features(
+                prepared,
+                backbone=config.model.backbone,
+                image_size=config.image_size,
+                pretrained=config.model.pretrained_backbone,
+                num_workers=config.training.num_workers,
+                device=device,
+                progress=progress,
+            )
+    mismatch = [
+        f"{key} {have!r} (config wants {want!r})"
+        for key, have, want in (
+            ("backbone", store.backbone, config.model.backbone),
+            ("image size", store.image_size, config.image_size),
+            ("channels", store.channels, config.model.attn_dim),
+        )
+        if have != want
+    ]
+    if mismatch:
+        raise ConfigError(f"The feature store {store.path} does not match the config: {'; '.join(mismatch)}.")
+    return prepared, store
+
+
+class ImageCaptionDataset(Dataset):
+    """(image float (3, S, S) in [0, 1], caption (T+2,)) pairs of one split, for fine-tuning.
+
+    A file that cannot be decoded gives a `helpers.images.BadImage` marker; the collate function
+    drops it.
+    """
+
+    def __init__(self, prepared, split: str, transform):
+        from helpers.images import ImageDataset
+
+        captions, self.image_idx = prepared.captions(split)
+        self.captions = np.asarray(captions)
+        paths = [str(prepared.image_path(name)) for name in prepared.splits[split]]
+        self.images = ImageDataset(paths, transform)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, index: int):
+        from helpers.images import BadImage
+
+        sample = self.images[int(self.image_idx[index])]
+        if isinstance(sample, BadImage):
+            return sample
+        return sample[0], torch.from_numpy(self.captions[index].astype(np.int64))
+
+
+def _collate_skip_bad(samples):
+    """Stack (input, caption) pairs; bad image markers are returned aside."""
+    from helpers.images import BadImage
+
+    good = [s for s in samples if not isinstance(s, BadImage)]
+    bad = [s for s in samples if isinstance(s, BadImage)]
+    if not good:
+        return None, None, bad
+    return torch.stack([s[0] for s in good]), torch.stack([s[1] for s in good]), bad
+
+
+def _datasets(config: Config, prepared, store) -> tuple[Dataset, Dataset]:
+    """Train and val datasets of (features or image, caption) pairs."""
+    if store is not None:
+        from helpers.features import CaptionFeatureDataset
+
+        return CaptionFeatureDataset(store, prepared, "train"), CaptionFeatureDataset(store, prepared, "val")
+    from helpers.backbones import image_transform
+
+    transform = image_transform(config.model.backbone, config.image_size)
+    return ImageCaptionDataset(prepared, "train", transform), ImageCaptionDataset(prepared, "val", transform)
+
+
+def _val_subset(dataset: Dataset, prepared, store, max_images: int | None) -> Dataset:
+    """Captions of the first `max_images` val images only (all when None), as `decode_split` picks them."""
+    if max_images is None:
+        return dataset
+    if store is not None:  # CaptionFeatureDataset: rows of the store's val split, bad images left out
+        from helpers.features import ImageFeatureDataset
+
+        wanted = set(ImageFeatureDataset(store, "val").rows[:max_images].tolist())
+        keep = [i for i, row in enumerate(dataset.rows.tolist()) if row in wanted]
+    else:
+        keep = [i for i, image in enumerate(dataset.image_idx.tolist()) if image < max_images]
+    return torch.utils.data.Subset(dataset, keep)
+
+
+def _loader(dataset: Dataset, batches: list[list[int]], config: Config, device: torch.device, seed: int):
+    """A DataLoader over fixed index batches, with seeded workers and its own generator."""
+    workers = config.training.num_workers
+    if workers is None:
+        from helpers.images import default_num_workers
+
+        workers = default_num_workers()
+    return DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=_collate_skip_bad,
+        worker_init_fn=_seed_worker,
+        generator=torch.Generator().manual_seed(seed),
+        pin_memory=device.type == "cuda",
+    )
+
+
+def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The shuffled index batches of one epoch: a pure function of (seed, epoch), so resuming repeats them."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(num_items, generator=generator).tolist()
+    return [order[i : i + batch_size] for i in range(0, num_items, batch_size)]
+
+
+# ------------------------------------------------------------------------------------ optimisation
+
+
+def configure_trainable(model: nn.Module, config: Config) -> None:
+    """Freeze the CNN (features mode) or all but its last `finetune_stages` stages (finetune mode)."""
+    encoder = model.image_encoder
+    encoder.requires_grad_(False)
+    if config.training.mode == "finetune":
+        stages = encoder.trainable_stages()
+        if config.training.finetune_stages > len(stages):
+            raise ConfigError(
+                f"training.finetune_stages={config.training.finetune_stages} but {config.model.backbone} has "
+                f"only {len(stages)} stages; choose 1..{len(stages)}."
+            )
+        for stage in stages[-config.training.finetune_stages :]:
+            stage.requires_grad_(True)
+
+
+def make_optimizer(model: nn.Module, config: Config) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (not biases, norms or the embedding table); the CNN's
+    trainable stages learn at `encoder_lr_scale` times the rate."""
+    training = config.training
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad and not name.startswith("word_embed."):
+            continue  # the frozen CNN; the embedding table can be unfrozen later, so it stays in
+        is_encoder = name.startswith("image_encoder.")
+        decays = parameter.ndim >= 2 and not name.startswith("word_embed.")
+        groups.setdefault((is_encoder, decays), []).append(parameter)
+    return torch.optim.AdamW(
+        [
+            {
+                "params": params,
+                "lr": training.lr * (training.encoder_lr_scale if is_encoder else 1.0),
+                "weight_decay": training.weight_decay if decays else 0.0,
+            }
+            for (is_encoder, decays), params in sorted(groups.items())
+        ],
+        lr=training.lr,
+    )
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min_ratio: float) -> float:
+    """Learning-rate multiplier: linear warmup from 0 to 1, then cosine / linear decay to `min_ratio`."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
+    return min_ratio + (1 - min_ratio) * decay
+
+
+def make_scheduler(optimizer, config: Config, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    training = config.training
+    warmup = training.warmup_steps
+    if warmup is None:
+        warmup = round(training.warmup_fraction * total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: lr_factor(step, total_steps, warmup, training.schedule, training.min_lr_ratio),
+    )
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+
+
+def save_atomic(payload: dict, path: Path) -> None:
+    """torch.save to a temp file in the same folder, then os.replace: a kill never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def encoder_in_checkpoint(config: Config) -> bool:
+    """The CNN's weights are saved when they train or cannot be rebuilt (random, unpretrained init)."""
+    return config.training.mode == "finetune" or not config.model.pretrained_backbone
+
+
+def model_state(model: nn.Module, config: Config) -> dict[str, torch.Tensor]:
+    state = model.state_dict()
+    if encoder_in_checkpoint(config):
+        return state
+    return {key: value for key, value in state.items() if not key.startswith("image_encoder.")}
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [key for key in missing if not key.startswith("image_encoder.")]
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not fit the model its config builds: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}."
+        )
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint {path}; train first (python -m helpers.train --config ...).")
+    checkpoint = torch.load(path, map_location=device, weights_only=True)
+    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path}: checkpoint format {checkpoint.get('format')!r}, expected {CHECKPOINT_FORMAT}."
+        )
+    return checkpoint
+
+
+def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", which: str = "best"):
+    """(model in eval mode, checkpoint dict, Config) from `<run_dir>/<which>.pt`."""
+    from helpers.text import Vocabulary
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"No run folder {run_dir}.")
+    path = run_dir / f"{which}.pt"
+    checkpoint = load_checkpoint(path, device)
+    config = config_from_dict(checkpoint["config"], source=str(path))
+    model = build_model(config, Vocabulary(checkpoint["vocab"]), load_glove=False)
+    load_model_state(model, checkpoint["model"], path)
+    return model.to(device).eval(), checkpoint, config
+
+
+# ------------------------------------------------------------------------------------------- state
+
+
+@dataclass
+class TrainState:
+    """What callbacks see: the live objects and the counters (`event` is step_end or epoch_end)."""
+
+    config: Config
+    run_dir: Path
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    device: torch.device
+    epoch: int = 0  # index of the epoch in progress (== epochs done at an epoch end)
+    step_in_epoch: int = 0  # batches done in the epoch in progress
+    global_step: int = 0
+    loss: float = float("nan")  # last batch's loss
+    epoch_loss_sum: float = 0.0  # sum of caption losses so far in the epoch in progress
+    epoch_captions: int = 0  # captions trained on so far in the epoch in progress
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_metrics: dict[str, float] | None = None
+    best_epoch: int | None = None
+    epochs_without_improvement: int = 0
+    stopped_early: bool = False
+    wall_time_s: float = 0.0
+
+    def checkpoint(self, vocab) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": model_state(self.model, self.config),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "epoch_loss_sum": self.epoch_loss_sum,
+            "epoch_captions": self.epoch_captions,
+            "history": self.history,
+            "best_metrics": self.best_metrics,
+            "best_epoch": self.best_epoch,
+            "epochs_without_improvement": self.epochs_without_improvement,
+            "stopped_early": self.stopped_early,
+            "wall_time_s": self.wall_time_s,
+            "config": self.config.to_dict(),
+            "vocab": list(vocab.idx_to_word),
+        }
+
+    def restore(self, checkpoint: dict[str, Any], path: Path) -> None:
+        load_model_state(self.model, checkpoint["model"], path)
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        for key in (
+            "epoch",
+            "step_in_epoch",
+            "global_step",
+            "epoch_loss_sum",
+            "epoch_captions",
+            "history",
+            "best_metrics",
+            "best_epoch",
+            "epochs_without_improvement",
+            "stopped_early",
+            "wall_time_s",
+        ):
+            setattr(self, key, checkpoint[key])
+        set_rng_state(checkpoint["rng"])
+
+    @property
+    def finished(self) -> bool:
+        return self.stopped_early or self.epoch >= self.config.training.epochs
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns; `model` holds the best weights (by val CIDEr)."""
+
+    run_dir: Path
+    model: nn.Module
+    history: list[dict[str, float]]
+    best_epoch: int | None
+    best_metrics: dict[str, float] | None
+    stopped_early: bool
+    wall_time_s: float
+    results: dict[str, Any] | None = None  # results.json content when eval_splits were scored
+
+    @property
+    def epochs(self) -> int:
+        return len(self.history)
+
+
+def _check_resumable(checkpoint: dict, config: Config, path: Path) -> None:
+    """A run folder may only be resumed with the config (and data) it was started with."""
+    saved = config_from_dict(checkpoint["config"], source=str(path)).to_dict()
+    current = config.to_dict()
+    ignored = {"sources", "name"}
+    training_free = {"epochs", "patience", "num_workers", "eval_splits", "eval_beam_sizes", "device"}
+    differences = [
+        f"{section}.{key}: {saved[section][key]!r} -> {value!r}"
+        for section, values in current.items()
+        if section not in ignored and isinstance(values, dict)
+        for key, value in values.items()
+        if saved[section].get(key) != value and not (section == "training" and key in training_free)
+    ]
+    if saved["batch_size"] != current["batch_size"]:
+        differences.append(f"batch_size: {saved['batch_size']} -> {current['batch_size']}")
+    if differences:
+        raise ConfigError(
+            f"{path} was written with a different config ({'; '.join(differences)}). Resume with the "
+            "original config, choose another training.run_name, or pass resume=False (--no-resume) to "
+            "start over."
+        )
+
+
+# ------------------------------------------------------------------------------------------ the loop
+
+
+def _validate(state: TrainState, val_data: Dataset, prepared, source, config: Config) -> dict[str, float]:
+    """Val loss (teacher forced) and greedy-decoded BLEU/CIDEr on the val split."""
+    model, device = state.model, state.device
+    model.eval()
+    total, count = 0.0, 0
+    batches = [
+        list(range(i, min(i + config.batch_size, len(val_data))))
+        for i in range(0, len(val_data), config.batch_size)
+    ]
+    with torch.no_grad():
+        for inputs, captions, _ in _loader(val_data, batches, config, device, seed=0):
+            if inputs is None:
+                continue
+            with torch.autocast(device.type, dtype=torch.float16, enabled=_amp(config, device)):
+                loss = model(inputs.to(device, non_blocking=True), captions.to(device, non_blocking=True))
+            total += float(loss) * len(captions)
+            count += len(captions)
+    hypotheses = decode_split(
+        model,
+        source,
+        "val",
+        beam_size=1,
+        max_length=config.data.max_caption_length,
+        batch_size=config.batch_size,
+        vocab=prepared.vocab,
+        max_images=config.training.val_max_images,
+        image_size=config.image_size,
+        num_workers=config.training.num_workers,
+    )
+    references = prepared.references("val")
+    scores = compute_metrics({name: references[name] for name in hypotheses}, hypotheses, meteor=False)
+    return {"val_loss": total / max(count, 1), **{f"val_{k}": v for k, v in scores.items()}}
+
+
+def train_step(model, inputs, captions, optimizer, scaler, grad_clip: float | None, amp: bool) -> float:
+    """One teacher-forced step (fp16 autocast and loss scaling when `amp`); returns the batch loss."""
+    with torch.autocast(inputs.device.type, dtype=torch.float16, enabled=amp):
+        loss = model(inputs, captions)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip:
+        scaler.unscale_(optimizer)
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.item()
+
+
+def _amp(config: Config, device: torch.device) -> bool:
+    return config.training.amp and device.type == "cuda"
+
+
+def _call(callbacks: Sequence[Callback], event: str, state: TrainState) -> None:
+    for callback in callbacks:
+        callback(event, state)
+
+
+def train(
+    config: Config,
+    prepared=None,
+    store=None,
+    progress: bool = True,
+    callbacks: Sequence[Callback] | None = None,
+    resume: bool | None = None,
+) -> TrainResult:
+    """Train the model `config` describes; see the module docstring for what is written where.
+
+    `prepared` / `store` reuse an already prepared dataset and feature store (the notebooks pass
+    them). `callbacks` are called as `callback(event, state)` with event "step_end" or "epoch_end"
+    and the live `TrainState`. `resume` (default: when last.pt exists) continues a killed run;
+    `resume=False` starts over in the same folder.
+    """
+    callbacks = list(callbacks or [])
+    device = resolve_device(config.training.device)
+    run_dir = config.run_path
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    resume = last_path.is_file() if resume is None else resume
+    if resume and not last_path.is_file():
+        raise FileNotFoundError(f"Cannot resume: {last_path} does not exist (start without --resume).")
+
+    prepared, store = make_source(config, prepared, store, device=device, progress=progress)
+    source = store if store is not None else prepared
+    train_data, val_data = _datasets(config, prepared, store)
+    val_data = _val_subset(val_data, prepared, store, config.training.val_max_images)
+
+    seed_everything(config.training.seed)
+    model = build_model(config, prepared.vocab).to(device)
+    configure_trainable(model, config)
+    steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config, steps_per_epoch * config.training.epochs)
+    scaler = torch.amp.GradScaler(device.type, enabled=_amp(config, device))
+    state = TrainState(config, run_dir, model, optimizer, scheduler, scaler, device)
+    if resume:
+        checkpoint = load_checkpoint(last_path, "cpu")  # RNG states must stay CPU tensors
+        _check_resumable(checkpoint, config, last_path)
+        state.restore(checkpoint, last_path)
+        if progress:
+            print(
+                f"Resuming {run_dir} at epoch {state.epoch + 1}, "
+                f"step {state.step_in_epoch} of {steps_per_epoch}"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    session_started, wall_before = time.perf_counter(), state.wall_time_s
+    if progress:
+        print(
+            f"{config.run_name}: {config.model.cell_type} decoder, "
+            f"{config.model.backbone} ({config.training.mode}), "
+            f"{len(train_data):,} training captions, {steps_per_epoch} steps/epoch, device {device}, "
+            f"{sum(p.numel() for p in trainable):,} trainable parameters"
+        )
+
+    while not state.finished:
+        epoch = state.epoch
+        started = time.perf_counter()
+        model.train()
+        model.image_encoder.eval()  # BatchNorm keeps its ImageNet statistics, also when fine-tuning
+        batches = epoch_batches(len(train_data), config.batch_size, config.training.seed, epoch)
+        loader = _loader(
+            train_data, batches[state.step_in_epoch :], config, device, seed=config.training.seed + epoch
+        )
+        seen, bad_images = 0, 0
+        bar = tqdm(
+            loader,
+            total=len(batches),
+            initial=state.step_in_epoch,
+            disable=not progress,
+            desc=f"epoch {epoch + 1}/{config.training.epochs}",
+            unit="batch",
+            leave=False,
+        )
+        for inputs, captions, bad in bar:
+            bad_images += len(bad)
+            if inputs is not None:
+                inputs = inputs.to(device, non_blocking=True)
+                captions = captions.to(device, non_blocking=True)
+                clip, amp = config.training.grad_clip, _amp(config, device)
+                state.loss = train_step(model, inputs, captions, optimizer, scaler, clip, amp)
+                state.epoch_loss_sum += state.loss * len(captions)
+                state.epoch_captions += len(captions)
+                seen += len(captions)
+            scheduler.step()
+            state.step_in_epoch += 1
+            state.global_step += 1
+            elapsed = time.perf_counter() - started
+            bar.set_postfix(loss=f"{state.loss:.3f}", captions_s=f"{seen / max(elapsed, 1e-9):.0f}")
+            every = config.training.checkpoint_every_steps
+            if every and state.global_step % every == 0 and state.step_in_epoch < len(batches):
+                state.wall_time_s = wall_before + time.perf_counter() - session_started
+                save_atomic(state.checkpoint(prepared.vocab), last_path)
+            _call(callbacks, "step_end", state)
+        bar.close()
+        if bad_images:
+            warnings.warn(
+                f"epoch {epoch + 1}: skipped {bad_images} captions whose image could not be decoded",
+                stacklevel=2,
+            )
+        train_time = time.perf_counter() - started
+        metrics = _validate(state, val_data, prepared, source, config)
+        state.wall_time_s = wall_before + time.perf_counter() - session_started
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": state.epoch_loss_sum / state.epoch_captions
+            if state.epoch_captions
+            else float("nan"),
+            **metrics,
+            "lr": scheduler.get_last_lr()[0],  # the decoder's (groups are sorted: decoder first)
+            "time_s": time.perf_counter() - started,
+            "captions_per_s": seen / max(train_time, 1e-9),
+        }
+        state.history.append(record)
+        state.epoch, state.step_in_epoch = epoch + 1, 0
+        state.epoch_loss_sum, state.epoch_captions = 0.0, 0
+        improved = state.best_metrics is None or record["val_CIDEr"] > state.best_metrics["val_CIDEr"]
+        if improved:
+            state.best_metrics = {k: v for k, v in record.items() if k.startswith("val_")}
+            state.best_epoch = epoch + 1
+            state.epochs_without_improvement = 0
+        else:
+            state.epochs_without_improvement += 1
+            patience = config.training.patience
+            state.stopped_early = patience is not None and state.epochs_without_improvement >= patience
+        checkpoint = state.checkpoint(prepared.vocab)
+        if improved:
+            best = {
+                k: checkpoint[k]
+                for k in (
+                    "format",
+                    "model",
+                    "epoch",
+                    "history",
+                    "best_metrics",
+                    "best_epoch",
+                    "wall_time_s",
+                    "config",
+                    "vocab",
+                )
+            }
+            save_atomic(best, best_path)
+        save_atomic(checkpoint, last_path)
+        write_json_atomic(run_dir / "history.json", state.history)
+        if progress:
+            print(
+                f"epoch {epoch + 1}: train loss {record['train_loss']:.3f}, "
+                f"val loss {record['val_loss']:.3f}, "
+                f"BLEU-4 {record['val_Bleu_4']:.4f}, CIDEr {record['val_CIDEr']:.4f}"
+                f"{' (best)' if improved else ''}, {record['captions_per_s']:.0f} captions/s, "
+                f"{record['time_s']:.0f} s"
+            )
+            if state.stopped_early:
+                print(f"Stopping early: no better val CIDEr for {state.epochs_without_improvement} epochs.")
+        _call(callbacks, "epoch_end", state)
+
+    best_checkpoint = load_checkpoint(best_path, device)
+    load_model_state(model, best_checkpoint["model"], best_path)
+    model.eval()
+    results = None
+    if config.training.eval_splits and config.training.eval_beam_sizes:
+        metrics, captions = score_model(
+            model,
+            prepared,
+            store,
+            config.training.eval_splits,
+            config.training.eval_beam_sizes,
+            max_length=config.data.max_caption_length,
+            batch_size=config.batch_size,
+            meteor="auto" if config.training.meteor else False,
+            progress=progress,
+            image_size=config.image_size,
+        )
+        best_checkpoint["wall_time_s"] = state.wall_time_s
+        results = write_results(
+            run_dir, model, config, best_checkpoint | {"history": state.history}, metrics, captions, device
+        )
+    return TrainResult(
+        run_dir,
+        model,
+        state.history,
+        state.best_epoch,
+        state.best_metrics,
+        state.stopped_early,
+        state.wall_time_s,
+        results,
+    )
+
+
+# ---------------------------------------------------------------------------------------- command line
+
+
+DEMO_CONFIG = "demo"
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by the input (config, data, weights, device): reported as one message, no traceback."""
+    from helpers.backbones import PretrainedWeightsUnavailable
+    from helpers.images import TooManyBadImagesError
+    from helpers.sources import DatasetFormatError, DatasetUnavailableError
+
+    return (
+        ConfigError,
+        FileNotFoundError,
+        UnsupportedDeviceError,
+        DatasetFormatError,
+        DatasetUnavailableError,
+        PretrainedWeightsUnavailable,
+        TooManyBadImagesError,
+    )
+
+
+USER_ERRORS = _user_errors()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m helpers.train",
+        description="Train a captioning decoder from a config file, e.g. "
+        "python -m helpers.train --config configs/LSTM.yaml --preset kaggle_small_gpu training.epochs=3",
+    )
+    parser.add_argument(
+        "--config", required=True, help="decoder config: a YAML path or a name (LSTM, Transformer...)"
+    )
+    parser.add_argument(
+        "--preset", action="append", default=[], help="preset merged over the config (repeatable)"
+    )
+    parser.add_argument(
+        "--demo", action="store_true", help="DEMO mode: generated data and GloVe, CPU-sized model"
+    )
+    resume = parser.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume", dest="resume", action="store_true", default=None, help="continue from last.pt"
+    )
+    resume.add_argument(
+        "--no-resume", dest="resume", action="store_false", help="start over even if last.pt exists"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="e.g. model.hidden_dim=256 training.epochs=3"
+    )
+    args = parser.parse_args(argv)
+    try:
+        files = [args.config, *([DEMO_CONFIG] if args.demo else []), *args.preset]
+        config = load_config(files, args.overrides)
+        print(config.to_yaml())
+        result = train(config, progress=not args.quiet, resume=args.resume)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"\nRun folder: {result.run_dir}")
+    print(
+        f"Epochs: {result.epochs}{' (stopped early)' if result.stopped_early else ''}, "
+        f"best epoch {result.best_epoch}, "
+        f"{result.wall_time_s:.0f} s"
+    )
+    if result.best_metrics:
+        print(
+            "Best val: "
+            + ", ".join(f"{k.removeprefix('val_')} {v:.4f}" for k, v in result.best_metrics.items())
+        )
+    if result.results:
+        from helpers.evaluate import format_metrics_table
+
+        print(format_metrics_table(result.results["metrics"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

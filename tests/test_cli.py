@@ -1,0 +1,80 @@
+"""`python -m helpers.train` and `python -m helpers.evaluate` end to end on the demo data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _assert_clean_failure(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
+@pytest.mark.slow
+def test_train_then_evaluate_from_the_command_line(demo_dir, tmp_path):
+    overrides = [
+        f"data.work_dir={tmp_path / 'work'}",
+        "data.dataset=flickr8k",
+        f"data.data_dir={demo_dir}",
+        f"training.run_dir={tmp_path / 'runs'}",
+        "training.epochs=1",
+        "training.meteor=false",
+        "training.eval_splits=[test]",
+        "training.eval_beam_sizes=[1]",
+    ]
+    trained = run("helpers.train", "--config", "configs/LSTM.yaml", "--demo", "--quiet", *overrides)
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    run_dir = tmp_path / "runs" / "LSTM-regnet_x_400mf"
+    assert f"Run folder: {run_dir}" in trained.stdout
+    assert "| test | 1 |" in trained.stdout
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["epochs"] == 1 and "beam1" in results["metrics"]["test"]
+
+    evaluated = run("helpers.evaluate", str(run_dir), "--split", "val", "--beam-size", "2", "--no-meteor")
+    assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
+    assert "| val | 2 |" in evaluated.stdout and "| test | 1 |" in evaluated.stdout  # earlier scores kept
+    results = json.loads((run_dir / "results.json").read_text())
+    assert set(results["metrics"]) == {"test", "val"}
+
+    again = run("helpers.train", "--config", "configs/LSTM.yaml", "--demo", "--quiet", *overrides)
+    assert again.returncode == 0 and "Epochs: 1" in again.stdout  # resumed a finished run: nothing to do
+
+
+@pytest.mark.slow
+def test_train_rejects_bad_input_with_a_clear_message(tmp_path):
+    unknown = run("helpers.train", "--config", "configs/LSTM.yaml", "model.hiden_dim=3")
+    _assert_clean_failure(
+        unknown, "error:", "unknown key 'model.hiden_dim'", "Did you mean 'model.hidden_dim'?"
+    )
+    missing = run("helpers.train", "--config", str(tmp_path / "none.yaml"))
+    _assert_clean_failure(missing, "Config file not found")
+    preset = run("helpers.train", "--config", "LSTM", "--preset", "kaggle_small_gpu", "model.attn_dim=1280")
+    _assert_clean_failure(preset, "regnet_x_400mf outputs 400 channels; remove attn_dim or set it to 400")
+    no_data = run("helpers.train", "--config", "LSTM", "data.dataset=flickr8k", f"data.data_dir={tmp_path}")
+    _assert_clean_failure(no_data, "captions.txt")
+
+
+def test_evaluate_rejects_a_missing_run_folder(tmp_path):
+    result = run("helpers.evaluate", str(tmp_path / "nothing"))
+    _assert_clean_failure(result, "No run folder")
+    result = run("helpers.evaluate", str(tmp_path), "--beam-size", "0")
+    _assert_clean_failure(result, "--beam-size must be at least 1")

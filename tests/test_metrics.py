@@ -1,0 +1,130 @@
+"""compute_metrics against direct pycocoevalcap calls and hand-checked values."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import shutil
+
+import pytest
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.rouge.rouge import Rouge
+
+import helpers.evaluate as evaluate
+from helpers.evaluate import compute_metrics, format_metrics_table
+
+# Raw text as users and datasets write it (capitals, punctuation, apostrophes) ...
+REFERENCES = {
+    "dog.jpg": ["A black dog runs across the grass.", "The dog is running on a lawn", "a dog, running"],
+    "beach.jpg": ["Two children play on the beach .", "kids playing in the sand near the sea"],
+    "bike.jpg": ["A man rides a red bike down the street.", "A cyclist on a city road", "man's bike is red"],
+    "cat.jpg": ["a cat sleeps on a sofa", "A grey cat is sleeping on the couch."],
+}
+HYPOTHESES = {
+    "dog.jpg": "A dog runs on the grass.",
+    "beach.jpg": "Two kids play in the sand.",
+    "bike.jpg": "a man riding a bike on the street",
+    "cat.jpg": "A cat is sleeping on a couch",
+}
+# ... and the same captions tokenized by hand (lowercase, punctuation removed, apostrophes deleted).
+TOKENIZED_REFERENCES = {
+    "dog.jpg": ["a black dog runs across the grass", "the dog is running on a lawn", "a dog running"],
+    "beach.jpg": ["two children play on the beach", "kids playing in the sand near the sea"],
+    "bike.jpg": ["a man rides a red bike down the street", "a cyclist on a city road", "mans bike is red"],
+    "cat.jpg": ["a cat sleeps on a sofa", "a grey cat is sleeping on the couch"],
+}
+TOKENIZED_HYPOTHESES = {
+    "dog.jpg": ["a dog runs on the grass"],
+    "beach.jpg": ["two kids play in the sand"],
+    "bike.jpg": ["a man riding a bike on the street"],
+    "cat.jpg": ["a cat is sleeping on a couch"],
+}
+
+
+def test_equals_a_direct_pycocoevalcap_call_on_a_fixed_case():
+    with contextlib.redirect_stdout(io.StringIO()):
+        bleu, _ = Bleu(4).compute_score(TOKENIZED_REFERENCES, TOKENIZED_HYPOTHESES)
+        rouge, _ = Rouge().compute_score(TOKENIZED_REFERENCES, TOKENIZED_HYPOTHESES)
+        cider, _ = Cider().compute_score(TOKENIZED_REFERENCES, TOKENIZED_HYPOTHESES)
+    metrics = compute_metrics(REFERENCES, HYPOTHESES, meteor=False)
+    assert set(metrics) == {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"}
+    for n in range(4):
+        assert metrics[f"Bleu_{n + 1}"] == bleu[n]
+    assert metrics["ROUGE_L"] == rouge
+    assert metrics["CIDEr"] == cider
+    assert 0.1 < metrics["Bleu_4"] < metrics["Bleu_1"] < 1  # a real, non-degenerate case
+
+
+def test_cider_is_computed_over_the_whole_split_in_one_call():
+    # CIDEr's document frequencies come from the whole set: per-image calls would give other numbers.
+    whole = compute_metrics(REFERENCES, HYPOTHESES, meteor=False)["CIDEr"]
+    one_at_a_time = [
+        compute_metrics({k: REFERENCES[k]}, {k: HYPOTHESES[k]}, meteor=False)["CIDEr"] for k in REFERENCES
+    ]
+    assert one_at_a_time == [0.0] * 4  # a single image scores 0 (FACTS.md)
+    assert whole > 0.5
+
+
+def test_identical_hypothesis_and_references_score_one():
+    references = {1: ["a red circle on the left"], 2: ["two shapes side by side"]}
+    metrics = compute_metrics(
+        references, {1: "A red circle, on the left.", 2: "Two shapes side by side"}, False
+    )
+    for n in range(1, 5):
+        assert metrics[f"Bleu_{n}"] == pytest.approx(1.0, abs=1e-6)
+    assert metrics["ROUGE_L"] == pytest.approx(1.0)
+
+
+def test_bleu_1_with_brevity_penalty_by_hand():
+    # 2 of 2 hypothesis words match (precision 1), but 2 words against a 3-word reference:
+    # brevity penalty exp(1 - 3/2).
+    metrics = compute_metrics({"x": ["a cat sat"]}, {"x": "a cat"}, meteor=False)
+    assert metrics["Bleu_1"] == pytest.approx(math.exp(1 - 3 / 2), rel=1e-6)
+
+
+def test_mismatched_ids_are_a_clear_error():
+    with pytest.raises(ValueError, match=r"1 ids have references but no hypothesis \(e.g. \['cat.jpg'\]\)"):
+        compute_metrics(REFERENCES, {k: v for k, v in HYPOTHESES.items() if k != "cat.jpg"}, meteor=False)
+    with pytest.raises(ValueError, match=r"1 ids have a hypothesis but no references \(e.g. \['new.jpg'\]\)"):
+        compute_metrics(REFERENCES, {**HYPOTHESES, "new.jpg": "a thing"}, meteor=False)
+
+
+def test_exactly_one_hypothesis_per_id():
+    with pytest.raises(ValueError, match="must be exactly one caption string"):
+        compute_metrics({"a": ["x y"]}, {"a": ["x y", "y x"]}, meteor=False)
+    assert compute_metrics({"a": ["x y"]}, {"a": ["x y"]}, meteor=False)["Bleu_1"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="must be a non-empty list"):
+        compute_metrics({"a": "x y"}, {"a": "x y"}, meteor=False)
+    with pytest.raises(ValueError, match="no references"):
+        compute_metrics({}, {}, meteor=False)
+
+
+def test_meteor_without_java_prints_one_notice_and_never_crashes(monkeypatch, capsys):
+    monkeypatch.setattr(evaluate.shutil, "which", lambda name: None)
+    monkeypatch.setattr(evaluate, "_meteor_notice_shown", False)
+    first = compute_metrics(REFERENCES, HYPOTHESES)
+    second = compute_metrics(REFERENCES, HYPOTHESES)
+    assert "METEOR" not in first and "METEOR" not in second
+    out = capsys.readouterr().out
+    assert out.count("METEOR skipped: java is not on PATH") == 1
+    with pytest.raises(RuntimeError, match="METEOR needs `java`"):
+        compute_metrics(REFERENCES, HYPOTHESES, meteor=True)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("java") is None, reason="METEOR needs Java")
+def test_meteor_with_java():
+    metrics = compute_metrics(REFERENCES, HYPOTHESES, meteor=True)
+    assert 0.2 < metrics["METEOR"] < 1
+    assert compute_metrics({"x": ["a cat sat on the mat"]}, {"x": "a cat sat on the mat"})["METEOR"] > 0.9
+
+
+def test_metrics_table_lists_each_split_and_beam():
+    table = format_metrics_table(
+        {"test": {"beam1": {"Bleu_4": 0.25, "CIDEr": 1.5}, "beam3": {"Bleu_4": 0.3}}}
+    )
+    lines = table.splitlines()
+    assert lines[0] == "| split | beam | Bleu_4 | CIDEr |"
+    assert lines[2] == "| test | 1 | 0.2500 | 1.5000 |" and lines[3] == "| test | 3 | 0.3000 | - |"

@@ -1,0 +1,332 @@
+"""The training loop: schedule, devices, checkpoints, exact resume, fine-tuning, and learning on the demo."""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from helpers.config import build_model, load_config
+from helpers.evaluate import compute_metrics, decode_split, evaluate_run
+from helpers.features import FeatureStore
+from helpers.train import (
+    TrainState,
+    UnsupportedDeviceError,
+    check_cuda_device,
+    epoch_batches,
+    load_checkpoint,
+    lr_factor,
+    make_source,
+    model_state,
+    save_atomic,
+    train,
+)
+
+
+def demo_config(name: str, work, demo_dir=None, **overrides):
+    """configs/<name>.yaml + configs/demo.yaml, on the conftest demo folder when given (120 images)."""
+    values = {
+        "data.work_dir": str(work / "work"),
+        "training.run_dir": str(work / "runs"),
+        "training.meteor": False,
+        **({"data.dataset": "flickr8k", "data.data_dir": str(demo_dir)} if demo_dir else {}),
+        **overrides,
+    }
+    return load_config([name, "demo"], values)
+
+
+@pytest.fixture(scope="module")
+def small_demo(demo_dir, tmp_path_factory):
+    """Prepared data and a feature store of the 120-image demo, shared by this module's runs."""
+    work = tmp_path_factory.mktemp("train")
+    config = demo_config("LSTM", work, demo_dir)
+    prepared, store = make_source(config, progress=False)
+    return work, prepared, store
+
+
+# ------------------------------------------------------------------------------------------- units
+
+
+def test_lr_schedule_warms_up_linearly_then_decays():
+    factors = [lr_factor(step, 100, 10, "cosine", 0.0) for step in range(100)]
+    assert factors[:3] == pytest.approx([0.1, 0.2, 0.3]) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0)
+    assert factors[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 90)))
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert lr_factor(100, 100, 10, "cosine", 0.1) == pytest.approx(0.1)
+    assert lr_factor(55, 100, 10, "linear", 0.0) == pytest.approx(0.5)
+    assert lr_factor(80, 100, 10, "constant", 0.0) == 1.0
+
+
+def test_epoch_batches_are_a_seeded_permutation():
+    batches = epoch_batches(103, 10, seed=0, epoch=2)
+    assert [len(b) for b in batches] == [10] * 10 + [3]
+    assert sorted(i for b in batches for i in b) == list(range(103))
+    assert batches == epoch_batches(103, 10, seed=0, epoch=2)
+    assert batches != epoch_batches(103, 10, seed=0, epoch=3)
+
+
+def test_gpus_below_compute_capability_7_are_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (6, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla P100-PCIE-16GB")
+    with pytest.raises(UnsupportedDeviceError) as info:
+        check_cuda_device(torch.device("cuda"))
+    message = str(info.value)
+    assert "Tesla P100-PCIE-16GB has compute capability 6.0" in message
+    assert "Kaggle's P100 no longer runs current torch" in message and '"GPU T4 x2"' in message
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    check_cuda_device(torch.device("cuda"))  # a T4 passes
+
+
+def test_checkpoints_are_written_atomically(tmp_path):
+    path = tmp_path / "last.pt"
+    save_atomic({"format": 1, "value": torch.tensor([1.0])}, path)
+    with pytest.raises(Exception):  # noqa: B017 - whatever torch.save raises for an unpicklable object
+        save_atomic({"format": 1, "value": lambda: None}, path)
+    assert torch.load(path, weights_only=True)["value"].item() == 1.0  # the old file is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_frozen_pretrained_cnn_is_left_out_of_checkpoints(tmp_path):
+    vocab = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, "dog": 4}
+    config = load_config(
+        "LSTM",
+        [
+            "model.backbone=regnet_x_400mf",
+            "model.pretrained_backbone=false",
+            "embeddings.use_glove=false",
+            "model.hidden_dim=8",
+            "model.wordvec_dim=8",
+        ],
+    )
+    model = build_model(config, vocab)
+    assert any(k.startswith("image_encoder.") for k in model_state(model, config))  # random CNN: kept
+    config.model.pretrained_backbone = True  # rebuilt from torchvision's weights: left out
+    kept = model_state(model, config)
+    assert kept and not any(k.startswith("image_encoder.") for k in kept)
+    config.training.mode = "finetune"  # trained CNN stages: kept
+    assert any(k.startswith("image_encoder.") for k in model_state(model, config))
+
+
+# ----------------------------------------------------------------------------------------- runs
+
+
+class Killed(RuntimeError):
+    """Stands for a session that dies mid-run."""
+
+
+def kill_at(event_name: str, when):
+    def callback(event: str, state: TrainState) -> None:
+        if event == event_name and when(state):
+            raise Killed(f"killed at epoch {state.epoch}, step {state.global_step}")
+
+    return callback
+
+
+def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    state_a, state_b = a.state_dict(), b.state_dict()
+    assert state_a.keys() == state_b.keys()
+    different = [k for k in state_a if not torch.equal(state_a[k], state_b[k])]
+    assert not different, different
+
+
+def _without_times(history):
+    return [{k: v for k, v in row.items() if k not in ("time_s", "captions_per_s")} for row in history]
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_ends_with_the_weights_of_an_uninterrupted_run(small_demo):
+    """Transformer (dropout draws random numbers): killed mid-epoch, then after an epoch, resumed twice."""
+    work, prepared, store = small_demo
+    settings = dict(
+        batch_size=40,
+        **{"training.epochs": 2, "training.checkpoint_every_steps": 4, "training.eval_splits": []},
+    )
+    steps_per_epoch = math.ceil(len(prepared.captions("train")[0]) / 40)
+    uninterrupted = train(
+        demo_config("Transformer", work, **settings, **{"training.run_name": "whole"}),
+        prepared=prepared,
+        store=store,
+        progress=False,
+    )
+
+    config = demo_config("Transformer", work, **settings, **{"training.run_name": "killed"})
+    with pytest.raises(Killed):  # mid-epoch: the last checkpoint was written at step 4
+        train(
+            config,
+            prepared=prepared,
+            store=store,
+            progress=False,
+            callbacks=[kill_at("step_end", lambda s: s.global_step == 6)],
+        )
+    checkpoint = load_checkpoint(config.run_path / "last.pt")
+    assert (checkpoint["epoch"], checkpoint["step_in_epoch"], checkpoint["global_step"]) == (0, 4, 4)
+    with pytest.raises(Killed):  # right after the first epoch's checkpoint
+        train(
+            config,
+            prepared=prepared,
+            store=store,
+            progress=False,
+            callbacks=[kill_at("epoch_end", lambda s: s.epoch == 1)],
+        )
+    assert load_checkpoint(config.run_path / "last.pt")["global_step"] == steps_per_epoch
+    assert len(json.loads((config.run_path / "history.json").read_text())) == 1
+    resumed = train(config, prepared=prepared, store=store, progress=False)
+
+    _assert_same_weights(resumed.model, uninterrupted.model)
+    last_a = load_checkpoint(uninterrupted.run_dir / "last.pt")
+    last_b = load_checkpoint(resumed.run_dir / "last.pt")
+    for key in last_a["model"]:
+        assert torch.equal(last_a["model"][key], last_b["model"][key]), key
+    assert last_a["global_step"] == last_b["global_step"] == 2 * steps_per_epoch
+    assert _without_times(resumed.history) == _without_times(uninterrupted.history)
+
+
+@pytest.mark.slow
+def test_a_run_writes_its_files_and_evaluate_run_scores_it(small_demo):
+    work, prepared, store = small_demo
+    config = demo_config(
+        "Vanilla_RNN",
+        work,
+        **{
+            "training.epochs": 2,
+            "training.eval_splits": ["test"],
+            "training.eval_beam_sizes": [1, 2],
+            "training.run_name": "files",
+        },
+    )
+    result = train(config, prepared=prepared, store=store, progress=False)
+    run = result.run_dir
+    assert {p.name for p in run.iterdir()} >= {
+        "last.pt",
+        "best.pt",
+        "history.json",
+        "results.json",
+        "config.yaml",
+    }
+    history = json.loads((run / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert set(history[0]) >= {
+        "train_loss",
+        "val_loss",
+        "val_Bleu_4",
+        "val_CIDEr",
+        "lr",
+        "time_s",
+        "captions_per_s",
+    }
+    assert history[1]["train_loss"] < history[0]["train_loss"]
+    best = load_checkpoint(run / "best.pt")
+    assert "optimizer" not in best and best["best_epoch"] == result.best_epoch
+    results = json.loads((run / "results.json").read_text())
+    assert results["vocab_size"] == len(prepared.vocab) and results["epochs"] == 2
+    assert results["config"]["model"]["cell_type"] == "rnn"
+    assert set(results["metrics"]["test"]) == {"beam1", "beam2"}
+    assert (
+        results["parameters"]["decoder"] + results["parameters"]["encoder"] == results["parameters"]["total"]
+    )
+
+    # The test metrics equal decoding the split with the best model and scoring it directly.
+    hypotheses = decode_split(result.model, store, "test", vocab=prepared.vocab, max_length=16)
+    direct = compute_metrics(prepared.references("test"), hypotheses, meteor=False)
+    assert results["metrics"]["test"]["beam1"] == direct
+    assert results["captions"]["test"]["beam1"] == hypotheses
+
+    rescored = evaluate_run(
+        run, split="val", beam_sizes=(1,), prepared=prepared, store=store, meteor=False, progress=False
+    )
+    assert set(rescored["metrics"]) == {"test", "val"}  # the earlier test scores are kept
+    assert rescored["metrics"]["val"]["beam1"]["CIDEr"] == pytest.approx(result.best_metrics["val_CIDEr"])
+
+
+@pytest.mark.slow
+def test_finetune_trains_only_the_last_backbone_stages(small_demo):
+    work, prepared, _ = small_demo
+    config = demo_config(
+        "LSTM",
+        work,
+        batch_size=60,
+        **{
+            "training.mode": "finetune",
+            "training.finetune_stages": 1,
+            "training.epochs": 1,
+            "data.image_size": 64,
+            "training.eval_splits": [],
+            "training.run_name": "finetune",
+        },
+    )
+    torch.manual_seed(config.training.seed)
+    initial = build_model(config, prepared.vocab).image_encoder.trainable_stages()
+    initial = [{k: v.clone() for k, v in stage.state_dict().items()} for stage in initial]
+    result = train(config, prepared=prepared, progress=False)
+    stages = result.model.image_encoder.trainable_stages()
+    changed = [
+        any(not torch.equal(v, initial[i][k]) for k, v in s.state_dict().items())
+        for i, s in enumerate(stages)
+    ]
+    assert changed == [False] * (len(stages) - 1) + [True]
+    saved = load_checkpoint(result.run_dir / "best.pt")["model"]
+    assert any(k.startswith("image_encoder.") for k in saved)  # the tuned CNN is in the checkpoint
+    assert result.history[0]["val_CIDEr"] >= 0
+
+
+# -------------------------------------------------------------------------------------- learning
+
+
+@pytest.fixture(scope="module")
+def learning_demo(tmp_path_factory):
+    """The 300-image demo (30 test images) with regnet_x_400mf random features at 96 px."""
+    work = tmp_path_factory.mktemp("learning")
+    prepared, store = make_source(demo_config("LSTM", work), progress=False)
+    blind_path = store.path.parent / f"{store.path.name}-zeros"
+    shutil.copytree(store.path, blind_path)
+    for split in store.splits:
+        features = np.load(blind_path / f"{split}.npy", mmap_mode="r+")
+        features[:] = 0
+        features.flush()
+    return work, prepared, store, FeatureStore.open(blind_path)
+
+
+def _test_bleu4(name: str, work, prepared, store, run_name: str) -> float:
+    config = demo_config(name, work, **{"training.eval_splits": [], "training.run_name": run_name})
+    result = train(config, prepared=prepared, store=store, progress=False)
+    hypotheses = decode_split(result.model, store, "test", vocab=prepared.vocab, max_length=16)
+    return compute_metrics(prepared.references("test"), hypotheses, meteor=False)["Bleu_4"]
+
+
+@pytest.fixture(scope="module")
+def image_blind_bleu4(learning_demo):
+    """The better of two image-blind baselines on the same 30 test images.
+
+    Measured: the most common training caption for every image 0.274; the LSTM trained on
+    all-zero features 0.264 to 0.271 (8 epochs, batch 50, lr 3e-3, as configs/demo.yaml).
+    """
+    work, prepared, _, blind_store = learning_demo
+    encoded, _ = prepared.captions("train")
+    most_common = collections.Counter(prepared.vocab.decode(row) for row in encoded).most_common(1)[0][0]
+    references = prepared.references("test")
+    constant = compute_metrics(references, {name: most_common for name in references}, meteor=False)["Bleu_4"]
+    zero_features = _test_bleu4("LSTM", work, prepared, blind_store, "LSTM-blind")
+    assert 0.15 < constant < 0.4 and 0.15 < zero_features < 0.4
+    return max(constant, zero_features)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["Vanilla_RNN", "LSTM", "Attention_LSTM", "Transformer"])
+def test_each_decoder_learns_from_the_image(name, learning_demo, image_blind_bleu4):
+    """Held-out BLEU-4 far above an image-blind model: at least blind + 0.15.
+
+    Measured (2-core CPU, 8 epochs, 2-12 s per decoder) with a BatchNorm over the feature channels in
+    front of each decoder's feature projection: Vanilla_RNN 0.596, LSTM 0.578, Attention_LSTM 0.619,
+    Transformer 0.663, against 0.274 image-blind. Without that normalisation (models.py as of this
+    writing) every decoder emits about one caption for all images (0.259-0.288): the random CNN's
+    features differ between images by only ~7% of their mean (cosine 0.998 between images).
+    """
+    work, prepared, store, _ = learning_demo
+    bleu4 = _test_bleu4(name, work, prepared, store, name)
+    assert bleu4 > image_blind_bleu4 + 0.15, (name, bleu4, image_blind_bleu4)

@@ -141,6 +141,10 @@ class CaptioningModel(nn.Module):
             )
         self.input_dim = channels
         self.backbone = backbone
+        # Standardise each feature channel over the batch (running statistics when sampling). Backbone
+        # features share a large common component (random-weight features of different images have
+        # cosine ~0.998); without this the decoders learn one caption for every image.
+        self.feature_norm = nn.BatchNorm2d(channels)
         self.wordvec_dim = wordvec_dim
 
         pretrained = None
@@ -161,15 +165,15 @@ class CaptioningModel(nn.Module):
         return self.image_encoder(images)
 
     def features_from(self, images_or_features: Tensor) -> Tensor:
-        """Backbone features for a batch of images (the CNN runs) or of precomputed features (returned as is).
+        """Normalised backbone features for a batch of images (the CNN runs) or of precomputed features.
 
         The two are told apart by the channel count: 3 for images, ``input_dim`` for features.
         """
         x = images_or_features
         if x.dim() == 4 and x.shape[1] == 3:
-            return self.encode(x)
+            return self.feature_norm(self.encode(x))
         if x.dim() == 4 and x.shape[1] == self.input_dim:
-            return x.to(self.output_proj.weight.dtype)
+            return self.feature_norm(x.to(self.output_proj.weight.dtype))
         raise ValueError(
             f"expected images (N, 3, H, W) or {self.backbone} features (N, {self.input_dim}, H', W'); "
             f"got shape {tuple(x.shape)}"

@@ -24,7 +24,9 @@ SUITE = (
 )
 
 
-def run_notebook(name: str, out_dir: Path, parameters: dict, kernel: str = "python3", timeout: int = 1800) -> Path:
+def run_notebook(
+    name: str, out_dir: Path, parameters: dict, kernel: str = "python3", timeout: int = 1800
+) -> Path:
     """Execute one notebook in a fresh kernel; returns the executed copy's path (written even on failure)."""
     import papermill
 
@@ -45,7 +47,9 @@ def run_notebook(name: str, out_dir: Path, parameters: dict, kernel: str = "pyth
     return target
 
 
-def run_suite(out: Path, demo: bool = True, names: tuple[str, ...] = SUITE, extra: dict | None = None) -> list[Path]:
+def run_suite(
+    out: Path, demo: bool = True, names: tuple[str, ...] = SUITE, extra: dict | None = None
+) -> list[Path]:
     """Run `names` in order, sharing one WORK_DIR, so each stage reuses the artifacts of the last."""
     out = Path(out).resolve()
     parameters = {"DEMO": demo, "WORK_DIR": str(out / "work"), **(extra or {})}
@@ -59,9 +63,15 @@ def run_suite(out: Path, demo: bool = True, names: tuple[str, ...] = SUITE, extr
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for notebooks and work dir")
-    parser.add_argument("--demo", action=argparse.BooleanOptionalAction, default=True, help="DEMO mode (default)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/demo"), help="folder for notebooks and work dir"
+    )
+    parser.add_argument(
+        "--demo", action=argparse.BooleanOptionalAction, default=True, help="DEMO mode (default)"
+    )
     parser.add_argument("--only", nargs="*", choices=SUITE, help="run only these notebooks, in suite order")
     args = parser.parse_args(argv)
     names = tuple(n for n in SUITE if not args.only or n in args.only)

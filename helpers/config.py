@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -76,6 +77,7 @@ class DataConfig:
     min_word_count: int = 5
     max_caption_length: int = 20
     image_size: int | None = None  # None: the backbone's own size (224)
+    split_seed: int = 0  # seeded train/val/test split when no Karpathy split exists (not training.seed)
 
 
 @dataclass
@@ -453,6 +455,14 @@ def resolve_glove_path(config: Config, vocab: Any = None) -> Path:
         words = [word for word in word_index(vocab) if not word.startswith("<")]
         return make_demo_glove(demo_glove_path(config), words, dim=config.model.wordvec_dim)
     path = Path(config.embeddings.glove_path)
+    standard = re.fullmatch(r"glove\.6B\.(\d+)d\.txt", path.name)
+    if not path.is_file() and standard and path.parent == Path("."):
+        from helpers.embeddings import download_glove
+
+        try:  # a bare glove.6B file name (the original configs'): the attached dataset, else kagglehub
+            path = download_glove(int(standard.group(1)))
+        except (FileNotFoundError, ValueError) as error:
+            raise ConfigError(f"embeddings.glove_path {path.name!r}: {error}") from error
     if not path.is_file():
         raise ConfigError(
             f"embeddings.glove_path: GloVe file {str(path)!r} not found "

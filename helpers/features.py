@@ -47,6 +47,7 @@ __all__ = [
 FORMAT_VERSION = 1
 KAGGLE_OUTPUT_LIMIT_BYTES = 20 * 10**9  # /kaggle/working keeps at most 20 GB
 FEATURE_DTYPE = np.float16
+RANDOM_WEIGHTS_SEED = 0  # initialisation of an unpretrained backbone, fixed so stores are reproducible
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -418,7 +419,12 @@ def extract_features(
                     for row, entry in writer.bad.items()])
 
     run_device = _resolve_device(device)
-    encoder = ImageEncoder(pretrained=pretrained, backbone=backbone, verbose=progress).eval().to(run_device)
+    # The key says "random" for unpretrained weights, so they must be the same weights every time
+    # (a resumed store would otherwise mix two CNNs): seed their initialisation.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        encoder = ImageEncoder(pretrained=pretrained, backbone=backbone, verbose=progress)
+    encoder = encoder.eval().to(run_device)
     on_cuda = run_device.type == "cuda"
     if on_cuda:
         encoder = encoder.to(memory_format=torch.channels_last)

@@ -123,40 +123,48 @@ def _seed_worker(worker_id: int) -> None:
 # ------------------------------------------------------------------------------------------- data
 
 
+def prepare_for(config: Config, progress: bool = True):
+    """The prepared dataset `config` describes (built once, then reused from its work dir)."""
+    from helpers.prepare import prepare_dataset
+
+    return prepare_dataset(
+        dataset=config.data.dataset,
+        data_dir=config.data.data_dir,
+        work_dir=config.data.work_dir,
+        min_word_count=config.data.min_word_count,
+        max_caption_length=config.data.max_caption_length,
+        seed=config.data.split_seed,
+        verbose=progress,
+    )
+
+
+def features_for(config: Config, prepared, device=None, progress: bool = True):
+    """The feature store of `config`'s backbone, image size and weights (extracted once, resumed
+    when interrupted, then reused)."""
+    from helpers.features import extract_features
+
+    return extract_features(
+        prepared,
+        backbone=config.model.backbone,
+        image_size=config.image_size,
+        pretrained=config.model.pretrained_backbone,
+        num_workers=config.training.num_workers,
+        device=device,
+        progress=progress,
+    )
+
+
 def make_source(config: Config, prepared=None, store=None, device=None, progress: bool = True):
     """(prepared dataset, feature store or None) for `config`, from the caches in its work dir.
 
     The store is made only in features mode; a given store must match the config's backbone.
     """
     if prepared is None:
-        from helpers.prepare import prepare_dataset
-
-        prepared = prepare_dataset(
-            dataset=config.data.dataset,
-            data_dir=config.data.data_dir,
-            work_dir=config.data.work_dir,
-            min_word_count=config.data.min_word_count,
-            max_caption_length=config.data.max_caption_length,
-            seed=config.training.seed,
-            verbose=progress,
-        )
+        prepared = prepare_for(config, progress)
     if config.training.mode != "features":
         return prepared, None
     if store is None:
-        from helpers.features import extract_features
-
-        # A random (unpretrained) CNN must be the same CNN each time: seed its initialisation.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.training.seed)
-            store = extract_features(
-                prepared,
-                backbone=config.model.backbone,
-                image_size=config.image_size,
-                pretrained=config.model.pretrained_backbone,
-                num_workers=config.training.num_workers,
-                device=device,
-                progress=progress,
-            )
+        store = features_for(config, prepared, device, progress)
     mismatch = [
         f"{key} {have!r} (config wants {want!r})"
         for key, have, want in (

@@ -298,3 +298,33 @@ def test_demo_glove_is_generated_for_the_vocabulary(tmp_path, vocab):
     assert {"red", "circle", "square", "a"} <= set(words) and not any(w.startswith("<") for w in words)
     red = torch.tensor([float(x) for x in path.read_text().splitlines()[words.index("red")].split(" ")[1:]])
     assert torch.allclose(model.word_embed.W_embed[vocab.word_to_idx["red"]], red)
+
+
+def test_bare_glove_6b_name_is_fetched_from_kaggle(tmp_path, vocab, monkeypatch):
+    import kagglehub
+
+    mounted = tmp_path / "attached"
+    mounted.mkdir()
+    (mounted / "glove.6B.50d.txt").write_text("red " + " ".join(["0.5"] * 50) + "\n")
+    monkeypatch.chdir(tmp_path)  # no glove.6B.50d.txt in the working directory
+    monkeypatch.setattr(kagglehub, "dataset_download", lambda handle, **kwargs: str(mounted))
+    config = _small(
+        "LSTM", "embeddings.use_glove=true", "embeddings.glove_path=glove.6B.50d.txt", "model.wordvec_dim=50"
+    )
+    model = build_model(config, vocab)
+    assert torch.allclose(model.word_embed.W_embed[vocab.word_to_idx["red"]], torch.full((50,), 0.5))
+
+
+def test_bare_glove_6b_name_offline_names_the_dataset(tmp_path, vocab, monkeypatch):
+    import kagglehub
+
+    def offline(handle, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(kagglehub, "dataset_download", offline)
+    config = _small("LSTM", "embeddings.use_glove=true", "embeddings.glove_path=glove.6B.300d.txt",
+                    "model.wordvec_dim=300")
+    with pytest.raises(ConfigError, match="glove.6B.300d.txt.*thanakomsn/glove6b300dtxt"):
+        build_model(config, vocab)

@@ -79,13 +79,12 @@ def extract(prepared, **overrides):
     settings = dict(backbone=BACKBONE, image_size=SIZE, pretrained=False, batch_size=4, num_workers=0,
                     device="cpu", progress=False)
     settings.update(overrides)
-    torch.manual_seed(0)  # the random weights of the encoder built inside
     return extract_features(prepared, **settings)
 
 
 def reference_features(prepared, names):
     """Direct ImageEncoder output (same random weights as `extract`) for the named images, in float32."""
-    torch.manual_seed(0)
+    torch.manual_seed(features_module.RANDOM_WEIGHTS_SEED)
     encoder = ImageEncoder(pretrained=False, backbone=BACKBONE, verbose=False).eval()
     transform = image_transform(BACKBONE, SIZE)
     images = torch.stack([transform(load_image(prepared.image_path(name))) for name in names])
@@ -121,6 +120,14 @@ def test_store_equals_direct_encoder_output_within_fp16(clean):
     assert store.size_bytes >= 10 * 400 * 4 * 2
     reopened = FeatureStore.open(store.path / "index.json")
     np.testing.assert_array_equal(reopened.features("test"), store.features("test"))
+
+
+def test_random_weights_are_the_same_whatever_the_global_seed(clean, tmp_path):
+    prepared, store = clean
+    torch.manual_seed(1234)
+    again = extract(prepared, work_dir=tmp_path / "features")
+    for split in prepared.splits:
+        np.testing.assert_array_equal(again.features(split), store.features(split))
 
 
 def test_size_estimate_matches_the_flickr8k_figure():

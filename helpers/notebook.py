@@ -738,3 +738,24 @@ def plot_results(table, split: str | None = None, metrics: Sequence[str] = ("BLE
             ax.set_xlim(0, np.nanmax(values) * 1.2)  # room for the value labels
     fig.tight_layout()
     return _finish(fig)
+
+
+def plot_caption_lengths(prepared):
+    """Histogram of caption lengths (words) per split, with the truncation length marked."""
+    import matplotlib.pyplot as plt
+
+    from helpers.text import NULL
+
+    null = prepared.vocab.word_to_idx[NULL]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    limit = prepared.max_caption_length
+    for split in prepared.splits:
+        encoded, _ = prepared.captions(split)
+        lengths = (np.asarray(encoded) != null).sum(axis=1) - 2  # minus <START> and <END>
+        ax.hist(lengths, bins=np.arange(0, limit + 2) - 0.5, alpha=0.55, label=f"{split} ({len(lengths):,})")
+    ax.axvline(limit + 0.5, color="k", linestyle="--", linewidth=1, label=f"max_caption_length {limit}")
+    ax.set_xlabel("words per caption")
+    ax.set_ylabel("captions")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _finish(fig)

@@ -1,0 +1,365 @@
+"""What each notebook stage does, so the notebooks stay a few lines per cell: the config a stage runs
+with (from its parameters cell and widgets), reuse of earlier stages' outputs in a fresh session, and
+the samples the notebooks show (captions under images, attention per word, your own image).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from helpers.config import Config, find_config, load_config, parse_overrides, read_yaml
+
+# Notebook parameter -> config key. A parameter set to None keeps the config's value.
+PARAMETER_KEYS = {
+    "DATASET": "data.dataset",
+    "DATA_DIR": "data.data_dir",
+    "IMAGE_SIZE": "data.image_size",
+    "BACKBONE": "model.backbone",
+    "PRETRAINED": "model.pretrained_backbone",
+    "USE_GLOVE": "embeddings.use_glove",
+    "GLOVE_PATH": "embeddings.glove_path",
+    "FREEZE_EMBEDDINGS": "embeddings.freeze",
+    "EPOCHS": "training.epochs",
+    "BATCH_SIZE": "batch_size",
+}
+# Widget choice -> config key (the widgets of notebook.py: backbone dropdown, option checkboxes).
+CHOICE_KEYS = {
+    "backbone": "model.backbone",
+    "pretrained": "model.pretrained_backbone",
+    "use_glove": "embeddings.use_glove",
+    "freeze": "embeddings.freeze",
+}
+
+
+def parameters(namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters cell's knobs out of a notebook's globals()."""
+    known = {*PARAMETER_KEYS, "DEMO", "PRESET", "WORK_DIR", "OVERRIDES"}
+    return {name: value for name, value in namespace.items() if name in known}
+
+
+def stage_config(decoder: str, params: Mapping[str, Any], env, **choices: Any) -> Config:
+    """The config a notebook stage runs with.
+
+    Layers, later ones winning: configs/<decoder>.yaml, the parameters cell, the preset (PRESET, a
+    deliberate choice of backbone and sizes), configs/demo.yaml when DEMO is true (CPU-sized, no
+    downloads: random backbone weights and the generated GloVe file), the widget choices, then
+    OVERRIDES (`key=value` strings, e.g. "training.lr=5e-4", for anything the other knobs miss). Paths
+    follow the session: data, features and runs under the work dir, training on `env.device`.
+    """
+    overrides: dict[str, Any] = {
+        key: params[name] for name, key in PARAMETER_KEYS.items() if params.get(name) is not None
+    }
+    overlays = [params["PRESET"]] if params.get("PRESET") else []
+    if params.get("DEMO"):
+        overlays.append("demo")
+        overrides.pop("data.data_dir", None)
+    for overlay in overlays:
+        overrides.update({key: value for key, value, _ in parse_overrides(read_yaml(find_config(overlay)))})
+    work_dir = Path(env.work_dir)
+    overrides["data.work_dir"] = str(work_dir)
+    overrides["training.run_dir"] = str(work_dir / "runs")
+    overrides["training.device"] = env.device
+    for name, value in choices.items():
+        if name not in CHOICE_KEYS:
+            raise ValueError(f"Unknown choice {name!r}; the widgets set {', '.join(CHOICE_KEYS)}.")
+        overrides[CHOICE_KEYS[name]] = value
+    overrides.update({key: value for key, value, _ in parse_overrides(params.get("OVERRIDES") or [])})
+    return load_config(find_config(decoder), overrides)
+
+
+def describe(config: Config) -> str:
+    """One line per choice that later cells use."""
+    m, e, d, t = config.model, config.embeddings, config.data, config.training
+    weights = "ImageNet weights" if m.pretrained_backbone else "random weights"
+    glove = f"GloVe {e.glove_path} ({'frozen' if e.freeze else 'trainable'})" if e.use_glove else "random"
+    return "\n".join(
+        [
+            f"decoder     {m.cell_type} (wordvec {m.wordvec_dim}, hidden {m.hidden_dim})",
+            f"backbone    {m.backbone} ({weights}), {config.image_size} px, {m.attn_dim} channels",
+            f"embeddings  {glove}",
+            f"data        {d.dataset} (data_dir {d.data_dir}), work dir {d.work_dir}",
+            f"training    {t.epochs} epochs, batch {config.batch_size}, lr {t.lr}, mode {t.mode}, "
+            f"device {t.device}",
+            f"run folder  {config.run_path}",
+        ]
+    )
+
+
+def reuse_earlier_outputs(env) -> list[str]:
+    """Bring earlier stages' outputs from the input dirs (attached Kaggle notebook outputs) into the
+    work dir, so this stage reuses them instead of recomputing: prepared data and runs are copied
+    (small; runs must stay writable to resume), feature stores are linked file by file (large,
+    only read). Returns what was brought in; things already in the work dir are left alone."""
+    work = Path(env.work_dir)
+    brought = []
+    for root in env.input_dirs:
+        root = Path(root)
+        if not root.is_dir():
+            continue
+        for manifest in root.glob("**/data/*/manifest.json"):
+            brought += _copy_once(manifest.parent, work / "data" / manifest.parent.name)
+        for index in root.glob("**/features/*/*/index.json"):
+            target = work / "features" / index.parent.parent.name / index.parent.name
+            if not target.exists():
+                target.mkdir(parents=True)
+                for item in index.parent.iterdir():
+                    (target / item.name).symlink_to(item.resolve())
+                brought.append(str(target))
+        for checkpoint in root.glob("**/runs/*/last.pt"):
+            brought += _copy_once(checkpoint.parent, work / "runs" / checkpoint.parent.name)
+        for cache in root.glob("**/glove/*.txt"):
+            brought += _copy_once(cache, work / "glove" / cache.name)
+    for item in brought:
+        print(f"reusing earlier output: {item}")
+    return brought
+
+
+def _copy_once(source: Path, target: Path) -> list[str]:
+    if target.exists():
+        return []
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    if source.is_dir():
+        shutil.copytree(source, partial)
+    else:
+        shutil.copy2(source, partial)
+    partial.rename(target)
+    return [str(target)]
+
+
+def sample_captions(run_dir: str | Path, prepared, split: str = "test", count: int = 6) -> dict[str, Any]:
+    """Images, references and generated captions (every beam size scored) of `count` images of a split,
+    read from the run's results.json, ready for `notebook.show_captions(**samples)`."""
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"No {path}: evaluate the run first (helpers.evaluate.evaluate_run).")
+    results = json.loads(path.read_text(encoding="utf-8"))
+    by_beam = results.get("captions", {}).get(split)
+    if not by_beam:
+        raise KeyError(f"{path} holds no captions for split {split!r}; evaluate that split first.")
+    names = sorted(next(iter(by_beam.values())))[:count]
+    references = prepared.references(split)
+    return {
+        "images": [prepared.image_path(name) for name in names],
+        "references": [references[name] for name in names],
+        "generated": {
+            beam.replace("beam", "beam "): [captions[name] for name in names]
+            for beam, captions in sorted(by_beam.items())
+        },
+        "titles": names,
+    }
+
+
+def caption_images(model, images, vocab, image_size: int, beam_size: int = 1, max_length: int = 20):
+    """Caption PIL images with a trained model: the CNN runs on them, resized and cropped to the
+    `image_size` the model was trained at, as the backbone expects.
+
+    Returns a list of (caption, words, attention (len(words), h, w) or None), one per image.
+    """
+    from helpers.backbones import image_transform
+
+    device = next(model.parameters()).device
+    transform = image_transform(model.image_encoder.backbone, image_size)
+    batch = torch.stack([transform(image.convert("RGB")) for image in images]).to(device)
+    return _decode(model, batch, vocab, beam_size, max_length)
+
+
+def caption_features(model, features: torch.Tensor, vocab, beam_size: int = 1, max_length: int = 20):
+    """Like `caption_images`, from precomputed backbone features (N, C, h, w)."""
+    device = next(model.parameters()).device
+    return _decode(model, features.to(device), vocab, beam_size, max_length)
+
+
+def _decode(model, batch: torch.Tensor, vocab, beam_size: int, max_length: int):
+    output = model.sample(batch, max_length=max_length, beam_size=beam_size)
+    ids, attention = output if isinstance(output, tuple) else (output, None)
+    captioned = []
+    for row, ids_row in enumerate(ids.tolist()):
+        caption = vocab.decode(ids_row)
+        words = caption.split()
+        maps = attention[row, : len(words)].float().numpy() if attention is not None else None
+        captioned.append((caption, words, maps))
+    return captioned
+
+
+# ------------------------------------------------------------------------------ data, GloVe, backbones
+
+
+def prepare(config: Config):
+    """The prepared dataset for `config` (stage 00; reused when already in the work dir)."""
+    from helpers.train import prepare_for
+
+    return prepare_for(config)
+
+
+def features(config: Config, prepared):
+    """The feature store for `config`'s backbone (stage 02; resumed or reused when present)."""
+    from helpers.train import features_for
+
+    return features_for(config, prepared)
+
+
+def data_for(config: Config):
+    """(prepared dataset, feature store or None in finetune mode), reusing both when present."""
+    from helpers.train import make_source
+
+    return make_source(config)
+
+
+def describe_store(store) -> str:
+    shapes = ", ".join(f"{split} {store.shape(split)[0]:,}" for split in store.splits)
+    return (
+        f"feature store {store.path}\n  {store.backbone} ({store.weights}) at {store.image_size} px: "
+        f"{store.channels} x {store.feature_size} x {store.feature_size} float16 per image;\n"
+        f"  images: {shapes}; {store.size_bytes / 1e6:,.1f} MB on disk"
+    )
+
+
+def glove_file(config: Config, vocab) -> Path:
+    """The GloVe file `config` names (found, downloaded, or generated in DEMO mode)."""
+    from helpers.config import resolve_glove_path
+
+    return resolve_glove_path(config, vocab)
+
+
+def glove_matrix(glove_path, vocab, dim: int):
+    """(matrix (V, dim), coverage) for the vocabulary: parsed once, then read from the cache."""
+    from helpers.embeddings import glove_coverage, load_glove_embeddings
+
+    matrix = load_glove_embeddings(glove_path, vocab.word_to_idx, dim, verbose=False)
+    return matrix, glove_coverage(glove_path, vocab.word_to_idx, dim)
+
+
+STOPWORDS = frozenset("a an the of in on at to and with is are is his her its their for by from".split())
+
+
+def neighbour_table(matrix, vocab, count: int = 6, k: int = 5):
+    """The `k` nearest words (cosine) of the `count` most frequent non-stopword vocabulary words."""
+    import pandas as pd
+
+    from helpers.embeddings import nearest_neighbours
+
+    words = [w for w in vocab.idx_to_word if not w.startswith("<") and w not in STOPWORDS][:count]
+    index = vocab.word_to_idx
+    rows = {
+        word: [f"{other} ({cos:.2f})" for other, cos in nearest_neighbours(matrix, index, word, k)]
+        for word in words
+    }
+    return pd.DataFrame.from_dict(rows, orient="index", columns=[f"#{i + 1}" for i in range(k)])
+
+
+def compare_backbones(names, config: Config, prepared, batches: int = 3):
+    """Measured table of `names` at the config's image size on its device, with the store size for
+    this dataset (helpers.backbones.measure_backbone)."""
+    import pandas as pd
+
+    from helpers.backbones import measure_backbone
+
+    num_images = sum(len(files) for files in prepared.splits.values())
+    device = "cuda" if config.training.device == "cuda" and torch.cuda.is_available() else "cpu"
+    batch = 32 if device == "cuda" else 4
+    rows = [
+        measure_backbone(
+            name, config.image_size, batch_size=batch, batches=batches, device=device, num_images=num_images
+        )
+        for name in names
+    ]
+    return pd.DataFrame(rows).set_index("backbone")
+
+
+def reference_samples(prepared, split: str = "train", count: int = 6) -> dict[str, Any]:
+    """Images of a split with their reference captions, for `notebook.show_captions(**samples)`."""
+    names = prepared.splits[split][:count]
+    references = prepared.references(split)
+    return {
+        "images": [prepared.image_path(name) for name in names],
+        "references": [references[name] for name in names],
+        "generated": {},
+        "titles": names,
+    }
+
+
+# ----------------------------------------------------------------------------- training and results
+
+
+def train(config: Config, prepared, store, resume: bool | None = None):
+    """The one training loop (helpers.train.train); resumes from last.pt unless resume=False."""
+    from helpers.train import train as train_loop
+
+    return train_loop(config, prepared=prepared, store=store, resume=resume)
+
+
+def evaluate(run_dir, prepared, store, beam_sizes=(1, 3), split: str = "test") -> dict[str, Any]:
+    """Score the run's best checkpoint on `split` with each beam size; results.json is updated."""
+    from helpers.evaluate import evaluate_run
+
+    return evaluate_run(run_dir, split=split, beam_sizes=tuple(beam_sizes), prepared=prepared, store=store)
+
+
+def metrics_frame(results: Mapping[str, Any]):
+    """results.json metrics as a table: one row per split and beam size, metrics x 100."""
+    import pandas as pd
+
+    rows = {
+        f"{split} {beam.replace('beam', 'beam ')}": {name: 100 * value for name, value in metrics.items()}
+        for split, by_beam in results.get("metrics", {}).items()
+        for beam, metrics in sorted(by_beam.items())
+    }
+    return pd.DataFrame.from_dict(rows, orient="index").round(2)
+
+
+def attention_samples(model, prepared, store, split: str = "test", count: int = 2, beam_size: int = 1):
+    """(image path, words, attention (len(words), h, w)) for the first `count` images of a split."""
+    names = store.filenames(split)[:count]
+    rows = torch.from_numpy(store.features(split)[:count].astype("float32"))
+    max_length = prepared.max_caption_length
+    decoded = caption_features(model, rows, prepared.vocab, beam_size=beam_size, max_length=max_length)
+    return [(prepared.image_path(name), words, maps) for name, (_, words, maps) in zip(names, decoded)]
+
+
+def best_run(table) -> Path:
+    """The run folder with the highest CIDEr in a `notebook.results_table`."""
+    if table is None or len(table) == 0:
+        raise FileNotFoundError("No results.json found: run a training notebook (03-06) first.")
+    return Path(table.sort_values("CIDEr", ascending=False).iloc[0]["path"]).parent
+
+
+def test_images(run_dir, count: int = 3, split: str = "test"):
+    """A few images of the run's own test split (PIL), for captioning when nothing was uploaded."""
+    from helpers.images import load_image
+
+    prepared = prepare(_run_config(run_dir))
+    return [load_image(prepared.image_path(name)) for name in prepared.splits[split][:count]]
+
+
+def caption_samples(run_dir, images, beam_size: int = 3) -> dict[str, Any]:
+    """Caption PIL images with the run's best model, for `notebook.show_captions(**samples)`."""
+    from helpers.train import load_run
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, checkpoint, config = load_run(run_dir, device=device)
+    from helpers.text import Vocabulary
+
+    vocab = Vocabulary(checkpoint["vocab"])
+    greedy = caption_images(model, images, vocab, config.image_size, 1, config.data.max_caption_length)
+    beam = caption_images(model, images, vocab, config.image_size, beam_size, config.data.max_caption_length)
+    return {
+        "images": list(images),
+        "references": [[] for _ in images],
+        "generated": {"greedy": [c for c, _, _ in greedy], f"beam {beam_size}": [c for c, _, _ in beam]},
+        "titles": [f"{Path(run_dir).name}" for _ in images],
+    }
+
+
+def _run_config(run_dir) -> Config:
+    from helpers.config import config_from_dict
+
+    results = Path(run_dir) / "results.json"
+    return config_from_dict(json.loads(results.read_text(encoding="utf-8"))["config"], source=str(results))

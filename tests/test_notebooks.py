@@ -1,0 +1,147 @@
+"""The notebook suite, executed with papermill in fresh kernels in DEMO mode (what the main job runs).
+
+One module-scoped run executes 00 to 07 in order into one work dir; the tests then check that each
+notebook produced what it promises. A second run executes the LSTM notebook alone in an empty work
+dir, as a fresh Kaggle session would.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from helpers.suite import SUITE, run_notebook, run_suite
+
+pytestmark = pytest.mark.slow
+
+FAST = {"OVERRIDES": ["training.epochs=3"]}  # the demo config's 8 epochs are for the main job
+
+
+def cell_outputs(path: Path) -> list[tuple[str, list[dict]]]:
+    """(source, outputs) of each code cell of an executed notebook."""
+    notebook = nbformat.read(path, as_version=4)
+    return [(cell.source, cell.outputs) for cell in notebook.cells if cell.cell_type == "code"]
+
+
+def output_of(path: Path, snippet: str) -> list[dict]:
+    matches = [outputs for source, outputs in cell_outputs(path) if snippet in source]
+    assert matches, f"{path.name}: no cell contains {snippet!r}"
+    return matches[0]
+
+
+def text_of(outputs: list[dict]) -> str:
+    parts = []
+    for output in outputs:
+        if output.get("output_type") == "stream":
+            parts.append(output["text"])
+        for mime in ("text/plain", "text/html"):
+            parts.append(str(output.get("data", {}).get(mime, "")))
+    return "".join(parts)
+
+
+def images_in(outputs: list[dict]) -> int:
+    return sum("image/png" in output.get("data", {}) for output in outputs)
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    out = tmp_path_factory.mktemp("suite")
+    executed = run_suite(out, demo=True, extra=FAST)
+    return out, {path.stem: path for path in executed}
+
+
+def test_every_notebook_runs_clean(suite):
+    _, executed = suite
+    assert list(executed) == list(SUITE)
+    for name, path in executed.items():
+        for source, outputs in cell_outputs(path):
+            errors = [o for o in outputs if o.get("output_type") == "error"]
+            assert not errors, f"{name}: cell {source[:60]!r} raised {errors[0].get('ename')}"
+
+
+def test_data_prep_shows_counts_lengths_and_captioned_images(suite):
+    out, executed = suite
+    path = executed["00_data_prep"]
+    assert "train" in text_of(output_of(path, "prepared.summary()"))
+    assert images_in(output_of(path, "plot_caption_lengths")) == 1
+    assert images_in(output_of(path, "reference_samples")) == 1
+    assert len(list((out / "work" / "data").glob("*/manifest.json"))) == 1
+
+
+def test_glove_notebook_reports_coverage_and_neighbours(suite):
+    _, executed = suite
+    path = executed["01_glove"]
+    assert "found" in text_of(output_of(path, "coverage.summary()")).lower()
+    table = text_of(output_of(path, "neighbour_table"))
+    assert "<table" in table and "#1" in table
+
+
+def test_backbones_notebook_measures_and_extracts(suite):
+    out, executed = suite
+    path = executed["02_backbones"]
+    table = text_of(output_of(path, "compare_backbones"))
+    for column in ("images/s", "channels", "feature store (GB)", "resnet101", "regnet_x_400mf"):
+        assert column in table
+    assert "feature store" in text_of(output_of(path, "describe_store"))
+    assert list((out / "work" / "features").glob("*/*/index.json"))
+    widgets = nbformat.read(path, as_version=4).metadata.get("widgets", {})
+    state = widgets.get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    assert any(model.get("model_name") == "DropdownModel" for model in state.values())
+
+
+@pytest.mark.parametrize(
+    "name, attention",
+    [
+        ("03_train_vanilla_rnn", False),
+        ("04_train_lstm", False),
+        ("05_train_attention_lstm", True),
+        ("06_train_transformer", True),
+    ],
+)
+def test_training_notebooks_train_score_and_show_captions(suite, name, attention):
+    out, executed = suite
+    path = executed[name]
+    assert images_in(output_of(path, "plot_history")) == 1
+    metrics = text_of(output_of(path, "metrics_frame"))
+    assert "Bleu_4" in metrics and "CIDEr" in metrics and "test beam 3" in metrics
+    assert images_in(output_of(path, "sample_captions")) == 1
+    if attention:
+        assert images_in(output_of(path, "attention_samples")) == 2
+    runs = [json.loads(p.read_text()) for p in (out / "work" / "runs").glob("*/results.json")]
+    run = next(
+        r
+        for r in runs
+        if r["config"]["name"] == path.stem.split("_", 2)[-1].title().replace(" ", "_")
+        or r["run_name"].lower().startswith(_config_name(name).lower())
+    )
+    assert {"beam1", "beam3"} <= set(run["metrics"]["test"])
+
+
+def _config_name(notebook: str) -> str:
+    return {
+        "03_train_vanilla_rnn": "Vanilla_RNN",
+        "04_train_lstm": "LSTM",
+        "05_train_attention_lstm": "Attention_LSTM",
+        "06_train_transformer": "Transformer",
+    }[notebook]
+
+
+def test_results_notebook_tables_every_run_and_captions_an_image(suite):
+    _, executed = suite
+    path = executed["07_results"]
+    table = text_of(output_of(path, "results_table"))
+    for decoder in ("rnn", "lstm", "attn", "transformer"):
+        assert decoder in table.lower()
+    assert images_in(output_of(path, "plot_results")) == 1
+    assert images_in(output_of(path, "caption_samples")) == 1
+
+
+def test_lstm_notebook_runs_alone_in_an_empty_work_dir(tmp_path):
+    parameters = {"DEMO": True, "WORK_DIR": str(tmp_path / "work"), **FAST}
+    path = run_notebook("04_train_lstm", tmp_path / "notebooks", parameters)
+    assert images_in(output_of(path, "sample_captions")) == 1
+    assert list((tmp_path / "work" / "runs").glob("LSTM*/best.pt"))
+    assert list((tmp_path / "work" / "runs").glob("LSTM*/results.json"))

@@ -355,7 +355,13 @@ def write_results(
     """Merge metrics and captions into <run_dir>/results.json (earlier splits and beams are kept)."""
     path = Path(run_dir) / "results.json"
     results = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    history = checkpoint.get("history", [])
+    # best.pt's history stops at the best epoch; history.json has every epoch trained.
+    history_path = Path(run_dir) / "history.json"
+    history = (
+        json.loads(history_path.read_text(encoding="utf-8"))
+        if history_path.is_file()
+        else checkpoint.get("history", [])
+    )
     results.update(
         {
             "run_name": Path(run_dir).name,

@@ -363,3 +363,39 @@ def _run_config(run_dir) -> Config:
 
     results = Path(run_dir) / "results.json"
     return config_from_dict(json.loads(results.read_text(encoding="utf-8"))["config"], source=str(results))
+
+
+def compare_decoding(names, params: Mapping[str, Any], env, epochs: int = 2, decoder: str = "LSTM"):
+    """Caption quality per backbone: a short run of the same decoder on each backbone's features
+    (extracted first where missing), scored greedily on the val split."""
+    import pandas as pd
+
+    from helpers.evaluate import compute_metrics, decode_split
+
+    rows = []
+    for name in names:
+        short = [
+            f"training.epochs={epochs}",
+            f"training.run_name=compare-{decoder}-{name}",
+            "training.eval_splits=[]",
+            "training.patience=null",
+        ]
+        config = stage_config(
+            decoder, {**params, "OVERRIDES": [*(params.get("OVERRIDES") or []), *short]}, env, backbone=name
+        )
+        prepared, store = data_for(config)
+        result = train(config, prepared, store)
+        hypotheses = decode_split(
+            result.model, store, "val", vocab=prepared.vocab, max_length=config.data.max_caption_length
+        )
+        metrics = compute_metrics(prepared.references("val"), hypotheses, meteor=False)
+        rows.append(
+            {
+                "backbone": name,
+                "epochs": result.epochs,
+                "val BLEU-4": round(100 * metrics["Bleu_4"], 2),
+                "val CIDEr": round(100 * metrics["CIDEr"], 2),
+                "train time (s)": round(result.wall_time_s, 1),
+            }
+        )
+    return pd.DataFrame(rows).set_index("backbone")

@@ -1,0 +1,108 @@
+"""What the notebook stages do: the config layering, reuse of earlier outputs, and the samples shown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers.config import ConfigError
+from helpers.notebook import Env
+from helpers.stages import compare_decoding, data_for, prepare, reuse_earlier_outputs, stage_config
+
+NOTEBOOK_DEFAULTS = {
+    "DEMO": False,
+    "DATA_DIR": None,
+    "DATASET": "flickr8k",
+    "PRESET": None,
+    "BACKBONE": "resnet50",
+    "PRETRAINED": True,
+    "USE_GLOVE": True,
+    "GLOVE_PATH": None,
+    "FREEZE_EMBEDDINGS": False,
+    "EPOCHS": 10,
+    "BATCH_SIZE": 128,
+    "OVERRIDES": [],
+}
+
+
+def env_for(work_dir: Path, inputs=()) -> Env:
+    return Env(False, "cpu", None, None, Path(work_dir), tuple(Path(p) for p in inputs))
+
+
+def test_parameters_then_preset_then_demo_then_widgets_then_overrides(tmp_path):
+    env = env_for(tmp_path)
+    plain = stage_config("LSTM", NOTEBOOK_DEFAULTS, env)
+    assert (plain.model.backbone, plain.training.epochs, plain.batch_size) == ("resnet50", 10, 128)
+    assert plain.data.work_dir == str(tmp_path) and plain.training.run_dir == str(tmp_path / "runs")
+    assert plain.training.device == "cpu"
+
+    preset = stage_config("LSTM", {**NOTEBOOK_DEFAULTS, "PRESET": "kaggle_small_gpu"}, env)
+    assert (preset.model.backbone, preset.model.hidden_dim) == ("regnet_x_400mf", 256)
+
+    demo = stage_config("Transformer", {**NOTEBOOK_DEFAULTS, "DEMO": True, "DATA_DIR": "/nowhere"}, env)
+    assert (demo.data.dataset, demo.data.data_dir, demo.model.pretrained_backbone) == ("demo", None, False)
+    assert demo.embeddings.glove_path == "demo" and demo.model.cell_type == "transformer"
+
+    chosen = stage_config(
+        "LSTM",
+        {**NOTEBOOK_DEFAULTS, "DEMO": True, "OVERRIDES": ["training.epochs=2"]},
+        env,
+        backbone="resnet101",
+        use_glove=False,
+        freeze=True,
+    )
+    assert (chosen.model.backbone, chosen.embeddings.use_glove, chosen.embeddings.freeze) == (
+        "resnet101",
+        False,
+        True,
+    )
+    assert chosen.training.epochs == 2 and chosen.run_path == tmp_path / "runs" / "LSTM-resnet101"
+
+
+def test_bad_choices_and_overrides_are_named(tmp_path):
+    env = env_for(tmp_path)
+    with pytest.raises(ValueError, match="Unknown choice 'colour'"):
+        stage_config("LSTM", NOTEBOOK_DEFAULTS, env, colour="red")
+    with pytest.raises(ConfigError, match="hiden_dim"):
+        stage_config("LSTM", {**NOTEBOOK_DEFAULTS, "OVERRIDES": ["model.hiden_dim=3"]}, env)
+    with pytest.raises(ConfigError, match="vgg"):
+        stage_config("LSTM", {**NOTEBOOK_DEFAULTS, "BACKBONE": "vgg"}, env)
+
+
+@pytest.fixture(scope="module")
+def earlier_session(tmp_path_factory):
+    """A finished stage 00 + 02 in one work dir, standing in for an attached notebook's output."""
+    work = tmp_path_factory.mktemp("earlier") / "work"
+    config = stage_config("LSTM", {**NOTEBOOK_DEFAULTS, "DEMO": True}, env_for(work))
+    prepared, store = data_for(config)
+    return work, prepared, store
+
+
+def test_a_fresh_session_reuses_an_attached_earlier_output(earlier_session, tmp_path, capsys):
+    earlier, prepared, store = earlier_session
+    fresh = env_for(tmp_path / "work", inputs=[earlier.parent])
+    brought = reuse_earlier_outputs(fresh)
+    assert any("data" in item for item in brought) and any("features" in item for item in brought)
+    linked = tmp_path / "work" / "features" / store.path.parent.name / store.path.name
+    assert all(path.is_symlink() for path in linked.iterdir())
+    captions = tmp_path / "work" / "data" / prepared.key / "captions.npy"
+    written = captions.stat().st_mtime_ns
+    capsys.readouterr()
+    config = stage_config("LSTM", {**NOTEBOOK_DEFAULTS, "DEMO": True}, fresh)
+    reprepared = prepare(config)
+    assert reprepared.key == prepared.key and reprepared.root == tmp_path / "work" / "data" / prepared.key
+    _, restore = data_for(config)
+    assert restore.path == linked and restore.is_complete()
+    # Not rebuilt (the manifest may only learn the demo images' new folder).
+    assert captions.stat().st_mtime_ns == written and "reusing" in capsys.readouterr().out
+    assert reuse_earlier_outputs(fresh) == []  # nothing twice
+
+
+def test_compare_decoding_scores_each_backbone(earlier_session):
+    work, _, _ = earlier_session
+    table = compare_decoding(["regnet_x_400mf"], {**NOTEBOOK_DEFAULTS, "DEMO": True}, env_for(work), epochs=1)
+    assert list(table.index) == ["regnet_x_400mf"]
+    assert table.loc["regnet_x_400mf", "epochs"] == 1
+    assert 0 <= table.loc["regnet_x_400mf", "val BLEU-4"] <= 100
+    assert (work / "runs" / "compare-LSTM-regnet_x_400mf" / "best.pt").is_file()

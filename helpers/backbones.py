@@ -21,7 +21,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class BackboneInfo:
-    """What a user wants to know before choosing a backbone (all measured, see BACKBONE_GUIDE.md)."""
+    """What a user wants to know before choosing a backbone (see BACKBONE_GUIDE.md). Parameters and
+    channels are checked against the networks by the tests; batch sizes are the original project's
+    recommendations, not measured on a T4."""
 
     name: str
     parameters: int  # whole classification network, as torchvision reports it

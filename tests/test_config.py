@@ -328,3 +328,8 @@ def test_bare_glove_6b_name_offline_names_the_dataset(tmp_path, vocab, monkeypat
                     "model.wordvec_dim=300")
     with pytest.raises(ConfigError, match="glove.6B.300d.txt.*thanakomsn/glove6b300dtxt"):
         build_model(config, vocab)
+
+
+def test_a_backbone_can_be_switched_on_top_of_a_preset():
+    config = load_config(["LSTM", "kaggle_small_gpu"], ["model.backbone=resnet50"])
+    assert (config.model.backbone, config.model.attn_dim, config.model.hidden_dim) == ("resnet50", 2048, 256)

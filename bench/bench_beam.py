@@ -19,6 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import pick_device
+
 from helpers.models import CaptioningRNN, CaptioningTransformer, beam_search  # noqa: E402
 
 VOCAB_SIZE = 3000  # about Flickr8k's vocabulary at min_count=5
@@ -76,13 +78,7 @@ def main():
     parser.add_argument("--models", default="lstm,attn,transformer")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"CPU, {torch.get_num_threads()} threads"
+    device, name = pick_device(args.device, args.threads)
     print(
         f"Beam search, beam {args.beam}, batch {args.batch}, max_length {args.max_length}, "
         f"vocab {VOCAB_SIZE}, hidden 512, features 2048x7x7 ({name}, torch {torch.__version__})\n"

@@ -20,6 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import pick_device
+
 from helpers.decoders import LSTM, RNN, AttentionLSTM, dot_product_attention  # noqa: E402
 
 SIZES = {"small": (32, 16, 64, 128), "kaggle": (128, 16, 300, 512)}  # batch, T, D, H
@@ -87,13 +89,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"CPU, {torch.get_num_threads()} threads"
+    device, name = pick_device(args.device, args.threads)
     print(f"Teacher-forced forward+backward, median of {args.repeats} ({name}, torch {torch.__version__})\n")
     print("| decoder | size (N, T, D, H) | per-step loop ms | ours ms | speed-up | max abs diff |")
     print("|---|---|---:|---:|---:|---:|")

@@ -13,18 +13,10 @@ from pathlib import Path
 import pytest
 
 from helpers import kaggle as kg
+from helpers.suite import SUITE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SUITE_STEMS = (
-    "00_data_prep",
-    "01_glove",
-    "02_backbones",
-    "03_train_vanilla_rnn",
-    "04_train_lstm",
-    "05_train_attention_lstm",
-    "06_train_transformer",
-    "07_results",
-)
+SUITE_STEMS = SUITE
 KAGGLE_CLI = Path(sys.executable).parent / "kaggle"
 KERNEL_ENDPOINT = "kernels.KernelsApiService/SaveKernel"
 DATASET_ENDPOINT = "datasets.DatasetApiService/GetDatasetStatus"

@@ -353,6 +353,25 @@ def choose_preset(default: str | None, options: Mapping[str, str] | Sequence[str
     return dropdown
 
 
+def choose_dataset(default: str):
+    """A Dropdown of the datasets prepare_dataset knows (with their Kaggle handles) plus the demo."""
+    import ipywidgets
+
+    from helpers.sources import KAGGLE_HANDLES
+
+    labels = {name: f"{name} ({handle})" for name, handle in KAGGLE_HANDLES.items()}
+    labels["demo"] = "demo (generated shapes, no download)"
+    _check_choices([default], list(labels), "dataset")
+    dropdown = ipywidgets.Dropdown(
+        options=[(label, name) for name, label in labels.items()],
+        value=default,
+        description="Dataset",
+        layout=ipywidgets.Layout(width="max-content"),
+    )
+    _show(ipywidgets.VBox([dropdown, _echoing(dropdown, "DATASET")]))
+    return dropdown
+
+
 def upload_widget():
     """A FileUpload for 'caption your own image'; read it with `uploaded_images(widget)`."""
     import ipywidgets

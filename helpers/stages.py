@@ -30,6 +30,7 @@ PARAMETER_KEYS = {
 }
 # Widget choice -> config key (the widgets of notebook.py: backbone dropdown, option checkboxes).
 CHOICE_KEYS = {
+    "dataset": "data.dataset",
     "backbone": "model.backbone",
     "pretrained": "model.pretrained_backbone",
     "use_glove": "embeddings.use_glove",

@@ -187,6 +187,16 @@ def test_choose_preset_reads_the_presets():
         nb.choose_preset("expert")
 
 
+def test_choose_dataset_offers_the_kaggle_datasets_and_the_demo(capsys):
+    dropdown = nb.choose_dataset("flickr8k")
+    assert dropdown.value == "flickr8k" and "DATASET = 'flickr8k'" in capsys.readouterr().out
+    names = [value for _, value in dropdown.options]
+    assert names == ["flickr8k", "flickr30k", "coco", "demo"]
+    assert "adityajn105/flickr8k" in dropdown.options[0][0]
+    with pytest.raises(ValueError, match="Unknown dataset 'mnist'"):
+        nb.choose_dataset("mnist")
+
+
 def _png_bytes(color, size=(20, 10)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, format="PNG")

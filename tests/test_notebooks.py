@@ -62,6 +62,14 @@ def test_every_notebook_runs_clean(suite):
             assert not errors, f"{name}: cell {source[:60]!r} raised {errors[0].get('ename')}"
 
 
+def test_every_notebook_saves_its_widget_state(suite):
+    _, executed = suite
+    for name, path in executed.items():
+        widgets = nbformat.read(path, as_version=4).metadata.get("widgets", {})
+        state = widgets.get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+        assert state, f"{name}: no widget state saved"
+
+
 def test_data_prep_shows_counts_lengths_and_captioned_images(suite):
     out, executed = suite
     path = executed["00_data_prep"]

@@ -316,13 +316,26 @@ def metrics_frame(results: Mapping[str, Any]):
     return pd.DataFrame.from_dict(rows, orient="index").round(2)
 
 
-def attention_samples(model, prepared, store, split: str = "test", count: int = 2, beam_size: int = 1):
-    """(image path, words, attention (len(words), h, w)) for the first `count` images of a split."""
+def attention_samples(
+    model, prepared, store, split: str = "test", count: int = 2, beam_size: int = 1, display_size: int = 320
+):
+    """(image, words, attention (len(words), h, w)) for the first `count` images of a split.
+
+    The image is the centre crop the CNN saw (same region, shown at `display_size` px), so the
+    attention grid lines up with it.
+    """
+    from helpers.backbones import image_transform
+    from helpers.images import load_image
+
     names = store.filenames(split)[:count]
     rows = torch.from_numpy(store.features(split)[:count].astype("float32"))
     max_length = prepared.max_caption_length
     decoded = caption_features(model, rows, prepared.vocab, beam_size=beam_size, max_length=max_length)
-    return [(prepared.image_path(name), words, maps) for name, (_, words, maps) in zip(names, decoded)]
+    crop = image_transform(store.backbone, display_size)
+    return [
+        (crop(load_image(prepared.image_path(name))), words, maps)
+        for name, (_, words, maps) in zip(names, decoded)
+    ]
 
 
 def best_run(table) -> Path:
@@ -342,12 +355,11 @@ def test_images(run_dir, count: int = 3, split: str = "test"):
 
 def caption_samples(run_dir, images, beam_size: int = 3) -> dict[str, Any]:
     """Caption PIL images with the run's best model, for `notebook.show_captions(**samples)`."""
+    from helpers.text import Vocabulary
     from helpers.train import load_run
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, checkpoint, config = load_run(run_dir, device=device)
-    from helpers.text import Vocabulary
-
     vocab = Vocabulary(checkpoint["vocab"])
     greedy = caption_images(model, images, vocab, config.image_size, 1, config.data.max_caption_length)
     beam = caption_images(model, images, vocab, config.image_size, beam_size, config.data.max_caption_length)

@@ -451,7 +451,10 @@ class TrainState:
         load_model_state(self.model, checkpoint["model"], path)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
-        self.scaler.load_state_dict(checkpoint["scaler"])
+        # A run started on the CPU (scaler disabled, empty state) may resume on a GPU, and the other way
+        # round: keep the fresh scaler then; its scale re-calibrates within a few steps.
+        if checkpoint["scaler"] and self.scaler.is_enabled():
+            self.scaler.load_state_dict(checkpoint["scaler"])
         for key in (
             "epoch",
             "step_in_epoch",

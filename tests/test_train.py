@@ -6,6 +6,7 @@ import collections
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -331,3 +332,23 @@ def test_each_decoder_learns_from_the_image(name, learning_demo, image_blind_ble
     bleu4 = _test_bleu4(name, work, prepared, store, name)
     print(f"{name}: held-out BLEU-4 {bleu4:.3f}, image-blind {image_blind_bleu4:.3f}")
     assert bleu4 > image_blind_bleu4 + 0.15, (name, bleu4, image_blind_bleu4)
+
+
+def test_a_cpu_checkpoint_resumes_with_a_gpu_scaler_and_back():
+    """A run started without a GPU (scaler disabled, empty state) must resume where fp16 is on."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    disabled = torch.amp.GradScaler("cpu", enabled=False)
+    enabled = torch.amp.GradScaler("cpu", enabled=True, init_scale=1024.0)
+    config = load_config("LSTM")
+    cpu_run = TrainState(config, Path("."), model, optimizer, scheduler, disabled, torch.device("cpu"))
+    checkpoint = cpu_run.checkpoint(vocab=type("V", (), {"idx_to_word": ["<NULL>"]})())
+    assert checkpoint["scaler"] == {}
+    gpu_run = TrainState(config, Path("."), model, optimizer, scheduler, enabled, torch.device("cpu"))
+    gpu_run.restore(checkpoint, Path("last.pt"))
+    assert enabled.get_scale() == 1024.0  # fresh scaler kept
+    enabled_checkpoint = gpu_run.checkpoint(vocab=type("V", (), {"idx_to_word": ["<NULL>"]})())
+    assert enabled_checkpoint["scaler"]["scale"] == 1024.0
+    cpu_run.restore(enabled_checkpoint, Path("last.pt"))  # and back to a CPU session
+    assert not disabled.is_enabled()

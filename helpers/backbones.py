@@ -131,14 +131,25 @@ class ImageEncoder(nn.Module):
     statistics itself, like the course module's encoder.
     """
 
-    def __init__(self, pretrained: bool = True, backbone: str = DEFAULT_BACKBONE, verbose: bool = True):
+    def __init__(
+        self,
+        pretrained: bool = True,
+        backbone: str = DEFAULT_BACKBONE,
+        verbose: bool = True,
+        defer_weights: bool = False,
+    ):
+        """`defer_weights=True` loads the pretrained weights when the CNN first runs (or never, when
+        only precomputed features pass through the model), so that training from the feature store
+        needs neither Internet nor the weights file; a state dict holding the CNN's weights (a
+        fine-tuned checkpoint) cancels the pending load."""
         super().__init__()
         info = get_backbone(backbone)
         self.backbone = info.name
         self.info = info
         network = getattr(torchvision.models, info.name)(weights=None)
-        if pretrained:
+        if pretrained and not defer_weights:
             network.load_state_dict(_load_weights(info))
+        self.weights_pending = pretrained and defer_weights
         self.weights_name = info.weights if pretrained else "random"
         self.num_parameters = sum(p.numel() for p in network.parameters())
         self.cnn = _trunk(info.name, network)
@@ -157,6 +168,20 @@ class ImageEncoder(nn.Module):
                 f"{self.num_parameters / 1e6:.2f} M parameters, {self._out_channels} output channels"
             )
 
+    def load_pretrained_weights(self) -> None:
+        """Copy the pretrained weights into the trunk in place (parameters keep their identity, so an
+        optimizer built over them stays valid)."""
+        network = getattr(torchvision.models, self.backbone)(weights=None)
+        network.load_state_dict(_load_weights(self.info))
+        with torch.inference_mode(False), torch.no_grad():
+            self.cnn.load_state_dict(_trunk(self.backbone, network).state_dict())
+        self.weights_pending = False
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if any(key.startswith(f"{prefix}cnn.") for key in state_dict):
+            self.weights_pending = False  # the checkpoint's CNN weights win over the pretrained ones
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @property
     def out_channels(self) -> int:
         """Channels of the feature map, measured from the network at construction."""
@@ -173,6 +198,8 @@ class ImageEncoder(nn.Module):
             raise ValueError(
                 f"ImageEncoder expects images of shape (N, 3, H, W); got {tuple(images.shape)}."
             )
+        if self.weights_pending:
+            self.load_pretrained_weights()
         return self.cnn(self.normalize(images))
 
     def trainable_stages(self) -> list[nn.Module]:

@@ -130,8 +130,10 @@ class CaptioningModel(nn.Module):
         self._end = word_to_idx["<END>"]
         self.ignore_index = self._null if ignore_index is None else ignore_index
 
+        # Pretrained weights load when images first pass through the CNN: training and decoding from
+        # the feature store never need them (nor Internet on Kaggle).
         self.image_encoder = ImageEncoder(
-            pretrained=image_encoder_pretrained, backbone=backbone, verbose=False
+            pretrained=image_encoder_pretrained, backbone=backbone, verbose=False, defer_weights=True
         )
         channels = self.image_encoder.out_channels
         if input_dim is not None and input_dim != channels:

@@ -103,3 +103,28 @@ def test_measure_backbone_reports_measured_facts():
     assert row["parameters (M)"] == 5.5
     assert row["images/s"] > 0 and row["peak GPU memory (MB)"] is None
     assert row["feature store (GB)"] == round(1000 * 400 * 2 * 2 * 2 / 1e9, 3)
+
+
+def test_deferred_weights_load_only_when_images_pass(torch_home):
+    encoder = ImageEncoder(pretrained=True, backbone="regnet_x_400mf", verbose=False, defer_weights=True)
+    assert encoder.weights_pending  # built offline with an empty TORCH_HOME: nothing loaded yet
+    with pytest.raises(PretrainedWeightsUnavailable, match="regnet_x_400mf-62229a5f.pth"):
+        encoder(torch.rand(1, 3, 64, 64))
+    planted = torchvision.models.regnet_x_400mf(weights=None).state_dict()
+    planted["stem.0.weight"] = torch.full_like(planted["stem.0.weight"], -0.5)
+    torch.save(planted, torch_home / "hub" / "checkpoints" / BACKBONES["regnet_x_400mf"].weights_file)
+    weight = encoder.cnn[0][0].weight
+    with torch.inference_mode():
+        encoder.eval()(torch.rand(1, 3, 64, 64))
+    assert not encoder.weights_pending
+    assert encoder.cnn[0][0].weight is weight and torch.equal(weight, planted["stem.0.weight"])
+
+
+def test_a_checkpoint_with_cnn_weights_cancels_the_deferred_load(torch_home):
+    trained = ImageEncoder(pretrained=False, backbone="regnet_x_400mf", verbose=False)
+    encoder = ImageEncoder(pretrained=True, backbone="regnet_x_400mf", verbose=False, defer_weights=True)
+    encoder.load_state_dict(trained.state_dict())
+    assert not encoder.weights_pending
+    with torch.no_grad():
+        encoder.eval()(torch.rand(1, 3, 64, 64))  # no download attempted: TORCH_HOME is empty
+    assert torch.equal(encoder.cnn[0][0].weight, trained.cnn[0][0].weight)

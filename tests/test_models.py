@@ -114,8 +114,11 @@ def test_images_and_their_features_give_the_same_loss(kind):
 
 def test_inputs_that_are_neither_images_nor_features_are_rejected():
     model = make_model("lstm")
-    with pytest.raises(ValueError, match=r"expected images \(N, 3, H, W\) or regnet_x_400mf features "
-                                         r"\(N, 400, H', W'\); got shape \(2, 512, 2, 2\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"expected images \(N, 3, H, W\) or regnet_x_400mf features "
+        r"\(N, 400, H', W'\); got shape \(2, 512, 2, 2\)",
+    ):
         model(torch.randn(2, 512, 2, 2), CAPTIONS)
 
 
@@ -165,9 +168,16 @@ def test_original_usage_with_glove_runs_unchanged(tmp_path):
     glove = {word: rng.normal(size=300) for word in ["a", "dog", "runs", "the", "zebra"]}
     glove_path = write_glove(tmp_path / "glove.small.300d.txt", glove)
     word_to_idx = WORD_TO_IDX
-    model = CaptioningRNN(word_to_idx=word_to_idx, wordvec_dim=300, hidden_dim=512, cell_type='lstm',
-                          backbone='resnet50', glove_path=str(glove_path), freeze_embeddings=False,
-                          image_encoder_pretrained=False)
+    model = CaptioningRNN(
+        word_to_idx=word_to_idx,
+        wordvec_dim=300,
+        hidden_dim=512,
+        cell_type="lstm",
+        backbone="resnet50",
+        glove_path=str(glove_path),
+        freeze_embeddings=False,
+        image_encoder_pretrained=False,
+    )
     assert model.input_dim == 2048 and model.cell_type == "lstm"
     W = model.word_embed.W_embed.detach().numpy()
     assert W.shape == (len(WORDS), 300)
@@ -302,8 +312,9 @@ def test_full_width_beam_search_finds_the_exhaustive_optimum(kind, alpha):
     candidates = torch.tensor(list(all_sequences(len(TINY_VOCAB), length)))
     best = []
     for n in range(N):
-        log_prob, lengths = sequence_log_probs(model, features[n : n + 1].expand(len(candidates), -1, -1, -1),
-                                               candidates)
+        log_prob, lengths = sequence_log_probs(
+            model, features[n : n + 1].expand(len(candidates), -1, -1, -1), candidates
+        )
         best.append(candidates[(log_prob / lengths.double() ** alpha).argmax()])
     tokens, _ = beam_search(model, features, max_length=length, beam_size=len(candidates), alpha=alpha)
     assert torch.equal(tokens, torch.stack(best))
@@ -326,12 +337,14 @@ def test_beam_search_scores_at_least_as_well_as_greedy(kind):
 # ---------------------------------------------------------------- learning
 
 
-MEMORISE = torch.tensor([
-    [START, 4, 5, 7, 8, 9, END],
-    [START, 10, 6, 7, END, NULL, NULL],
-    [START, 4, 11, 12, END, NULL, NULL],
-    [START, 10, 5, 8, 10, 9, END],
-])
+MEMORISE = torch.tensor(
+    [
+        [START, 4, 5, 7, 8, 9, END],
+        [START, 10, 6, 7, END, NULL, NULL],
+        [START, 4, 11, 12, END, NULL, NULL],
+        [START, 10, 5, 8, 10, 9, END],
+    ]
+)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -352,3 +365,16 @@ def test_each_model_memorises_four_captions(kind):
     assert torch.equal(captions, MEMORISE[:, 1:]), f"loss {loss.item():.3f}"
     beam = model.sample(features, max_length=6, beam_size=3)
     assert torch.equal(beam[0] if isinstance(beam, tuple) else beam, MEMORISE[:, 1:])
+
+
+def test_a_pretrained_model_trains_from_features_offline(torch_home):
+    """Feature-store training must not need the CNN's weights (Kaggle with Internet off)."""
+    from helpers.models import CaptioningRNN
+
+    word_to_idx = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, "red": 4}
+    model = CaptioningRNN(
+        word_to_idx, wordvec_dim=8, hidden_dim=8, cell_type="lstm", backbone="regnet_x_400mf"
+    )
+    loss = model(torch.randn(2, 400, 2, 2), torch.tensor([[1, 4, 2], [1, 4, 2]]))
+    loss.backward()
+    assert torch.isfinite(loss) and model.image_encoder.weights_pending

@@ -2,6 +2,8 @@
 
 The names below keep the classic course module's API (`rnn_step_forward`, `LSTM`, `AttentionLSTM`,
 `CaptioningRNN`, ...) and add what real training needs; docs/ARCHITECTURE.md maps the modules.
+The training loop and the metrics live in `helpers.train` and `helpers.evaluate`, which are also
+command lines (`python -m helpers.train`), so they are imported from there and not re-exported here.
 """
 
 from helpers.backbones import (
@@ -35,14 +37,12 @@ from helpers.embeddings import (
     nearest_neighbours,
     write_glove_file,
 )
-from helpers.evaluate import compute_metrics, decode_split, evaluate_run
 from helpers.features import CaptionFeatureDataset, FeatureStore, ImageFeatureDataset, extract_features
 from helpers.images import BadImageError, load_image
 from helpers.models import CaptioningRNN, CaptioningTransformer, beam_search
 from helpers.prepare import PreparedDataset, prepare_dataset
 from helpers.sources import download_dataset
 from helpers.text import END, NULL, START, UNK, Vocabulary, tokenize
-from helpers.train import load_run, train
 
 __all__ = [
     "BACKBONES",
@@ -69,12 +69,9 @@ __all__ = [
     "WordEmbedding",
     "beam_search",
     "build_model",
-    "compute_metrics",
-    "decode_split",
     "dot_product_attention",
     "download_dataset",
     "download_glove",
-    "evaluate_run",
     "extract_features",
     "get_backbone",
     "glove_coverage",
@@ -82,7 +79,6 @@ __all__ = [
     "load_config",
     "load_glove_embeddings",
     "load_image",
-    "load_run",
     "make_demo_dataset",
     "make_demo_glove",
     "measure_backbone",
@@ -94,6 +90,5 @@ __all__ = [
     "rnn_step_forward",
     "temporal_softmax_loss",
     "tokenize",
-    "train",
     "write_glove_file",
 ]

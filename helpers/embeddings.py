@@ -32,6 +32,8 @@ GLOVE_KAGGLE_HINT = (
     "path of glove.6B.300d.txt under /kaggle/input, or run the 01_glove notebook, which downloads it "
     "with kagglehub (Internet on)."
 )
+# A folder for the cache that outlives the session (on Kaggle: under /kaggle/working, saved with the output).
+GLOVE_CACHE_ENV = "CAPTIONING_GLOVE_CACHE"
 # Bump when the parser or the initialisation changes, so that old cache files are never reused.
 _CACHE_FORMAT = 1
 _READ_BUFFER_BYTES = 1 << 24
@@ -384,14 +386,16 @@ def _cache_key(path: Path, words: list[str], embed_dim: int, seed: int) -> str:
 
 
 def _cache_dirs(cache_dir, path: Path) -> list[Path]:
-    """Where to look for and write the cache: the given folder, else next to the file, else ~/.cache."""
+    """Where to look for and write the cache: the given folder, else $CAPTIONING_GLOVE_CACHE (set by
+    `notebook.setup` on Kaggle to a folder of the saved output), else next to the file, else ~/.cache."""
     if cache_dir is not None:
         return [Path(cache_dir)]
+    session = [Path(os.environ[GLOVE_CACHE_ENV])] if os.environ.get(GLOVE_CACHE_ENV) else []
     user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "captioning" / "glove"
     beside_file = path.resolve().parent
     if os.access(beside_file, os.W_OK):
-        return [beside_file / "glove_cache", user_cache]
-    return [user_cache]
+        return [*session, beside_file / "glove_cache", user_cache]
+    return [*session, user_cache]
 
 
 def _cache_paths(folder: Path, path: Path, embed_dim: int, key: str) -> tuple[Path, Path]:

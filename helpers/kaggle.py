@@ -8,7 +8,7 @@ placeholder replaced by `--owner`.
 
 Stages are chained with `kernel_sources`: Kaggle mounts the last committed output (`/kaggle/working`)
 of each listed notebook under `/kaggle/input` (`/kaggle/input/notebooks/<owner>/<slug>` since 2025,
-`/kaggle/input/<slug>` before), where `helpers.notebook.find_earlier_output` finds it. Each stage lists
+`/kaggle/input/<slug>` before), where `helpers.stages.reuse_earlier_outputs` finds it. Each stage lists
 every stage whose files it reads directly (see STAGE_INPUTS) rather than relying on an intermediate
 stage to copy them forward.
 """

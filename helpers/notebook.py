@@ -119,6 +119,10 @@ def setup(
         work = Path(work_dir if work_dir is not None else "work").resolve()
         inputs = ()
     work.mkdir(parents=True, exist_ok=True)
+    if on_kaggle:  # ~/.cache is lost with the session; the work dir is saved with the notebook's output
+        from helpers.embeddings import GLOVE_CACHE_ENV
+
+        os.environ.setdefault(GLOVE_CACHE_ENV, str(work / "glove_cache"))
 
     gpu_name, capability = _gpu()
     device = "cuda" if gpu_name else "cpu"
@@ -138,17 +142,20 @@ def setup(
     return env
 
 
-def find_earlier_outputs(name_glob: str, env: Env) -> list[Path]:
-    """Every file or folder matching `name_glob` (e.g. 'data/*/manifest.json') at any depth, in the work
-    dir first, then in the input dirs (Kaggle mounts attached notebooks' outputs under
-    /kaggle/input/notebooks/<owner>/<slug> since 2025, /kaggle/input/<slug> before; both are found
-    because nothing assumes a layout). Shallower matches come first within each root."""
+# Where a stage's outputs sit below a root: the work dir itself, /kaggle/input/<slug> (before 2025),
+# /kaggle/input/notebooks/<owner>/<slug> (since 2025). Bounded, so attached image folders are never walked.
+OUTPUT_DEPTHS = ("", "*/", "*/*/", "*/*/*/")
+
+
+def find_earlier_outputs(name_glob: str, env: Env, include_work_dir: bool = True) -> list[Path]:
+    """Every file or folder matching `name_glob` (e.g. 'data/*/manifest.json') in the work dir first,
+    then in the input dirs (attached notebook outputs in either Kaggle layout), shallowest first."""
     found: list[Path] = []
-    for root in (env.work_dir, *env.input_dirs):
+    roots = [env.work_dir] if include_work_dir else []
+    for root in (*roots, *env.input_dirs):
         if root.is_dir():
-            for match in sorted(root.glob(f"**/{name_glob}"), key=lambda path: (len(path.parts), str(path))):
-                if match not in found:  # a work dir inside an input dir would list it twice
-                    found.append(match)
+            for prefix in OUTPUT_DEPTHS:
+                found.extend(match for match in sorted(root.glob(prefix + name_glob)) if match not in found)
     return found
 
 

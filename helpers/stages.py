@@ -94,28 +94,31 @@ def describe(config: Config) -> str:
 
 def reuse_earlier_outputs(env) -> list[str]:
     """Bring earlier stages' outputs from the input dirs (attached Kaggle notebook outputs) into the
-    work dir, so this stage reuses them instead of recomputing: prepared data and runs are copied
-    (small; runs must stay writable to resume), feature stores are linked file by file (large,
-    only read). Returns what was brought in; things already in the work dir are left alone."""
+    work dir, so this stage reuses them instead of recomputing: prepared data, runs (to resume), the
+    demo GloVe file and stage 01's GloVe matrix cache are copied (small, must stay writable);
+    complete feature stores are linked file by file (large, only read; an incomplete one is left to
+    be extracted here). Returns what was brought in; what the work dir already has is left alone."""
+    from helpers.features import FeatureStore
+    from helpers.notebook import find_earlier_outputs
+
     work = Path(env.work_dir)
     brought = []
-    for root in env.input_dirs:
-        root = Path(root)
-        if not root.is_dir():
+    for manifest in find_earlier_outputs("data/*/manifest.json", env, include_work_dir=False):
+        brought += _copy_once(manifest.parent, work / "data" / manifest.parent.name)
+    for index in find_earlier_outputs("features/*/*/index.json", env, include_work_dir=False):
+        target = work / "features" / index.parent.parent.name / index.parent.name
+        if target.exists() or not FeatureStore.open(index.parent).is_complete():
             continue
-        for manifest in root.glob("**/data/*/manifest.json"):
-            brought += _copy_once(manifest.parent, work / "data" / manifest.parent.name)
-        for index in root.glob("**/features/*/*/index.json"):
-            target = work / "features" / index.parent.parent.name / index.parent.name
-            if not target.exists():
-                target.mkdir(parents=True)
-                for item in index.parent.iterdir():
-                    (target / item.name).symlink_to(item.resolve())
-                brought.append(str(target))
-        for checkpoint in root.glob("**/runs/*/last.pt"):
-            brought += _copy_once(checkpoint.parent, work / "runs" / checkpoint.parent.name)
-        for cache in root.glob("**/glove/*.txt"):
-            brought += _copy_once(cache, work / "glove" / cache.name)
+        target.mkdir(parents=True)
+        for item in index.parent.iterdir():
+            (target / item.name).symlink_to(item.resolve())
+        brought.append(str(target))
+    for checkpoint in find_earlier_outputs("runs/*/last.pt", env, include_work_dir=False):
+        brought += _copy_once(checkpoint.parent, work / "runs" / checkpoint.parent.name)
+    for glove in find_earlier_outputs("glove/glove.demo.*.txt", env, include_work_dir=False):
+        brought += _copy_once(glove, work / "glove" / glove.name)
+    for cached in find_earlier_outputs("glove_cache/*", env, include_work_dir=False):
+        brought += _copy_once(cached, work / "glove_cache" / cached.name)
     for item in brought:
         print(f"reusing earlier output: {item}")
     return brought

@@ -40,6 +40,8 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
     monkeypatch.setattr(socket, "getaddrinfo", _guarded_getaddrinfo)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # notebook.setup() sets this on Kaggle; whatever a test sets must not leak into the next one.
+    monkeypatch.delenv("CAPTIONING_GLOVE_CACHE", raising=False)
 
 
 @pytest.fixture

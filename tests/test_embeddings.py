@@ -292,6 +292,14 @@ def test_default_cache_sits_beside_the_file_or_in_the_user_cache(tmp_path, monke
     assert len(list((tmp_path / "xdg" / "captioning" / "glove").glob("g.2d.*.npy"))) == 1
 
 
+def test_session_cache_folder_from_the_environment_wins(tmp_path, monkeypatch):
+    glove = write_glove_file(tmp_path / "data" / "g.txt", {"dog": [1.0, 2.0]})
+    monkeypatch.setenv(embeddings.GLOVE_CACHE_ENV, str(tmp_path / "working" / "glove_cache"))
+    load_glove_embeddings(glove, make_vocab(["dog"]), embed_dim=2, verbose=False)
+    assert len(list((tmp_path / "working" / "glove_cache").glob("g.2d.*.npy"))) == 1
+    assert not (tmp_path / "data" / "glove_cache").exists()
+
+
 def test_unwritable_or_corrupt_cache_only_warns(tmp_path):
     glove = write_glove_file(tmp_path / "g.txt", {"dog": [1.0, 2.0]})
     vocab = make_vocab(["dog"])

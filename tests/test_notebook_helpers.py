@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 from types import SimpleNamespace
 
 import matplotlib
@@ -58,7 +59,10 @@ def test_setup_local(tmp_path, monkeypatch, no_gpu, capsys):
 
 
 def test_setup_on_kaggle_uses_working_and_input(tmp_path, monkeypatch, capsys):
+    from helpers.embeddings import GLOVE_CACHE_ENV
+
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    monkeypatch.delenv(GLOVE_CACHE_ENV, raising=False)
     _fake_gpu(monkeypatch, "Tesla T4", (7, 5))
     roots = {"kaggle_input": tmp_path / "input", "kaggle_working": tmp_path / "working"}
     env = nb.setup(**roots)
@@ -69,6 +73,7 @@ def test_setup_on_kaggle_uses_working_and_input(tmp_path, monkeypatch, capsys):
         (7, 5),
     )
     assert env.work_dir == tmp_path / "working" and env.input_dirs == (tmp_path / "input",)
+    assert os.environ[GLOVE_CACHE_ENV] == str(tmp_path / "working" / "glove_cache")  # saved with the output
     assert "GPU Tesla T4 (sm_75)" in capsys.readouterr().out
     assert nb.setup("work", **roots).work_dir == tmp_path / "working" / "work"
     assert (tmp_path / "working" / "work").is_dir()

@@ -36,6 +36,7 @@ CELL_TYPES = ("rnn", "lstm", "attn", "transformer")
 CELL_TYPE_ALIASES = {"attention": "attn", "vanilla_rnn": "rnn", "attention_lstm": "attn"}
 TRAINING_MODES = ("features", "finetune")
 SCHEDULES = ("cosine", "linear", "constant")
+SPLITS = ("karpathy", "seeded")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -77,6 +78,7 @@ class DataConfig:
     min_word_count: int = 5
     max_caption_length: int = 20
     image_size: int | None = None  # None: the backbone's own size (224)
+    split: str | None = None  # karpathy (required) | seeded | None: Karpathy when it can be had, else seeded
     split_seed: int = 0  # seeded train/val/test split when no Karpathy split exists (not training.seed)
 
 
@@ -362,6 +364,8 @@ def validate(config: Config, source: str = "config") -> Config:
         raise _choice_error(source, "training.mode", training.mode, TRAINING_MODES)
     if training.schedule not in SCHEDULES:
         raise _choice_error(source, "training.schedule", training.schedule, SCHEDULES)
+    if data.split is not None and data.split not in SPLITS:
+        raise _choice_error(source, "data.split", data.split, SPLITS)
     if training.device not in DEVICES and not str(training.device).startswith("cuda:"):
         raise _choice_error(source, "training.device", training.device, DEVICES)
     positive = {

@@ -459,14 +459,26 @@ GLOVE_KAGGLE_HANDLES: dict[int, tuple[str, ...]] = {
 }
 
 
-def download_glove(dim: int = 300, timeout: float = 60.0, verbose: bool = True) -> Path:
-    """Path of glove.6B.<dim>d.txt: from the attached Kaggle dataset inside a notebook, else downloaded
-    once with kagglehub (and cached). Fails within `timeout` seconds with the ways to fix it."""
+def download_glove(
+    dim: int = 300,
+    timeout: float = 60.0,
+    verbose: bool = True,
+    kaggle_input: str | os.PathLike = "/kaggle/input",
+) -> Path:
+    """Path of glove.6B.<dim>d.txt: a copy in any dataset attached to the Kaggle notebook (either mount
+    layout, searched a few levels deep), else the known datasets through kagglehub (downloaded once
+    and cached). Fails within `timeout` seconds with the ways to fix it."""
     from helpers.sources import DatasetUnavailableError, kaggle_path
 
     if dim not in GLOVE_KAGGLE_HANDLES:
         raise ValueError(f"glove.6B comes in {sorted(GLOVE_KAGGLE_HANDLES)} dimensions, not {dim}.")
     name = f"glove.6B.{dim}d.txt"
+    for depth in range(1, 6):
+        attached = sorted(Path(kaggle_input).glob("*/" * depth + name))
+        if attached:
+            if verbose:
+                print(f"GloVe: {attached[0]} (attached)")
+            return attached[0]
     failures = []
     for handle in GLOVE_KAGGLE_HANDLES[dim]:
         try:

@@ -258,8 +258,8 @@ def _karpathy_source(dataset: str, layout: DatasetLayout, split: str | None,
     if found is None and split == "karpathy":
         raise DatasetFormatError(
             f"split='karpathy' but no Karpathy split file for {dataset!r} was found in {layout.root}; "
-            f"pass karpathy_json=... (dataset_{dataset}.json from Kaggle 'shtvkumar/karpathy-splits') "
-            f"or use split='seeded'"
+            f"attach the Kaggle dataset 'shtvkumar/karpathy-splits' (or put dataset_{dataset}.json beside "
+            f"the data, or pass karpathy_json=...), or use split='seeded' (config: data.split=seeded)"
         )
     return found
 

@@ -133,6 +133,7 @@ def prepare_for(config: Config, progress: bool = True):
         work_dir=config.data.work_dir,
         min_word_count=config.data.min_word_count,
         max_caption_length=config.data.max_caption_length,
+        split=config.data.split,
         seed=config.data.split_seed,
         verbose=progress,
     )

@@ -333,3 +333,11 @@ def test_bare_glove_6b_name_offline_names_the_dataset(tmp_path, vocab, monkeypat
 def test_a_backbone_can_be_switched_on_top_of_a_preset():
     config = load_config(["LSTM", "kaggle_small_gpu"], ["model.backbone=resnet50"])
     assert (config.model.backbone, config.model.attn_dim, config.model.hidden_dim) == ("resnet50", 2048, 256)
+
+
+def test_split_is_explicit_and_checked():
+    assert load_config("LSTM").data.split == "karpathy"  # comparable runs: the papers' split or an error
+    assert load_config(["LSTM", "demo"]).data.split == "seeded"
+    assert load_config("LSTM", ["data.split=null"]).data.split is None
+    with pytest.raises(ConfigError, match="data.split.*'random'.*karpathy.*seeded"):
+        load_config("LSTM", ["data.split=random"])

@@ -428,3 +428,18 @@ def test_download_glove_offline_says_how_to_fix(monkeypatch, tmp_path):
     assert "danielwillgeorge/glove6b100dtxt" in str(caught.value) and "USE_GLOVE=False" in str(caught.value)
     with pytest.raises(ValueError, match="not 77"):
         download_glove(77)
+
+
+def test_download_glove_finds_a_copy_in_any_attached_dataset(tmp_path, monkeypatch):
+    import kagglehub
+
+    from helpers.embeddings import download_glove
+
+    attached = tmp_path / "input" / "datasets" / "someone" / "glove-vectors" / "glove.6B.100d.txt"
+    write_glove_file(attached, {"dog": np.ones(100, dtype=np.float32)})
+
+    def no_kagglehub(handle, **kwargs):
+        raise AssertionError("an attached copy needs no kagglehub call")
+
+    monkeypatch.setattr(kagglehub, "dataset_download", no_kagglehub)
+    assert download_glove(100, verbose=False, kaggle_input=tmp_path / "input") == attached

@@ -161,6 +161,7 @@ def test_build_writes_one_folder_per_notebook(fake_repo, tmp_path):
         assert meta["dataset_sources"] == [
             "adityajn105/flickr8k",
             "thanakomsn/glove6b300dtxt",
+            "shtvkumar/karpathy-splits",
             "jane/captioning-helpers",
         ]
         notebook = json.loads((folder / meta["code_file"]).read_text())
@@ -283,7 +284,9 @@ def test_suite_template_is_the_requested_metadata():
         "NvidiaTeslaT4",
     )
     assert meta["enable_gpu"] is True and meta["enable_internet"] is True and meta["is_private"] is True
-    assert {"adityajn105/flickr8k", "thanakomsn/glove6b300dtxt"} <= set(meta["dataset_sources"])
+    assert {"adityajn105/flickr8k", "thanakomsn/glove6b300dtxt", "shtvkumar/karpathy-splits"} <= set(
+        meta["dataset_sources"]
+    )
     assert meta["code_file"] == "notebooks/00_data_prep.ipynb"
 
 

@@ -273,7 +273,6 @@ def test_finetune_trains_only_the_last_backbone_stages(small_demo):
     assert changed == [False] * (len(stages) - 1) + [True]
     saved = load_checkpoint(result.run_dir / "best.pt")["model"]
     assert any(k.startswith("image_encoder.") for k in saved)  # the tuned CNN is in the checkpoint
-    assert result.history[0]["val_CIDEr"] >= 0
 
 
 # -------------------------------------------------------------------------------------- learning

@@ -500,13 +500,29 @@ def _check_resumable(checkpoint: dict, config: Config, path: Path) -> None:
     saved = config_from_dict(checkpoint["config"], source=str(path)).to_dict()
     current = config.to_dict()
     ignored = {"sources", "name"}
-    training_free = {"epochs", "patience", "num_workers", "eval_splits", "eval_beam_sizes", "device"}
+    # What may change between sessions without changing what is being trained: where things live
+    # (a run folder copied from an attached Kaggle output), evaluation and bookkeeping, the device.
+    free = {
+        "training": {
+            "epochs",
+            "patience",
+            "num_workers",
+            "eval_splits",
+            "eval_beam_sizes",
+            "device",
+            "checkpoint_every_steps",
+            "meteor",
+            "val_max_images",
+            "run_dir",
+        },
+        "data": {"work_dir", "data_dir"},
+    }
     differences = [
         f"{section}.{key}: {saved[section][key]!r} -> {value!r}"
         for section, values in current.items()
         if section not in ignored and isinstance(values, dict)
         for key, value in values.items()
-        if saved[section].get(key) != value and not (section == "training" and key in training_free)
+        if saved[section].get(key) != value and key not in free.get(section, ())
     ]
     if saved["batch_size"] != current["batch_size"]:
         differences.append(f"batch_size: {saved['batch_size']} -> {current['batch_size']}")

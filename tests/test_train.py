@@ -351,3 +351,23 @@ def test_a_cpu_checkpoint_resumes_with_a_gpu_scaler_and_back():
     assert enabled_checkpoint["scaler"]["scale"] == 1024.0
     cpu_run.restore(enabled_checkpoint, Path("last.pt"))  # and back to a CPU session
     assert not disabled.is_enabled()
+
+
+def test_resume_accepts_moved_folders_but_not_another_model():
+    from helpers.config import ConfigError
+    from helpers.train import _check_resumable
+
+    started = load_config("LSTM", ["data.work_dir=/old/work", "training.run_dir=/old/work/runs"])
+    checkpoint = {"config": started.to_dict()}
+    moved = load_config(
+        "LSTM",
+        [
+            "data.work_dir=/kaggle/working",
+            "training.run_dir=/kaggle/working/runs",
+            "training.checkpoint_every_steps=100",
+            "training.epochs=20",
+        ],
+    )
+    _check_resumable(checkpoint, moved, Path("last.pt"))  # accepted
+    with pytest.raises(ConfigError, match=r"model.hidden_dim: 512 -> 256.*--no-resume"):
+        _check_resumable(checkpoint, load_config("LSTM", ["model.hidden_dim=256"]), Path("last.pt"))

@@ -14,12 +14,12 @@ import io
 import json
 import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from helpers.files import atomic_directory
 
 from .embeddings import write_glove_file
 from .text import tokenize
@@ -61,8 +61,13 @@ def _pair_captions(a: dict, b: dict, relation: str) -> list[str]:
     ]
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, centre: tuple[float, float], half: float,
-                colour: tuple[int, int, int]) -> None:
+def _draw_shape(
+    draw: ImageDraw.ImageDraw,
+    shape: str,
+    centre: tuple[float, float],
+    half: float,
+    colour: tuple[int, int, int],
+) -> None:
     x, y = centre
     box = (x - half, y - half, x + half, y + half)
     if shape == "circle":
@@ -109,8 +114,9 @@ def _make_scene(rng: random.Random, image_size: tuple[int, int]) -> tuple[Image.
     return image, _pair_captions(first, second, relation)
 
 
-def make_demo_dataset(out_dir: str | os.PathLike, num_images: int = 300, seed: int = 0,
-                      image_size: tuple[int, int] = (160, 224)) -> Path:
+def make_demo_dataset(
+    out_dir: str | os.PathLike, num_images: int = 300, seed: int = 0, image_size: tuple[int, int] = (160, 224)
+) -> Path:
     """Write ``num_images`` scenes as ``out_dir/Images/*.jpg`` and ``out_dir/captions.txt``.
 
     ``captions.txt`` is the Flickr8k CSV (header ``image,caption``, five rows per image, captions
@@ -127,8 +133,7 @@ def make_demo_dataset(out_dir: str | os.PathLike, num_images: int = 300, seed: i
         raise FileExistsError(f"{out_dir} exists and is not a demo dataset; choose an empty or new folder")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.building-"))
-    try:
+    with atomic_directory(out_dir) as building:
         (building / "Images").mkdir()
         rng = random.Random(seed)
         text = io.StringIO()
@@ -141,12 +146,6 @@ def make_demo_dataset(out_dir: str | os.PathLike, num_images: int = 300, seed: i
             writer.writerows([name, caption] for caption in captions)
         (building / "captions.txt").write_text(text.getvalue(), encoding="utf-8")
         (building / _SETTINGS_FILE).write_text(json.dumps(settings))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(building, out_dir)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -159,8 +158,9 @@ _WORD_GROUPS = {
 DISTRACTOR_WORDS = ["dog", "cat", "tree", "house", "river", "Kaggle"]
 
 
-def make_demo_glove(out_path: str | os.PathLike, source: str | os.PathLike | list[str], dim: int = 50,
-                    seed: int = 0) -> Path:
+def make_demo_glove(
+    out_path: str | os.PathLike, source: str | os.PathLike | list[str], dim: int = 50, seed: int = 0
+) -> Path:
     """A GloVe-format text file covering the demo words, plus a few distractors (one mixed-case).
 
     ``source`` is a list of words or a demo dataset folder (its ``captions.txt`` is tokenized).

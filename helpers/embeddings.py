@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers.files import atomic_path, write_bytes_atomic
 from helpers.text import NULL
 
 GLOVE_KAGGLE_HINT = (
@@ -195,7 +196,7 @@ def write_glove_file(
         rows.append(token + " " + " ".join(numbers))
     lines = ([f"{len(rows)} {dim or 0}"] if header else []) + rows
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    write_bytes_atomic(path, ("\n".join(lines) + "\n").encode("utf-8"))
     return path
 
 
@@ -426,28 +427,14 @@ def _write_cache(cache_dir, path: Path, embed_dim: int, key: str, matrix: np.nda
         matrix_file, info_file = _cache_paths(folder, path, embed_dim, key)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            _atomic_write(matrix_file, lambda handle: np.save(handle, matrix))
+            with atomic_path(matrix_file) as temporary, open(temporary, "wb") as handle:
+                np.save(handle, matrix)
             info = {"key": key, "coverage": asdict(coverage)}
-            _atomic_write_bytes(info_file, json.dumps(info, indent=1).encode("utf-8"))
+            write_bytes_atomic(info_file, json.dumps(info, indent=1).encode("utf-8"))
             return
         except OSError as error:
             errors.append(f"{folder}: {error}")
     warnings.warn("could not cache the GloVe matrix (" + "; ".join(errors) + ")", stacklevel=3)
-
-
-def _atomic_write(target: Path, write) -> None:
-    """Call `write(handle)` on a temporary file beside `target`, then rename it into place."""
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            write(handle)
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def _atomic_write_bytes(target: Path, data: bytes) -> None:
-    _atomic_write(target, lambda handle: handle.write(data))
 
 
 # Kaggle datasets holding glove.6B files, by dimension (see FACTS.md); the first is the smallest download.

@@ -18,7 +18,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Hashable, Mapping, Sequence
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from helpers.files import write_json_atomic
 from helpers.text import tokenize
 
 METRIC_NAMES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr")
@@ -243,21 +243,6 @@ def _first(dataset, count: int | None):
 
 
 # ------------------------------------------------------------------------------------- run evaluation
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """json.dump to a temp file in the same folder, then os.replace (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, ensure_ascii=False, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:

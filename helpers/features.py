@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from helpers.backbones import ImageEncoder, get_backbone, image_transform
+from helpers.files import write_json_atomic
 from helpers.images import BadImage, BadImageReport, ImageDataset, image_loader
 
 __all__ = [
@@ -49,20 +49,6 @@ KAGGLE_OUTPUT_LIMIT_BYTES = 20 * 10**9  # /kaggle/working keeps at most 20 GB
 FEATURE_DTYPE = np.float16
 RANDOM_WEIGHTS_SEED = 0  # initialisation of an unpretrained backbone, fixed so stores are reproducible
 FLOAT16_MAX = float(np.finfo(np.float16).max)
-
-
-def _atomic_write_json(path: Path, payload: dict) -> None:
-    """Write JSON to a temporary file in the same folder, fsync it, then rename it over `path`."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _npy_data_offset(path: Path) -> tuple[int, tuple[int, ...], np.dtype]:
@@ -298,9 +284,9 @@ def _open_or_create_store(directory: Path, index: dict) -> FeatureStore:
         if not usable:
             progress_path.unlink(missing_ok=True)
             np.lib.format.open_memmap(array_path, mode="w+", dtype=FEATURE_DTYPE, shape=tuple(info["shape"]))
-            _atomic_write_json(progress_path, {"rows_done": 0, "bad": {}})
+            write_json_atomic(progress_path, {"rows_done": 0, "bad": {}})
     if existing is None:
-        _atomic_write_json(index_path, index)
+        write_json_atomic(index_path, index)
     return FeatureStore(directory, index)
 
 
@@ -351,7 +337,7 @@ class _SplitWriter:
             self.bad[str(row)] = {"filename": self.store.filenames(self.split)[row], "reason": item.reason}
         self.rows_done = first_row + len(block)
         progress = {"rows_done": self.rows_done, "bad": self.bad}
-        _atomic_write_json(self.store.progress_path(self.split), progress)
+        write_json_atomic(self.store.progress_path(self.split), progress)
 
     def close(self) -> None:
         self.handle.close()

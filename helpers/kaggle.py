@@ -21,9 +21,10 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from helpers.files import atomic_directory
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SUITE_METADATA = REPO_ROOT / "kaggle_kernel_metadata.json"
@@ -364,8 +365,7 @@ def build_kaggle_folders(
     kernel_ids = {stage: f"{owner}/{suite_slug}-{slugify(path.stem)}" for stage, path in stages.items()}
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as staging:
         dataset_dir = staging / HELPERS_DATASET_SLUG
         package_dir = dataset_dir / DATASET_PACKAGE_DIR
         _copy_sources(Path(helpers_dir), package_dir / "helpers", "*.py")
@@ -407,12 +407,6 @@ def build_kaggle_folders(
             _push_instructions(out_dir, owner, dataset_dir, kernel_dirs, list(kernel_ids.values())),
             encoding="utf-8",
         )
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return [out_dir / HELPERS_DATASET_SLUG, *(out_dir / folder.name for folder in kernel_dirs)]
 
 

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from helpers.files import write_json_atomic
+
 from .sources import (
     IMAGE_EXTENSIONS,
     DatasetFormatError,
@@ -227,15 +229,7 @@ def _trusted_manifest(root: Path) -> dict | None:
 
 
 def _write_json(path: Path, data) -> None:
-    """Write json atomically (temp file renamed into place)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(path, data, indent=1)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from helpers.files import write_json_atomic
 
 NULL, START, END, UNK = "<NULL>", "<START>", "<END>", "<UNK>"
 SPECIAL_TOKENS = [NULL, START, END, UNK]
@@ -101,16 +102,7 @@ class Vocabulary:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the word list as json (atomically: a temp file renamed into place)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"idx_to_word": self.idx_to_word}, f, ensure_ascii=False, indent=0)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_json_atomic(path, {"idx_to_word": self.idx_to_word}, indent=0)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Vocabulary:

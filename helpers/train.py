@@ -27,7 +27,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -42,7 +41,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from helpers.config import Config, ConfigError, build_model, config_from_dict, load_config
-from helpers.evaluate import compute_metrics, decode_split, score_model, write_json_atomic, write_results
+from helpers.evaluate import compute_metrics, decode_split, score_model, write_results
+from helpers.files import atomic_path, write_json_atomic
 
 CHECKPOINT_FORMAT = 1
 MIN_CUDA_CAPABILITY = (7, 0)
@@ -338,15 +338,8 @@ def make_scheduler(optimizer, config: Config, total_steps: int) -> torch.optim.l
 
 def save_atomic(payload: dict, path: Path) -> None:
     """torch.save to a temp file in the same folder, then os.replace: a kill never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        torch.save(payload, temporary)
 
 
 def encoder_in_checkpoint(config: Config) -> bool:

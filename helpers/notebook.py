@@ -159,15 +159,6 @@ def find_earlier_outputs(name_glob: str, env: Env, include_work_dir: bool = True
     return found
 
 
-def find_earlier_output(name_glob: str, env: Env) -> Path | None:
-    """The first of `find_earlier_outputs`, or None when no earlier stage left one."""
-    matches = find_earlier_outputs(name_glob, env)
-    return matches[0] if matches else None
-
-
-# ----------------------------------------------------------------------------------------- widgets
-
-
 def _in_notebook() -> bool:
     try:
         from IPython import get_ipython

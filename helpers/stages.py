@@ -27,6 +27,7 @@ PARAMETER_KEYS = {
     "FREEZE_EMBEDDINGS": "embeddings.freeze",
     "EPOCHS": "training.epochs",
     "BATCH_SIZE": "batch_size",
+    "BEAM_SIZES": "training.eval_beam_sizes",
 }
 # Widget choice -> config key (the widgets of notebook.py: backbone dropdown, option checkboxes).
 CHOICE_KEYS = {
@@ -298,13 +299,6 @@ def train(config: Config, prepared, store, resume: bool | None = None):
     from helpers.train import train as train_loop
 
     return train_loop(config, prepared=prepared, store=store, resume=resume)
-
-
-def evaluate(run_dir, prepared, store, beam_sizes=(1, 3), split: str = "test") -> dict[str, Any]:
-    """Score the run's best checkpoint on `split` with each beam size; results.json is updated."""
-    from helpers.evaluate import evaluate_run
-
-    return evaluate_run(run_dir, split=split, beam_sizes=tuple(beam_sizes), prepared=prepared, store=store)
 
 
 def metrics_frame(results: Mapping[str, Any]):

@@ -103,9 +103,9 @@ def test_find_earlier_output_in_both_kaggle_layouts(tmp_path, monkeypatch, no_gp
     (inputs / "datasets" / "adityajn105" / "flickr8k" / "Images").mkdir(parents=True)
     env = nb.setup(kaggle_input=inputs, kaggle_working=working)
 
-    assert nb.find_earlier_output("data/*/manifest.json", env) == new_layout / "manifest.json"
-    assert nb.find_earlier_output("features/resnet50-*/index.json", env) == old_layout / "index.json"
-    assert nb.find_earlier_output("features/resnet101-*", env) is None
+    assert nb.find_earlier_outputs("data/*/manifest.json", env) == [new_layout / "manifest.json"]
+    assert nb.find_earlier_outputs("features/resnet50-*/index.json", env) == [old_layout / "index.json"]
+    assert nb.find_earlier_outputs("features/resnet101-*", env) == []
 
     own = working / "data" / "flickr8k"
     own.mkdir(parents=True)
@@ -117,7 +117,7 @@ def test_find_earlier_output_in_both_kaggle_layouts(tmp_path, monkeypatch, no_gp
 
     monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE")
     local = nb.setup(tmp_path / "local")
-    assert local.input_dirs == () and nb.find_earlier_output("data/*/manifest.json", local) is None
+    assert local.input_dirs == () and nb.find_earlier_outputs("data/*/manifest.json", local) == []
 
 
 # ----------------------------------------------------------------------------------------- widgets

@@ -36,6 +36,8 @@ def test_parameters_then_preset_then_demo_then_widgets_then_overrides(tmp_path):
     assert (plain.model.backbone, plain.training.epochs, plain.batch_size) == ("resnet50", 10, 128)
     assert plain.data.work_dir == str(tmp_path) and plain.training.run_dir == str(tmp_path / "runs")
     assert plain.training.device == "cpu"
+    scored = stage_config("LSTM", {**NOTEBOOK_DEFAULTS, "BEAM_SIZES": [1, 5]}, env)
+    assert scored.training.eval_beam_sizes == [1, 5]  # what the training loop scores its best model with
 
     preset = stage_config("LSTM", {**NOTEBOOK_DEFAULTS, "PRESET": "kaggle_small_gpu"}, env)
     assert (preset.model.backbone, preset.model.hidden_dim) == ("regnet_x_400mf", 256)

@@ -579,6 +579,18 @@ def train_step(model, inputs, captions, optimizer, scaler, grad_clip: float | No
     return loss.item()
 
 
+def _step_schedule(scheduler) -> None:
+    """Advance the LR schedule once per batch, also when the optimizer step was skipped.
+
+    The schedule follows the global step, so it advances when the gradient scaler skips an
+    overflowing fp16 step (the first steps usually do) or a batch had only undecodable images;
+    torch's warning about a scheduler step before an optimizer step is expected then, not a bug.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+        scheduler.step()
+
+
 def _amp(config: Config, device: torch.device) -> bool:
     return config.training.amp and device.type == "cuda"
 
@@ -674,7 +686,7 @@ def train(
                 state.epoch_loss_sum += state.loss * len(captions)
                 state.epoch_captions += len(captions)
                 seen += len(captions)
-            scheduler.step()
+            _step_schedule(scheduler)
             state.step_in_epoch += 1
             state.global_step += 1
             elapsed = time.perf_counter() - started

@@ -6,6 +6,7 @@ import collections
 import json
 import math
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +187,60 @@ def test_resume_after_a_kill_ends_with_the_weights_of_an_uninterrupted_run(small
         assert torch.equal(last_a["model"][key], last_b["model"][key]), key
     assert last_a["global_step"] == last_b["global_step"] == 2 * steps_per_epoch
     assert _without_times(resumed.history) == _without_times(uninterrupted.history)
+
+
+@pytest.mark.slow
+def test_fp16_loss_scaling_resumes_exactly(small_demo, monkeypatch):
+    """The CUDA path's mechanics (fp16 autocast, GradScaler with unscale + clip, scaler state in the
+    checkpoint) run on the CPU: CPU fp16 autocast stands in for CUDA's. The scaler must really act
+    (the Transformer's first steps overflow in fp16 and halve the scale) and a killed run must resume
+    to the weights and scaler state of an uninterrupted one."""
+    monkeypatch.setattr("helpers.train._amp", lambda config, device: config.training.amp)
+    work, prepared, store = small_demo
+    settings = dict(
+        batch_size=40,
+        **{"training.epochs": 1, "training.checkpoint_every_steps": 3, "training.eval_splits": []},
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        uninterrupted = train(
+            demo_config("Transformer", work, **settings, **{"training.run_name": "fp16_whole"}),
+            prepared=prepared,
+            store=store,
+            progress=False,
+        )
+    # a skipped overflow step is expected with fp16; users must not see torch's scheduler warning
+    assert not [w for w in caught if "lr_scheduler" in str(w.message)]
+    scaler_state = load_checkpoint(uninterrupted.run_dir / "last.pt")["scaler"]
+    assert scaler_state["scale"] < 2.0**16, "no step overflowed: the scaler never acted"
+
+    config = demo_config("Transformer", work, **settings, **{"training.run_name": "fp16_killed"})
+    with pytest.raises(Killed):
+        train(
+            config,
+            prepared=prepared,
+            store=store,
+            progress=False,
+            callbacks=[kill_at("step_end", lambda s: s.global_step == 5)],
+        )
+    assert load_checkpoint(config.run_path / "last.pt")["scaler"]["scale"] > 0
+    resumed = train(config, prepared=prepared, store=store, progress=False)
+    _assert_same_weights(resumed.model, uninterrupted.model)
+    assert load_checkpoint(resumed.run_dir / "last.pt")["scaler"] == scaler_state
+
+    full_precision = train(
+        demo_config(
+            "Transformer", work, **settings, **{"training.run_name": "fp32", "training.amp": False}
+        ),
+        prepared=prepared,
+        store=store,
+        progress=False,
+    )
+    assert load_checkpoint(full_precision.run_dir / "last.pt")["scaler"] == {}
+    weights = uninterrupted.model.state_dict()
+    assert any(
+        not torch.equal(weights[k], v) for k, v in full_precision.model.state_dict().items()
+    ), "fp16 autocast changed nothing: it did not run"
 
 
 @pytest.mark.slow

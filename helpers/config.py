@@ -37,6 +37,7 @@ CELL_TYPE_ALIASES = {"attention": "attn", "vanilla_rnn": "rnn", "attention_lstm"
 TRAINING_MODES = ("features", "finetune")
 SCHEDULES = ("cosine", "linear", "constant")
 SPLITS = ("karpathy", "seeded")
+METRIC_TOKENIZERS = ("auto", "ptb", "project")  # helpers.evaluate.resolve_tokenizer
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -107,6 +108,7 @@ class TrainingConfig:
     eval_splits: list[str] = field(default_factory=lambda: ["val", "test"])  # scored into results.json
     eval_beam_sizes: list[int] = field(default_factory=lambda: [1, 3])
     meteor: bool = True  # also METEOR in results.json when Java is available (its JVM takes ~10 s to start)
+    metric_tokenizer: str = "auto"  # results.json scores: ptb (Java, as papers) | project | auto: ptb if Java
     run_dir: str = "runs"  # runs are written to <run_dir>/<run_name>/
     run_name: str | None = None  # None: <config name>-<backbone>
 
@@ -364,6 +366,8 @@ def validate(config: Config, source: str = "config") -> Config:
         raise _choice_error(source, "training.mode", training.mode, TRAINING_MODES)
     if training.schedule not in SCHEDULES:
         raise _choice_error(source, "training.schedule", training.schedule, SCHEDULES)
+    if training.metric_tokenizer not in METRIC_TOKENIZERS:
+        raise _choice_error(source, "training.metric_tokenizer", training.metric_tokenizer, METRIC_TOKENIZERS)
     if data.split is not None and data.split not in SPLITS:
         raise _choice_error(source, "data.split", data.split, SPLITS)
     if training.device not in DEVICES and not str(training.device).startswith("cuda:"):

@@ -2,9 +2,11 @@
 
 `compute_metrics` wraps pycocoevalcap, the reference implementation papers report: BLEU-1..4,
 ROUGE-L and CIDEr-D (CIDEr over the whole split in one call, since its document frequencies come
-from the set being scored), plus METEOR when Java is on PATH. Text is tokenized with the project's
-one tokenizer (`helpers.text.tokenize`) instead of the Java PTBTokenizer, so no Java is needed for
-the main metrics. `evaluate_run` decodes a trained run's best checkpoint and writes results.json.
+from the set being scored), plus METEOR when Java is on PATH. Captions are tokenized either with
+the project's one tokenizer (`helpers.text.tokenize`, no Java) or, as the COCO caption evaluation
+that papers report does, with pycocoevalcap's Java PTBTokenizer. The two differ on clitics ("dog 's"
+vs "dogs"), hyphenated words and decimal numbers. `evaluate_run` decodes a trained run's best
+checkpoint and writes results.json, recording which tokenizer scored each figure.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -31,15 +34,16 @@ from helpers.files import write_json_atomic
 from helpers.text import tokenize
 
 METRIC_NAMES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr")
+TOKENIZERS = ("project", "ptb")  # compute_metrics; configs and the command line also accept "auto"
 METEOR_TIMEOUT_S = 600
-_meteor_notice_shown = False
+_java_notices_shown: set[str] = set()
 
 
 # ------------------------------------------------------------------------------------------- metrics
 
 
 def _check_inputs(references: Mapping, hypotheses: Mapping) -> tuple[dict, dict]:
-    """Tokenized, space-joined {id: [refs]} and {id: [hyp]}; clear errors for mismatched inputs."""
+    """{id: [refs]} and {id: [hyp]} as lists of strings; clear errors for mismatched inputs."""
     if not references:
         raise ValueError("compute_metrics: no references given (an empty split?).")
     missing = [key for key in references if key not in hypotheses]
@@ -66,27 +70,91 @@ def _check_inputs(references: Mapping, hypotheses: Mapping) -> tuple[dict, dict]
                     f"compute_metrics: hypotheses[{key!r}] must be exactly one caption string, "
                     f"got {hypothesis!r}."
                 )
-        gts[key] = [" ".join(tokenize(ref)) for ref in refs]
-        res[key] = [" ".join(tokenize(hypothesis))]
+        gts[key] = list(refs)
+        res[key] = [hypothesis]
     return gts, res
+
+
+class JavaUnavailableError(RuntimeError):
+    """A scorer that runs on Java (PTB tokenizer, METEOR when insisted on) found no `java`."""
+
+
+def resolve_tokenizer(name: str) -> str:
+    """"auto" -> "ptb" when `java` is on PATH (what papers report), else "project" with a notice.
+
+    "ptb" without Java fails here, so a run that asks for it learns at the start, not after training.
+    """
+    if name not in (*TOKENIZERS, "auto"):
+        raise ValueError(f"tokenizer must be 'auto', 'ptb' or 'project', got {name!r}.")
+    java = shutil.which("java") is not None
+    if name == "ptb" and not java:
+        raise JavaUnavailableError(
+            "the 'ptb' tokenizer runs pycocoevalcap's Java PTBTokenizer, but `java` is not on PATH: "
+            "apt-get install -y default-jre-headless, or score with the 'project' tokenizer."
+        )
+    if name != "auto":
+        return name
+    if not java:
+        _java_notice("PTB tokenization", "java is not on PATH; the project tokenizer scores instead")
+        return "project"
+    return "ptb"
+
+
+def _tokenized(gts: dict, res: dict, tokenizer: str) -> tuple[dict, dict]:
+    """Both sides tokenized the same way and space-joined, as pycocoevalcap's scorers expect."""
+    if tokenizer == "project":
+        def join(captions):
+            return [" ".join(tokenize(caption)) for caption in captions]
+
+        return {k: join(v) for k, v in gts.items()}, {k: join(v) for k, v in res.items()}
+    if tokenizer != "ptb":
+        raise ValueError(f"tokenizer must be 'project' or 'ptb', got {tokenizer!r}.")
+    resolve_tokenizer("ptb")  # Java present, or a clear error
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    # One caption per line for the JVM: any line break (\r too) inside a caption would shift the ids.
+    def entries(captions_by_id):
+        return {k: [{"caption": " ".join(c.split())} for c in v] for k, v in captions_by_id.items()}
+
+    tokenized = []
+    for captions_by_id in (gts, res):
+        try:
+            output = PTBTokenizer().tokenize(entries(captions_by_id))
+        except (OSError, subprocess.SubprocessError) as error:
+            raise RuntimeError(
+                f"pycocoevalcap's PTBTokenizer failed ({error}); it writes a temporary file next to its "
+                "jar, so the pycocoevalcap install must be writable. Use tokenizer='project' otherwise."
+            ) from error
+        counts = [len(output.get(k, ())) for k in captions_by_id]
+        if counts != [len(v) for v in captions_by_id.values()]:
+            raise RuntimeError(
+                "pycocoevalcap's PTBTokenizer returned fewer captions than it was given (did the JVM "
+                "fail? run `java -version`). Use tokenizer='project' to score without Java."
+            )
+        tokenized.append(output)
+    return tokenized[0], tokenized[1]
 
 
 def compute_metrics(
     references: Mapping[Hashable, Sequence[str]],
     hypotheses: Mapping[Hashable, str],
     meteor: bool | str = "auto",
+    tokenizer: str = "project",
 ) -> dict[str, float]:
     """Corpus metrics of one hypothesis per id against its references (pycocoevalcap).
 
     Returns Bleu_1..Bleu_4, ROUGE_L, CIDEr (CIDEr-D) and, when Java runs, METEOR. `meteor`: "auto"
     scores METEOR when `java` is on PATH (a one-line notice otherwise), False skips it, True insists
-    (RuntimeError without Java).
+    (RuntimeError without Java). `tokenizer`: "project" (`helpers.text.tokenize`, no Java) or "ptb"
+    (pycocoevalcap's Java PTBTokenizer on both sides, as the COCO evaluation papers use does).
     """
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
-    gts, res = _check_inputs(references, hypotheses)
+    if meteor not in ("auto", True, False):
+        raise ValueError(f"meteor must be 'auto', True or False, got {meteor!r}.")
+    gts, res = _tokenized(*_check_inputs(references, hypotheses), tokenizer)
     with contextlib.redirect_stdout(io.StringIO()):  # Bleu prints its n-gram counts
         bleu, _ = Bleu(4).compute_score(gts, res)
         rouge, _ = Rouge().compute_score(gts, res)
@@ -94,8 +162,6 @@ def compute_metrics(
     metrics = {f"Bleu_{n}": float(score) for n, score in enumerate(bleu, start=1)}
     metrics["ROUGE_L"] = float(rouge)
     metrics["CIDEr"] = float(cider)
-    if meteor not in ("auto", True, False):
-        raise ValueError(f"meteor must be 'auto', True or False, got {meteor!r}.")
     if meteor:
         score = _meteor(gts, res, required=meteor is True)
         if score is not None:
@@ -103,11 +169,11 @@ def compute_metrics(
     return metrics
 
 
-def _meteor_notice(reason: str) -> None:
-    global _meteor_notice_shown
-    if not _meteor_notice_shown:
-        print(f"METEOR skipped: {reason} (apt-get install -y default-jre-headless to enable it).")
-        _meteor_notice_shown = True
+def _java_notice(what: str, reason: str) -> None:
+    """One line per process and topic: what Java would add, and how to get it."""
+    if what not in _java_notices_shown:
+        print(f"{what}: {reason} (apt-get install -y default-jre-headless to enable it).")
+        _java_notices_shown.add(what)
 
 
 _meteor_scorer = None
@@ -134,8 +200,10 @@ def _meteor(gts: dict, res: dict, required: bool) -> float | None:
     global _meteor_scorer
     if shutil.which("java") is None:
         if required:
-            raise RuntimeError("METEOR needs `java` on PATH; install a JRE or pass meteor=False.")
-        _meteor_notice("java is not on PATH")
+            raise JavaUnavailableError(
+                "METEOR needs `java` on PATH; apt-get install -y default-jre-headless or pass meteor=False."
+            )
+        _java_notice("METEOR skipped", "java is not on PATH")
         return None
     from pycocoevalcap.meteor.meteor import Meteor
 
@@ -163,7 +231,7 @@ def _meteor(gts: dict, res: dict, required: bool) -> float | None:
         _close_meteor()
         if required:
             raise RuntimeError(f"METEOR failed: {outcome['error']}")
-        _meteor_notice(f"the METEOR scorer failed ({outcome['error']})")
+        _java_notice("METEOR skipped", f"the METEOR scorer failed ({outcome['error']})")
         return None
     return outcome["score"]
 
@@ -264,17 +332,22 @@ def score_model(
     meteor: bool | str = "auto",
     progress: bool = True,
     image_size: int | None = None,
-) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, dict[str, dict[str, str]]]]:
-    """Metrics {split: {"beam<k>": metrics}} and the captions {split: {"beam<k>": {file: caption}}}.
+    tokenizer: str = "auto",
+) -> tuple[dict, dict, dict]:
+    """Metrics {split: {"beam<k>": metrics}}, the captions {split: {"beam<k>": {file: caption}}} and
+    how each was scored {split: {"beam<k>": {"tokenizer": ..., "images": n}}}.
 
-    Without a feature store the images pass through the model's CNN at `image_size`.
+    Without a feature store the images pass through the model's CNN at `image_size`. `tokenizer`:
+    "auto" (PTB when Java is on PATH, as papers score), "ptb" or "project".
     """
     source = store if store is not None else prepared
+    tokenizer = resolve_tokenizer(tokenizer)
     metrics: dict[str, dict[str, dict[str, float]]] = {}
     captions: dict[str, dict[str, dict[str, str]]] = {}
+    scoring: dict[str, dict[str, dict[str, Any]]] = {}
     for split in splits:
         references = prepared.references(split)
-        metrics[split], captions[split] = {}, {}
+        metrics[split], captions[split], scoring[split] = {}, {}, {}
         for beam in beam_sizes:
             started = time.perf_counter()
             hypotheses = decode_split(
@@ -287,15 +360,19 @@ def score_model(
                 max_length=max_length or prepared.max_caption_length,
                 image_size=image_size,
             )
-            scores = compute_metrics({k: references[k] for k in hypotheses}, hypotheses, meteor=meteor)
+            scores = compute_metrics(
+                {k: references[k] for k in hypotheses}, hypotheses, meteor=meteor, tokenizer=tokenizer
+            )
             metrics[split][f"beam{beam}"] = scores
             captions[split][f"beam{beam}"] = hypotheses
+            scoring[split][f"beam{beam}"] = {"tokenizer": tokenizer, "images": len(hypotheses)}
             if progress:
                 print(
                     f"{split} beam {beam}: BLEU-4 {scores['Bleu_4']:.4f}  CIDEr {scores['CIDEr']:.4f}  "
-                    f"({len(hypotheses)} images, {time.perf_counter() - started:.1f} s)"
+                    f"({len(hypotheses)} images, {tokenizer} tokenizer, "
+                    f"{time.perf_counter() - started:.1f} s)"
                 )
-    return metrics, captions
+    return metrics, captions, scoring
 
 
 def evaluate_run(
@@ -307,20 +384,23 @@ def evaluate_run(
     device: str | torch.device | None = None,
     meteor: bool | str = "auto",
     progress: bool = True,
+    tokenizer: str | None = None,
 ) -> dict[str, Any]:
     """Score a run's best.pt on `split` with each beam size and merge the figures into results.json.
 
     The prepared data and the feature store are rebuilt from the run's config (cached in its work
-    dir) unless given. Returns the results dict that was written.
+    dir) unless given. `tokenizer` defaults to the run's training.metric_tokenizer. Returns the
+    results dict that was written.
     """
     from helpers.train import load_run, make_source, resolve_device
 
     run_dir = Path(run_dir)
     device = resolve_device(device or "auto")
     model, checkpoint, config = load_run(run_dir, device=device)
+    tokenizer = resolve_tokenizer(tokenizer or config.training.metric_tokenizer)
     prepared, store = make_source(config, prepared, store, device=device)
     splits = [split] if isinstance(split, str) else list(split)
-    metrics, captions = score_model(
+    metrics, captions, scoring = score_model(
         model,
         prepared,
         store if config.training.mode == "features" else None,
@@ -330,14 +410,23 @@ def evaluate_run(
         meteor=meteor,
         progress=progress,
         image_size=config.image_size,
+        tokenizer=tokenizer,
     )
-    return write_results(run_dir, model, config, checkpoint, metrics, captions, device)
+    return write_results(run_dir, model, config, checkpoint, metrics, captions, device, scoring)
 
 
 def write_results(
-    run_dir: Path, model, config, checkpoint: dict, metrics: dict, captions: dict, device
+    run_dir: Path,
+    model,
+    config,
+    checkpoint: dict,
+    metrics: dict,
+    captions: dict,
+    device,
+    scoring: dict | None = None,
 ) -> dict:
-    """Merge metrics and captions into <run_dir>/results.json (earlier splits and beams are kept)."""
+    """Merge metrics, captions and how they were scored into <run_dir>/results.json (earlier splits
+    and beams are kept)."""
     path = Path(run_dir) / "results.json"
     results = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     # best.pt's history stops at the best epoch; history.json has every epoch trained.
@@ -367,6 +456,8 @@ def write_results(
         results.setdefault("metrics", {}).setdefault(split, {}).update(by_beam)
     for split, by_beam in captions.items():
         results.setdefault("captions", {}).setdefault(split, {}).update(by_beam)
+    for split, by_beam in (scoring or {}).items():
+        results.setdefault("scoring", {}).setdefault(split, {}).update(by_beam)
     write_json_atomic(path, results)
     return results
 
@@ -406,6 +497,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR even when Java is available")
+    parser.add_argument(
+        "--tokenizer",
+        choices=("auto", *TOKENIZERS),
+        help="how captions are tokenized for scoring: ptb (Java, as papers), project, or auto (ptb "
+        "when Java is on PATH); default: the run's training.metric_tokenizer",
+    )
     args = parser.parse_args(argv)
     from helpers.train import USER_ERRORS
 
@@ -418,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
             beam_sizes=args.beam_size or (1, 3),
             device=args.device,
             meteor=False if args.no_meteor else "auto",
+            tokenizer=args.tokenizer,
         )
     except (*USER_ERRORS, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -429,4 +527,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module's main, not this __main__ copy: helpers.train imports helpers.evaluate,
+    # and its error classes (JavaUnavailableError in USER_ERRORS) must be the ones raised here.
+    from helpers import evaluate
+
+    sys.exit(evaluate.main())

@@ -45,6 +45,7 @@ RESULT_COLUMNS = [
     "embeddings",
     "split",
     "beam",
+    "tokenizer",
     *METRIC_COLUMNS.values(),
     "epochs",
     "best_epoch",
@@ -683,7 +684,8 @@ def _result_rows(path: Path) -> list[dict[str, Any]]:
         for beam_key, scores in (by_beam or {}).items():
             match = re.fullmatch(r"beam_?(\d+)|(greedy)", str(beam_key))
             beam = (int(match.group(1)) if match.group(1) else 1) if match else np.nan
-            row = {**base, "split": split, "beam": beam}
+            tokenizer = _get(results, "scoring", split, str(beam_key), "tokenizer")
+            row = {**base, "split": split, "beam": beam, "tokenizer": tokenizer}
             for name, value in (scores or {}).items():
                 column = METRIC_COLUMNS.get(re.sub(r"[^a-z0-9]", "", name.lower()))
                 if column and _is_number(value):

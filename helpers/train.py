@@ -41,7 +41,14 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from helpers.config import Config, ConfigError, build_model, config_from_dict, load_config
-from helpers.evaluate import compute_metrics, decode_split, score_model, write_results
+from helpers.evaluate import (
+    JavaUnavailableError,
+    compute_metrics,
+    decode_split,
+    resolve_tokenizer,
+    score_model,
+    write_results,
+)
 from helpers.files import atomic_path, write_json_atomic
 
 CHECKPOINT_FORMAT = 1
@@ -505,6 +512,7 @@ def _check_resumable(checkpoint: dict, config: Config, path: Path) -> None:
             "device",
             "checkpoint_every_steps",
             "meteor",
+            "metric_tokenizer",
             "val_max_images",
             "run_dir",
         },
@@ -617,6 +625,8 @@ def train(
     """
     callbacks = list(callbacks or [])
     device = resolve_device(config.training.device)
+    if config.training.eval_splits and config.training.eval_beam_sizes:
+        resolve_tokenizer(config.training.metric_tokenizer)  # "ptb" without Java fails now, not at the end
     run_dir = config.run_path
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     resume = last_path.is_file() if resume is None else resume
@@ -763,7 +773,7 @@ def train(
     model.eval()
     results = None
     if config.training.eval_splits and config.training.eval_beam_sizes:
-        metrics, captions = score_model(
+        metrics, captions, scoring = score_model(
             model,
             prepared,
             store,
@@ -774,11 +784,11 @@ def train(
             meteor="auto" if config.training.meteor else False,
             progress=progress,
             image_size=config.image_size,
+            tokenizer=config.training.metric_tokenizer,
         )
         best_checkpoint["wall_time_s"] = state.wall_time_s
-        results = write_results(
-            run_dir, model, config, best_checkpoint | {"history": state.history}, metrics, captions, device
-        )
+        checkpoint = best_checkpoint | {"history": state.history}
+        results = write_results(run_dir, model, config, checkpoint, metrics, captions, device, scoring)
     return TrainResult(
         run_dir,
         model,
@@ -811,6 +821,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         DatasetUnavailableError,
         PretrainedWeightsUnavailable,
         TooManyBadImagesError,
+        JavaUnavailableError,
     )
 
 

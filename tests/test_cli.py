@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,13 +14,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def run(module: str, *args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=env,
     )
 
 
@@ -49,14 +52,27 @@ def test_train_then_evaluate_from_the_command_line(demo_dir, tmp_path):
     results = json.loads((run_dir / "results.json").read_text())
     assert results["epochs"] == 1 and "beam1" in results["metrics"]["test"]
 
-    evaluated = run("helpers.evaluate", str(run_dir), "--split", "val", "--beam-size", "2", "--no-meteor")
+    assert results["scoring"]["test"]["beam1"]["tokenizer"] == "project"  # configs/demo.yaml's
+
+    evaluated = run(
+        "helpers.evaluate", str(run_dir), "--split", "val", "--beam-size", "2", "--no-meteor",
+        *(["--tokenizer", "ptb"] if shutil.which("java") else []),
+    )
     assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
     assert "| val | 2 |" in evaluated.stdout and "| test | 1 |" in evaluated.stdout  # earlier scores kept
     results = json.loads((run_dir / "results.json").read_text())
     assert set(results["metrics"]) == {"test", "val"}
+    assert results["scoring"]["val"]["beam2"] == {
+        "tokenizer": "ptb" if shutil.which("java") else "project",
+        "images": len(results["captions"]["val"]["beam2"]),
+    }
 
     again = run("helpers.train", "--config", "configs/LSTM.yaml", "--demo", "--quiet", *overrides)
     assert again.returncode == 0 and "Epochs: 1" in again.stdout  # resumed a finished run: nothing to do
+
+    without_java = {**os.environ, "PATH": str(Path(sys.executable).parent)}
+    ptb = run("helpers.evaluate", str(run_dir), "--tokenizer", "ptb", env=without_java)
+    _assert_clean_failure(ptb, "`java` is not on PATH", "apt-get install -y default-jre-headless")
 
 
 @pytest.mark.slow

@@ -166,6 +166,12 @@ def test_unknown_backbone_lists_the_choices():
     assert "'resnet50', 'resnet101', 'regnet_x_400mf'" in message
 
 
+def test_unknown_metric_tokenizer_lists_the_choices():
+    message = _error("LSTM", ["training.metric_tokenizer=ptb3"])
+    assert "training.metric_tokenizer='ptb3' is not valid" in message and "Did you mean 'ptb'?" in message
+    assert "'auto', 'ptb', 'project'" in message
+
+
 def test_unknown_cell_type_lists_the_choices_and_aliases_work():
     message = _error("LSTM", ["model.cell_type=gru"])
     assert (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import math
 import shutil
@@ -103,7 +104,7 @@ def test_exactly_one_hypothesis_per_id():
 
 def test_meteor_without_java_prints_one_notice_and_never_crashes(monkeypatch, capsys):
     monkeypatch.setattr(evaluate.shutil, "which", lambda name: None)
-    monkeypatch.setattr(evaluate, "_meteor_notice_shown", False)
+    monkeypatch.setattr(evaluate, "_java_notices_shown", set())
     first = compute_metrics(REFERENCES, HYPOTHESES)
     second = compute_metrics(REFERENCES, HYPOTHESES)
     assert "METEOR" not in first and "METEOR" not in second
@@ -119,6 +120,79 @@ def test_meteor_with_java():
     metrics = compute_metrics(REFERENCES, HYPOTHESES, meteor=True)
     assert 0.2 < metrics["METEOR"] < 1
     assert compute_metrics({"x": ["a cat sat on the mat"]}, {"x": "a cat sat on the mat"})["METEOR"] > 0.9
+
+
+# Clitics, hyphens, decimals and brackets: where the papers' PTB tokenizer and the project's differ.
+PTB_REFERENCES = {
+    "dog.jpg": ["A dog's ball is red-and-white.", "The black-and-white dog runs", "a dog, running"],
+    "kids.jpg": ["Two kids don't play in the snow", "Kids (wearing hats) stand on a 3.5 ft. wall"],
+    "man.jpg": ["A man's bike is red.", "A cyclist on a city road"],
+}
+PTB_HYPOTHESES = {
+    "dog.jpg": "a dogs ball is red and white",
+    "kids.jpg": "two kids dont play",
+    "man.jpg": "a mans bike",
+}
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="the PTB tokenizer needs Java")
+def test_ptb_tokenizer_scores_like_the_coco_caption_evaluation():
+    """tokenizer="ptb" is the COCO evaluation papers run: PTBTokenizer on both sides, then the scorers."""
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        gts = PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in PTB_REFERENCES.items()})
+        res = PTBTokenizer().tokenize({k: [{"caption": v}] for k, v in PTB_HYPOTHESES.items()})
+        bleu, _ = Bleu(4).compute_score(gts, res)
+        rouge, _ = Rouge().compute_score(gts, res)
+        cider, _ = Cider().compute_score(gts, res)
+    assert gts["dog.jpg"][0] == "a dog 's ball is red-and-white"  # the reference really is PTB's
+    ptb = compute_metrics(PTB_REFERENCES, PTB_HYPOTHESES, meteor=False, tokenizer="ptb")
+    assert [ptb[f"Bleu_{n + 1}"] for n in range(4)] == bleu
+    assert (ptb["ROUGE_L"], ptb["CIDEr"]) == (rouge, cider)
+    project = compute_metrics(PTB_REFERENCES, PTB_HYPOTHESES, meteor=False)
+    assert project["Bleu_1"] > ptb["Bleu_1"] + 0.05  # "dogs" matches "dogs" only when apostrophes go
+    # plain captions tokenize alike; an empty caption (a model that ends at once), last, keeps its id
+    plain_refs, plain_hyps = {"a": ["a dog runs", "dog"], "b": ["a cat"]}, {"a": "a dog", "b": ""}
+    assert compute_metrics(plain_refs, plain_hyps, meteor=False, tokenizer="ptb") == compute_metrics(
+        plain_refs, plain_hyps, meteor=False
+    )
+
+
+def test_ptb_tokenizer_without_java_says_how_to_get_it(monkeypatch, capsys):
+    monkeypatch.setattr(evaluate.shutil, "which", lambda name: None)
+    monkeypatch.setattr(evaluate, "_java_notices_shown", set())
+    fix = r"Java PTBTokenizer.*apt-get install -y default-jre-headless, or score with the 'project'"
+    with pytest.raises(evaluate.JavaUnavailableError, match=fix):
+        compute_metrics(REFERENCES, HYPOTHESES, meteor=False, tokenizer="ptb")
+    with pytest.raises(evaluate.JavaUnavailableError, match=fix):
+        evaluate.resolve_tokenizer("ptb")
+    assert evaluate.resolve_tokenizer("auto") == evaluate.resolve_tokenizer("auto") == "project"
+    assert capsys.readouterr().out.count("PTB tokenization: java is not on PATH") == 1
+    monkeypatch.setattr(evaluate.shutil, "which", lambda name: "/usr/bin/java")
+    assert evaluate.resolve_tokenizer("auto") == "ptb"
+    with pytest.raises(ValueError, match="tokenizer must be 'auto', 'ptb' or 'project', got 'nltk'"):
+        evaluate.resolve_tokenizer("nltk")
+    with pytest.raises(ValueError, match="tokenizer must be 'project' or 'ptb'"):
+        compute_metrics(REFERENCES, HYPOTHESES, meteor=False, tokenizer="auto")
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="the PTB tokenizer needs Java")
+def test_demo_captions_tokenize_the_same_with_ptb(tmp_path):
+    """configs/demo.yaml scores with the project tokenizer; on its captions PTB gives the same tokens."""
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    from helpers.demo import make_demo_dataset
+    from helpers.text import tokenize
+
+    folder = make_demo_dataset(tmp_path / "demo", num_images=40)
+    with open(folder / "captions.txt", newline="", encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    captions = {i: [{"caption": row["caption"]}] for i, row in enumerate(rows)}
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        ptb = PTBTokenizer().tokenize(captions)
+    assert len(ptb) == len(rows) >= 200
+    assert all(ptb[i][0] == " ".join(tokenize(captions[i][0]["caption"])) for i in ptb)
 
 
 def test_metrics_table_lists_each_split_and_beam():

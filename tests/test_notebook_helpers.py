@@ -370,6 +370,7 @@ def test_results_table_two_runs(tmp_path):
         best_epoch=7,
         train_wall_time_s=1200.0,
         device="cuda (Tesla T4)",
+        scoring={"test": {"beam1": {"tokenizer": "project"}, "beam3": {"tokenizer": "ptb"}}},
     )
     attn = _results("attn", "resnet101", False, False, {"test": {"beam_1": _scores(0.65, 0.21, 0.48, 0.61)}})
     _write(work / "runs" / "lstm-resnet50" / "results.json", lstm)
@@ -383,6 +384,7 @@ def test_results_table_two_runs(tmp_path):
     assert list(table["BLEU-4"]) == [0.21, 0.18, 0.15] and list(table["ROUGE-L"]) == [0.48, 0.46, 0.45]
     assert table["METEOR"].isna().tolist() == [True, False, True] and table.loc[1, "METEOR"] == 0.2
     assert table.loc[1, "train_time_min"] == 20.0 and table.loc[1, "epochs"] == 10
+    assert table["tokenizer"].tolist()[1:] == ["ptb", "project"] and table.loc[0, "tokenizer"] is np.nan
     assert math.isnan(table.loc[0, "epochs"]) and math.isnan(table.loc[0, "train_time_min"])
     for column in ["BLEU-1", "BLEU-2", "BLEU-3", "split", "backbone", "device"]:
         assert column in table.columns

@@ -85,6 +85,17 @@ def test_gpus_below_compute_capability_7_are_refused(monkeypatch):
     check_cuda_device(torch.device("cuda"))  # a T4 passes
 
 
+def test_a_run_that_asks_for_ptb_scores_without_java_fails_before_training(tmp_path, monkeypatch):
+    import helpers.evaluate
+    from helpers.evaluate import JavaUnavailableError
+
+    monkeypatch.setattr(helpers.evaluate.shutil, "which", lambda name: None)
+    config = demo_config("LSTM", tmp_path, **{"training.metric_tokenizer": "ptb"})
+    with pytest.raises(JavaUnavailableError, match="`java` is not on PATH"):
+        train(config, progress=False)
+    assert not config.run_path.exists() and not (tmp_path / "work").exists()  # nothing was prepared
+
+
 def test_checkpoints_are_written_atomically(tmp_path):
     path = tmp_path / "last.pt"
     save_atomic({"format": 1, "value": torch.tensor([1.0])}, path)

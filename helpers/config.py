@@ -104,6 +104,7 @@ class TrainingConfig:
     amp: bool = True  # fp16 autocast + gradient scaler on CUDA (ignored on the CPU)
     device: str = "auto"  # auto | cpu | cuda
     checkpoint_every_steps: int = 0  # also save last.pt every N steps (0: only at epoch ends)
+    max_hours: float | None = None  # stop cleanly after this long (last.pt saved; run again to go on)
     val_max_images: int | None = None  # validate on the first N val images (None: all)
     eval_splits: list[str] = field(default_factory=lambda: ["val", "test"])  # scored into results.json
     eval_beam_sizes: list[int] = field(default_factory=lambda: [1, 3])
@@ -390,6 +391,7 @@ def validate(config: Config, source: str = "config") -> Config:
         "training.val_max_images": training.val_max_images,
         "training.warmup_steps": None if training.warmup_steps == 0 else training.warmup_steps,
         "training.patience": training.patience,
+        "training.max_hours": training.max_hours,
     }
     for key, value in {**positive, **optional_positive}.items():
         if (key in positive or value is not None) and value <= 0:

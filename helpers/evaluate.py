@@ -424,9 +424,11 @@ def write_results(
     captions: dict,
     device,
     scoring: dict | None = None,
+    status: str | None = None,
 ) -> dict:
     """Merge metrics, captions and how they were scored into <run_dir>/results.json (earlier splits
-    and beams are kept)."""
+    and beams are kept). `status` ("finished", or "paused" when training.max_hours ran out) is
+    written by the training loop; a later rescoring keeps it."""
     path = Path(run_dir) / "results.json"
     results = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     # best.pt's history stops at the best epoch; history.json has every epoch trained.
@@ -452,6 +454,8 @@ def write_results(
             "history": history,
         }
     )
+    if status is not None:
+        results["status"] = status
     for split, by_beam in metrics.items():
         results.setdefault("metrics", {}).setdefault(split, {}).update(by_beam)
     for split, by_beam in captions.items():

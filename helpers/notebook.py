@@ -16,9 +16,10 @@ import math
 import os
 import re
 import textwrap
+import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ RESULT_COLUMNS = [
     *METRIC_COLUMNS.values(),
     "epochs",
     "best_epoch",
+    "status",
     "train_time_min",
     "device",
     "path",
@@ -75,6 +77,19 @@ class Env:
     compute_capability: tuple[int, int] | None
     work_dir: Path  # this stage's outputs (Kaggle keeps /kaggle/working after the session)
     input_dirs: tuple[Path, ...]  # read-only places holding earlier stages' outputs (/kaggle/input)
+    started: float = field(default_factory=time.time, compare=False)  # when setup() ran
+
+    def hours_left(self, session_hours: float | None) -> float | None:
+        """What remains of a `session_hours` budget counted from setup() (None: no budget).
+
+        Training gets at least one minute, so a late start still saves a checkpoint and pauses.
+        """
+        if session_hours is None:
+            return None
+        left = session_hours - (time.time() - self.started) / 3600
+        if left < 1 / 60:
+            print(f"The session has used its SESSION_HOURS={session_hours:g}; training gets one minute.")
+        return max(left, 1 / 60)
 
     def summary(self) -> str:
         where = "Kaggle" if self.on_kaggle else "local"
@@ -675,6 +690,7 @@ def _result_rows(path: Path) -> list[dict[str, Any]]:
         "embeddings": _embeddings(config),
         "epochs": _get(results, "epochs"),
         "best_epoch": _get(results, "best_epoch"),
+        "status": _get(results, "status"),
         "train_time_min": wall_time / 60 if _is_number(wall_time) else np.nan,
         "device": _get(results, "device"),
         "path": str(path),
@@ -689,15 +705,16 @@ def _result_rows(path: Path) -> list[dict[str, Any]]:
             for name, value in (scores or {}).items():
                 column = METRIC_COLUMNS.get(re.sub(r"[^a-z0-9]", "", name.lower()))
                 if column and _is_number(value):
-                    row[column] = value
+                    row[column] = 100 * value  # as papers print them, like the training notebooks
             rows.append(row)
     return rows or [{**base, "split": np.nan, "beam": np.nan}]
 
 
 def results_table(roots: str | Path | Iterable[str | Path], split: str | None = None):
     """Every results.json below `roots` (the work dir, and on Kaggle /kaggle/input) as one DataFrame:
-    a row per run, split and beam size, best CIDEr first within each split. Missing figures are NaN; a
-    run name found twice keeps its first root's copy."""
+    a row per run, split and beam size, best CIDEr first within each split; metrics x 100 (BLEU-4
+    25.0), as papers print them. Missing figures are NaN; a run name found twice keeps its first
+    root's copy."""
     import pandas as pd
 
     roots = [roots] if isinstance(roots, (str, os.PathLike)) else list(roots)
@@ -752,7 +769,7 @@ def plot_results(table, split: str | None = None, metrics: Sequence[str] = ("BLE
         ax.set_title(f"{metric} ({split})")
         for position, value in enumerate(values):
             if np.isfinite(value):
-                ax.text(value, position, f" {value:.3f}", va="center", fontsize=8)
+                ax.text(value, position, f" {value:.1f}", va="center", fontsize=8)
         if np.isfinite(values).any():
             ax.set_xlim(0, np.nanmax(values) * 1.2)  # room for the value labels
     fig.tight_layout()

@@ -5,6 +5,7 @@ the samples the notebooks show (captions under images, attention per word, your 
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from collections.abc import Mapping
@@ -294,11 +295,30 @@ def reference_samples(prepared, split: str = "train", count: int = 6) -> dict[st
 # ----------------------------------------------------------------------------- training and results
 
 
-def train(config: Config, prepared, store, resume: bool | None = None):
-    """The one training loop (helpers.train.train); resumes from last.pt unless resume=False."""
+class TrainingPaused(RuntimeError):
+    """Training paused (time budget) before any epoch finished: no weights to show yet."""
+
+
+def train(config: Config, prepared, store, resume: bool | None = None, hours_left: float | None = None):
+    """The one training loop (helpers.train.train); resumes from last.pt unless resume=False.
+
+    `hours_left` (from `env.hours_left(SESSION_HOURS)`) caps training.max_hours so the session ends
+    its run cleanly. A pause before the first epoch ended leaves nothing to show: that stops the
+    notebook here with how to continue.
+    """
     from helpers.train import train as train_loop
 
-    return train_loop(config, prepared=prepared, store=store, resume=resume)
+    if hours_left is not None:
+        config = copy.deepcopy(config)
+        limit = config.training.max_hours
+        config.training.max_hours = hours_left if limit is None else min(limit, hours_left)
+    result = train_loop(config, prepared=prepared, store=store, resume=resume)
+    if result.paused and result.best_epoch is None:
+        raise TrainingPaused(
+            f"The session's time budget ran out before the first epoch ended; {result.run_dir / 'last.pt'} "
+            "is saved. Run this notebook again (on Kaggle: attach this notebook's output) to continue."
+        )
+    return result
 
 
 def metrics_frame(results: Mapping[str, Any]):

@@ -16,8 +16,10 @@ also every `checkpoint_every_steps` steps), `best.pt` (the best weights by val C
 after each epoch and, at the end, `results.json` with test metrics. Checkpoints are written to a
 temp file and renamed, so a killed session never leaves a broken one; `train` resumes from
 `last.pt` by default and, for a seeded run on the CPU, ends with exactly the weights of an
-uninterrupted run. Checkpoints hold only the decoder when the CNN is frozen and pretrained (the CNN
-weights are rebuilt from torchvision), keeping them small.
+uninterrupted run. `training.max_hours` makes a run stop cleanly before a session's time runs out:
+`last.pt` is saved (mid-epoch if need be), the best weights so far are scored into `results.json`
+(status "paused"), and the next call continues. Checkpoints hold only the decoder when the CNN is
+frozen and pretrained (the CNN weights are rebuilt from torchvision), keeping them small.
 """
 
 from __future__ import annotations
@@ -489,6 +491,7 @@ class TrainResult:
     stopped_early: bool
     wall_time_s: float
     results: dict[str, Any] | None = None  # results.json content when eval_splits were scored
+    paused: bool = False  # training.max_hours ran out: last.pt is saved, run again to continue
 
     @property
     def epochs(self) -> int:
@@ -511,6 +514,7 @@ def _check_resumable(checkpoint: dict, config: Config, path: Path) -> None:
             "eval_beam_sizes",
             "device",
             "checkpoint_every_steps",
+            "max_hours",
             "meteor",
             "metric_tokenizer",
             "val_max_images",
@@ -599,6 +603,10 @@ def _step_schedule(scheduler) -> None:
         scheduler.step()
 
 
+def _out_of_time(deadline: float | None) -> bool:
+    return deadline is not None and time.perf_counter() >= deadline
+
+
 def _amp(config: Config, device: torch.device) -> bool:
     return config.training.amp and device.type == "cuda"
 
@@ -624,6 +632,8 @@ def train(
     `resume=False` starts over in the same folder.
     """
     callbacks = list(callbacks or [])
+    max_hours = config.training.max_hours
+    deadline = time.perf_counter() + max_hours * 3600 if max_hours else None
     device = resolve_device(config.training.device)
     if config.training.eval_splits and config.training.eval_beam_sizes:
         resolve_tokenizer(config.training.metric_tokenizer)  # "ptb" without Java fails now, not at the end
@@ -667,6 +677,7 @@ def train(
             f"{sum(p.numel() for p in trainable):,} trainable parameters"
         )
 
+    paused = False
     while not state.finished:
         epoch = state.epoch
         started = time.perf_counter()
@@ -706,7 +717,14 @@ def train(
                 state.wall_time_s = wall_before + time.perf_counter() - session_started
                 save_atomic(state.checkpoint(prepared.vocab), last_path)
             _call(callbacks, "step_end", state)
+            if _out_of_time(deadline) and state.step_in_epoch < len(batches):
+                paused = True
+                break
         bar.close()
+        if paused:
+            state.wall_time_s = wall_before + time.perf_counter() - session_started
+            save_atomic(state.checkpoint(prepared.vocab), last_path)
+            break
         if bad_images:
             warnings.warn(
                 f"epoch {epoch + 1}: skipped {bad_images} captions whose image could not be decoded",
@@ -767,6 +785,18 @@ def train(
             if state.stopped_early:
                 print(f"Stopping early: no better val CIDEr for {state.epochs_without_improvement} epochs.")
         _call(callbacks, "epoch_end", state)
+        if _out_of_time(deadline) and not state.finished:
+            paused = True
+            break
+
+    if paused and progress:
+        print(
+            f"Time budget reached (training.max_hours={max_hours:g}) at epoch {state.epoch + 1}, step "
+            f"{state.step_in_epoch} of {steps_per_epoch}: {last_path} is saved. Run the same command "
+            "or notebook again (with this run folder) to continue from there."
+        )
+    if paused and not best_path.is_file():  # paused before the first epoch ended: nothing to score
+        return TrainResult(run_dir, model, state.history, None, None, False, state.wall_time_s, paused=True)
 
     best_checkpoint = load_checkpoint(best_path, device)
     load_model_state(model, best_checkpoint["model"], best_path)
@@ -788,7 +818,10 @@ def train(
         )
         best_checkpoint["wall_time_s"] = state.wall_time_s
         checkpoint = best_checkpoint | {"history": state.history}
-        results = write_results(run_dir, model, config, checkpoint, metrics, captions, device, scoring)
+        status = "paused" if paused else "finished"
+        results = write_results(
+            run_dir, model, config, checkpoint, metrics, captions, device, scoring, status=status
+        )
     return TrainResult(
         run_dir,
         model,
@@ -798,6 +831,7 @@ def train(
         state.stopped_early,
         state.wall_time_s,
         results,
+        paused,
     )
 
 
@@ -864,8 +898,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"\nRun folder: {result.run_dir}")
+    ending = " (stopped early)" if result.stopped_early else ""
+    if result.paused:
+        ending = f" of {config.training.epochs} (paused by training.max_hours: run again to continue)"
     print(
-        f"Epochs: {result.epochs}{' (stopped early)' if result.stopped_early else ''}, "
+        f"Epochs: {result.epochs}{ending}, "
         f"best epoch {result.best_epoch}, "
         f"{result.wall_time_s:.0f} s"
     )

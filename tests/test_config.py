@@ -198,6 +198,7 @@ def test_attn_dim_contradicting_the_backbone_states_the_right_value():
         ("training.device=tpu", "training.device='tpu' is not valid"),
         ("model.hidden_dim=0", "model.hidden_dim=0 must be positive"),
         ("training.lr=-1", "training.lr=-1.0 must be positive"),
+        ("training.max_hours=0", "training.max_hours=0.0 must be positive"),
         ("training.weight_decay=-0.1", "must not be negative"),
         ("training.warmup_fraction=1.5", "training.warmup_fraction=1.5 must be in [0, 1)"),
         ("data.image_size=16", "too small"),

@@ -380,9 +380,10 @@ def test_results_table_two_runs(tmp_path):
     assert list(table["decoder"]) == ["Attention LSTM", "LSTM", "LSTM"]
     assert list(table["embeddings"]) == ["random", "GloVe (frozen)", "GloVe (frozen)"]
     assert list(table["beam"]) == [1, 3, 1]
-    assert list(table["CIDEr"]) == [0.61, 0.52, 0.40]
-    assert list(table["BLEU-4"]) == [0.21, 0.18, 0.15] and list(table["ROUGE-L"]) == [0.48, 0.46, 0.45]
-    assert table["METEOR"].isna().tolist() == [True, False, True] and table.loc[1, "METEOR"] == 0.2
+    assert list(table["CIDEr"]) == pytest.approx([61.0, 52.0, 40.0])  # x 100, as papers print them
+    assert list(table["BLEU-4"]) == pytest.approx([21.0, 18.0, 15.0])
+    assert list(table["ROUGE-L"]) == pytest.approx([48.0, 46.0, 45.0])
+    assert table["METEOR"].isna().tolist() == [True, False, True] and table.loc[1, "METEOR"] == 20.0
     assert table.loc[1, "train_time_min"] == 20.0 and table.loc[1, "epochs"] == 10
     assert table["tokenizer"].tolist()[1:] == ["ptb", "project"] and table.loc[0, "tokenizer"] is np.nan
     assert math.isnan(table.loc[0, "epochs"]) and math.isnan(table.loc[0, "train_time_min"])
@@ -391,7 +392,7 @@ def test_results_table_two_runs(tmp_path):
 
     fig = nb.plot_results(table)
     assert len(fig.axes) == 2 and [ax.get_title() for ax in fig.axes] == ["BLEU-4 (test)", "CIDEr (test)"]
-    assert [bar.get_width() for bar in fig.axes[1].patches] == [0.61, 0.52, 0.40]
+    assert [bar.get_width() for bar in fig.axes[1].patches] == pytest.approx([61.0, 52.0, 40.0])
     assert fig.axes[1].get_yticklabels()[0].get_text() == "Attention LSTM / resnet101 / random / beam 1"
 
 

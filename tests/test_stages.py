@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from helpers.config import ConfigError
 from helpers.notebook import Env
-from helpers.stages import compare_decoding, data_for, prepare, reuse_earlier_outputs, stage_config
+from helpers.stages import (
+    TrainingPaused,
+    compare_decoding,
+    data_for,
+    prepare,
+    reuse_earlier_outputs,
+    stage_config,
+)
+from helpers.stages import train as stages_train
+from helpers.train import load_checkpoint
 
 NOTEBOOK_DEFAULTS = {
     "DEMO": False,
@@ -116,3 +129,49 @@ def test_compare_decoding_scores_each_backbone(earlier_session):
     )
     bleu4 = compute_metrics(prepared.references("val"), hypotheses, meteor=False)["Bleu_4"]
     assert table.loc["regnet_x_400mf", "val BLEU-4"] == round(100 * bleu4, 2)
+
+
+def test_session_hours_left_count_from_setup(capsys):
+    env = Env(False, "cpu", None, None, Path("work"), (), started=time.time() - 2 * 3600)
+    assert env.hours_left(None) is None
+    assert env.hours_left(11.0) == pytest.approx(9.0, abs=1e-3)
+    assert env.hours_left(1.5) == pytest.approx(1 / 60)  # used up: one minute, to save and pause
+    assert "used its SESSION_HOURS=1.5; training gets one minute" in capsys.readouterr().out
+
+
+def test_a_notebook_run_gets_the_session_budget_and_stops_if_nothing_can_be_shown(
+    earlier_session, tmp_path, monkeypatch
+):
+    """hours_left caps training.max_hours; a pause before any epoch ended stops the notebook with advice."""
+    work, prepared, store = earlier_session
+    params = {**NOTEBOOK_DEFAULTS, "DEMO": True, "OVERRIDES": ["training.max_hours=0.5"]}
+    config = stage_config("LSTM", params, env_for(tmp_path / "work"))
+    monkeypatch.setattr("helpers.train._out_of_time", lambda deadline: deadline is not None)
+    with pytest.raises(TrainingPaused, match=r"before the first epoch ended; .*last\.pt is saved\. Run this"):
+        stages_train(config, prepared, store, hours_left=0.25)
+    saved = yaml.safe_load((config.run_path / "config.yaml").read_text())
+    assert saved["training"]["max_hours"] == 0.25 and config.training.max_hours == 0.5  # caller's untouched
+    assert load_checkpoint(config.run_path / "last.pt")["global_step"] == 1
+    with pytest.raises(TrainingPaused):
+        stages_train(config, prepared, store, hours_left=2.0)
+    assert yaml.safe_load((config.run_path / "config.yaml").read_text())["training"]["max_hours"] == 0.5
+    assert load_checkpoint(config.run_path / "last.pt")["global_step"] == 2  # resumed, one more step
+
+
+def test_committed_notebooks_are_the_generator_output(tmp_path):
+    """scripts/make_notebooks.py writes every notebook; an edit made only in a .ipynb would be lost."""
+    root = Path(__file__).resolve().parent.parent
+    made = subprocess.run(
+        [sys.executable, str(root / "scripts" / "make_notebooks.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr
+    generated = sorted(path.name for path in tmp_path.glob("*.ipynb"))
+    assert generated == sorted(path.name for path in (root / "notebooks").glob("*.ipynb"))
+    for name in generated:
+        committed = (root / "notebooks" / name).read_text(encoding="utf-8")
+        assert (tmp_path / name).read_text(encoding="utf-8") == committed, (
+            f"notebooks/{name} differs from scripts/make_notebooks.py's output: edit the script and rerun it"
+        )

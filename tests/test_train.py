@@ -201,6 +201,57 @@ def test_resume_after_a_kill_ends_with_the_weights_of_an_uninterrupted_run(small
 
 
 @pytest.mark.slow
+def test_a_time_budget_pauses_cleanly_and_reruns_end_like_an_uninterrupted_run(small_demo, monkeypatch):
+    """training.max_hours: a Kaggle session that would end mid-run instead stops with last.pt saved,
+    mid-epoch or at an epoch's end; each rerun continues, and the last ends with the weights of a run
+    that was never paused. The clock is replaced by a step counter so the test does not race time."""
+    work, prepared, store = small_demo
+    settings = dict(
+        batch_size=40,
+        **{"training.epochs": 2, "training.eval_splits": ["val"], "training.eval_beam_sizes": [1]},
+    )
+    steps_per_epoch = math.ceil(len(prepared.captions("train")[0]) / 40)
+    uninterrupted = train(
+        demo_config("Transformer", work, **settings, **{"training.run_name": "unlimited"}),
+        prepared=prepared,
+        store=store,
+        progress=False,
+    )
+    assert uninterrupted.results["status"] == "finished" and not uninterrupted.paused
+
+    clock = {"step": 0, "limit": 3}
+
+    def out_of_time(deadline):
+        return deadline is not None and clock["step"] >= clock["limit"]
+
+    def watch(event, state):
+        clock["step"] = state.global_step
+
+    monkeypatch.setattr("helpers.train._out_of_time", out_of_time)
+    budget = demo_config(
+        "Transformer", work, **settings, **{"training.run_name": "budget", "training.max_hours": 1}
+    )
+    first = train(budget, prepared=prepared, store=store, progress=False, callbacks=[watch])
+    assert first.paused and first.results is None and first.best_epoch is None  # mid-epoch: nothing to score
+    assert load_checkpoint(budget.run_path / "last.pt")["global_step"] == 3
+    assert not (budget.run_path / "best.pt").exists()
+
+    clock["limit"] = steps_per_epoch  # the last step of epoch 1: the pause waits for the epoch's end
+    second = train(budget, prepared=prepared, store=store, progress=False, callbacks=[watch])
+    assert second.paused and second.epochs == 1 and second.results["status"] == "paused"
+    assert load_checkpoint(budget.run_path / "last.pt")["global_step"] == steps_per_epoch
+    assert "beam1" in second.results["metrics"]["val"]  # the best weights so far were scored
+
+    unlimited = demo_config(
+        "Transformer", work, **settings, **{"training.run_name": "budget", "training.max_hours": None}
+    )
+    last = train(unlimited, prepared=prepared, store=store, progress=False, callbacks=[watch])
+    assert not last.paused and last.results["status"] == "finished"
+    _assert_same_weights(last.model, uninterrupted.model)
+    assert _without_times(last.history) == _without_times(uninterrupted.history)
+
+
+@pytest.mark.slow
 def test_fp16_loss_scaling_resumes_exactly(small_demo, monkeypatch):
     """The CUDA path's mechanics (fp16 autocast, GradScaler with unscale + clip, scaler state in the
     checkpoint) run on the CPU: CPU fp16 autocast stands in for CUDA's. The scaler must really act

@@ -1,0 +1,252 @@
+"""Writes notebooks/*.ipynb (no outputs): `python scripts/make_notebooks.py [OUT_DIR]`.
+
+The notebooks share their parameters and set-up cells, so they are written from this one script
+(tests/test_notebooks.py checks that the committed notebooks are its output). Edit here, rerun.
+"""
+
+import sys
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from helpers.kaggle import HELPERS_BOOTSTRAP  # noqa: E402
+
+OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "notebooks"  # another folder: for the test
+
+COMMON_PARAMS = '''\
+DEMO = False               # True: generated shapes data and GloVe file, random CNN weights, CPU-sized; no downloads
+DATA_DIR = None            # a folder in the Flickr8k layout; None: the attached Kaggle dataset, else kagglehub
+WORK_DIR = None            # None: /kaggle/working on Kaggle, ./work elsewhere
+DATASET = "flickr8k"       # 'flickr8k' | 'flickr30k' | 'coco'
+PRESET = None              # None | 'beginner' | 'kaggle_small_gpu' | 'research' (wins over the values below)
+BACKBONE = "resnet50"      # 'resnet50' | 'resnet101' | 'regnet_x_400mf'
+PRETRAINED = True          # ImageNet weights for the backbone (Internet on, or the weights attached)
+USE_GLOVE = True           # GloVe word vectors instead of random ones
+GLOVE_PATH = None          # None: glove.6B.300d.txt from the attached dataset, else kagglehub
+FREEZE_EMBEDDINGS = False  # keep the word vectors fixed while training
+EPOCHS = 10
+BATCH_SIZE = 128
+# Extra config settings applied last, e.g. ["training.lr=5e-4", "model.hidden_dim=256"]
+OVERRIDES = []'''
+
+SETUP_MD = """## Setup
+Makes `helpers` importable (this repository, or the *captioning-helpers* dataset attached on Kaggle),
+checks the GPU, picks the work dir and brings in what earlier stages left there or in attached
+notebook outputs, so this notebook also runs on its own in a fresh session."""
+
+SETUP = HELPERS_BOOTSTRAP + '''
+from helpers import notebook as nb, stages
+
+env = nb.setup(WORK_DIR)
+params = stages.parameters(globals())
+stages.reuse_earlier_outputs(env);'''
+
+DEMO_NOTE = ("With `DEMO = True` (what `scripts/run_demo.sh` sets) everything runs on a generated dataset "
+             "of coloured shapes in the Flickr8k layout, with no downloads, in minutes on a CPU.")
+
+
+def notebook(cells, name):
+    nb = new_notebook()
+    nb.metadata = {
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+    }
+    out = []
+    for kind, text, *tags in cells:
+        if kind == "md":
+            out.append(new_markdown_cell(text))
+        else:
+            cell = new_code_cell(text)
+            if tags:
+                cell.metadata["tags"] = list(tags)
+            out.append(cell)
+    for number, cell in enumerate(out):
+        cell.id = f"{name[:2]}-{number:02d}"  # stable ids: regenerating leaves unchanged cells unchanged
+    nb.cells = out
+    return nb
+
+
+def params_cell(extra=""):
+    return ("code", COMMON_PARAMS + (("\n" + extra) if extra else ""), "parameters")
+
+
+def write(name, cells):
+    path = OUT / f"{name}.ipynb"
+    nbformat.write(notebook(cells, name), path)
+    print("wrote", path)
+
+
+write("00_data_prep", [
+    ("md", f"""# 00 · Data preparation
+From a Kaggle dataset (or a folder) to what every later stage trains on: the captions are parsed,
+tokenized with the one tokenizer the suite uses, a vocabulary is built from the training split, and
+the images are split into train / val / test (the Karpathy split when available, else a seeded split
+by image). Everything is written once to `WORK_DIR/data/<key>/` and reused by the next stages.
+
+{DEMO_NOTE}"""),
+    ("md", "## Parameters\nThe knobs of this notebook (papermill injects its values after this cell)."),
+    params_cell(),
+    ("md", SETUP_MD),
+    ("code", SETUP),
+    ("md", "## Choose the dataset\nThe default comes from the parameters (DEMO picks the generated one); only the "
+           "`data` settings matter here, the decoder is picked in notebooks 03-06."),
+    ("code", 'dataset = nb.choose_dataset(stages.stage_config("LSTM", params, env).data.dataset)'),
+    ("code", 'config = stages.stage_config("LSTM", params, env, dataset=dataset.value)\nprint(stages.describe(config))'),
+    ("md", "## Prepare the dataset\nA second run with the same settings reuses the files at once; other settings get their own folder."),
+    ("code", "prepared = stages.prepare(config)\nprint(prepared.summary())"),
+    ("md", "## How long are the captions?\nCaptions longer than `max_caption_length` words are cut (the count is in the summary above)."),
+    ("code", "nb.plot_caption_lengths(prepared);"),
+    ("md", "## A few training images with their reference captions"),
+    ("code", 'nb.show_captions(**stages.reference_samples(prepared, "train", count=6));'),
+])
+
+write("01_glove", [
+    ("md", f"""# 01 · GloVe word vectors
+Pretrained GloVe vectors give the decoder a head start on word meaning. This notebook finds
+`glove.6B.300d.txt` (the attached Kaggle dataset, or a kagglehub download), builds the matrix for our
+vocabulary (only those rows are parsed; the result is cached) and shows how much of the vocabulary
+GloVe covers, which words it misses, and what it thinks our words are near.
+
+{DEMO_NOTE} (The demo GloVe file is generated too.)"""),
+    ("md", "## Parameters"),
+    params_cell(),
+    ("md", SETUP_MD),
+    ("code", SETUP),
+    ("md", "## The vocabulary (from stage 00, or rebuilt now)\nPick the dataset whose vocabulary GloVe should cover."),
+    ("code", 'dataset = nb.choose_dataset(stages.stage_config("LSTM", params, env).data.dataset)'),
+    ("code", 'config = stages.stage_config("LSTM", params, env, dataset=dataset.value, use_glove=True)\n'
+             'prepared = stages.prepare(config)\nprint(stages.describe(config))'),
+    ("md", "## Find the GloVe file and build the vocabulary's matrix"),
+    ("code", "glove_path = stages.glove_file(config, prepared.vocab)\n"
+             "matrix, coverage = stages.glove_matrix(glove_path, prepared.vocab, config.model.wordvec_dim)\n"
+             "print(coverage.summary())"),
+    ("md", "## Words GloVe does not know\nThese start from small random vectors and are learnt in training."),
+    ("code", 'print(", ".join(coverage.missing[:60]) or "none")'),
+    ("md", "## Nearest neighbours of a few frequent caption words (cosine similarity)"),
+    ("code", "stages.neighbour_table(matrix, prepared.vocab, count=6)"),
+])
+
+write("02_backbones", [
+    ("md", f"""# 02 · Backbones: measure, choose, extract features
+The CNN backbone turns each image into a grid of feature vectors. Here the candidates are measured on
+this machine (no guesses: parameters, channels, feature-map shape, images/s, peak GPU memory, and the
+size of the feature store for this dataset), one is chosen, and its features are extracted **once**
+into a float16 feature store that the training notebooks read instead of running the CNN again.
+Extraction is resumable: if the session ends, rerun and it continues where it stopped.
+
+{DEMO_NOTE}"""),
+    ("md", "## Parameters"),
+    params_cell('# Backbones to measure\nCOMPARE = ["resnet50", "resnet101", "regnet_x_400mf"]\n'
+                "MEASURE_BATCHES = 3         # timed batches per backbone\n"
+                "COMPARE_EPOCHS = 0          # > 0: also train a short LSTM on each compared backbone and score it"),
+    ("md", SETUP_MD),
+    ("code", SETUP),
+    ("md", "## The data (from stage 00, or rebuilt now)"),
+    ("code", 'config = stages.stage_config("LSTM", params, env)\nprepared = stages.prepare(config)'),
+    ("md", "## Pick the backbones to measure and the one to extract\nThe defaults come from the parameters, so *Run All* needs no clicks."),
+    ("code", "nb.backbone_table()"),
+    ("code", "compare = nb.choose_backbones(COMPARE)\nchosen = nb.choose_backbone(config.model.backbone)"),
+    ("md", "## Measured on this machine"),
+    ("code", "stages.compare_backbones(compare.value, config, prepared, batches=MEASURE_BATCHES)"),
+    ("md", "## Extract the feature store for the chosen backbone"),
+    ("code", 'config = stages.stage_config("LSTM", params, env, backbone=chosen.value)\n'
+             "store = stages.features(config, prepared)\nprint(stages.describe_store(store))"),
+    ("md", "## Optional: caption quality per backbone\nWith `COMPARE_EPOCHS > 0`, the same LSTM trains for that many "
+           "epochs on each compared backbone's features (extracted first where missing) and is scored on the val split."),
+    ("code", "if COMPARE_EPOCHS:\n    display(stages.compare_decoding(compare.value, params, env, epochs=COMPARE_EPOCHS))"),
+])
+
+DECODERS = {
+    "03_train_vanilla_rnn": ("Vanilla_RNN", "Vanilla RNN", """The course module's first decoder: a tanh RNN whose
+initial hidden state comes from the average-pooled image features. It sees the image only at the
+start, and its gradients vanish over long captions: the baseline the others must beat.""", False),
+    "04_train_lstm": ("LSTM", "LSTM", """An LSTM decoder (gates i, f, o, g as in the course module), trained with
+torch's fused LSTM kernel. Its cell state carries information across the caption far better than the
+vanilla RNN.""", False),
+    "05_train_attention_lstm": ("Attention_LSTM", "Attention LSTM", """The LSTM looks at the whole feature grid at every
+word: scaled dot-product attention of its hidden state over the 7x7 locations gives a context vector
+(Show, Attend and Tell style). The attention maps show where it looked for each word.""", True),
+    "06_train_transformer": ("Transformer", "Transformer", """A Transformer decoder: masked self-attention over the
+words so far, cross-attention over the image's feature grid, sinusoidal positions. The
+cross-attention maps show where each word looked.""", True),
+}
+
+for name, (config_name, title, story, attention) in DECODERS.items():
+    cells = [
+        ("md", f"""# {name[:2]} · Train the {title} captioner
+{story}
+
+Training reads the feature store of stage 02 (the CNN stays frozen and never runs), resumes from the
+last checkpoint if this run was interrupted, stops early when the validation CIDEr stops improving,
+and is then scored on the test split with greedy and beam search (pycocoevalcap BLEU, ROUGE-L,
+CIDEr-D, METEOR when Java is present).
+
+{DEMO_NOTE}"""),
+        ("md", "## Parameters"),
+        params_cell("RESUME = True              # continue from the last checkpoint when there is one\n"
+                    "SESSION_HOURS = 11.0       # stop training cleanly (last.pt saved) once this notebook has "
+                    "run this long: Kaggle ends sessions at 12 h\n"
+                    "# Beam sizes to score the test split with (1 = greedy)\nBEAM_SIZES = [1, 3]\n"
+                    "SAMPLES = 6                # test images shown with their captions"),
+        ("md", SETUP_MD),
+        ("code", SETUP),
+        ("md", "## Choose\nA preset (the original project's recommended sizes), then the backbone (with its "
+               "measured facts) and the word-vector options. The defaults come from the parameters; after "
+               "changing the preset, rerun the next cell so the other widgets follow it."),
+        ("code", "preset = nb.choose_preset(PRESET)"),
+        ("code", f'params["PRESET"] = preset.value\nbase = stages.stage_config("{config_name}", params, env)\n'
+                 "backbone = nb.choose_backbone(base.model.backbone)\n"
+                 "options = nb.choose_options(use_glove=base.embeddings.use_glove, freeze=base.embeddings.freeze)"),
+        ("code", f'config = stages.stage_config("{config_name}", params, env, backbone=backbone.value, **options.value)\n'
+                 "print(stages.describe(config))"),
+        ("md", "## Data and features (reused from stages 00 and 02 when present)"),
+        ("code", "prepared, store = stages.data_for(config)"),
+        ("md", "## Train\nCheckpoints (`last.pt` every epoch and every few hundred steps, `best.pt` by val "
+               "CIDEr) are written atomically to the run folder. When the session nears `SESSION_HOURS`, "
+               "training pauses with `last.pt` saved and the notebook goes on with the best weights so "
+               "far; run it again (attach this notebook's output) to continue where it stopped."),
+        ("code", "result = stages.train(config, prepared, store, resume=None if RESUME else False,\n"
+                 "                      hours_left=env.hours_left(SESSION_HOURS))"),
+        ("code", "nb.plot_history(result.run_dir / \"history.json\");"),
+        ("md", "## Scores on val and test (greedy and beam search)\nThe training loop scored its best "
+               "checkpoint with each of `BEAM_SIZES` at the end (and wrote them to `results.json`); "
+               "`python -m helpers.evaluate RUN_DIR --beam-size N` scores other beam sizes later."),
+        ("code", "stages.metrics_frame(result.results)"),
+        ("md", "## Test images with their reference and generated captions"),
+        ("code", 'nb.show_captions(**stages.sample_captions(result.run_dir, prepared, "test", count=SAMPLES));'),
+    ]
+    if attention:
+        cells += [
+            ("md", "## Where the model looked for each word"),
+            ("code", 'for sample in stages.attention_samples(result.model, prepared, store, "test", count=2):\n'
+                     "    nb.show_attention(*sample);"),
+        ]
+    write(name, cells)
+
+write("07_results", [
+    ("md", f"""# 07 · Results
+Every run found in the work dir (and in attached outputs of the training notebooks) in one table,
+the comparison plotted, and the best model captioning your own image.
+
+{DEMO_NOTE}"""),
+    ("md", "## Parameters"),
+    params_cell('SPLIT = "test"\nBEAM_SIZE = 3'),
+    ("md", SETUP_MD),
+    ("code", SETUP),
+    ("md", """## All runs
+One row per run, split and beam size, best CIDEr first, scores x 100 as papers print them (BLEU-4
+25.0). The `tokenizer` column says how captions were tokenized for scoring: `ptb` is the Java
+PTB tokenizer the published figures use, `project` the suite's own (when Java was missing); compare
+runs scored the same way, or rescore with `python -m helpers.evaluate RUN_DIR --tokenizer ptb`.
+A `status` of `paused` marks a run whose session budget ran out: run its notebook again to finish it."""),
+    ("code", "table = nb.results_table([env.work_dir, *env.input_dirs], split=SPLIT)\ntable"),
+    ("code", "nb.plot_results(table);"),
+    ("md", "## Caption your own image\nUpload one or more images; without an upload (Run All) a few test images are used."),
+    ("code", "upload = nb.upload_widget()"),
+    ("code", "best = stages.best_run(table)\n"
+             "images = [image for _, image in nb.uploaded_images(upload)] or stages.test_images(best, count=3)\n"
+             "nb.show_captions(**stages.caption_samples(best, images, beam_size=BEAM_SIZE));"),
+])

@@ -603,6 +603,22 @@ def _step_schedule(scheduler) -> None:
         scheduler.step()
 
 
+def _warn_if_schedule_changed(checkpoint: dict, config: Config, scheduler, step: int) -> None:
+    """A resume with other training.epochs re-plans the LR schedule over the new length: say so,
+    with the jump it causes (more epochs after a finished cosine decay raise the LR again)."""
+    saved = checkpoint["config"]["training"]["epochs"]
+    if saved == config.training.epochs:
+        return
+    before = scheduler.optimizer.param_groups[0]["lr"]
+    now = scheduler.base_lrs[0] * scheduler.lr_lambdas[0](step)
+    warnings.warn(
+        f"training.epochs {saved} -> {config.training.epochs} on resume: the learning-rate schedule "
+        f"now spans {config.training.epochs} epochs, so the learning rate goes from {before:.2e} to "
+        f"{now:.2e} at step {step}. To continue at the low rate instead, also lower training.lr.",
+        stacklevel=3,
+    )
+
+
 def _out_of_time(deadline: float | None) -> bool:
     return deadline is not None and time.perf_counter() >= deadline
 
@@ -660,6 +676,7 @@ def train(
         checkpoint = load_checkpoint(last_path, "cpu")  # RNG states must stay CPU tensors
         _check_resumable(checkpoint, config, last_path)
         state.restore(checkpoint, last_path)
+        _warn_if_schedule_changed(checkpoint, config, scheduler, state.global_step)
         if progress:
             print(
                 f"Resuming {run_dir} at epoch {state.epoch + 1}, "

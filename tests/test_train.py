@@ -251,6 +251,23 @@ def test_a_time_budget_pauses_cleanly_and_reruns_end_like_an_uninterrupted_run(s
     assert _without_times(last.history) == _without_times(uninterrupted.history)
 
 
+def test_more_epochs_on_resume_warn_of_the_learning_rate_jump(small_demo):
+    work, prepared, store = small_demo
+    settings = dict(batch_size=40, **{"training.eval_splits": [], "training.run_name": "extended"})
+    one = demo_config("LSTM", work, **settings, **{"training.epochs": 1, "training.warmup_steps": 0})
+    train(one, prepared=prepared, store=store, progress=False)
+    steps = math.ceil(len(prepared.captions("train")[0]) / 40)
+    ended = load_checkpoint(one.run_path / "last.pt")["optimizer"]["param_groups"][0]["lr"]
+    lr = one.training.lr
+    assert ended == pytest.approx(lr * one.training.min_lr_ratio)  # the cosine decay ran to its end
+    two = demo_config("LSTM", work, **settings, **{"training.epochs": 2, "training.warmup_steps": 0})
+    expected = lr * lr_factor(steps, 2 * steps, 0, "cosine", one.training.min_lr_ratio)
+    jump = rf"training.epochs 1 -> 2 on resume.*from {ended:.2e} to {expected:.2e}"
+    with pytest.warns(UserWarning, match=jump):
+        result = train(two, prepared=prepared, store=store, progress=False)
+    assert result.epochs == 2
+
+
 @pytest.mark.slow
 def test_fp16_loss_scaling_resumes_exactly(small_demo, monkeypatch):
     """The CUDA path's mechanics (fp16 autocast, GradScaler with unscale + clip, scaler state in the

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -395,23 +396,48 @@ def _run_config(run_dir) -> Config:
     return config_from_dict(json.loads(results.read_text(encoding="utf-8"))["config"], source=str(results))
 
 
+# The word-vector choices the course compares: label -> widget choices (CHOICE_KEYS).
+EMBEDDING_VARIANTS = {
+    "random": {"use_glove": False},
+    "GloVe, frozen": {"use_glove": True, "freeze": True},
+    "GloVe, trainable": {"use_glove": True, "freeze": False},
+}
+
+
 def compare_decoding(names, params: Mapping[str, Any], env, epochs: int = 2, decoder: str = "LSTM"):
     """Caption quality per backbone: a short run of the same decoder on each backbone's features
     (extracted first where missing), scored greedily on the val split."""
+    variants = {name: {"backbone": name} for name in names}
+    return _compare_runs(variants, "backbone", params, env, epochs, decoder)
+
+
+def compare_embeddings(
+    params: Mapping[str, Any], env, epochs: int = 2, decoder: str = "LSTM", **choices: Any
+):
+    """Caption quality per word-vector choice (random, GloVe frozen, GloVe trainable): the same short
+    run of one decoder on the same features, scored greedily on the val split. `choices` (e.g. the
+    dataset widget's) apply to every run."""
+    variants = {name: {**choices, **variant} for name, variant in EMBEDDING_VARIANTS.items()}
+    return _compare_runs(variants, "embeddings", params, env, epochs, decoder)
+
+
+def _compare_runs(variants, label: str, params, env, epochs: int, decoder: str):
+    """One short run per variant (`{label: widget choices}`), each in its own run folder, and a table
+    of val BLEU-4 and CIDEr (x 100), epochs and training time."""
     import pandas as pd
 
     from helpers.evaluate import compute_metrics, decode_split
 
     rows = []
-    for name in names:
+    for name, choices in variants.items():
         short = [
             f"training.epochs={epochs}",
-            f"training.run_name=compare-{decoder}-{name}",
+            f"training.run_name=compare-{decoder}-{re.sub(r'[^a-z0-9_]+', '-', name.lower()).strip('-')}",
             "training.eval_splits=[]",
             "training.patience=null",
         ]
         config = stage_config(
-            decoder, {**params, "OVERRIDES": [*(params.get("OVERRIDES") or []), *short]}, env, backbone=name
+            decoder, {**params, "OVERRIDES": [*(params.get("OVERRIDES") or []), *short]}, env, **choices
         )
         prepared, store = data_for(config)
         result = train(config, prepared, store)
@@ -421,11 +447,11 @@ def compare_decoding(names, params: Mapping[str, Any], env, epochs: int = 2, dec
         metrics = compute_metrics(prepared.references("val"), hypotheses, meteor=False)
         rows.append(
             {
-                "backbone": name,
+                label: name,
                 "epochs": result.epochs,
                 "val BLEU-4": round(100 * metrics["Bleu_4"], 2),
                 "val CIDEr": round(100 * metrics["CIDEr"], 2),
                 "train time (s)": round(result.wall_time_s, 1),
             }
         )
-    return pd.DataFrame(rows).set_index("backbone")
+    return pd.DataFrame(rows).set_index(label)

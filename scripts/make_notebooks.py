@@ -112,7 +112,8 @@ GloVe covers, which words it misses, and what it thinks our words are near.
 
 {DEMO_NOTE} (The demo GloVe file is generated too.)"""),
     ("md", "## Parameters"),
-    params_cell(),
+    params_cell("COMPARE_EPOCHS = 0          # > 0: also train a short LSTM with random, frozen-GloVe and "
+                "trainable-GloVe word vectors and score each"),
     ("md", SETUP_MD),
     ("code", SETUP),
     ("md", "## The vocabulary (from stage 00, or rebuilt now)\nPick the dataset whose vocabulary GloVe should cover."),
@@ -127,6 +128,12 @@ GloVe covers, which words it misses, and what it thinks our words are near.
     ("code", 'print(", ".join(coverage.missing[:60]) or "none")'),
     ("md", "## Nearest neighbours of a few frequent caption words (cosine similarity)"),
     ("code", "stages.neighbour_table(matrix, prepared.vocab, count=6)"),
+    ("md", "## Optional: does GloVe help?\nWith `COMPARE_EPOCHS > 0`, the same LSTM trains for that many epochs "
+           "with random word vectors, with GloVe kept frozen and with GloVe fine-tuned, on the same features "
+           "(extracted first where missing, and reused by stage 02), and each is scored on the val split. "
+           "The original notes claim GloVe trains faster: this table measures it on your data."),
+    ("code", "if COMPARE_EPOCHS:\n"
+             "    display(stages.compare_embeddings(params, env, epochs=COMPARE_EPOCHS, dataset=dataset.value))"),
 ])
 
 write("02_backbones", [

@@ -17,7 +17,8 @@ from helpers.suite import SUITE, run_notebook, run_suite
 
 pytestmark = pytest.mark.slow
 
-FAST = {"OVERRIDES": ["training.epochs=3"]}  # the demo config's 8 epochs are for the main job
+# The demo config's 8 epochs (and the showcase comparisons' 2) are for the main job.
+FAST = {"OVERRIDES": ["training.epochs=3"], "COMPARE_EPOCHS": 1}
 
 
 def cell_outputs(path: Path) -> list[tuple[str, list[dict]]]:
@@ -85,6 +86,9 @@ def test_glove_notebook_reports_coverage_and_neighbours(suite):
     assert "found" in text_of(output_of(path, "coverage.summary()")).lower()
     table = text_of(output_of(path, "neighbour_table"))
     assert "<table" in table and "#1" in table
+    comparison = text_of(output_of(path, "compare_embeddings"))  # DEMO_SHOWCASE turns it on
+    for row in ("random", "GloVe, frozen", "GloVe, trainable", "val CIDEr"):
+        assert row in comparison
 
 
 def test_backbones_notebook_measures_and_extracts(suite):
@@ -94,6 +98,9 @@ def test_backbones_notebook_measures_and_extracts(suite):
     for column in ("images/s", "channels", "feature store (GB)", "resnet101", "regnet_x_400mf"):
         assert column in table
     assert "feature store" in text_of(output_of(path, "describe_store"))
+    quality = text_of(output_of(path, "compare_decoding"))
+    for row in ("resnet50", "resnet101", "regnet_x_400mf", "val BLEU-4"):
+        assert row in quality
     assert list((out / "work" / "features").glob("*/*/index.json"))
     widgets = nbformat.read(path, as_version=4).metadata.get("widgets", {})
     state = widgets.get("application/vnd.jupyter.widget-state+json", {}).get("state", {})

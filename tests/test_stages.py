@@ -8,20 +8,22 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from helpers.config import ConfigError
+from helpers.config import ConfigError, build_model
 from helpers.notebook import Env
 from helpers.stages import (
     TrainingPaused,
     compare_decoding,
+    compare_embeddings,
     data_for,
     prepare,
     reuse_earlier_outputs,
     stage_config,
 )
 from helpers.stages import train as stages_train
-from helpers.train import load_checkpoint
+from helpers.train import load_checkpoint, seed_everything
 
 NOTEBOOK_DEFAULTS = {
     "DEMO": False,
@@ -129,6 +131,29 @@ def test_compare_decoding_scores_each_backbone(earlier_session):
     )
     bleu4 = compute_metrics(prepared.references("val"), hypotheses, meteor=False)["Bleu_4"]
     assert table.loc["regnet_x_400mf", "val BLEU-4"] == round(100 * bleu4, 2)
+
+
+def test_compare_embeddings_trains_each_word_vector_choice(earlier_session):
+    from helpers.train import load_run
+
+    work, prepared, store = earlier_session
+    table = compare_embeddings({**NOTEBOOK_DEFAULTS, "DEMO": True}, env_for(work), epochs=1)
+    assert list(table.index) == ["random", "GloVe, frozen", "GloVe, trainable"]
+    assert table["epochs"].tolist() == [1, 1, 1] and (table["train time (s)"] > 0).all()
+    runs = {name: load_run(work / "runs" / f"compare-LSTM-{name}") for name in
+            ("random", "glove-frozen", "glove-trainable")}
+    embeddings = {name: config.embeddings for name, (_, _, config) in runs.items()}
+    assert not embeddings["random"].use_glove
+    assert embeddings["glove-frozen"].use_glove and embeddings["glove-frozen"].freeze
+    assert embeddings["glove-trainable"].use_glove and not embeddings["glove-trainable"].freeze
+    # Both GloVe runs start from the same table (train() seeds, then builds the model); only the
+    # trainable one may move it.
+    config = runs["glove-frozen"][2]
+    seed_everything(config.training.seed)
+    start = build_model(config, prepared.vocab).word_embed.W_embed
+    frozen, trainable = (runs[name][0].word_embed.W_embed for name in ("glove-frozen", "glove-trainable"))
+    assert not frozen.requires_grad and trainable.requires_grad
+    assert torch.equal(frozen, start) and not torch.equal(trainable, start)
 
 
 def test_session_hours_left_count_from_setup(capsys):

@@ -736,7 +736,8 @@ def results_table(roots: str | Path | Iterable[str | Path], split: str | None = 
     table = table.sort_values(
         ["split", "CIDEr", "run", "beam"], ascending=[True, False, True, True], na_position="last"
     )
-    return table.dropna(axis=1, how="all").reset_index(drop=True)
+    rounded = {column: 2 for column in [*METRIC_COLUMNS.values(), "train_time_min"]}
+    return table.round(rounded).dropna(axis=1, how="all").reset_index(drop=True)
 
 
 def plot_results(table, split: str | None = None, metrics: Sequence[str] = ("BLEU-4", "CIDEr")):

@@ -406,3 +406,14 @@ def test_results_table_tolerates_gaps_and_names_broken_files(tmp_path):
     broken.write_text('{"metrics": {')
     with pytest.raises(ValueError, match=f"{broken}: line 1: broken JSON"):
         nb.results_table(tmp_path)
+
+
+def test_results_table_prints_scores_as_papers_do(tmp_path):
+    """x 100 and two decimals: BLEU-4 0.2345678 reads 23.46, as in the papers' tables."""
+    scores = _scores(0.7123456, 0.2345678, 0.5, 1.0987654)
+    _write(
+        tmp_path / "runs" / "x" / "results.json",
+        _results("lstm", "resnet50", True, False, {"test": {"beam1": scores}}, train_wall_time_s=100.0),
+    )
+    row = nb.results_table(tmp_path).iloc[0]
+    assert (row["BLEU-1"], row["BLEU-4"], row["CIDEr"], row["train_time_min"]) == (71.23, 23.46, 109.88, 1.67)

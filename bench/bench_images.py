@@ -1,7 +1,9 @@
 """Image preprocessing: the multi-worker `image_loader` against a single-process PIL loop.
 
 Both decode the same JPEGs (about 500x375, like Flickr photos, generated in a temporary folder),
-resize and centre-crop them with the backbone's transform and stack batches of tensors.
+resize and centre-crop them with the backbone's transform and stack batches of tensors. The loader
+runs twice per worker count: handing over float32 crops, and uint8 crops (what extraction and
+fine-tuning use; the encoder scales them on the device), a quarter of the bytes.
 
     python bench/bench_images.py                 # 300 images, workers 0, 2 and 4
     python bench/bench_images.py --images 1000 --workers 0 4 8 --device cuda
@@ -104,9 +106,11 @@ def main() -> None:
         rows.append(("single-process PIL loop, 1 torch thread",
                      best_time(partial(single_process_loop, paths, transform, args.batch_size))))
         torch.set_num_threads(threads)
+        as_bytes = image_transform(args.backbone, dtype=torch.uint8)  # what the loaders use
         for workers in args.workers:
-            seconds = best_time(partial(loader_pass, paths, transform, args.batch_size, workers, args.device))
-            rows.append((f"image_loader, num_workers={workers}", seconds))
+            for label, crops in (("float32", transform), ("uint8 (ours)", as_bytes)):
+                seconds = best_time(partial(loader_pass, paths, crops, args.batch_size, workers, args.device))
+                rows.append((f"image_loader, num_workers={workers}, {label} crops", seconds))
 
     print("| pipeline | seconds | images/s | speed-up vs baseline |")
     print("|---|---|---|---|")

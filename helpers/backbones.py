@@ -80,23 +80,30 @@ def get_backbone(name: str) -> BackboneInfo:
         raise ValueError(f"Unknown backbone {name!r}; choose one of {valid}.") from None
 
 
-def image_transform(backbone: str = DEFAULT_BACKBONE, image_size: int | None = None):
-    """PIL RGB image -> float tensor (3, S, S) in [0, 1]: resize the short side, centre crop.
+def image_transform(
+    backbone: str = DEFAULT_BACKBONE, image_size: int | None = None, dtype: torch.dtype = torch.float32
+):
+    """PIL RGB image -> tensor (3, S, S): resize the short side, centre crop.
 
-    Not normalised: `ImageEncoder.forward` applies the ImageNet normalisation, as the course module does.
-    The resize/crop ratio follows the backbone's weights (232/224 for all three here).
+    float32 (default): values in [0, 1]. `dtype=torch.uint8` keeps the pixels as bytes, the same
+    values times 255 (the resize works on bytes either way): a quarter of the data to pass from
+    loader workers and to the GPU, which the loaders use. Not normalised: `ImageEncoder` scales
+    bytes and applies the ImageNet normalisation, as the course module does. The resize/crop ratio
+    follows the backbone's weights (232/224 for all three here).
     """
+    if dtype not in (torch.float32, torch.uint8):
+        raise ValueError(f"image_transform: dtype must be torch.float32 or torch.uint8, got {dtype}.")
     info = get_backbone(backbone)
     size = image_size or info.image_size
     resize = round(size * info.resize_size / info.image_size)
-    return transforms.Compose(
-        [
-            transforms.ToImage(),
-            transforms.Resize(resize, interpolation=transforms.InterpolationMode.BILINEAR, antialias=True),
-            transforms.CenterCrop(size),
-            transforms.ToDtype(torch.float32, scale=True),
-        ]
-    )
+    steps = [
+        transforms.ToImage(),
+        transforms.Resize(resize, interpolation=transforms.InterpolationMode.BILINEAR, antialias=True),
+        transforms.CenterCrop(size),
+    ]
+    if dtype == torch.float32:
+        steps.append(transforms.ToDtype(torch.float32, scale=True))
+    return transforms.Compose(steps)
 
 
 class PretrainedWeightsUnavailable(RuntimeError):

@@ -275,7 +275,7 @@ def decode_split(
         from helpers.images import ImageDataset, image_loader
 
         names_all = list(source.splits[split])[: max_images or None]
-        transform = image_transform(model.backbone, image_size)
+        transform = image_transform(model.backbone, image_size, torch.uint8)
         dataset = ImageDataset(names_all, transform, image_dir=source.image_dir)
         loader = image_loader(dataset, batch_size=batch_size, num_workers=num_workers, device=device)
         batches = (

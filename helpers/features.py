@@ -414,7 +414,7 @@ def extract_features(
     on_cuda = run_device.type == "cuda"
     if on_cuda:
         encoder = encoder.to(memory_format=torch.channels_last)
-    dataset = Subset(ImageDataset(paths, image_transform(backbone, image_size)), remaining)
+    dataset = Subset(ImageDataset(paths, image_transform(backbone, image_size, torch.uint8)), remaining)
     loader = image_loader(dataset, batch_size or info.batch_size, num_workers, run_device, report=report)
     row_shape = (info.out_channels, side, side)
     peak = 0.0  # largest feature magnitude met in float32, to warn about float16 saturation

@@ -235,7 +235,7 @@ def _datasets(config: Config, prepared, store) -> tuple[Dataset, Dataset]:
         return CaptionFeatureDataset(store, prepared, "train"), CaptionFeatureDataset(store, prepared, "val")
     from helpers.backbones import image_transform
 
-    transform = image_transform(config.model.backbone, config.image_size)
+    transform = image_transform(config.model.backbone, config.image_size, torch.uint8)
     return ImageCaptionDataset(prepared, "train", transform), ImageCaptionDataset(prepared, "val", transform)
 
 

@@ -90,6 +90,23 @@ def test_image_transform_resizes_crops_and_scales_to_unit_range():
     assert image_transform("regnet_x_400mf", image_size=64)(image).shape == (3, 64, 64)
 
 
+def test_byte_images_give_the_same_features_as_float_images():
+    """The loaders pass uint8 crops (a quarter of the bytes); the encoder must see the same image."""
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (150, 200, 3), dtype=np.uint8))
+    as_float = image_transform("regnet_x_400mf", image_size=64)(image)
+    as_bytes = image_transform("regnet_x_400mf", image_size=64, dtype=torch.uint8)(image)
+    assert as_bytes.dtype == torch.uint8 and as_bytes.shape == as_float.shape == (3, 64, 64)
+    assert torch.allclose(as_bytes.float() / 255, as_float, atol=1e-7)
+    assert len(as_bytes.unique()) > 100  # a real image, not a flat one
+    encoder = ImageEncoder(pretrained=False, backbone="regnet_x_400mf", verbose=False).eval()
+    with torch.no_grad():
+        features = encoder(as_float[None]), encoder(as_bytes[None])
+    assert torch.allclose(*features, atol=1e-5)
+    with pytest.raises(ValueError, match="dtype must be torch.float32 or torch.uint8"):
+        image_transform("resnet50", dtype=torch.float16)
+
+
 def test_trainable_stages_cover_the_whole_trunk():
     for name in ("regnet_x_400mf", "resnet50"):
         encoder = ImageEncoder(pretrained=False, backbone=name, verbose=False)

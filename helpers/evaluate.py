@@ -146,7 +146,8 @@ def compute_metrics(
     Returns Bleu_1..Bleu_4, ROUGE_L, CIDEr (CIDEr-D) and, when Java runs, METEOR. `meteor`: "auto"
     scores METEOR when `java` is on PATH (a one-line notice otherwise), False skips it, True insists
     (RuntimeError without Java). `tokenizer`: "project" (`helpers.text.tokenize`, no Java) or "ptb"
-    (pycocoevalcap's Java PTBTokenizer on both sides, as the COCO evaluation papers use does).
+    (pycocoevalcap's Java PTBTokenizer on both sides, as the COCO caption evaluation behind
+    published figures does).
     """
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider

@@ -920,7 +920,7 @@ def main(argv: list[str] | None = None) -> int:
         ending = f" of {config.training.epochs} (paused by training.max_hours: run again to continue)"
     print(
         f"Epochs: {result.epochs}{ending}, "
-        f"best epoch {result.best_epoch}, "
+        f"best epoch {result.best_epoch or '-'}, "
         f"{result.wall_time_s:.0f} s"
     )
     if result.best_metrics:

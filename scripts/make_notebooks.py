@@ -194,8 +194,7 @@ CIDEr-D, METEOR when Java is present).
 {DEMO_NOTE}"""),
         ("md", "## Parameters"),
         params_cell("RESUME = True              # continue from the last checkpoint when there is one\n"
-                    "SESSION_HOURS = 11.0       # stop training cleanly (last.pt saved) once this notebook has "
-                    "run this long: Kaggle ends sessions at 12 h\n"
+                    "SESSION_HOURS = 11.0       # training pauses (last.pt saved) after this; Kaggle stops at 12 h\n"
                     "# Beam sizes to score the test split with (1 = greedy)\nBEAM_SIZES = [1, 3]\n"
                     "SAMPLES = 6                # test images shown with their captions"),
         ("md", SETUP_MD),

@@ -591,13 +591,18 @@ def train_step(model, inputs, captions, optimizer, scaler, grad_clip: float | No
     return loss.item()
 
 
-def _step_schedule(scheduler) -> None:
+def _step_schedule(scheduler, first: bool) -> None:
     """Advance the LR schedule once per batch, also when the optimizer step was skipped.
 
     The schedule follows the global step, so it advances when the gradient scaler skips an
-    overflowing fp16 step (the first steps usually do) or a batch had only undecodable images;
-    torch's warning about a scheduler step before an optimizer step is expected then, not a bug.
+    overflowing fp16 step (the first steps usually do) or a batch had only undecodable images.
+    torch checks the order only at a run's first scheduler step, and its warning about a scheduler
+    step before an optimizer step is expected then, not a bug; later steps run unfiltered, so the
+    warning filters are not touched on every batch.
     """
+    if not first:
+        scheduler.step()
+        return
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
         scheduler.step()
@@ -724,7 +729,7 @@ def train(
                 state.epoch_loss_sum += state.loss * len(captions)
                 state.epoch_captions += len(captions)
                 seen += len(captions)
-            _step_schedule(scheduler)
+            _step_schedule(scheduler, first=state.global_step == 0)
             state.step_in_epoch += 1
             state.global_step += 1
             elapsed = time.perf_counter() - started

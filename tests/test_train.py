@@ -141,6 +141,12 @@ def kill_at(event_name: str, when):
     return callback
 
 
+def train_on(small_demo, config, **kwargs):
+    """`train` on this module's shared demo data and feature store, without progress output."""
+    _, prepared, store = small_demo
+    return train(config, prepared=prepared, store=store, progress=False, **kwargs)
+
+
 def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
     state_a, state_b = a.state_dict(), b.state_dict()
     assert state_a.keys() == state_b.keys()
@@ -161,35 +167,20 @@ def test_resume_after_a_kill_ends_with_the_weights_of_an_uninterrupted_run(small
         **{"training.epochs": 2, "training.checkpoint_every_steps": 4, "training.eval_splits": []},
     )
     steps_per_epoch = math.ceil(len(prepared.captions("train")[0]) / 40)
-    uninterrupted = train(
-        demo_config("Transformer", work, **settings, **{"training.run_name": "whole"}),
-        prepared=prepared,
-        store=store,
-        progress=False,
+    uninterrupted = train_on(
+        small_demo, demo_config("Transformer", work, **settings, **{"training.run_name": "whole"})
     )
 
     config = demo_config("Transformer", work, **settings, **{"training.run_name": "killed"})
     with pytest.raises(Killed):  # mid-epoch: the last checkpoint was written at step 4
-        train(
-            config,
-            prepared=prepared,
-            store=store,
-            progress=False,
-            callbacks=[kill_at("step_end", lambda s: s.global_step == 6)],
-        )
+        train_on(small_demo, config, callbacks=[kill_at("step_end", lambda s: s.global_step == 6)])
     checkpoint = load_checkpoint(config.run_path / "last.pt")
     assert (checkpoint["epoch"], checkpoint["step_in_epoch"], checkpoint["global_step"]) == (0, 4, 4)
     with pytest.raises(Killed):  # right after the first epoch's checkpoint
-        train(
-            config,
-            prepared=prepared,
-            store=store,
-            progress=False,
-            callbacks=[kill_at("epoch_end", lambda s: s.epoch == 1)],
-        )
+        train_on(small_demo, config, callbacks=[kill_at("epoch_end", lambda s: s.epoch == 1)])
     assert load_checkpoint(config.run_path / "last.pt")["global_step"] == steps_per_epoch
     assert len(json.loads((config.run_path / "history.json").read_text())) == 1
-    resumed = train(config, prepared=prepared, store=store, progress=False)
+    resumed = train_on(small_demo, config)
 
     _assert_same_weights(resumed.model, uninterrupted.model)
     last_a = load_checkpoint(uninterrupted.run_dir / "last.pt")
@@ -211,11 +202,8 @@ def test_a_time_budget_pauses_cleanly_and_reruns_end_like_an_uninterrupted_run(s
         **{"training.epochs": 2, "training.eval_splits": ["val"], "training.eval_beam_sizes": [1]},
     )
     steps_per_epoch = math.ceil(len(prepared.captions("train")[0]) / 40)
-    uninterrupted = train(
-        demo_config("Transformer", work, **settings, **{"training.run_name": "unlimited"}),
-        prepared=prepared,
-        store=store,
-        progress=False,
+    uninterrupted = train_on(
+        small_demo, demo_config("Transformer", work, **settings, **{"training.run_name": "unlimited"})
     )
     assert uninterrupted.results["status"] == "finished" and not uninterrupted.paused
 
@@ -231,13 +219,13 @@ def test_a_time_budget_pauses_cleanly_and_reruns_end_like_an_uninterrupted_run(s
     budget = demo_config(
         "Transformer", work, **settings, **{"training.run_name": "budget", "training.max_hours": 1}
     )
-    first = train(budget, prepared=prepared, store=store, progress=False, callbacks=[watch])
+    first = train_on(small_demo, budget, callbacks=[watch])
     assert first.paused and first.results is None and first.best_epoch is None  # mid-epoch: nothing to score
     assert load_checkpoint(budget.run_path / "last.pt")["global_step"] == 3
     assert not (budget.run_path / "best.pt").exists()
 
     clock["limit"] = steps_per_epoch  # the last step of epoch 1: the pause waits for the epoch's end
-    second = train(budget, prepared=prepared, store=store, progress=False, callbacks=[watch])
+    second = train_on(small_demo, budget, callbacks=[watch])
     assert second.paused and second.epochs == 1 and second.results["status"] == "paused"
     assert load_checkpoint(budget.run_path / "last.pt")["global_step"] == steps_per_epoch
     assert "beam1" in second.results["metrics"]["val"]  # the best weights so far were scored
@@ -245,7 +233,7 @@ def test_a_time_budget_pauses_cleanly_and_reruns_end_like_an_uninterrupted_run(s
     unlimited = demo_config(
         "Transformer", work, **settings, **{"training.run_name": "budget", "training.max_hours": None}
     )
-    last = train(unlimited, prepared=prepared, store=store, progress=False, callbacks=[watch])
+    last = train_on(small_demo, unlimited, callbacks=[watch])
     assert not last.paused and last.results["status"] == "finished"
     _assert_same_weights(last.model, uninterrupted.model)
     assert _without_times(last.history) == _without_times(uninterrupted.history)
@@ -255,7 +243,7 @@ def test_more_epochs_on_resume_warn_of_the_learning_rate_jump(small_demo):
     work, prepared, store = small_demo
     settings = dict(batch_size=40, **{"training.eval_splits": [], "training.run_name": "extended"})
     one = demo_config("LSTM", work, **settings, **{"training.epochs": 1, "training.warmup_steps": 0})
-    train(one, prepared=prepared, store=store, progress=False)
+    train_on(small_demo, one)
     steps = math.ceil(len(prepared.captions("train")[0]) / 40)
     ended = load_checkpoint(one.run_path / "last.pt")["optimizer"]["param_groups"][0]["lr"]
     lr = one.training.lr
@@ -264,7 +252,7 @@ def test_more_epochs_on_resume_warn_of_the_learning_rate_jump(small_demo):
     expected = lr * lr_factor(steps, 2 * steps, 0, "cosine", one.training.min_lr_ratio)
     jump = rf"training.epochs 1 -> 2 on resume.*from {ended:.2e} to {expected:.2e}"
     with pytest.warns(UserWarning, match=jump):
-        result = train(two, prepared=prepared, store=store, progress=False)
+        result = train_on(small_demo, two)
     assert result.epochs == 2
 
 
@@ -282,11 +270,8 @@ def test_fp16_loss_scaling_resumes_exactly(small_demo, monkeypatch):
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        uninterrupted = train(
-            demo_config("Transformer", work, **settings, **{"training.run_name": "fp16_whole"}),
-            prepared=prepared,
-            store=store,
-            progress=False,
+        uninterrupted = train_on(
+            small_demo, demo_config("Transformer", work, **settings, **{"training.run_name": "fp16_whole"})
         )
     # a skipped overflow step is expected with fp16; users must not see torch's scheduler warning
     assert not [w for w in caught if "lr_scheduler" in str(w.message)]
@@ -295,31 +280,21 @@ def test_fp16_loss_scaling_resumes_exactly(small_demo, monkeypatch):
 
     config = demo_config("Transformer", work, **settings, **{"training.run_name": "fp16_killed"})
     with pytest.raises(Killed):
-        train(
-            config,
-            prepared=prepared,
-            store=store,
-            progress=False,
-            callbacks=[kill_at("step_end", lambda s: s.global_step == 5)],
-        )
+        train_on(small_demo, config, callbacks=[kill_at("step_end", lambda s: s.global_step == 5)])
     assert load_checkpoint(config.run_path / "last.pt")["scaler"]["scale"] > 0
-    resumed = train(config, prepared=prepared, store=store, progress=False)
+    resumed = train_on(small_demo, config)
     _assert_same_weights(resumed.model, uninterrupted.model)
     assert load_checkpoint(resumed.run_dir / "last.pt")["scaler"] == scaler_state
 
-    full_precision = train(
-        demo_config(
-            "Transformer", work, **settings, **{"training.run_name": "fp32", "training.amp": False}
-        ),
-        prepared=prepared,
-        store=store,
-        progress=False,
+    full_precision = train_on(
+        small_demo,
+        demo_config("Transformer", work, **settings, **{"training.run_name": "fp32", "training.amp": False}),
     )
     assert load_checkpoint(full_precision.run_dir / "last.pt")["scaler"] == {}
     weights = uninterrupted.model.state_dict()
-    assert any(
-        not torch.equal(weights[k], v) for k, v in full_precision.model.state_dict().items()
-    ), "fp16 autocast changed nothing: it did not run"
+    assert any(not torch.equal(weights[k], v) for k, v in full_precision.model.state_dict().items()), (
+        "fp16 autocast changed nothing: it did not run"
+    )
 
 
 @pytest.mark.slow
@@ -335,7 +310,7 @@ def test_a_run_writes_its_files_and_evaluate_run_scores_it(small_demo):
             "training.run_name": "files",
         },
     )
-    result = train(config, prepared=prepared, store=store, progress=False)
+    result = train_on(small_demo, config)
     run = result.run_dir
     assert {p.name for p in run.iterdir()} >= {
         "last.pt",

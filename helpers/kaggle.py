@@ -20,10 +20,12 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from helpers.deps import REQUIREMENTS_FILE, WHEELS_DIR
 from helpers.files import atomic_directory
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +67,9 @@ def find_helpers_root(start=".", kaggle_input="/kaggle/input", unpack_to="/tmp/c
 
 sys.path.insert(0, str(find_helpers_root()))
 """
+# Kaggle's notebook images: x86-64 Linux, CPython 3.11 (3.12 in newer images).
+KAGGLE_PLATFORM = "manylinux2014_x86_64"
+KAGGLE_PYTHONS = ("3.11", "3.12")
 KERNEL_METADATA_FILE = "kernel-metadata.json"
 DATASET_METADATA_FILE = "dataset-metadata.json"
 
@@ -327,6 +332,30 @@ def _push_instructions(
     return "\n".join(lines)
 
 
+def bundle_wheels(dest: Path, find_links: str | Path | None = None) -> list[Path]:
+    """Download the wheels of what Kaggle's image lacks (helpers.deps.KAGGLE_LACKS) into `dest`, so a
+    notebook installs them with Internet off. pycocotools is platform-specific: one wheel per Python
+    of Kaggle's images (KAGGLE_PYTHONS). `find_links`: a local folder instead of the registry."""
+    from helpers.deps import KAGGLE_LACKS
+
+    dest.mkdir(parents=True, exist_ok=True)
+    source = ["--no-index", "--find-links", str(find_links)] if find_links else []
+    for python in KAGGLE_PYTHONS:
+        command = [
+            sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
+            "--only-binary=:all:", "--platform", KAGGLE_PLATFORM, "--python-version", python,
+            "--implementation", "cp", "--dest", str(dest), *source, *KAGGLE_LACKS,
+        ]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise KaggleMetadataError(
+                f"could not download the wheels of {', '.join(KAGGLE_LACKS)} for Python {python} "
+                f"({(done.stderr.strip().splitlines() or ['pip failed'])[-1]}). Check the connection, or "
+                "pass --no-wheels (the notebooks then need Internet on to install them)."
+            )
+    return sorted(dest.glob("*.whl"))
+
+
 def build_kaggle_folders(
     owner: str,
     out_dir: str | Path = "kaggle_build",
@@ -334,12 +363,16 @@ def build_kaggle_folders(
     metadata_path: str | Path = SUITE_METADATA,
     helpers_dir: str | Path = HELPERS_DIR,
     configs_dir: str | Path = CONFIGS_DIR,
+    wheels: bool = True,
+    wheels_from: str | Path | None = None,
 ) -> list[Path]:
     """Write the helpers dataset folder and one kernel folder per notebook into `out_dir`, plus PUSH.md.
 
-    Returns the folders in push order (the dataset first). `out_dir` is replaced as a whole, so a
-    notebook removed from the suite leaves no stale folder; a non-empty `out_dir` without PUSH.md is
-    refused rather than deleted.
+    The dataset ships helpers/, configs/, requirements.txt and (unless `wheels` is false) the wheels
+    of what Kaggle's image lacks, from the registry or the local folder `wheels_from`. Returns the
+    folders in push order (the dataset first). `out_dir` is replaced as a whole, so a notebook removed
+    from the suite leaves no stale folder; a non-empty `out_dir` without PUSH.md is refused rather
+    than deleted.
     """
     owner = resolve_owner(owner)
     out_dir = Path(out_dir)
@@ -375,12 +408,17 @@ def build_kaggle_folders(
             )
         if Path(configs_dir).is_dir():
             _copy_sources(Path(configs_dir), package_dir / "configs", "*.yaml")
+        shutil.copy2(REQUIREMENTS_FILE, package_dir / REQUIREMENTS_FILE.name)
+        if wheels:
+            bundle_wheels(package_dir / WHEELS_DIR.name, wheels_from)
         dataset_meta = {
             "title": HELPERS_DATASET_TITLE,
             "id": helpers_ref,
             "licenses": [{"name": "CC0-1.0"}],
-            "description": "The `helpers` package and `configs/` of the image-captioning notebook suite. "
-            "Notebooks add the folder holding `helpers/` to sys.path (helpers.kaggle.HELPERS_BOOTSTRAP).",
+            "description": "The `helpers` package, `configs/`, `requirements.txt` and the wheels of what "
+            "Kaggle's image lacks (`wheels/`) for the image-captioning notebook suite. Notebooks add the "
+            "folder holding `helpers/` to sys.path (helpers.kaggle.HELPERS_BOOTSTRAP) and install from "
+            "`wheels/` with Internet off.",
         }
         validate_dataset_metadata(dataset_meta, str(dataset_dir / DATASET_METADATA_FILE))
         _write_json(dataset_dir / DATASET_METADATA_FILE, dataset_meta)
@@ -420,9 +458,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--metadata", default=str(SUITE_METADATA), help="the suite's kernel metadata template"
     )
+    parser.add_argument(
+        "--no-wheels",
+        action="store_true",
+        help="do not bundle the wheels of what Kaggle lacks (pycocoevalcap); notebooks then need Internet",
+    )
+    parser.add_argument("--wheels-from", help="a local folder of wheels instead of the package registry")
     args = parser.parse_args(argv)
     try:
-        folders = build_kaggle_folders(args.owner, args.out, args.notebooks_dir, args.metadata)
+        folders = build_kaggle_folders(
+            args.owner,
+            args.out,
+            args.notebooks_dir,
+            args.metadata,
+            wheels=not args.no_wheels,
+            wheels_from=args.wheels_from,
+        )
     except KaggleMetadataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -116,12 +116,18 @@ def setup(
     kaggle_input: str | Path = KAGGLE_INPUT,
     kaggle_working: str | Path = KAGGLE_WORKING,
 ) -> Env:
-    """Detect Kaggle and the GPU, create the work dir and print a one-line summary.
+    """Check the dependencies, detect Kaggle and the GPU, create the work dir, print a summary.
+
+    Packages the suite needs that the machine lacks (pycocoevalcap on Kaggle) are installed first,
+    from the helpers dataset's wheels or the registry (helpers.deps), or the cell fails at once.
 
     On Kaggle (KAGGLE_KERNEL_RUN_TYPE is set) the work dir is /kaggle/working, or a relative
     `work_dir` below it; elsewhere `work_dir` (default ./work). A GPU below compute capability 7.0
     (Kaggle's P100) is reported and not used: torch's first CUDA operation would fail on it.
     """
+    from helpers.deps import ensure_requirements
+
+    ensure_requirements()  # a missing package is reported now, never after an epoch of training
     on_kaggle = bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE"))
     if on_kaggle:
         base = Path(kaggle_working)

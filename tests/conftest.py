@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,3 +62,35 @@ def demo_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "flickr_demo"
     make_demo_dataset(out, num_images=120, seed=0)
     return out
+
+
+def make_wheel(folder, name: str, version: str = "1.0", requires=(), code: str = "") -> Path:
+    """A minimal pure-Python wheel `name-version-py3-none-any.whl` whose module `name` runs `code`."""
+    import zipfile
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    module = name.replace("-", "_")
+    info = f"{module}-{version}.dist-info"
+    files = {
+        f"{module}/__init__.py": code or f"VERSION = {version!r}\n",
+        f"{info}/METADATA": "Metadata-Version: 2.1\n"
+        f"Name: {name}\nVersion: {version}\n" + "".join(f"Requires-Dist: {r}\n" for r in requires),
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files[f"{info}/RECORD"] = "".join(f"{path},,\n" for path in files) + f"{info}/RECORD,,\n"
+    path = folder / f"{module}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, text in files.items():
+            archive.writestr(member, text)
+    return path
+
+
+@pytest.fixture(scope="session")
+def fake_kaggle_wheels(tmp_path_factory):
+    """Wheels standing in for what Kaggle's image lacks (pycocoevalcap needing pycocotools), so the
+    helpers dataset can be built with no network."""
+    folder = tmp_path_factory.mktemp("wheels")
+    make_wheel(folder, "pycocoevalcap", "1.2", requires=["pycocotools>=2.0.2"])
+    make_wheel(folder, "pycocotools", "2.0.11")
+    return folder

@@ -84,6 +84,7 @@ def _build(repo: Path, out: Path, owner: str = "jane") -> list[Path]:
         repo / "kaggle_kernel_metadata.json",
         helpers_dir=repo / "helpers",
         configs_dir=repo / "configs",
+        wheels=False,
     )
 
 
@@ -196,6 +197,7 @@ def test_build_writes_one_folder_per_notebook(fake_repo, tmp_path):
         "package/configs/presets/beginner.yaml",
         "package/helpers/__init__.py",
         "package/helpers/text.py",
+        "package/requirements.txt",
     ]
 
     push = (out / "PUSH.md").read_text()
@@ -267,6 +269,7 @@ def test_command_line(fake_repo, tmp_path, capsys):
         str(fake_repo / "notebooks"),
         "--metadata",
         str(fake_repo / "kaggle_kernel_metadata.json"),
+        "--no-wheels",
     ]
     assert kg.main(args) == 0
     assert (out / "image-captioning-04-train-lstm" / "kernel-metadata.json").is_file()
@@ -422,13 +425,19 @@ def test_helpers_bootstrap_finds_every_mount_layout(fake_repo, tmp_path, monkeyp
     not all((REPO_ROOT / "notebooks" / f"{stem}.ipynb").is_file() for stem in SUITE_STEMS),
     reason="the suite's notebooks are not all in notebooks/ yet",
 )
-def test_real_suite_builds_and_passes_the_cli(tmp_path, cli_env):
-    folders = kg.build_kaggle_folders("jane", tmp_path / "build")
+def test_real_suite_builds_and_passes_the_cli(tmp_path, cli_env, fake_kaggle_wheels):
+    folders = kg.build_kaggle_folders("jane", tmp_path / "build", wheels_from=fake_kaggle_wheels)
     assert [folder.name for folder in folders[1:]] == [
         f"image-captioning-{stem.replace('_', '-')}" for stem in SUITE_STEMS
     ]
     shipped = {path.name for path in (folders[0] / "package" / "helpers").glob("*.py")}
     assert shipped == {path.name for path in (REPO_ROOT / "helpers").glob("*.py")}
+    package = folders[0] / "package"
+    assert (package / "requirements.txt").read_text() == (REPO_ROOT / "requirements.txt").read_text()
+    assert sorted(path.name for path in (package / "wheels").glob("*.whl")) == [
+        "pycocoevalcap-1.2-py3-none-any.whl",
+        "pycocotools-2.0.11-py3-none-any.whl",
+    ]
     outputs = run_cli(cli_env, [["kernels", "push", "-p", str(folder)] for folder in folders[1:]])
     for folder, output in zip(folders[1:], outputs):
         assert cli_accepted(output, KERNEL_ENDPOINT), f"{folder.name}: {output}"

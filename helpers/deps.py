@@ -18,16 +18,18 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 HELPERS_ROOT = Path(__file__).resolve().parent.parent  # the repository, or the helpers dataset's folder
 REQUIREMENTS_FILE = HELPERS_ROOT / "requirements.txt"
 WHEELS_DIR = HELPERS_ROOT / "wheels"  # filled by `python -m helpers.kaggle`
-INSTALL_DIR = Path(os.environ.get("CAPTIONING_DEPS_DIR", "/tmp/captioning-deps"))
-# What Kaggle's image lacks, bundled as wheels into the helpers dataset (pycocotools: pycocoevalcap's
-# one dependency, in case the image drops it).
-KAGGLE_LACKS = ("pycocoevalcap", "pycocotools")
+# Installed packages go to a temporary folder (a session's, not its saved output).
+INSTALL_DIR = Path(os.environ.get("CAPTIONING_DEPS_DIR") or Path(tempfile.gettempdir()) / "captioning-deps")
+# What Kaggle's image lacks, bundled as wheels into the helpers dataset (its dependency pycocotools
+# is in the image; were it not, ensure_requirements names it and tries the registry).
+KAGGLE_LACKS = ("pycocoevalcap",)
 NEVER_INSTALL = ("torch", "torchvision")  # Kaggle's build matches its CUDA; a registry build would not
 INSTALL_TIMEOUT_S = 180  # a registry that accepts and never answers must not hang the notebook
 

@@ -67,9 +67,6 @@ def find_helpers_root(start=".", kaggle_input="/kaggle/input", unpack_to="/tmp/c
 
 sys.path.insert(0, str(find_helpers_root()))
 """
-# Kaggle's notebook images: x86-64 Linux, CPython 3.11 (3.12 in newer images).
-KAGGLE_PLATFORM = "manylinux2014_x86_64"
-KAGGLE_PYTHONS = ("3.11", "3.12")
 KERNEL_METADATA_FILE = "kernel-metadata.json"
 DATASET_METADATA_FILE = "dataset-metadata.json"
 
@@ -333,26 +330,24 @@ def _push_instructions(
 
 
 def bundle_wheels(dest: Path, find_links: str | Path | None = None) -> list[Path]:
-    """Download the wheels of what Kaggle's image lacks (helpers.deps.KAGGLE_LACKS) into `dest`, so a
-    notebook installs them with Internet off. pycocotools is platform-specific: one wheel per Python
-    of Kaggle's images (KAGGLE_PYTHONS). `find_links`: a local folder instead of the registry."""
+    """Download the wheels of what Kaggle's image lacks (helpers.deps.KAGGLE_LACKS, pure Python) into
+    `dest`, so a notebook installs them with Internet off. `find_links`: a local folder instead of
+    the registry."""
     from helpers.deps import KAGGLE_LACKS
 
     dest.mkdir(parents=True, exist_ok=True)
     source = ["--no-index", "--find-links", str(find_links)] if find_links else []
-    for python in KAGGLE_PYTHONS:
-        command = [
-            sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
-            "--only-binary=:all:", "--platform", KAGGLE_PLATFORM, "--python-version", python,
-            "--implementation", "cp", "--dest", str(dest), *source, *KAGGLE_LACKS,
-        ]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise KaggleMetadataError(
-                f"could not download the wheels of {', '.join(KAGGLE_LACKS)} for Python {python} "
-                f"({(done.stderr.strip().splitlines() or ['pip failed'])[-1]}). Check the connection, or "
-                "pass --no-wheels (the notebooks then need Internet on to install them)."
-            )
+    command = [
+        sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
+        "--only-binary=:all:", "--dest", str(dest), *source, *KAGGLE_LACKS,
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise KaggleMetadataError(
+            f"could not download the wheels of {', '.join(KAGGLE_LACKS)} "
+            f"({(done.stderr.strip().splitlines() or ['pip failed'])[-1]}). Check the connection, or "
+            "pass --no-wheels (the notebooks then need Internet on to install them)."
+        )
     return sorted(dest.glob("*.whl"))
 
 

@@ -62,7 +62,9 @@ def repack_wheel(distribution: str, out_dir: Path) -> Path:
                 archive.write(source, str(file))
                 members.append(str(file))
         if f"{info}/WHEEL" not in members:
-            archive.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+            archive.writestr(
+                f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+            )
             members.append(f"{info}/WHEEL")
         archive.writestr(f"{info}/RECORD", "".join(f"{m},,\n" for m in members) + f"{info}/RECORD,,\n")
     return path
@@ -84,7 +86,9 @@ def kaggle_python(root: Path) -> Path:
     kernel = root / "share" / "jupyter" / "kernels" / "python3"
     kernel.mkdir(parents=True)
     argv = [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    (kernel / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "Kaggle", "language": "python"}))
+    (kernel / "kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": "Kaggle", "language": "python"})
+    )
     return python
 
 
@@ -189,6 +193,7 @@ class KaggleSessions:
             "JUPYTER_PATH": str(self.python.parent.parent / "share" / "jupyter"),
             "KAGGLE_KERNEL_RUN_TYPE": "Batch",
             "KAGGLE_DATA_PROXY_URL": "http://127.0.0.1:9",  # Kaggle's data proxy: refused, as offline
+            "KAGGLE_USER_SECRETS_TOKEN": "session-token",
             "PYTHONHASHSEED": "0",
             "LANG": "C.UTF-8",
         }
@@ -220,7 +225,7 @@ def writes_outside_working(session: Session) -> list[str]:
     """Files the session wrote in its HOME and TMPDIR that are not caches (kernel runtime files,
     matplotlib/torch/kagglehub caches and the dependency install folder are)."""
     cache_markers = (".cache/", ".local/share/jupyter/runtime/", ".ipython/", ".config/matplotlib/",
-                     "captioning-deps/", ".jupyter/")  # fmt: skip
+                     "captioning-deps/", ".jupyter/", "torchinductor_")  # fmt: skip
     found = []
     for root in (session.home, session.tmp):
         for path in root.rglob("*"):

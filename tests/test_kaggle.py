@@ -434,7 +434,8 @@ def test_real_suite_builds_and_passes_the_cli(tmp_path, cli_env, fake_kaggle_whe
     assert shipped == {path.name for path in (REPO_ROOT / "helpers").glob("*.py")}
     package = folders[0] / "package"
     assert (package / "requirements.txt").read_text() == (REPO_ROOT / "requirements.txt").read_text()
-    assert [path.name for path in (package / "wheels").glob("*.whl")] == ["pycocoevalcap-1.2-py3-none-any.whl"]
+    wheels = [path.name for path in (package / "wheels").glob("*.whl")]
+    assert wheels == ["pycocoevalcap-1.2-py3-none-any.whl"]
     outputs = run_cli(cli_env, [["kernels", "push", "-p", str(folder)] for folder in folders[1:]])
     for folder, output in zip(folders[1:], outputs):
         assert cli_accepted(output, KERNEL_ENDPOINT), f"{folder.name}: {output}"

@@ -10,7 +10,7 @@ a path relative to the layout's image folder:
 * MS-COCO 2017: ``coco2017/{train2017,val2017}/`` and ``coco2017/annotations/captions_*.json``.
 * Karpathy split files (``dataset_flickr8k.json`` ...) give the standard train/val/test split. For
   Flickr8k it is exactly the official release's ``Flickr_8k.{train,dev,test}Images.txt`` lists,
-  which ship with this package (``helpers/data/flickr8k/``), so Flickr8k needs no split file.
+  which ship unedited with this package (``helpers/data/flickr8k/``), so Flickr8k needs no split file.
 
 Without ``data_dir`` a dataset attached to the Kaggle notebook is used in place (see
 ``helpers.inputs``); kagglehub downloads it only when none is attached.

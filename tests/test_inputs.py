@@ -273,3 +273,13 @@ def test_the_wait_restarts_while_the_download_folder_grows(tmp_path, monkeypatch
             run_with_progress_timeout(lambda: release.wait(10), folder, 0.3, "a test server")
     finally:
         release.set()
+
+
+def test_the_readme_names_every_backbone_weights_file():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    step_by_step = readme.split("## On Kaggle, step by step")[1].split("\n## ")[0]
+    for info in BACKBONES.values():
+        assert f"`{info.weights_file}`" in step_by_step, info.name
+    for handle in ("adityajn105/flickr8k", "thanakomsn/glove6b300dtxt", "shtvkumar/karpathy-splits",
+                   "captioning-helpers"):
+        assert handle in step_by_step

@@ -137,7 +137,7 @@ def find_attached_weights(info: BackboneInfo) -> Path | None:
     weights' size (a renamed copy)."""
     prefix = _hash_prefix(info.weights_file)
     expected_bytes = 4 * info.parameters
-    candidates = find_attached(lambda file: file.suffix == ".pth")
+    candidates = find_attached(lambda name: name.endswith(".pth"))
     by_name = [file for file in candidates if file.name == info.weights_file]
     renamed = [file for file in candidates if file.name != info.weights_file
                and 0.9 * expected_bytes < file.stat().st_size < 1.2 * expected_bytes]

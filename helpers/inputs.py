@@ -40,9 +40,10 @@ def input_root() -> Path:
     return Path(os.environ.get(INPUT_DIR_ENV) or DEFAULT_INPUT_DIR)
 
 
-def walk(root: str | os.PathLike, depth: int) -> Iterator[tuple[Path, int, list[Path]]]:
-    """(folder, depth, files) for ``root`` and the folders below it up to ``depth``, shallowest
-    first, in name order; hidden folders and the datasets' image folders are skipped."""
+def walk(root: str | os.PathLike, depth: int) -> Iterator[tuple[Path, int, list[str]]]:
+    """(folder, depth, names of its files) for ``root`` and the folders below it up to ``depth``,
+    shallowest first, in name order; hidden folders and the datasets' image folders are skipped.
+    File names are plain strings: a folder of 30,000 images costs no Path objects."""
     level = [Path(root)]
     for current_depth in range(depth + 1):
         next_level = []
@@ -51,24 +52,25 @@ def walk(root: str | os.PathLike, depth: int) -> Iterator[tuple[Path, int, list[
                 entries = sorted(os.scandir(folder), key=lambda e: e.name)
             except OSError:
                 continue
-            yield folder, current_depth, [Path(e.path) for e in entries if e.is_file()]
+            yield folder, current_depth, [e.name for e in entries if e.is_file()]
             next_level += [
-                Path(e.path) for e in entries
+                folder / e.name for e in entries
                 if e.is_dir() and not e.name.startswith(".") and e.name.lower() not in SKIPPED_FOLDERS
             ]
         level = next_level
 
 
-def find_attached(accept: Callable[[Path], bool], root: str | os.PathLike | None = None,
+def find_attached(accept: Callable[[str], bool], root: str | os.PathLike | None = None,
                   depth: int = SEARCH_DEPTH) -> list[Path]:
-    """Every file below the input root (``root``, default ``input_root()``) that ``accept`` takes,
-    shallowest first."""
-    return [file for _, _, files in walk(root or input_root(), depth) for file in files if accept(file)]
+    """Every file below the input root (``root``, default ``input_root()``) whose name ``accept``
+    takes, shallowest first."""
+    return [folder / name for folder, _, names in walk(root or input_root(), depth)
+            for name in names if accept(name)]
 
 
 def find_attached_file(name: str, root: str | os.PathLike | None = None) -> Path | None:
     """The shallowest attached file called ``name``, if any."""
-    found = find_attached(lambda file: file.name == name, root)
+    found = find_attached(lambda candidate: candidate == name, root)
     return found[0] if found else None
 
 

@@ -396,7 +396,7 @@ def _image_folder_next_to(caption_file: Path) -> Path | None:
 def _layout_candidates(root: Path):
     """(depth, layout) for every dataset layout under ``root``."""
     for folder, depth, files in walk(root, _SEARCH_DEPTH):
-        names = {f.name.lower(): f for f in files}
+        names = {name.lower(): folder / name for name in files}
         for file_name, kind in (("captions.txt", "flickr_csv"), ("results.csv", "flickr30k_results")):
             if file_name in names:
                 image_dir = _image_folder_next_to(names[file_name])
@@ -407,7 +407,7 @@ def _layout_candidates(root: Path):
                     )
                 yield depth, DatasetLayout(kind, root, image_dir, (names[file_name],))
         if folder.name.lower() == "annotations":
-            jsons = [f for f in files if re.fullmatch(r"captions_\w+\.json", f.name)]
+            jsons = [folder / name for name in files if re.fullmatch(r"captions_\w+\.json", name)]
             present = [f for f in jsons if (folder.parent / _coco_subdir(f)).is_dir()]
             if jsons and not present:
                 raise DatasetFormatError(
@@ -424,10 +424,9 @@ def find_karpathy_json(root: str | os.PathLike, dataset: str) -> Path | None:
     wanted = KARPATHY_FILES.get(dataset)
     if wanted is None:
         return None
-    for _, _, files in walk(root, _SEARCH_DEPTH):
-        for f in files:
-            if f.name == wanted:
-                return f
+    for folder, _, files in walk(root, _SEARCH_DEPTH):
+        if wanted in files:
+            return folder / wanted
     return None
 
 
@@ -435,7 +434,7 @@ def find_split_lists(root: str | os.PathLike) -> Path | None:
     """The folder in or a few levels below ``root`` holding the official Flickr8k split lists."""
     wanted = set(FLICKR8K_SPLIT_FILES.values())
     for folder, _, files in walk(root, _SEARCH_DEPTH):
-        if wanted <= {f.name for f in files}:
+        if wanted <= set(files):
             return folder
     return None
 

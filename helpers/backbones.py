@@ -1,19 +1,25 @@
 """CNN backbones: a registry of the choices with their facts, the one image transform per backbone,
 and `ImageEncoder`, the course module's encoder extended to ResNet50/101 and RegNet-X-400MF.
 
-Weights come from torchvision's `weights=` enums and are cached under `$TORCH_HOME/hub/checkpoints`;
-a file already there loads without network access.
+Weights come from torchvision's `weights=` enums: a file in `$TORCH_HOME/hub/checkpoints` or attached
+to the Kaggle notebook (matched by torchvision's file name and its sha256 prefix) loads without network
+access; otherwise torchvision downloads it, with a bounded wait.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 import torchvision
 from torch import nn
 from torchvision.transforms import v2 as transforms
+
+from helpers.inputs import DOWNLOAD_TIMEOUT, find_attached, input_root, run_with_progress_timeout
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -107,20 +113,66 @@ def image_transform(
 
 
 class PretrainedWeightsUnavailable(RuntimeError):
-    """The pretrained weights are neither cached nor downloadable."""
+    """The pretrained weights are neither cached, attached nor downloadable."""
+
+
+def _hash_prefix(file_name: str) -> str | None:
+    """The sha256 prefix torchvision puts in its weights file names (``resnet50-11ad3fa6.pth``)."""
+    found = torch.hub.HASH_REGEX.search(file_name)
+    return found.group(1) if found else None
+
+
+def _sha256_starts_with(path: Path, prefix: str) -> bool:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest().startswith(prefix)
+
+
+def find_attached_weights(info: BackboneInfo) -> Path | None:
+    """The pretrained weights of ``info`` in a dataset or Kaggle Model attached to the notebook (see
+    helpers.inputs): a ``.pth`` file whose sha256 starts with the prefix in torchvision's file name.
+    A file under torchvision's own name is checked first, then any other ``.pth`` of about the
+    weights' size (a renamed copy)."""
+    prefix = _hash_prefix(info.weights_file)
+    expected_bytes = 4 * info.parameters
+    candidates = find_attached(lambda name: name.endswith(".pth"))
+    by_name = [file for file in candidates if file.name == info.weights_file]
+    renamed = [file for file in candidates if file.name != info.weights_file
+               and 0.9 * expected_bytes < file.stat().st_size < 1.2 * expected_bytes]
+    for file in [*by_name, *renamed]:
+        if prefix is None or _sha256_starts_with(file, prefix):
+            return file
+        if file in by_name:
+            print(f"{file}: its sha256 does not start with {prefix} (a damaged or different file); ignored")
+    return None
 
 
 def _load_weights(info: BackboneInfo) -> dict[str, torch.Tensor]:
-    checkpoints = f"{torch.hub.get_dir()}/checkpoints"
+    """The pretrained state dict: cached in $TORCH_HOME/hub/checkpoints, else attached (read in place),
+    else downloaded by torchvision, given up after DOWNLOAD_TIMEOUT seconds without progress."""
+    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
+    if not (checkpoints / info.weights_file).is_file():
+        attached = find_attached_weights(info)
+        if attached is not None:
+            print(f"{info.name} weights: {attached} (attached)")
+            return torch.load(attached, map_location="cpu", weights_only=True)
+    checkpoints.mkdir(parents=True, exist_ok=True)
     try:
-        return info.weights_enum.get_state_dict(progress=True)
-    except Exception as error:  # urllib, socket and SSL errors all mean the same thing to the user
+        return run_with_progress_timeout(
+            lambda: info.weights_enum.get_state_dict(progress=True, check_hash=True), checkpoints,
+            DOWNLOAD_TIMEOUT, urlparse(info.weights_enum.url).netloc,
+        )
+    except Exception as error:  # urllib, socket, SSL and timeout errors all mean the same to the user
         raise PretrainedWeightsUnavailable(
             f"Could not load the pretrained {info.name} weights ({info.weights}): {error}.\n"
-            f"They are looked up in {checkpoints}/{info.weights_file} and downloaded when missing.\n"
-            "On Kaggle: turn Internet on (notebook sidebar -> Session options -> Internet), or attach a "
-            f"dataset holding {info.weights_file} and copy it into {checkpoints}/. "
-            "Elsewhere: check the network, or pass pretrained=False to train from random weights."
+            f"They are read from {checkpoints}/{info.weights_file}, else from any dataset or Kaggle Model "
+            f"attached under {input_root()}, else downloaded from {info.weights_enum.url}.\n"
+            "Fix, on Kaggle: turn Internet on (notebook sidebar -> Session options -> Internet), or attach "
+            f"the file {info.weights_file} as a dataset or Kaggle Model (Add Input); elsewhere: check the "
+            f"network, or put {info.weights_file} into {checkpoints}/. "
+            "Or pass pretrained=False to train from random weights."
         ) from error
 
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers.files import atomic_path, write_bytes_atomic
+from helpers.inputs import DOWNLOAD_TIMEOUT, find_attached_file
 from helpers.text import NULL
 
 GLOVE_KAGGLE_HINT = (
@@ -448,24 +449,24 @@ GLOVE_KAGGLE_HANDLES: dict[int, tuple[str, ...]] = {
 
 def download_glove(
     dim: int = 300,
-    timeout: float = 60.0,
+    timeout: float = DOWNLOAD_TIMEOUT,
     verbose: bool = True,
-    kaggle_input: str | os.PathLike = "/kaggle/input",
+    kaggle_input: str | os.PathLike | None = None,
 ) -> Path:
     """Path of glove.6B.<dim>d.txt: a copy in any dataset attached to the Kaggle notebook (either mount
-    layout, searched a few levels deep), else the known datasets through kagglehub (downloaded once
-    and cached). Fails within `timeout` seconds with the ways to fix it."""
+    layout, below `kaggle_input`, default helpers.inputs.input_root()), read in place, else the known
+    datasets through kagglehub (downloaded once and cached). Fails after `timeout` seconds without
+    download progress with the ways to fix it."""
     from helpers.sources import DatasetUnavailableError, kaggle_path
 
     if dim not in GLOVE_KAGGLE_HANDLES:
         raise ValueError(f"glove.6B comes in {sorted(GLOVE_KAGGLE_HANDLES)} dimensions, not {dim}.")
     name = f"glove.6B.{dim}d.txt"
-    for depth in range(1, 6):
-        attached = sorted(Path(kaggle_input).glob("*/" * depth + name))
-        if attached:
-            if verbose:
-                print(f"GloVe: {attached[0]} (attached)")
-            return attached[0]
+    attached = find_attached_file(name, kaggle_input)
+    if attached is not None:
+        if verbose:
+            print(f"GloVe: {attached} (attached)")
+        return attached
     failures = []
     for handle in GLOVE_KAGGLE_HANDLES[dim]:
         try:

@@ -397,6 +397,7 @@ def build_kaggle_folders(
         dataset_dir = staging / HELPERS_DATASET_SLUG
         package_dir = dataset_dir / DATASET_PACKAGE_DIR
         _copy_sources(Path(helpers_dir), package_dir / "helpers", "*.py")
+        _copy_sources(Path(helpers_dir) / "data", package_dir / "helpers" / "data", "*")  # split lists
         if not (package_dir / "helpers" / "__init__.py").is_file():
             raise KaggleMetadataError(
                 f"{helpers_dir}: no __init__.py; point helpers_dir at the helpers package."

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-KAGGLE_INPUT = Path("/kaggle/input")
+from helpers.inputs import input_root
+
 KAGGLE_WORKING = Path("/kaggle/working")
 MIN_COMPUTE_CAPABILITY = (7, 0)  # current torch wheels have no kernels below sm_70 (Kaggle's P100 is 6.0)
 
@@ -113,7 +114,7 @@ def _gpu() -> tuple[str | None, tuple[int, int] | None]:
 def setup(
     work_dir: str | Path | None = None,
     *,
-    kaggle_input: str | Path = KAGGLE_INPUT,
+    kaggle_input: str | Path | None = None,
     kaggle_working: str | Path = KAGGLE_WORKING,
 ) -> Env:
     """Check the dependencies, detect Kaggle and the GPU, create the work dir, print a summary.
@@ -122,7 +123,8 @@ def setup(
     from the helpers dataset's wheels or the registry (helpers.deps), or the cell fails at once.
 
     On Kaggle (KAGGLE_KERNEL_RUN_TYPE is set) the work dir is /kaggle/working, or a relative
-    `work_dir` below it; elsewhere `work_dir` (default ./work). A GPU below compute capability 7.0
+    `work_dir` below it, and the inputs are read from `kaggle_input` (default $KAGGLE_INPUT_DIR, else
+    /kaggle/input); elsewhere `work_dir` (default ./work). A GPU below compute capability 7.0
     (Kaggle's P100) is reported and not used: torch's first CUDA operation would fail on it.
     """
     from helpers.deps import ensure_requirements
@@ -136,7 +138,7 @@ def setup(
             if work_dir is None
             else (Path(work_dir) if Path(work_dir).is_absolute() else base / work_dir)
         )
-        inputs = (Path(kaggle_input),)
+        inputs = (Path(kaggle_input) if kaggle_input is not None else input_root(),)
     else:
         work = Path(work_dir if work_dir is not None else "work").resolve()
         inputs = ()

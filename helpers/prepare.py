@@ -36,15 +36,21 @@ import numpy as np
 
 from helpers.files import write_json_atomic
 
+from .inputs import DOWNLOAD_TIMEOUT, input_root
 from .sources import (
     IMAGE_EXTENSIONS,
+    KARPATHY_FILES,
+    KARPATHY_HANDLE,
+    SHIPPED_FLICKR8K_SPLIT,
     DatasetFormatError,
     DatasetLayout,
+    DatasetUnavailableError,
     KarpathySplit,
     download_dataset,
     download_karpathy_split,
+    find_attached_karpathy_json,
     image_key,
-    read_karpathy_split,
+    read_split,
 )
 from .text import Vocabulary, tokenize
 
@@ -135,7 +141,7 @@ def prepare_dataset(
     seed: int = 0,
     karpathy_json: str | os.PathLike | None = None,
     max_bad_images: int | None = None,
-    download_timeout: float = 60.0,
+    download_timeout: float = DOWNLOAD_TIMEOUT,
     verbose: bool = True,
 ) -> PreparedDataset:
     """Prepare ``dataset`` ('flickr8k', 'flickr30k', 'coco', 'demo', or any name with ``data_dir``).
@@ -143,8 +149,9 @@ def prepare_dataset(
     ``data_dir`` skips downloading (the layout is looked for there); 'demo' without it generates
     the synthetic demo under ``work_dir/sources/demo``. ``split``: 'karpathy' (required), 'seeded'
     (a split by image from ``seed``, ``val_size``/``test_size`` as fractions or image counts), or
-    None: Karpathy when a split file is given, found next to the data, or (when downloading) on
-    Kaggle, else seeded. ``max_bad_images`` (default 1% of the images, at least 10) is how many
+    None: Karpathy when a split file is given (``karpathy_json``: a Karpathy json, or a folder of
+    the Flickr8k split lists), found next to the data or attached, or (when downloading) shipped
+    or on Kaggle, else seeded. ``max_bad_images`` (default 1% of the images, at least 10) is how many
     images may be missing or empty on disk before this fails instead of dropping them.
     """
     if split not in (None, "karpathy", "seeded"):
@@ -157,8 +164,9 @@ def prepare_dataset(
 
         data_dir = make_demo_dataset(work_dir / "sources" / "demo", num_images=DEMO_IMAGES)
     layout = download_dataset(dataset, data_dir, timeout=download_timeout, verbose=verbose)
-    karpathy = _karpathy_source(dataset, layout, split, karpathy_json, downloaded=data_dir is None,
-                                verbose=verbose)
+    split_path = _split_source(dataset, layout, split, karpathy_json, downloaded=data_dir is None,
+                               verbose=verbose)
+    karpathy = read_split(split_path) if split_path else None
     settings = {
         "dataset": dataset, "min_word_count": min_word_count, "max_caption_length": max_caption_length,
         "split": "karpathy" if karpathy else "seeded", "val_size": None if karpathy else val_size,
@@ -170,7 +178,7 @@ def prepare_dataset(
         "root": str(layout.root),
         "image_dir": str(layout.image_dir),
         "caption_files": [_file_identity(path) for path in layout.caption_files],
-        "karpathy_json": _file_identity(karpathy) if karpathy else None,
+        "karpathy_json": _split_identity(karpathy) if karpathy else None,
     }
     key = _artifact_key(dataset, settings, source)
     root = work_dir / "data" / key
@@ -199,6 +207,15 @@ def _file_identity(path: Path) -> dict:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return {"name": path.name, "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def _split_identity(split: KarpathySplit) -> dict:
+    """Where a standard split came from, and a hash of the split itself: a Karpathy json and the
+    Flickr8k lists that hold the same split give the same key, so prepared data and feature stores
+    are reused whichever of them a session has."""
+    canonical = json.dumps(sorted(split.split_of.items())).encode()
+    return {"name": split.path.name, "images": len(split.split_of),
+            "sha256": hashlib.sha256(canonical).hexdigest()}
 
 
 def _artifact_key(dataset: str, settings: dict, source: dict) -> str:
@@ -236,26 +253,56 @@ def _write_json(path: Path, data) -> None:
 # Splits
 
 
-def _karpathy_source(dataset: str, layout: DatasetLayout, split: str | None,
-                     karpathy_json: str | os.PathLike | None, downloaded: bool, verbose: bool) -> Path | None:
-    """The Karpathy split file to use, or None for a seeded split."""
+def _split_source(dataset: str, layout: DatasetLayout, split: str | None,
+                  karpathy_json: str | os.PathLike | None, downloaded: bool, verbose: bool) -> Path | None:
+    """The standard split to use (a Karpathy json, or a folder of Flickr8k split lists), or None
+    for a seeded split.
+
+    Looked for in order: ``karpathy_json``; a split file beside the data; a Karpathy json attached
+    to the Kaggle notebook; for Flickr8k the official split lists shipped with this package (the
+    same split; used with ``split='karpathy'`` or a Kaggle copy, while ``split=None`` on a
+    ``data_dir`` of one's own stays seeded); when downloading, the Karpathy splits through
+    kagglehub. When none is found, ``split='karpathy'`` fails with the fixes and ``split=None``
+    says once that the split is seeded.
+    """
     if split == "seeded":
         return None
     if karpathy_json is not None:
         path = Path(karpathy_json)
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"karpathy_json {path} does not exist")
         return path
-    found = layout.karpathy_json
-    if found is None and downloaded:
-        found = download_karpathy_split(dataset, verbose=verbose)
-    if found is None and split == "karpathy":
+    shipped = SHIPPED_FLICKR8K_SPLIT if dataset == "flickr8k" and (split or downloaded) else None
+    found = layout.karpathy_json or layout.split_lists or find_attached_karpathy_json(dataset) or shipped
+    if found is not None:
+        return found
+    if dataset not in KARPATHY_FILES:
+        if split == "karpathy":
+            raise DatasetFormatError(
+                f"split='karpathy' but {dataset!r} has no Karpathy split ({', '.join(KARPATHY_FILES)} do): "
+                f"pass karpathy_json=... or use split='seeded' (notebook parameters cell: "
+                f'OVERRIDES = ["data.split=seeded"]; command line: data.split=seeded)'
+            )
+        return None
+    reason = f"it is not beside the data in {layout.root} nor attached under {input_root()}"
+    if downloaded:
+        try:
+            return download_karpathy_split(dataset)
+        except DatasetUnavailableError as err:
+            reason += f", and kagglehub could not get it ({err})"
+    if split == "karpathy":
         raise DatasetFormatError(
-            f"split='karpathy' but no Karpathy split file for {dataset!r} was found in {layout.root}; "
-            f"attach the Kaggle dataset 'shtvkumar/karpathy-splits' (or put dataset_{dataset}.json beside "
-            f"the data, or pass karpathy_json=...), or use split='seeded' (config: data.split=seeded)"
+            f"split='karpathy' needs the Karpathy split file {KARPATHY_FILES[dataset]}, but {reason}.\n"
+            f"To fix it, either:\n"
+            f"  - attach the Kaggle dataset {KARPATHY_HANDLE!r} (Add Input -> Datasets) and rerun, or\n"
+            f"  - use a seeded split by image: in the notebook's parameters cell set "
+            f'OVERRIDES = ["data.split=seeded"]; on the command line add data.split=seeded; in Python '
+            f"prepare_dataset(..., split='seeded')."
         )
-    return found
+    if verbose:
+        print(f"No Karpathy split for {dataset} ({reason}): using a seeded split by image. For the split "
+              f"papers report on, attach the Kaggle dataset {KARPATHY_HANDLE!r}.")
+    return None
 
 
 def _split_count(size: int | float, total: int, name: str) -> int:
@@ -373,14 +420,14 @@ def _clean_rows(layout: DatasetLayout, max_bad_images: int | None, dropped: dict
     return kept
 
 
-def _build(root: Path, layout: DatasetLayout, karpathy_path: Path | None, settings: dict, source: dict,
+def _build(root: Path, layout: DatasetLayout, karpathy: KarpathySplit | None, settings: dict, source: dict,
            key: str) -> None:
     """Build the artifacts in a temporary folder beside ``root``, then rename it into place."""
     root.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_builds(root)
     building = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.building-{os.getpid()}-"))
     try:
-        _write_artifacts(building, layout, karpathy_path, settings, source, key)
+        _write_artifacts(building, layout, karpathy, settings, source, key)
         if _trusted_manifest(root) is not None:  # another process finished the same build first
             shutil.rmtree(building)
             return
@@ -412,13 +459,12 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _write_artifacts(folder: Path, layout: DatasetLayout, karpathy_path: Path | None, settings: dict,
+def _write_artifacts(folder: Path, layout: DatasetLayout, karpathy: KarpathySplit | None, settings: dict,
                      source: dict, key: str) -> None:
     dropped: dict = {}
     rows = _clean_rows(layout, settings["max_bad_images"], dropped)
     images = sorted({image for image, _, _ in rows})
-    if karpathy_path is not None:
-        karpathy = read_karpathy_split(karpathy_path)
+    if karpathy is not None:
         splits = _karpathy_splits(karpathy, images, layout.caption_files[0], dropped)
     else:
         splits = _seeded_split(images, settings["val_size"], settings["test_size"], settings["seed"])

@@ -8,7 +8,12 @@ a path relative to the layout's image folder:
 * The older Flickr30k (``hsankesara/flickr-image-dataset``): ``flickr30k_images/results.csv``,
   ``|``-separated with padded spaces (``image_name| comment_number| comment``).
 * MS-COCO 2017: ``coco2017/{train2017,val2017}/`` and ``coco2017/annotations/captions_*.json``.
-* Karpathy split files (``dataset_flickr8k.json`` ...) give the standard train/val/test split.
+* Karpathy split files (``dataset_flickr8k.json`` ...) give the standard train/val/test split. For
+  Flickr8k it is exactly the official release's ``Flickr_8k.{train,dev,test}Images.txt`` lists,
+  which ship unedited with this package (``helpers/data/flickr8k/``), so Flickr8k needs no split file.
+
+Without ``data_dir`` a dataset attached to the Kaggle notebook is used in place (see
+``helpers.inputs``); kagglehub downloads it only when none is attached.
 
 Non-UTF-8 text: a row whose bytes are not valid UTF-8 is dropped and reported (file and line);
 a file where more than a tenth of the lines are not UTF-8 is rejected as a whole with a hint to
@@ -21,20 +26,37 @@ import csv
 import json
 import os
 import re
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from helpers.inputs import (
+    DOWNLOAD_TIMEOUT,
+    attached_dataset,
+    find_attached_file,
+    input_root,
+    run_with_progress_timeout,
+    walk,
+)
 
 KAGGLE_HANDLES = {
     "flickr8k": "adityajn105/flickr8k",
     "flickr30k": "adityajn105/flickr30k",
     "coco": "awsaf49/coco-2017-dataset",
 }
+# Every Kaggle copy found attached in place; the KAGGLE_HANDLES one is downloaded when none is.
+ATTACHED_HANDLES = {
+    "flickr8k": ("adityajn105/flickr8k",),
+    "flickr30k": ("adityajn105/flickr30k", "hsankesara/flickr-image-dataset"),
+    "coco": ("awsaf49/coco-2017-dataset",),
+}
 KARPATHY_HANDLE = "shtvkumar/karpathy-splits"
 KARPATHY_FILES = {"flickr8k": "dataset_flickr8k.json", "flickr30k": "dataset_flickr30k.json",
                   "coco": "dataset_coco.json"}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# The official Flickr8k release's split lists (one image file name a line), split -> file name.
+FLICKR8K_SPLIT_FILES = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt",
+                        "test": "Flickr_8k.testImages.txt"}
+SHIPPED_FLICKR8K_SPLIT = Path(__file__).resolve().parent / "data" / "flickr8k"
 
 LAYOUT_HELP = {
     "flickr_csv": "captions.txt (CSV, header 'image,caption') next to an Images/ folder",
@@ -49,7 +71,6 @@ DATASET_LAYOUTS = {
 ALL_LAYOUTS = ("flickr_csv", "flickr30k_results", "coco")
 
 _SEARCH_DEPTH = 3
-_SKIPPED_FOLDERS = {"images", "train2014", "val2014", "test2014", "train2017", "val2017", "test2017"}
 _MAX_UNDECODABLE_FRACTION = 0.1
 _COCO_ID = re.compile(r"(?:^|_)(\d{12})\.jpg$", re.IGNORECASE)
 
@@ -103,6 +124,7 @@ class DatasetLayout:
     caption_files: tuple[Path, ...]
     image_subdirs: tuple[str, ...] = ("",)
     karpathy_json: Path | None = None
+    split_lists: Path | None = None  # a folder with the official Flickr8k split lists, beside the data
 
     def read(self) -> CaptionTable:
         """Parse the caption files into rows."""
@@ -320,27 +342,36 @@ def read_karpathy_split(path: str | os.PathLike) -> KarpathySplit:
     return KarpathySplit(path, str(data.get("dataset", "")), split_of)
 
 
+def read_split_lists(folder: str | os.PathLike) -> KarpathySplit:
+    """The split of the official Flickr8k lists in ``folder`` (``FLICKR8K_SPLIT_FILES``, one image
+    file name a line): the same split as Karpathy's ``dataset_flickr8k.json``."""
+    folder = Path(folder)
+    split_of: dict[str, str] = {}
+    for split, name in FLICKR8K_SPLIT_FILES.items():
+        path = folder / name
+        if not path.is_file():
+            expected = ", ".join(FLICKR8K_SPLIT_FILES.values())
+            raise DatasetFormatError(f"{path} not found: a folder of Flickr8k split lists holds {expected}")
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            image = line.strip()
+            if not image:
+                continue
+            if split_of.get(image_key(image), split) != split:
+                raise DatasetFormatError(
+                    f"{path.name} line {number}: {image} is also in the {split_of[image_key(image)]} list"
+                )
+            split_of[image_key(image)] = split
+    return KarpathySplit(folder, "flickr8k", split_of)
+
+
+def read_split(path: str | os.PathLike) -> KarpathySplit:
+    """A standard split from a Karpathy json file or from a folder of Flickr8k split lists."""
+    path = Path(path)
+    return read_split_lists(path) if path.is_dir() else read_karpathy_split(path)
+
+
 # ----------------------------------------------------------------------------------------------
 # Finding a layout in a folder
-
-
-def _walk(root: Path, depth: int):
-    """(folder, depth, files) for ``root`` and the folders below it, shallowest first."""
-    level = [root]
-    for current_depth in range(depth + 1):
-        next_level = []
-        for folder in level:
-            try:
-                entries = sorted(os.scandir(folder), key=lambda e: e.name)
-            except OSError:
-                continue
-            files = [Path(e.path) for e in entries if e.is_file()]
-            yield folder, current_depth, files
-            next_level += [
-                Path(e.path) for e in entries
-                if e.is_dir() and not e.name.startswith(".") and e.name.lower() not in _SKIPPED_FOLDERS
-            ]
-        level = next_level
 
 
 def _count_images(folder: Path) -> int:
@@ -364,8 +395,8 @@ def _image_folder_next_to(caption_file: Path) -> Path | None:
 
 def _layout_candidates(root: Path):
     """(depth, layout) for every dataset layout under ``root``."""
-    for folder, depth, files in _walk(root, _SEARCH_DEPTH):
-        names = {f.name.lower(): f for f in files}
+    for folder, depth, files in walk(root, _SEARCH_DEPTH):
+        names = {name.lower(): folder / name for name in files}
         for file_name, kind in (("captions.txt", "flickr_csv"), ("results.csv", "flickr30k_results")):
             if file_name in names:
                 image_dir = _image_folder_next_to(names[file_name])
@@ -376,7 +407,7 @@ def _layout_candidates(root: Path):
                     )
                 yield depth, DatasetLayout(kind, root, image_dir, (names[file_name],))
         if folder.name.lower() == "annotations":
-            jsons = [f for f in files if re.fullmatch(r"captions_\w+\.json", f.name)]
+            jsons = [folder / name for name in files if re.fullmatch(r"captions_\w+\.json", name)]
             present = [f for f in jsons if (folder.parent / _coco_subdir(f)).is_dir()]
             if jsons and not present:
                 raise DatasetFormatError(
@@ -393,11 +424,25 @@ def find_karpathy_json(root: str | os.PathLike, dataset: str) -> Path | None:
     wanted = KARPATHY_FILES.get(dataset)
     if wanted is None:
         return None
-    for _, _, files in _walk(Path(root), _SEARCH_DEPTH):
-        for f in files:
-            if f.name == wanted:
-                return f
+    for folder, _, files in walk(root, _SEARCH_DEPTH):
+        if wanted in files:
+            return folder / wanted
     return None
+
+
+def find_split_lists(root: str | os.PathLike) -> Path | None:
+    """The folder in or a few levels below ``root`` holding the official Flickr8k split lists."""
+    wanted = set(FLICKR8K_SPLIT_FILES.values())
+    for folder, _, files in walk(root, _SEARCH_DEPTH):
+        if wanted <= set(files):
+            return folder
+    return None
+
+
+def find_attached_karpathy_json(dataset: str) -> Path | None:
+    """``dataset_<dataset>.json`` in any dataset attached to the notebook (see helpers.inputs)."""
+    wanted = KARPATHY_FILES.get(dataset)
+    return find_attached_file(wanted) if wanted else None
 
 
 def find_layout(root: str | os.PathLike, dataset: str | None = None) -> DatasetLayout:
@@ -427,8 +472,9 @@ def find_layout(root: str | os.PathLike, dataset: str | None = None) -> DatasetL
         )
     layout = best[0]
     karpathy = find_karpathy_json(root, dataset) if dataset else None
+    split_lists = find_split_lists(root) if dataset == "flickr8k" else None
     return DatasetLayout(
-        layout.kind, root, layout.image_dir, layout.caption_files, layout.image_subdirs, karpathy
+        layout.kind, root, layout.image_dir, layout.caption_files, layout.image_subdirs, karpathy, split_lists
     )
 
 
@@ -453,56 +499,17 @@ def _kagglehub_cache_copy(handle: str) -> Path | None:
     return max(versions, key=lambda p: int(p.name), default=None)
 
 
-def _download_footprint(handle: str) -> tuple[int, int]:
-    """(files, bytes) in the cache folder of ``handle``; it changes while a download or an
-    extraction makes progress."""
-    files = size = 0
-    for folder, _, names in os.walk(_kagglehub_cache_folder(handle)):
-        for name in names:
-            try:
-                size += os.stat(os.path.join(folder, name)).st_size
-            except OSError:  # a file removed while we looked
-                continue
-            files += 1
-    return files, size
-
-
 def _download_with_timeout(handle: str, timeout: float) -> Path:
-    """``kagglehub.dataset_download(handle)`` in a worker thread, given up after ``timeout`` seconds
-    without progress.
-
-    kagglehub can hang on a network that drops packets, so the wait is bounded; a real download of
-    gigabytes takes longer than that, so the clock restarts whenever the cache folder grows. The
-    daemon thread of a download given up on is left behind.
-    """
+    """``kagglehub.dataset_download(handle)``, given up after ``timeout`` seconds in which its cache
+    folder did not grow (kagglehub can hang on a network that drops packets)."""
     import kagglehub
 
-    outcome: dict = {}
-
-    def download():
-        try:
-            outcome["path"] = kagglehub.dataset_download(handle)
-        except BaseException as err:  # reported to the caller below
-            outcome["error"] = err
-
-    worker = threading.Thread(target=download, name=f"kagglehub {handle}", daemon=True)
-    worker.start()
-    footprint, last_progress = _download_footprint(handle), time.monotonic()
-    while True:
-        worker.join(min(timeout, 5.0))
-        if not worker.is_alive():
-            break
-        now = _download_footprint(handle)
-        if now != footprint:
-            footprint, last_progress = now, time.monotonic()
-        elif time.monotonic() - last_progress >= timeout:
-            raise TimeoutError(f"no answer from Kaggle and no download progress for {timeout:g} s")
-    if "error" in outcome:
-        raise outcome["error"]
-    return Path(outcome["path"])
+    folder = _kagglehub_cache_folder(handle)
+    return Path(run_with_progress_timeout(lambda: kagglehub.dataset_download(handle), folder, timeout,
+                                          "Kaggle"))
 
 
-def kaggle_path(handle: str, timeout: float = 60.0, verbose: bool = True) -> Path:
+def kaggle_path(handle: str, timeout: float = DOWNLOAD_TIMEOUT, verbose: bool = True) -> Path:
     """The local folder of a Kaggle dataset: attached in a Kaggle notebook, downloaded (or cached)
     elsewhere. Any failure, or ``timeout`` seconds without progress, becomes a
     ``DatasetUnavailableError``; a complete copy in the kagglehub cache is used when offline."""
@@ -519,12 +526,13 @@ def kaggle_path(handle: str, timeout: float = 60.0, verbose: bool = True) -> Pat
         ) from err
 
 
-def download_dataset(name: str, data_dir: str | os.PathLike | None = None, timeout: float = 60.0,
+def download_dataset(name: str, data_dir: str | os.PathLike | None = None, timeout: float = DOWNLOAD_TIMEOUT,
                      verbose: bool = True) -> DatasetLayout:
     """The layout of dataset ``name`` ('flickr8k', 'flickr30k', 'coco').
 
-    With ``data_dir`` nothing is downloaded: the layout is looked for in that folder. Otherwise
-    kagglehub fetches it (in a Kaggle notebook it returns the attached dataset's mount path).
+    With ``data_dir`` nothing is downloaded: the layout is looked for in that folder. Otherwise a
+    copy attached to the Kaggle notebook (``ATTACHED_HANDLES``, either mount layout) is used in
+    place, and kagglehub downloads the dataset only when none is attached.
     """
     if data_dir is not None:
         return find_layout(data_dir, name)
@@ -533,6 +541,11 @@ def download_dataset(name: str, data_dir: str | os.PathLike | None = None, timeo
             f"unknown dataset {name!r}: choose one of {sorted(KAGGLE_HANDLES)} or pass data_dir= a folder "
             f"with one of the layouts: {'; '.join(LAYOUT_HELP.values())}"
         )
+    attached = attached_dataset(ATTACHED_HANDLES[name])
+    if attached is not None:
+        if verbose:
+            print(f"{name}: using the attached dataset {attached}")
+        return find_layout(attached, name)
     handle = KAGGLE_HANDLES[name]
     try:
         root = kaggle_path(handle, timeout, verbose)
@@ -540,9 +553,9 @@ def download_dataset(name: str, data_dir: str | os.PathLike | None = None, timeo
         layouts = "; or ".join(LAYOUT_HELP[k] for k in DATASET_LAYOUTS[name])
         raise DatasetUnavailableError(
             f"{err}.\nTo fix it, either:\n"
-            f"  - in a Kaggle notebook: Add data -> search {handle!r} -> Add, and turn Internet on "
-            f"(Settings -> Internet); outside Kaggle, kagglehub needs Internet (and Kaggle credentials "
-            f"for private data), or\n"
+            f"  - in a Kaggle notebook: Add Input -> Datasets -> search {handle!r} -> Add (it is then read "
+            f"from {input_root()}); or turn Internet on (Settings -> Internet) for kagglehub; outside "
+            f"Kaggle, kagglehub needs Internet (and Kaggle credentials for private data), or\n"
             f"  - pass data_dir=... pointing to a folder with {layouts}."
         ) from err
     if verbose:
@@ -550,18 +563,12 @@ def download_dataset(name: str, data_dir: str | os.PathLike | None = None, timeo
     return find_layout(root, name)
 
 
-def download_karpathy_split(dataset: str, timeout: float = 30.0, verbose: bool = True) -> Path | None:
-    """``dataset_<dataset>.json`` from the Karpathy splits on Kaggle, or None (with a notice) when
-    it cannot be had: the caller then falls back to a seeded split."""
+def download_karpathy_split(dataset: str, timeout: float = 30.0) -> Path:
+    """``dataset_<dataset>.json`` from the Karpathy splits on Kaggle (kagglehub); raises
+    ``DatasetUnavailableError`` saying why when it cannot be had."""
     if dataset not in KARPATHY_FILES:
-        return None
-    try:
-        found = find_karpathy_json(kaggle_path(KARPATHY_HANDLE, timeout, verbose), dataset)
-    except DatasetUnavailableError as err:
-        found, reason = None, str(err)
-    else:
-        reason = f"{KARPATHY_FILES[dataset]} is not in {KARPATHY_HANDLE!r}"
-    if found is None and verbose:
-        print(f"Karpathy split unavailable ({reason}); using a seeded split by image instead. Attach "
-              f"{KARPATHY_HANDLE!r} or pass karpathy_json=... for the standard split.")
+        raise DatasetUnavailableError(f"there is no Karpathy split of {dataset!r}")
+    found = find_karpathy_json(kaggle_path(KARPATHY_HANDLE, timeout, verbose=False), dataset)
+    if found is None:
+        raise DatasetUnavailableError(f"{KARPATHY_FILES[dataset]} is not in {KARPATHY_HANDLE!r}")
     return found

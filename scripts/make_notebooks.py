@@ -83,8 +83,10 @@ write("00_data_prep", [
     ("md", f"""# 00 · Data preparation
 From a Kaggle dataset (or a folder) to what every later stage trains on: the captions are parsed,
 tokenized with the one tokenizer the suite uses, a vocabulary is built from the training split, and
-the images are split into train / val / test (the Karpathy split when available, else a seeded split
-by image). Everything is written once to `WORK_DIR/data/<key>/` and reused by the next stages.
+the images are split into train / val / test: the Karpathy split papers report on (for Flickr8k the
+official lists, which ship with the helpers; for Flickr30k and COCO attach `shtvkumar/karpathy-splits`),
+or a seeded split by image with `OVERRIDES = ["data.split=seeded"]`. Everything is written once to
+`WORK_DIR/data/<key>/` and reused by the next stages.
 
 {DEMO_NOTE}"""),
     ("md", "## Parameters\nThe knobs of this notebook (papermill injects its values after this cell)."),

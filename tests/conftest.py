@@ -37,12 +37,14 @@ def _guarded_getaddrinfo(host, *args, **kwargs):
 
 
 @pytest.fixture(autouse=True)
-def no_network(monkeypatch):
+def no_network(monkeypatch, tmp_path):
     monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
     monkeypatch.setattr(socket, "getaddrinfo", _guarded_getaddrinfo)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     # notebook.setup() sets this on Kaggle; whatever a test sets must not leak into the next one.
     monkeypatch.delenv("CAPTIONING_GLOVE_CACHE", raising=False)
+    # Nothing attached unless a test attaches it: a /kaggle/input of the machine must not leak in.
+    monkeypatch.setenv("KAGGLE_INPUT_DIR", str(tmp_path / "kaggle_input"))
 
 
 @pytest.fixture

@@ -439,3 +439,16 @@ def test_real_suite_builds_and_passes_the_cli(tmp_path, cli_env, fake_kaggle_whe
     outputs = run_cli(cli_env, [["kernels", "push", "-p", str(folder)] for folder in folders[1:]])
     for folder, output in zip(folders[1:], outputs):
         assert cli_accepted(output, KERNEL_ENDPOINT), f"{folder.name}: {output}"
+
+
+def test_the_helpers_dataset_ships_the_flickr8k_split_lists(fake_repo, tmp_path):
+    from helpers.sources import FLICKR8K_SPLIT_FILES, SHIPPED_FLICKR8K_SPLIT
+
+    folders = kg.build_kaggle_folders(
+        "jane", tmp_path / "build", fake_repo / "notebooks", fake_repo / "kaggle_kernel_metadata.json",
+        helpers_dir=REPO_ROOT / "helpers", configs_dir=fake_repo / "configs",
+    )
+    shipped = folders[0] / kg.DATASET_PACKAGE_DIR / "helpers" / "data" / "flickr8k"
+    assert sorted(path.name for path in shipped.iterdir()) == sorted(FLICKR8K_SPLIT_FILES.values())
+    for name in FLICKR8K_SPLIT_FILES.values():
+        assert (shipped / name).read_bytes() == (SHIPPED_FLICKR8K_SPLIT / name).read_bytes()

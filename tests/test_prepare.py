@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,12 @@ from PIL import Image
 
 import helpers.prepare as prepare_module
 from helpers.prepare import PreparedDataset, prepare_dataset
-from helpers.sources import DatasetFormatError
+from helpers.sources import (
+    FLICKR8K_SPLIT_FILES,
+    SHIPPED_FLICKR8K_SPLIT,
+    DatasetFormatError,
+    read_split_lists,
+)
 from helpers.text import END, START, tokenize
 
 
@@ -252,8 +258,9 @@ def test_karpathy_split_that_does_not_fit_the_images(tmp_path):
         prepare_dataset(
             "flickr8k", data_dir=data, work_dir=tmp_path / "work", karpathy_json=wrong, verbose=False
         )
-    with pytest.raises(
-        DatasetFormatError, match="split='karpathy' but no Karpathy split file for 'flickr8k'"
+    with pytest.raises(  # Flickr8k's standard split ships with the package: these are not its images
+        DatasetFormatError,
+        match=r"Karpathy split .*flickr8k \(dataset 'flickr8k', 8,000 images\) does not fit",
     ):
         prepare_dataset(
             "flickr8k", data_dir=data, work_dir=tmp_path / "work", split="karpathy", verbose=False
@@ -473,3 +480,121 @@ def test_demo_dataset_is_generated_in_the_work_dir(tmp_path):
     assert prepared.image_dir == tmp_path / "sources" / "demo" / "Images"
     assert sum(len(images) for images in prepared.splits.values()) == prepare_module.DEMO_IMAGES
     assert prepare_dataset("demo", work_dir=tmp_path, verbose=False).key == prepared.key
+
+
+# ------------------------------------------------------------------------ the standard split without a file
+
+SHARED = Path(os.environ.get("CAPTIONING_SHARED_DIR") or Path(__file__).resolve().parents[2] / "shared")
+REALDATA = SHARED / "realdata"
+needs_realdata = pytest.mark.skipif(
+    not (REALDATA / "flickr8k_kaggle" / "captions.txt").is_file(), reason="../shared/realdata is absent"
+)
+
+
+def write_split_lists(folder, assignment):
+    """The official Flickr8k release's three split lists for `assignment` (restval counts as train)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, name in FLICKR8K_SPLIT_FILES.items():
+        names = [image for image, s in assignment.items() if s.replace("restval", "train") == split]
+        (folder / name).write_text("".join(f"{image}\n" for image in names))
+
+
+def test_split_lists_beside_the_data_and_the_karpathy_json_give_the_same_prepared_data(tmp_path):
+    with_json = ten_images(tmp_path / "json")
+    write_karpathy(with_json / "dataset_flickr8k.json", KARPATHY)
+    with_lists = ten_images(tmp_path / "lists")
+    write_split_lists(with_lists / "Flickr8k_text", KARPATHY)
+    from_json = prepare_dataset("flickr8k", data_dir=with_json, work_dir=tmp_path / "a", verbose=False)
+    from_lists = prepare_dataset("flickr8k", data_dir=with_lists, work_dir=tmp_path / "b", verbose=False)
+    assert from_lists.manifest["source"]["karpathy_json"]["name"] == "Flickr8k_text"
+    assert from_lists.splits == from_json.splits == {
+        "train": [f"img{i}.jpg" for i in range(6)], "val": ["img6.jpg", "img7.jpg"], "test": ["img8.jpg"],
+    }
+    assert from_lists.key == from_json.key  # the same split: feature stores keyed by it are shared
+
+
+def test_an_image_in_two_split_lists_is_named(tmp_path):
+    lists = tmp_path / "lists"
+    write_split_lists(lists, {"a.jpg": "train", "b.jpg": "val"})
+    (lists / FLICKR8K_SPLIT_FILES["test"]).write_text("c.jpg\na.jpg\n")
+    expected = r"Flickr_8k.testImages.txt line 2: a.jpg is also in the train list"
+    with pytest.raises(DatasetFormatError, match=expected):
+        read_split_lists(lists)
+
+
+def test_missing_karpathy_split_of_flickr30k_is_one_message_with_the_notebook_fix(
+    tmp_path, monkeypatch, capsys
+):
+    import kagglehub
+
+    def offline(handle, *args, **kwargs):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(kagglehub, "dataset_download", offline)
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "empty_cache"))
+    inputs = tmp_path / "input"
+    monkeypatch.setenv("KAGGLE_INPUT_DIR", str(inputs))
+    ten_images(inputs / "datasets" / "adityajn105" / "flickr30k")
+    with pytest.raises(DatasetFormatError) as caught:
+        prepare_dataset("flickr30k", work_dir=tmp_path / "work", split="karpathy")
+    message = str(caught.value)
+    mount = inputs / "datasets" / "adityajn105" / "flickr30k"
+    assert message.startswith(
+        "split='karpathy' needs the Karpathy split file dataset_flickr30k.json, but it is not beside the "
+        f"data in {mount} nor attached under {inputs}, and kagglehub could not get it (could not get the "
+        "Kaggle dataset 'shtvkumar/karpathy-splits': ConnectionError: offline)"
+    )
+    assert "attach the Kaggle dataset 'shtvkumar/karpathy-splits' (Add Input -> Datasets)" in message
+    assert 'parameters cell set OVERRIDES = ["data.split=seeded"]' in message
+    assert "on the command line add data.split=seeded" in message
+    assert "seeded split" not in capsys.readouterr().out  # no notice that contradicts the error
+
+    seeded = prepare_dataset("flickr30k", work_dir=tmp_path / "work", split=None, min_word_count=1)
+    assert seeded.manifest["split_method"] == "seeded"
+    notices = [line for line in capsys.readouterr().out.splitlines() if "Karpathy" in line]
+    assert len(notices) == 1 and "using a seeded split by image" in notices[0]
+
+
+def test_the_override_the_message_names_sets_a_seeded_split(tmp_path):
+    from helpers.notebook import Env
+    from helpers.stages import stage_config
+
+    env = Env(False, "cpu", None, None, tmp_path, ())
+    assert stage_config("LSTM", {}, env).data.split == "karpathy"
+    assert stage_config("LSTM", {"OVERRIDES": ["data.split=seeded"]}, env).data.split == "seeded"
+
+
+@needs_realdata
+def test_shipped_flickr8k_split_lists_are_the_official_release():
+    for name in FLICKR8K_SPLIT_FILES.values():
+        shipped = (SHIPPED_FLICKR8K_SPLIT / name).read_bytes()
+        assert shipped == (REALDATA / "flickr8k_original" / name).read_bytes()
+
+
+@needs_realdata
+def test_attached_real_flickr8k_gets_the_standard_split_without_a_split_file(tmp_path, monkeypatch, capsys):
+    import kagglehub
+
+    def no_kagglehub(handle, *args, **kwargs):
+        raise AssertionError(f"kagglehub called for {handle}")
+
+    monkeypatch.setattr(kagglehub, "dataset_download", no_kagglehub)
+    inputs = tmp_path / "input"
+    monkeypatch.setenv("KAGGLE_INPUT_DIR", str(inputs))
+    attached = inputs / "datasets" / "adityajn105" / "flickr8k"
+    (attached / "Images").mkdir(parents=True)
+    shutil.copy(REALDATA / "flickr8k_kaggle" / "captions.txt", attached / "captions.txt")
+    with open(attached / "captions.txt", encoding="utf-8", newline="") as f:
+        named = {row[0] for row in list(csv.reader(f))[1:]}
+    for image in named:  # placeholders: preparing checks that each image exists and is not empty
+        (attached / "Images" / image).write_bytes(b"x")
+
+    prepared = prepare_dataset("flickr8k", work_dir=tmp_path / "work", split="karpathy")
+    official = {
+        split: sorted((REALDATA / "flickr8k_original" / name).read_text().split())
+        for split, name in FLICKR8K_SPLIT_FILES.items()
+    }
+    assert [len(official[s]) for s in ("train", "val", "test")] == [6000, 1000, 1000]
+    assert prepared.splits == official
+    assert prepared.manifest["dropped"]["image not in the Karpathy split"]["count"] == len(named) - 8000
+    assert "seeded" not in capsys.readouterr().out

@@ -331,7 +331,8 @@ def test_no_network_gives_a_clear_error_at_once(monkeypatch, kaggle_calls):
     assert time.monotonic() - start < 5
     message = str(err.value)
     assert "could not get the Kaggle dataset 'awsaf49/coco-2017-dataset': ConnectionError" in message
-    assert "Add data -> search 'awsaf49/coco-2017-dataset'" in message and "turn Internet on" in message
+    assert "Add Input -> Datasets -> search 'awsaf49/coco-2017-dataset'" in message
+    assert "turn Internet on" in message
     assert "pass data_dir=... pointing to a folder with annotations/captions_train2017.json" in message
 
 
@@ -397,19 +398,20 @@ def test_unknown_dataset_names_the_choices():
     assert set(KAGGLE_HANDLES) == {"flickr8k", "flickr30k", "coco"}
 
 
-def test_karpathy_download_is_optional(monkeypatch, tmp_path, capsys, kaggle_calls):
+def test_karpathy_download_says_why_it_failed(monkeypatch, tmp_path, kaggle_calls):
     def offline(handle, *args, **kwargs):
         raise ConnectionError("offline")
 
     monkeypatch.setattr(kagglehub, "dataset_download", offline)
-    assert download_karpathy_split("flickr8k") is None
-    notice = capsys.readouterr().out
-    assert "Karpathy split unavailable" in notice and "using a seeded split by image instead" in notice
+    with pytest.raises(DatasetUnavailableError,
+                       match="could not get the Kaggle dataset 'shtvkumar/karpathy-splits': ConnectionError"):
+        download_karpathy_split("flickr30k")
 
     splits = tmp_path / "karpathy"
     splits.mkdir()
     (splits / "dataset_flickr8k.json").write_text('{"images": []}')
     monkeypatch.setattr(kagglehub, "dataset_download", lambda handle, *a, **k: str(splits))
-    assert download_karpathy_split("flickr8k", verbose=False) == splits / "dataset_flickr8k.json"
-    assert download_karpathy_split("flickr30k") is None
-    assert "dataset_flickr30k.json is not in 'shtvkumar/karpathy-splits'" in capsys.readouterr().out
+    assert download_karpathy_split("flickr8k") == splits / "dataset_flickr8k.json"
+    with pytest.raises(DatasetUnavailableError,
+                       match="dataset_flickr30k.json is not in 'shtvkumar/karpathy-splits'"):
+        download_karpathy_split("flickr30k")

@@ -46,11 +46,12 @@ DATASET_PACKAGE_DIR = "package"
 # The first cell of every notebook: put the folder holding `helpers/` on sys.path, from the
 # repository checkout, else from the attached helpers dataset (any Kaggle mount layout, unpacked or not).
 HELPERS_BOOTSTRAP = """\
-import sys, zipfile
+import os, sys, zipfile
 from pathlib import Path
 
 
-def find_helpers_root(start=".", kaggle_input="/kaggle/input", unpack_to="/tmp/captioning-helpers"):
+def find_helpers_root(start=".", kaggle_input=os.environ.get("KAGGLE_INPUT_DIR") or "/kaggle/input",
+                      unpack_to="/tmp/captioning-helpers"):
     start, kaggle_input = Path(start).resolve(), Path(kaggle_input)
     for folder in (start, *start.parents):
         if (folder / "helpers" / "__init__.py").is_file():

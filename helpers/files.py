@@ -35,6 +35,9 @@ class WriteError(OSError):
 
     An OSError, so that code which falls back to another folder on OSError keeps doing so."""
 
+    def __str__(self) -> str:
+        return str(self.args[0])  # the message, not OSError's "[Errno n] strerror: filename"
+
 
 def describe_write_error(path: str | os.PathLike, error: OSError) -> str:
     """What an OSError met while writing `path` means and how to get on, in a sentence or two."""
@@ -51,7 +54,7 @@ def describe_write_error(path: str | os.PathLike, error: OSError) -> str:
     if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         reason = "is on a read-only file system" if error.errno == errno.EROFS else "is not writable"
         return (
-            f"{path.parent} {reason}, so {path.name} cannot be written there. Set training.run_dir "
+            f"cannot write {path}: {path.parent} {reason}. Set training.run_dir "
             "(and data.work_dir) to a writable folder; on Kaggle that is under /kaggle/working, since "
             "/kaggle/input is read-only (the notebooks copy an attached run folder there themselves)."
         )

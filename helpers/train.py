@@ -628,16 +628,16 @@ def check_resume_compatible(checkpoint: dict, vocab, config: Config, path: Path)
         return
     saved_ids = {word: index for index, word in enumerate(saved)}
     current_ids = {word: index for index, word in enumerate(current)}
-    added = [word for word in current if word not in saved_ids]
-    removed = [word for word in saved if word not in current_ids]
+    added = [repr(word) for word in current if word not in saved_ids]
+    removed = [repr(word) for word in saved if word not in current_ids]
     moved = [
         f"{word!r} {saved_ids[word]} -> {index}"
         for word, index in current_ids.items()
         if word in saved_ids and saved_ids[word] != index
     ]
     changes = [
-        f"{len(words):,} {what}, e.g. {', '.join(map(str, words[:3]))}"
-        for words, what in ((added, "words added"), (removed, "words gone"), (moved, "words with another id"))
+        f"{len(words):,} {what} (e.g. {', '.join(words[:3])})"
+        for words, what in ((added, "added"), (removed, "gone"), (moved, "with another id"))
         if words
     ]
     raise CheckpointError(
@@ -680,7 +680,7 @@ def check_finite_loss(state: TrainState, last_path: Path, best_path: Path) -> No
     if math.isfinite(state.loss):
         return
     kept = [
-        f"{path} (epoch {checkpoint['epoch']}, step {checkpoint['global_step']})"
+        f"{path} (global step {checkpoint['global_step']}, {checkpoint['epoch']} epochs done)"
         if path == last_path
         else f"{path} (best epoch {checkpoint['best_epoch']})"
         for path in (last_path, best_path)

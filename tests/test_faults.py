@@ -221,6 +221,7 @@ def test_an_empty_best_checkpoint_is_named_and_last_pt_can_still_be_scored(tmp_p
         (OSError(errno.EROFS, "Read-only file system"), "is on a read-only file system"),
         (RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"), "probably full"),
     ],
+    ids=["disk-full", "read-only", "torch-writer"],
 )
 def test_a_failed_checkpoint_write_keeps_the_last_good_one(
     tmp_path, source, monkeypatch, demo_dir, error, expected

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -39,6 +40,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 SPLITS = ("karpathy", "seeded")
 METRIC_TOKENIZERS = ("auto", "ptb", "project")  # helpers.evaluate.resolve_tokenizer
 DEVICES = ("auto", "cpu", "cuda")
+DATA_SPLITS = ("train", "val", "test")  # helpers.prepare.SPLITS
 
 
 class ConfigError(ValueError):
@@ -81,6 +83,9 @@ class DataConfig:
     image_size: int | None = None  # None: the backbone's own size (224)
     split: str | None = None  # karpathy (required) | seeded | None: Karpathy when it can be had, else seeded
     split_seed: int = 0  # seeded train/val/test split when no Karpathy split exists (not training.seed)
+    # Images that may fail to decode (feature extraction, fine-tuning) before the run stops with their
+    # list: a fraction of all images (below 1) or a count (1 or more); null: no limit.
+    max_bad_images: float | None = 0.01
 
 
 @dataclass
@@ -419,6 +424,17 @@ def validate(config: Config, source: str = "config") -> Config:
             f"{source}: model.hidden_dim={model.hidden_dim} is not divisible by model.num_heads="
             f"{model.num_heads}; the transformer's width (hidden_dim) is split across its heads."
         )
+    for key, value in _numbers(config):
+        if not math.isfinite(value):
+            raise ConfigError(f"{source}: {key}={value} is not a finite number.")
+    if data.max_bad_images is not None and data.max_bad_images < 0:
+        raise ConfigError(
+            f"{source}: data.max_bad_images={data.max_bad_images} must be a fraction (0 to 1) or a count "
+            ">= 1 of images allowed to fail, or null for no limit."
+        )
+    for split in training.eval_splits:
+        if split not in DATA_SPLITS:
+            raise _choice_error(source, "training.eval_splits", split, DATA_SPLITS)
     bad_beams = [b for b in training.eval_beam_sizes if b < 1]
     if bad_beams:
         raise ConfigError(
@@ -429,11 +445,30 @@ def validate(config: Config, source: str = "config") -> Config:
     return config
 
 
+def _numbers(section: Any, prefix: str = "") -> Iterable[tuple[str, float]]:
+    """(dotted key, value) of every float value in a config section, nested sections included."""
+    for item in dataclasses.fields(section):
+        value = getattr(section, item.name)
+        if dataclasses.is_dataclass(value):
+            yield from _numbers(value, f"{prefix}{item.name}.")
+        elif isinstance(value, float):
+            yield f"{prefix}{item.name}", value
+
+
+def bad_image_limit(config: Config) -> int | float | None:
+    """data.max_bad_images as helpers.images.BadImageReport takes it: a fraction below 1, else a count."""
+    value = config.data.max_bad_images
+    return value if value is None or value < 1 else int(value)
+
+
 # ---------------------------------------------------------------------------------------------- models
 
 
 def glove_file_dim(path: str | Path) -> int:
     """Vector size of a GloVe text file from its first line (a word2vec 'count dim' header also works)."""
+    from helpers.embeddings import check_glove_text
+
+    check_glove_text(path)
     with open(path, encoding="utf-8", errors="replace") as handle:
         first = handle.readline().rstrip("\n").split(" ")
     if len(first) == 2 and all(part.isdigit() for part in first):

@@ -37,9 +37,29 @@ GLOVE_KAGGLE_HINT = (
 # A folder for the cache that outlives the session (on Kaggle: under /kaggle/working, saved with the output).
 GLOVE_CACHE_ENV = "CAPTIONING_GLOVE_CACHE"
 # Bump when the parser or the initialisation changes, so that old cache files are never reused.
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: non-finite numbers are refused, so a format-1 cache may hold them
 _READ_BUFFER_BYTES = 1 << 24
 _DIMENSION_PROBE_LINES = 5
+
+
+class GloveFormatError(ValueError):
+    """A GloVe file that cannot be read as one; the message names the file (and line) and the fix."""
+
+
+# First bytes of compressed archives that people pass instead of the text file inside.
+_ARCHIVE_SIGNATURES = {b"\x1f\x8b": ("gzip", "gunzip -k"), b"PK\x03\x04": ("zip", "unzip")}
+
+
+def check_glove_text(path: str | os.PathLike) -> None:
+    """Refuse a gzip or zip archive (glove.6B.zip, *.txt.gz) with the command that unpacks it."""
+    with open(path, "rb") as handle:
+        start = handle.read(4)
+    for signature, (kind, command) in _ARCHIVE_SIGNATURES.items():
+        if start.startswith(signature):
+            raise GloveFormatError(
+                f"{path} is a {kind} archive, not a GloVe text file: unpack it first "
+                f"({command} {Path(path).name}) and pass the .txt file inside (e.g. glove.6B.300d.txt)."
+            )
 
 
 class WordEmbedding(nn.Module):
@@ -206,6 +226,7 @@ def _load_glove(glove_path, word_to_idx, embed_dim, cache_dir, verbose, seed):
     path = Path(glove_path)
     if not path.is_file():
         raise FileNotFoundError(f"GloVe file not found: {path}. {GLOVE_KAGGLE_HINT}")
+    check_glove_text(path)
     words = _ordered_words(getattr(word_to_idx, "word_to_idx", word_to_idx))
     key = _cache_key(path, words, embed_dim, seed)
     started = time.perf_counter()
@@ -287,7 +308,7 @@ def _find_vector_lines(path: Path, wanted: set[str], embed_dim: int) -> dict[str
             cut = line.find(b" ")
             if cut < 0:
                 if line.strip():
-                    raise ValueError(
+                    raise GloveFormatError(
                         f"{path}:{line_no}: expected 'token v1 .. v{embed_dim}', got {line[:60]!r}"
                     )
                 continue
@@ -298,7 +319,7 @@ def _find_vector_lines(path: Path, wanted: set[str], embed_dim: int) -> dict[str
             extra_fields = numbers.count(b" ") + 1 - embed_dim
             if extra_fields < 0:
                 count = embed_dim + extra_fields
-                raise ValueError(f"{path}:{line_no}: {count} numbers where {embed_dim} were expected")
+                raise GloveFormatError(f"{path}:{line_no}: {count} numbers where {embed_dim} were expected")
             if extra_fields > 0:
                 token_bytes = line.rstrip().rsplit(b" ", embed_dim)[0]
                 token = token_bytes.decode("utf-8", "replace")
@@ -330,7 +351,7 @@ def _parse_number_rows(path: Path, entries: list[tuple[int, str, bytes]], embed_
             io.BytesIO(text), sep=" ", header=None, dtype=np.float32, na_filter=False, quoting=csv.QUOTE_NONE
         ).to_numpy()
         if table.shape == (len(entries), embed_dim):
-            return table
+            return _finite(path, entries, table)
     except (ValueError, pd.errors.ParserError):
         pass
     rows = []
@@ -339,8 +360,23 @@ def _parse_number_rows(path: Path, entries: list[tuple[int, str, bytes]], embed_
             rows.append(np.array(numbers.split(b" "), dtype=np.float32))
         except ValueError as error:
             message = f"{path}:{line_no}: the vector of {token!r} is not numeric ({error})"
-            raise ValueError(message) from None
-    return np.stack(rows)
+            raise GloveFormatError(message) from None
+    return _finite(path, entries, np.stack(rows))
+
+
+def _finite(path: Path, entries: list[tuple[int, str, bytes]], rows: np.ndarray) -> np.ndarray:
+    """`rows`, unless a vector holds nan or inf (every loss would be nan): then name the first such line."""
+    finite = np.isfinite(rows).all(axis=1)
+    if finite.all():
+        return rows
+    first = int(np.argmin(finite))
+    line_no, token, _ = entries[first]
+    value = rows[first][~np.isfinite(rows[first])][0]
+    raise GloveFormatError(
+        f"{path}:{line_no}: the vector of {token!r} holds {value} ({int((~finite).sum())} vectors of the "
+        "vocabulary's words do). GloVe vectors are finite numbers, so the file is damaged: download it "
+        "again, or fix or delete those lines."
+    )
 
 
 def _skip_header_and_check_dimension(path: Path, handle, embed_dim: int) -> tuple[int, Iterator[bytes]]:
@@ -361,10 +397,10 @@ def _skip_header_and_check_dimension(path: Path, handle, embed_dim: int) -> tupl
         probe = probe[1:]
     field_counts = [len(line.split()) for line in probe if line.strip()]
     if not field_counts:
-        raise ValueError(f"{path} contains no vectors")
+        raise GloveFormatError(f"{path} contains no vectors")
     file_dim = int(header[1]) if has_header else min(field_counts) - 1
     if file_dim != embed_dim:
-        raise ValueError(
+        raise GloveFormatError(
             f"{path.name} has {file_dim}-dimensional vectors but embed_dim={embed_dim}; pass "
             f"embed_dim={file_dim} or use a {embed_dim}d file ({path})"
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import difflib
 import io
 import json
 import os
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from helpers.config import ConfigError
 from helpers.files import write_json_atomic
 from helpers.text import tokenize
 
@@ -386,8 +388,10 @@ def evaluate_run(
     meteor: bool | str = "auto",
     progress: bool = True,
     tokenizer: str | None = None,
+    checkpoint_name: str = "best",
 ) -> dict[str, Any]:
-    """Score a run's best.pt on `split` with each beam size and merge the figures into results.json.
+    """Score a run's best.pt (or `checkpoint_name`.pt, e.g. "last") on `split` with each beam size and
+    merge the figures into results.json.
 
     The prepared data and the feature store are rebuilt from the run's config (cached in its work
     dir) unless given. `tokenizer` defaults to the run's training.metric_tokenizer. Returns the
@@ -396,11 +400,16 @@ def evaluate_run(
     from helpers.train import load_run, make_source, resolve_device
 
     run_dir = Path(run_dir)
+    splits = [split] if isinstance(split, str) else list(split)
+    check_split_names(splits)
     device = resolve_device(device or "auto")
-    model, checkpoint, config = load_run(run_dir, device=device)
+    model, checkpoint, config = load_run(run_dir, device=device, which=checkpoint_name)
     tokenizer = resolve_tokenizer(tokenizer or config.training.metric_tokenizer)
     prepared, store = make_source(config, prepared, store, device=device)
-    splits = [split] if isinstance(split, str) else list(split)
+    empty = [name for name in splits if not prepared.splits.get(name)]
+    if empty:
+        names = ", ".join(empty)
+        raise ConfigError(f"{prepared.root}: the split {names} has no images; score another split.")
     metrics, captions, scoring = score_model(
         model,
         prepared,
@@ -414,6 +423,17 @@ def evaluate_run(
         tokenizer=tokenizer,
     )
     return write_results(run_dir, model, config, checkpoint, metrics, captions, device, scoring)
+
+
+def check_split_names(splits: Sequence[str]) -> None:
+    """Every name is a split that prepared data has (train, val, test), or ConfigError with the closest."""
+    from helpers.config import DATA_SPLITS
+
+    for name in splits:
+        if name not in DATA_SPLITS:
+            close = difflib.get_close_matches(name, DATA_SPLITS, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown split {name!r}.{hint} The splits are {', '.join(DATA_SPLITS)}.")
 
 
 def write_results(
@@ -500,6 +520,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--beam-size", type=int, action="append", help="beam size (repeatable; default 1 and 3)"
     )
+    parser.add_argument(
+        "--checkpoint", choices=("best", "last"), default="best",
+        help="which weights to score: best.pt (best val CIDEr, default) or last.pt",
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR even when Java is available")
     parser.add_argument(
@@ -521,6 +545,7 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             meteor=False if args.no_meteor else "auto",
             tokenizer=args.tokenizer,
+            checkpoint_name=args.checkpoint,
         )
     except (*USER_ERRORS, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

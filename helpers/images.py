@@ -10,6 +10,7 @@ long run; the run fails only when the bad files exceed a configurable threshold.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import warnings
@@ -75,6 +76,24 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+@contextlib.contextmanager
+def _bomb_warning_naming(path: Path):
+    """Re-issue Pillow's DecompressionBombWarning (a huge image: slow, memory-hungry) with the file's
+    name, which Pillow's own message lacks; other warnings pass through unchanged."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", Image.DecompressionBombWarning)
+        yield
+    for warning in caught:
+        if issubclass(warning.category, Image.DecompressionBombWarning):
+            warnings.warn(
+                f"{path}: {warning.message} Check or shrink this image; decoding it takes much memory.",
+                Image.DecompressionBombWarning,
+                stacklevel=3,
+            )
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+
+
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Decode an image file into an upright 8-bit RGB PIL image.
 
@@ -91,7 +110,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     if path.stat().st_size == 0:
         raise BadImageError(path, "empty file (0 bytes)")
     try:
-        with Image.open(path) as opened:
+        with _bomb_warning_naming(path), Image.open(path) as opened:
             opened.load()
             upright = ImageOps.exif_transpose(opened)
             return _to_rgb(upright)  # a new image: independent of the closed file

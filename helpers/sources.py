@@ -143,7 +143,9 @@ def _decode_lines(path: Path) -> tuple[list[str], dict[int, str]]:
     """The file's lines (1-based line i is ``lines[i - 1]``) and the non-UTF-8 ones (line -> bytes)."""
     if not path.is_file():
         raise DatasetFormatError(f"captions file not found: {path}")
-    raw_lines = path.read_bytes().splitlines(keepends=True)
+    data = path.read_bytes()
+    _refuse_utf16(path, data)
+    raw_lines = data.splitlines(keepends=True)
     lines, undecodable = [], {}
     for number, raw in enumerate(raw_lines, start=1):
         try:
@@ -161,6 +163,16 @@ def _decode_lines(path: Path) -> tuple[list[str], dict[int, str]]:
             f"`iconv -f latin1 -t utf-8 {path.name} > fixed.txt`."
         )
     return lines, undecodable
+
+
+def _refuse_utf16(path: Path, data: bytes) -> None:
+    """UTF-16 text (Windows editors' "Unicode") has a byte-order mark or a NUL byte beside every letter."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in data[:4096]:
+        raise DatasetFormatError(
+            f"{path} is UTF-16 text (a byte-order mark or NUL bytes between the letters), not UTF-8. "
+            f"Save it as UTF-8 (an editor's \"Save as... UTF-8\", or `iconv -f utf-16 -t utf-8 {path.name} "
+            f"> {path.stem}.utf8{path.suffix}`) and use that file."
+        )
 
 
 def _check_header(path: Path, found: list[str], expected: list[str], separator: str) -> None:

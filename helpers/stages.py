@@ -51,7 +51,8 @@ def stage_config(decoder: str, params: Mapping[str, Any], env, **choices: Any) -
 
     Layers, later ones winning: configs/<decoder>.yaml, the parameters cell, the preset (PRESET, a
     deliberate choice of backbone and sizes), configs/demo.yaml when DEMO is true (CPU-sized, no
-    downloads: random backbone weights and the generated GloVe file), the widget choices, then
+    downloads: random backbone weights and the generated GloVe file) except for an EPOCHS that is
+    not None, the widget choices, then
     OVERRIDES (`key=value` strings, e.g. "training.lr=5e-4", for anything the other knobs miss). Paths
     follow the session: data, features and runs under the work dir, training on `env.device`.
     """
@@ -64,6 +65,8 @@ def stage_config(decoder: str, params: Mapping[str, Any], env, **choices: Any) -
         overrides.pop("data.data_dir", None)
     for overlay in overlays:
         overrides.update({key: value for key, value, _ in parse_overrides(read_yaml(find_config(overlay)))})
+    if params.get("EPOCHS") is not None:  # asked for explicitly: wins over the demo's epochs
+        overrides["training.epochs"] = params["EPOCHS"]
     work_dir = Path(env.work_dir)
     overrides["data.work_dir"] = str(work_dir)
     overrides["training.run_dir"] = str(work_dir / "runs")

@@ -27,7 +27,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import pickle
 import random
+import shutil
 import sys
 import time
 import warnings
@@ -42,7 +44,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from helpers.config import Config, ConfigError, build_model, config_from_dict, load_config
+from helpers.config import (
+    Config,
+    ConfigError,
+    bad_image_limit,
+    build_model,
+    config_from_dict,
+    load_config,
+)
 from helpers.evaluate import (
     JavaUnavailableError,
     compute_metrics,
@@ -51,7 +60,14 @@ from helpers.evaluate import (
     score_model,
     write_results,
 )
-from helpers.files import atomic_path, write_json_atomic
+from helpers.files import (
+    WriteError,
+    atomic_path,
+    remove_abandoned_temporaries,
+    write_bytes_atomic,
+    write_json_atomic,
+)
+from helpers.runlock import RunFolderBusyError, RunLock
 
 CHECKPOINT_FORMAT = 1
 MIN_CUDA_CAPABILITY = (7, 0)
@@ -60,6 +76,14 @@ Callback = Callable[[str, "TrainState"], None]
 
 class UnsupportedDeviceError(RuntimeError):
     """A GPU the installed torch cannot run (compute capability below 7.0, e.g. Kaggle's P100)."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: empty, truncated, or not made for this run's model and data."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became nan or inf; the message names the step and the last good checkpoint."""
 
 
 # ----------------------------------------------------------------------------------------- devices
@@ -152,16 +176,25 @@ def features_for(config: Config, prepared, device=None, progress: bool = True):
     """The feature store of `config`'s backbone, image size and weights (extracted once, resumed
     when interrupted, then reused)."""
     from helpers.features import extract_features
+    from helpers.images import TooManyBadImagesError
 
-    return extract_features(
-        prepared,
-        backbone=config.model.backbone,
-        image_size=config.image_size,
-        pretrained=config.model.pretrained_backbone,
-        num_workers=config.training.num_workers,
-        device=device,
-        progress=progress,
-    )
+    try:
+        return extract_features(
+            prepared,
+            backbone=config.model.backbone,
+            image_size=config.image_size,
+            pretrained=config.model.pretrained_backbone,
+            num_workers=config.training.num_workers,
+            device=device,
+            max_bad_images=bad_image_limit(config),
+            progress=progress,
+        )
+    except TooManyBadImagesError as error:
+        raise TooManyBadImagesError(
+            f"{error}\nThe features extracted so far are kept. To go on without these images, raise "
+            f"data.max_bad_images (now {config.data.max_bad_images}; a fraction below 1 or a count) in "
+            "the config, on the command line (data.max_bad_images=0.05) or in a notebook's OVERRIDES."
+        ) from None
 
 
 def make_source(config: Config, prepared=None, store=None, device=None, progress: bool = True):
@@ -346,9 +379,20 @@ def make_scheduler(optimizer, config: Config, total_steps: int) -> torch.optim.l
 
 
 def save_atomic(payload: dict, path: Path) -> None:
-    """torch.save to a temp file in the same folder, then os.replace: a kill never leaves half a file."""
-    with atomic_path(path) as temporary:
-        torch.save(payload, temporary)
+    """torch.save to a temp file in the same folder, then os.replace: a kill never leaves half a file.
+
+    A failed write (full disk, read-only folder) raises WriteError naming the file; the previous
+    checkpoint stays as it was."""
+    try:
+        with atomic_path(path) as temporary:
+            torch.save(payload, temporary)
+    except RuntimeError as error:  # torch's own writer reports a failed write without an errno
+        free = shutil.disk_usage(Path(path).parent).free
+        raise WriteError(
+            f"could not write {path} ({error}); {free / 2**20:,.0f} MiB are free there, so the disk is "
+            "probably full. Free some space or set training.run_dir to a larger disk, then run the same "
+            "command again: it continues from the last complete checkpoint."
+        ) from error
 
 
 def encoder_in_checkpoint(config: Config) -> bool:
@@ -364,10 +408,15 @@ def model_state(model: nn.Module, config: Config) -> dict[str, torch.Tensor]:
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # "size mismatch for ...": the config builds other shapes
+        raise CheckpointError(
+            f"{path} does not fit the model its config builds: {str(error).strip().splitlines()[-1]}"
+        ) from None
     missing = [key for key in missing if not key.startswith("image_encoder.")]
     if missing or unexpected:
-        raise ValueError(
+        raise CheckpointError(
             f"{path} does not fit the model its config builds: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}."
         )
@@ -377,12 +426,34 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint {path}; train first (python -m helpers.train --config ...).")
-    checkpoint = torch.load(path, map_location=device, weights_only=True)
-    if checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except (EOFError, RuntimeError, pickle.UnpicklingError, OSError, ValueError) as error:
+        raise CheckpointError(_unreadable_checkpoint(path, error)) from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        checkpoint = checkpoint if isinstance(checkpoint, dict) else {}
+        raise CheckpointError(
             f"{path}: checkpoint format {checkpoint.get('format')!r}, expected {CHECKPOINT_FORMAT}."
         )
     return checkpoint
+
+
+def _unreadable_checkpoint(path: Path, error: BaseException) -> str:
+    """Why torch could not read `path` and what to do, for a file that was not written completely."""
+    size = path.stat().st_size
+    what = "is empty (0 bytes)" if size == 0 else f"is truncated or damaged ({size:,} bytes; torch: {error})"
+    if path.name == "best.pt":
+        fix = (
+            "If the run folder was copied, copy this file again. Otherwise delete it: training rewrites "
+            "best.pt at the next epoch with a better val CIDEr, and `python -m helpers.evaluate RUN "
+            "--checkpoint last` scores the last weights."
+        )
+    else:
+        fix = (
+            "If the run folder was copied, copy this file again. Otherwise delete it and start the run "
+            "over (--no-resume on the command line, RESUME = False in a notebook, train(resume=False))."
+        )
+    return f"{path} {what}: it was not written completely (a full disk, or an interrupted copy). {fix}"
 
 
 def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", which: str = "best"):
@@ -534,9 +605,106 @@ def _check_resumable(checkpoint: dict, config: Config, path: Path) -> None:
     if differences:
         raise ConfigError(
             f"{path} was written with a different config ({'; '.join(differences)}). Resume with the "
-            "original config, choose another training.run_name, or pass resume=False (--no-resume) to "
-            "start over."
+            f"original config, or {NEW_RUN_HINT}"
         )
+
+
+NEW_RUN_HINT = (
+    "start a new run: another training.run_name (command line: training.run_name=NEW; notebooks: "
+    'OVERRIDES = ["training.run_name=NEW"]), or start over in this folder, replacing its checkpoints '
+    "(command line: --no-resume; notebooks: RESUME = False; Python: train(config, resume=False))."
+)
+
+
+def check_resume_compatible(checkpoint: dict, vocab, config: Config, path: Path) -> None:
+    """Refuse to resume `checkpoint` unless it was made by this config on this vocabulary.
+
+    The word ids must be the same, not only their number: a model whose embedding rows and output
+    units belong to other words would go on training without an error and produce nonsense.
+    """
+    _check_resumable(checkpoint, config, path)
+    saved, current = list(checkpoint["vocab"]), list(vocab.idx_to_word)
+    if saved == current:
+        return
+    saved_ids = {word: index for index, word in enumerate(saved)}
+    current_ids = {word: index for index, word in enumerate(current)}
+    added = [repr(word) for word in current if word not in saved_ids]
+    removed = [repr(word) for word in saved if word not in current_ids]
+    moved = [
+        f"{word!r} {saved_ids[word]} -> {index}"
+        for word, index in current_ids.items()
+        if word in saved_ids and saved_ids[word] != index
+    ]
+    changes = [
+        f"{len(words):,} {what} (e.g. {', '.join(words[:3])})"
+        for words, what in ((added, "added"), (removed, "gone"), (moved, "with another id"))
+        if words
+    ]
+    raise CheckpointError(
+        f"{path} was trained on another vocabulary than the prepared data gives now ({len(saved):,} -> "
+        f"{len(current):,} words: {'; '.join(changes)}). The captions, the split or "
+        "data.min_word_count changed since this run started, so its word vectors would be read as "
+        f"other words. Go back to the data it was trained on, or {NEW_RUN_HINT}"
+    )
+
+
+def check_splits(prepared, config: Config) -> None:
+    """Before any training: the splits that training and scoring will read exist and have images."""
+    needed = {"train": "training", "val": "validation after each epoch"}
+    for split in config.training.eval_splits:
+        needed.setdefault(split, "training.eval_splits")
+    empty = [f"{split!r} ({why})" for split, why in needed.items() if not prepared.splits.get(split)]
+    if not empty:
+        return
+    counts = ", ".join(f"{split} {len(images):,}" for split, images in prepared.splits.items())
+    source = prepared.manifest["source"]
+    karpathy = source.get("karpathy_json")
+    if karpathy:
+        fix = (
+            f"The Karpathy split file {karpathy['name']} leaves them empty for these images: use the "
+            f"split file of this dataset (dataset_{prepared.dataset}.json), or data.split=seeded"
+        )
+    else:
+        fix = "The dataset has too few images for the seeded split: add images, or use data.split=karpathy"
+    unscored = [split for split in config.training.eval_splits if not prepared.splits.get(split)]
+    if unscored and all(prepared.splits.get(split) for split in ("train", "val")):
+        fix += f", or leave {unscored} out of training.eval_splits"
+    raise ConfigError(
+        f"{prepared.root}: the prepared split has no images in {', '.join(empty)} (images: {counts}). "
+        f"{fix}."
+    )
+
+
+def check_finite_loss(state: TrainState, last_path: Path, best_path: Path) -> None:
+    """Stop at the first nan/inf training loss, before a checkpoint of the diverged weights is written."""
+    if math.isfinite(state.loss):
+        return
+    kept = [
+        f"{path} (global step {checkpoint['global_step']}, {checkpoint['epoch']} epochs done)"
+        if path == last_path
+        else f"{path} (best epoch {checkpoint['best_epoch']})"
+        for path in (last_path, best_path)
+        if path.is_file() and (checkpoint := _checkpoint_position(path))
+    ]
+    config = state.config
+    raise NonFiniteLossError(
+        f"the training loss is {state.loss} at epoch {state.epoch + 1}, step {state.step_in_epoch + 1} "
+        f"(global step {state.global_step + 1}) of {config.run_path}: training stopped there and wrote "
+        "nothing more. The last good checkpoints are kept: "
+        f"{', '.join(kept) if kept else 'none yet (it diverged before the first checkpoint)'}. "
+        "Causes: a learning rate too high for this model (training.lr="
+        f"{config.training.lr:g}; keep training.grad_clip on), or non-finite numbers in the input "
+        f"(GloVe file {config.embeddings.glove_path if config.embeddings.use_glove else '-'}, features). "
+        f"With a lower training.lr, {NEW_RUN_HINT}"
+    )
+
+
+def _checkpoint_position(path: Path) -> dict | None:
+    """epoch, global_step and best_epoch of a checkpoint, or None when it cannot be read."""
+    try:
+        return load_checkpoint(path, "cpu")
+    except (CheckpointError, FileNotFoundError):
+        return None
 
 
 # ------------------------------------------------------------------------------------------ the loop
@@ -650,8 +818,18 @@ def train(
     `prepared` / `store` reuse an already prepared dataset and feature store (the notebooks pass
     them). `callbacks` are called as `callback(event, state)` with event "step_end" or "epoch_end"
     and the live `TrainState`. `resume` (default: when last.pt exists) continues a killed run;
-    `resume=False` starts over in the same folder.
+    `resume=False` starts over in the same folder. The run folder is locked while training: a second
+    training into it raises RunFolderBusyError naming the first.
     """
+    lock = RunLock(config.run_path)
+    try:
+        return _train(config, lock, prepared, store, progress, callbacks, resume)
+    finally:
+        lock.release()
+
+
+def _train(config: Config, lock: RunLock, prepared, store, progress, callbacks, resume) -> TrainResult:
+    """`train` with the run folder's lock, which it takes once the config is known to be usable."""
     callbacks = list(callbacks or [])
     max_hours = config.training.max_hours
     deadline = time.perf_counter() + max_hours * 3600 if max_hours else None
@@ -659,11 +837,25 @@ def train(
     if config.training.eval_splits and config.training.eval_beam_sizes:
         resolve_tokenizer(config.training.metric_tokenizer)  # "ptb" without Java fails now, not at the end
     run_dir = config.run_path
+    lock.acquire()
+    if lock.taken_over_from and progress:
+        owner = lock.taken_over_from
+        print(
+            f"{run_dir}: the training that held it (process {owner.get('pid')} since {owner.get('since')}) "
+            "ended without releasing it (killed?); taking it over"
+        )
+    remove_abandoned_temporaries(run_dir)
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     resume = last_path.is_file() if resume is None else resume
     if resume and not last_path.is_file():
         raise FileNotFoundError(f"Cannot resume: {last_path} does not exist (start without --resume).")
 
+    if prepared is None:
+        prepared = prepare_for(config, progress)
+    check_splits(prepared, config)
+    checkpoint = load_checkpoint(last_path, "cpu") if resume else None  # RNG states must stay CPU tensors
+    if checkpoint is not None:
+        check_resume_compatible(checkpoint, prepared.vocab, config, last_path)
     prepared, store = make_source(config, prepared, store, device=device, progress=progress)
     source = store if store is not None else prepared
     train_data, val_data = _datasets(config, prepared, store)
@@ -677,9 +869,7 @@ def train(
     scheduler = make_scheduler(optimizer, config, steps_per_epoch * config.training.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=_amp(config, device))
     state = TrainState(config, run_dir, model, optimizer, scheduler, scaler, device)
-    if resume:
-        checkpoint = load_checkpoint(last_path, "cpu")  # RNG states must stay CPU tensors
-        _check_resumable(checkpoint, config, last_path)
+    if checkpoint is not None:
         state.restore(checkpoint, last_path)
         _warn_if_schedule_changed(checkpoint, config, scheduler, state.global_step)
         if progress:
@@ -688,7 +878,7 @@ def train(
                 f"step {state.step_in_epoch} of {steps_per_epoch}"
             )
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+    write_bytes_atomic(run_dir / "config.yaml", config.to_yaml().encode("utf-8"))
     trainable = [p for p in model.parameters() if p.requires_grad]
     session_started, wall_before = time.perf_counter(), state.wall_time_s
     if progress:
@@ -726,6 +916,7 @@ def train(
                 captions = captions.to(device, non_blocking=True)
                 clip, amp = config.training.grad_clip, _amp(config, device)
                 state.loss = train_step(model, inputs, captions, optimizer, scaler, clip, amp)
+                check_finite_loss(state, last_path, best_path)
                 state.epoch_loss_sum += state.loss * len(captions)
                 state.epoch_captions += len(captions)
                 seen += len(captions)
@@ -866,6 +1057,7 @@ DEMO_CONFIG = "demo"
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the input (config, data, weights, device): reported as one message, no traceback."""
     from helpers.backbones import PretrainedWeightsUnavailable
+    from helpers.embeddings import GloveFormatError
     from helpers.images import TooManyBadImagesError
     from helpers.sources import DatasetFormatError, DatasetUnavailableError
 
@@ -873,6 +1065,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         ConfigError,
         FileNotFoundError,
         UnsupportedDeviceError,
+        CheckpointError,
+        NonFiniteLossError,
+        RunFolderBusyError,
+        WriteError,
+        GloveFormatError,
         DatasetFormatError,
         DatasetUnavailableError,
         PretrainedWeightsUnavailable,
@@ -910,7 +1107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="e.g. model.hidden_dim=256 training.epochs=3"
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides may come before or after options
     try:
         files = [args.config, *([DEMO_CONFIG] if args.demo else []), *args.preset]
         config = load_config(files, args.overrides)

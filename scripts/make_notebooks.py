@@ -27,7 +27,7 @@ PRETRAINED = True          # ImageNet weights for the backbone (Internet on, or 
 USE_GLOVE = True           # GloVe word vectors instead of random ones
 GLOVE_PATH = None          # None: glove.6B.300d.txt from the attached dataset, else kagglehub
 FREEZE_EMBEDDINGS = False  # keep the word vectors fixed while training
-EPOCHS = 10
+EPOCHS = None              # None: the config's (10; 8 in DEMO mode); a number wins in DEMO mode too
 BATCH_SIZE = 128
 # Extra config settings applied last, e.g. ["training.lr=5e-4", "model.hidden_dim=256"]
 OVERRIDES = []'''

@@ -35,7 +35,7 @@ NOTEBOOK_DEFAULTS = {
     "USE_GLOVE": True,
     "GLOVE_PATH": None,
     "FREEZE_EMBEDDINGS": False,
-    "EPOCHS": 10,
+    "EPOCHS": None,
     "BATCH_SIZE": 128,
     "OVERRIDES": [],
 }

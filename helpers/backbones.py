@@ -2,8 +2,8 @@
 and `ImageEncoder`, the course module's encoder extended to ResNet50/101 and RegNet-X-400MF.
 
 Weights come from torchvision's `weights=` enums: a file in `$TORCH_HOME/hub/checkpoints` or attached
-to the Kaggle notebook (matched by torchvision's file name and its sha256 prefix) loads without network
-access; otherwise torchvision downloads it, with a bounded wait.
+to the Kaggle notebook (under torchvision's file name, or renamed and matched by the sha256 prefix in
+that name) loads without network access; otherwise torchvision downloads it, with a bounded wait.
 """
 
 from __future__ import annotations
@@ -130,22 +130,34 @@ def _sha256_starts_with(path: Path, prefix: str) -> bool:
     return digest.hexdigest().startswith(prefix)
 
 
-def find_attached_weights(info: BackboneInfo) -> Path | None:
-    """The pretrained weights of ``info`` in a dataset or Kaggle Model attached to the notebook (see
-    helpers.inputs): a ``.pth`` file whose sha256 starts with the prefix in torchvision's file name.
-    A file under torchvision's own name is checked first, then any other ``.pth`` of about the
-    weights' size (a renamed copy)."""
+def find_attached_weights(info: BackboneInfo) -> list[Path]:
+    """Candidate files for the pretrained weights of ``info`` in the datasets or Kaggle Models attached
+    to the notebook (see helpers.inputs), best first: files under torchvision's own name (trusted like
+    torchvision trusts its cache; a damaged one fails to load and is skipped), then renamed ``.pth``
+    copies of about the weights' size whose sha256 starts with the prefix in torchvision's name."""
     prefix = _hash_prefix(info.weights_file)
     expected_bytes = 4 * info.parameters
     candidates = find_attached(lambda name: name.endswith(".pth"))
     by_name = [file for file in candidates if file.name == info.weights_file]
     renamed = [file for file in candidates if file.name != info.weights_file
                and 0.9 * expected_bytes < file.stat().st_size < 1.2 * expected_bytes]
-    for file in [*by_name, *renamed]:
-        if prefix is None or _sha256_starts_with(file, prefix):
-            return file
-        if file in by_name:
-            print(f"{file}: its sha256 does not start with {prefix} (a damaged or different file); ignored")
+    return by_name + [file for file in renamed if prefix is not None and _sha256_starts_with(file, prefix)]
+
+
+def _load_attached(info: BackboneInfo) -> dict[str, torch.Tensor] | None:
+    """The first attached weights file that loads as a state dict of this backbone, or None."""
+    expected = set(getattr(torchvision.models, info.name)(weights=None).state_dict())
+    for file in find_attached_weights(info):
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as error:  # truncated or not a torch file: say so, try the next source
+            print(f"{file}: not readable as {info.name} weights ({type(error).__name__}); ignored")
+            continue
+        if not isinstance(state, dict) or set(state) != expected:
+            print(f"{file}: not a state dict of {info.name}; ignored")
+            continue
+        print(f"{info.name} weights: {file} (attached)")
+        return state
     return None
 
 
@@ -154,10 +166,9 @@ def _load_weights(info: BackboneInfo) -> dict[str, torch.Tensor]:
     else downloaded by torchvision, given up after DOWNLOAD_TIMEOUT seconds without progress."""
     checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
     if not (checkpoints / info.weights_file).is_file():
-        attached = find_attached_weights(info)
+        attached = _load_attached(info)
         if attached is not None:
-            print(f"{info.name} weights: {attached} (attached)")
-            return torch.load(attached, map_location="cpu", weights_only=True)
+            return attached
     checkpoints.mkdir(parents=True, exist_ok=True)
     try:
         return run_with_progress_timeout(

@@ -168,13 +168,26 @@ def test_renamed_weights_are_recognised_by_their_hash(kaggle_input, torch_home, 
     assert_same_weights(ImageEncoder(pretrained=True, backbone="regnet_x_400mf", verbose=False), staged)
 
 
-def test_a_damaged_file_under_the_weights_name_is_not_used(kaggle_input, torch_home, capsys):
-    name = BACKBONES["regnet_x_400mf"].weights_file  # the real name, whose hash this file does not have
+def test_a_damaged_or_foreign_file_under_the_weights_name_is_not_used(kaggle_input, torch_home, capsys):
+    name = BACKBONES["regnet_x_400mf"].weights_file
     damaged = kaggle_input / "backbone-weights" / name
     planted_weights(damaged)
+    damaged.write_bytes(damaged.read_bytes()[:1000])  # truncated
+    foreign = kaggle_input / "other-weights" / name
+    foreign.parent.mkdir(parents=True)
+    torch.save({"fc.weight": torch.zeros(2, 2)}, foreign)  # loads, but is another network's
     with pytest.raises(PretrainedWeightsUnavailable, match=name):
         ImageEncoder(pretrained=True, backbone="regnet_x_400mf", verbose=False)
-    assert f"{damaged}: its sha256 does not start with 62229a5f" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{damaged}: not readable as regnet_x_400mf weights" in out
+    assert f"{foreign}: not a state dict of regnet_x_400mf; ignored" in out
+
+
+def test_weights_under_torchvision_name_are_used_as_torchvision_uses_its_cache(kaggle_input, torch_home):
+    """The name is the match (like a file in $TORCH_HOME/hub/checkpoints): no hash to compute."""
+    attached = kaggle_input / "datasets" / "jane" / "weights" / BACKBONES["regnet_x_400mf"].weights_file
+    staged, _ = planted_weights(attached)
+    assert_same_weights(ImageEncoder(pretrained=True, backbone="regnet_x_400mf", verbose=False), staged)
 
 
 # ------------------------------------------------------------------------------------ bounded downloads

@@ -387,7 +387,8 @@ def evaluate_run(
     progress: bool = True,
     tokenizer: str | None = None,
 ) -> dict[str, Any]:
-    """Score a run's best.pt on `split` with each beam size and merge the figures into results.json.
+    """Score a run's best.pt (last.pt when no epoch was validated yet) on `split` with each beam size
+    and merge the figures into results.json.
 
     The prepared data and the feature store are rebuilt from the run's config (cached in its work
     dir) unless given. `tokenizer` defaults to the run's training.metric_tokenizer. Returns the
@@ -397,7 +398,11 @@ def evaluate_run(
 
     run_dir = Path(run_dir)
     device = resolve_device(device or "auto")
-    model, checkpoint, config = load_run(run_dir, device=device)
+    which = "best"
+    if run_dir.is_dir() and not (run_dir / "best.pt").is_file() and (run_dir / "last.pt").is_file():
+        which = "last"  # no epoch was validated yet (say its scoring failed): score what was trained
+        print(f"{run_dir} has no best.pt yet: scoring last.pt.")
+    model, checkpoint, config = load_run(run_dir, device=device, which=which)
     tokenizer = resolve_tokenizer(tokenizer or config.training.metric_tokenizer)
     prepared, store = make_source(config, prepared, store, device=device)
     splits = [split] if isinstance(split, str) else list(split)

@@ -42,6 +42,7 @@ __all__ = [
     "extract_features",
     "feature_store_bytes",
     "store_directory",
+    "store_encoder",
 ]
 
 FORMAT_VERSION = 1
@@ -343,6 +344,18 @@ class _SplitWriter:
         self.handle.close()
 
 
+def store_encoder(backbone: str, pretrained: bool, verbose: bool = False,
+                  defer_weights: bool = False) -> ImageEncoder:
+    """The CNN a store of `backbone` is extracted with: torchvision's pretrained weights, or random
+    ones from a fixed seed. The store key says "random" for the latter, so they must be the same
+    weights every time (a resumed store would otherwise mix two CNNs, and a model trained on the
+    store would caption images through another CNN than the one its features came from)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        return ImageEncoder(pretrained=pretrained, backbone=backbone, verbose=verbose,
+                            defer_weights=defer_weights)
+
+
 def _resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -405,12 +418,7 @@ def extract_features(
                     for row, entry in writer.bad.items()])
 
     run_device = _resolve_device(device)
-    # The key says "random" for unpretrained weights, so they must be the same weights every time
-    # (a resumed store would otherwise mix two CNNs): seed their initialisation.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_WEIGHTS_SEED)
-        encoder = ImageEncoder(pretrained=pretrained, backbone=backbone, verbose=progress)
-    encoder = encoder.eval().to(run_device)
+    encoder = store_encoder(backbone, pretrained, verbose=progress).eval().to(run_device)
     on_cuda = run_device.type == "cuda"
     if on_cuda:
         encoder = encoder.to(memory_format=torch.channels_last)

@@ -18,8 +18,9 @@ temp file and renamed, so a killed session never leaves a broken one; `train` re
 `last.pt` by default and, for a seeded run on the CPU, ends with exactly the weights of an
 uninterrupted run. `training.max_hours` makes a run stop cleanly before a session's time runs out:
 `last.pt` is saved (mid-epoch if need be), the best weights so far are scored into `results.json`
-(status "paused"), and the next call continues. Checkpoints hold only the decoder when the CNN is
-frozen and pretrained (the CNN weights are rebuilt from torchvision), keeping them small.
+(status "paused"), and the next call continues. `last.pt` is also written when an epoch's steps end,
+before validation scores it, so a failure in scoring never loses the epoch. Checkpoints hold the CNN
+only when it trains (finetune mode): a frozen one is rebuilt from its name and weights on loading.
 """
 
 from __future__ import annotations
@@ -352,8 +353,10 @@ def save_atomic(payload: dict, path: Path) -> None:
 
 
 def encoder_in_checkpoint(config: Config) -> bool:
-    """The CNN's weights are saved when they train or cannot be rebuilt (random, unpretrained init)."""
-    return config.training.mode == "finetune" or not config.model.pretrained_backbone
+    """The CNN's weights are saved only when they train (finetune mode). A frozen CNN is rebuilt from
+    its name and weights when a checkpoint is loaded (`load_run`): torchvision's pretrained weights,
+    or the seeded random ones the feature store was extracted with."""
+    return config.training.mode == "finetune"
 
 
 def model_state(model: nn.Module, config: Config) -> dict[str, torch.Tensor]:
@@ -385,6 +388,19 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     return checkpoint
 
 
+def rebuild_frozen_encoder(model: nn.Module, state: dict[str, torch.Tensor], config: Config) -> None:
+    """Give a model loaded from a checkpoint without CNN weights the CNN its features came from: the
+    one `extract_features` runs (pretrained weights, loaded when images first pass, or the seeded
+    random ones), so that captioning images agrees with the feature store. Older checkpoints that
+    carry the CNN keep theirs."""
+    from helpers.features import store_encoder
+
+    if any(key.startswith("image_encoder.") for key in state):
+        return
+    model.image_encoder = store_encoder(config.model.backbone, config.model.pretrained_backbone,
+                                        defer_weights=True)
+
+
 def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", which: str = "best"):
     """(model in eval mode, checkpoint dict, Config) from `<run_dir>/<which>.pt`."""
     from helpers.text import Vocabulary
@@ -397,6 +413,7 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", whi
     config = config_from_dict(checkpoint["config"], source=str(path))
     model = build_model(config, Vocabulary(checkpoint["vocab"]), load_glove=False)
     load_model_state(model, checkpoint["model"], path)
+    rebuild_frozen_encoder(model, checkpoint["model"], config)
     return model.to(device).eval(), checkpoint, config
 
 
@@ -743,9 +760,11 @@ def train(
                 paused = True
                 break
         bar.close()
+        state.wall_time_s = wall_before + time.perf_counter() - session_started
+        # Saved before any scoring: a failure while validating (a missing metrics package, say)
+        # never loses the epoch's training; a rerun validates it from here.
+        save_atomic(state.checkpoint(prepared.vocab), last_path)
         if paused:
-            state.wall_time_s = wall_before + time.perf_counter() - session_started
-            save_atomic(state.checkpoint(prepared.vocab), last_path)
             break
         if bad_images:
             warnings.warn(
@@ -763,7 +782,7 @@ def train(
             **metrics,
             "lr": scheduler.get_last_lr()[0],  # the decoder's (groups are sorted: decoder first)
             "time_s": time.perf_counter() - started,
-            "captions_per_s": seen / max(train_time, 1e-9),
+            "captions_per_s": seen / max(train_time, 1e-9) if seen else float("nan"),  # nan: trained earlier
         }
         state.history.append(record)
         state.epoch, state.step_in_epoch = epoch + 1, 0
@@ -822,6 +841,8 @@ def train(
 
     best_checkpoint = load_checkpoint(best_path, device)
     load_model_state(model, best_checkpoint["model"], best_path)
+    rebuild_frozen_encoder(model, best_checkpoint["model"], config)
+    model.image_encoder.to(device)
     model.eval()
     results = None
     if config.training.eval_splits and config.training.eval_beam_sizes:

@@ -149,9 +149,10 @@ def prepare_for(config: Config, progress: bool = True):
     )
 
 
-def features_for(config: Config, prepared, device=None, progress: bool = True):
-    """The feature store of `config`'s backbone, image size and weights (extracted once, resumed
-    when interrupted, then reused)."""
+def features_for(config: Config, prepared, device=None, progress: bool = True, allow_reextract: bool = False):
+    """The feature store of `config`'s backbone, image size, weights and layout (extracted once,
+    resumed when interrupted, then reused; read in place from an attached output when recorded so,
+    see helpers.features.extract_features for `allow_reextract`)."""
     from helpers.features import extract_features
 
     return extract_features(
@@ -162,6 +163,8 @@ def features_for(config: Config, prepared, device=None, progress: bool = True):
         num_workers=config.training.num_workers,
         device=device,
         progress=progress,
+        layout=config.data.feature_layout,
+        allow_reextract=allow_reextract,
     )
 
 
@@ -182,6 +185,7 @@ def make_source(config: Config, prepared=None, store=None, device=None, progress
             ("backbone", store.backbone, config.model.backbone),
             ("image size", store.image_size, config.image_size),
             ("channels", store.channels, config.model.attn_dim),
+            ("layout", store.layout, config.data.feature_layout),
         )
         if have != want
     ]
@@ -364,6 +368,21 @@ def model_state(model: nn.Module, config: Config) -> dict[str, torch.Tensor]:
     if encoder_in_checkpoint(config):
         return state
     return {key: value for key, value in state.items() if not key.startswith("image_encoder.")}
+
+
+def check_run_space(run_dir: Path, model: nn.Module, config: Config) -> None:
+    """Refuse to start when the run folder's checkpoints would not fit (helpers.space): best.pt holds
+    the model's saved state, last.pt that plus AdamW's two moments per trainable parameter, and a
+    new last.pt is written beside the old one before it replaces it."""
+    from helpers.space import check_space, folder_bytes
+
+    state = sum(t.numel() * t.element_size() for t in model_state(model, config).values())
+    moments = sum(2 * p.numel() * 4 for p in model.parameters() if p.requires_grad)
+    needed = state + 2 * (state + moments) + 10**6 - folder_bytes(run_dir)  # + history and results
+    check_space(run_dir, needed, f"The run folder {run_dir}", [
+        "free space: delete run folders you no longer need from the runs folder",
+        'a smaller model: e.g. OVERRIDES = ["model.hidden_dim=256"]',
+    ])
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
@@ -693,6 +712,7 @@ def train(
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch * config.training.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=_amp(config, device))
+    check_run_space(run_dir, model, config)
     state = TrainState(config, run_dir, model, optimizer, scheduler, scaler, device)
     if resume:
         checkpoint = load_checkpoint(last_path, "cpu")  # RNG states must stay CPU tensors
@@ -887,8 +907,10 @@ DEMO_CONFIG = "demo"
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the input (config, data, weights, device): reported as one message, no traceback."""
     from helpers.backbones import PretrainedWeightsUnavailable
+    from helpers.features import FeatureStoreNotAttached
     from helpers.images import TooManyBadImagesError
     from helpers.sources import DatasetFormatError, DatasetUnavailableError
+    from helpers.space import OutputSpaceError
 
     return (
         ConfigError,
@@ -898,6 +920,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         DatasetUnavailableError,
         PretrainedWeightsUnavailable,
         TooManyBadImagesError,
+        FeatureStoreNotAttached,
+        OutputSpaceError,
         JavaUnavailableError,
     )
 

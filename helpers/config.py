@@ -28,6 +28,7 @@ from typing import Any, Union
 import yaml
 
 from helpers.backbones import BACKBONES, DEFAULT_BACKBONE
+from helpers.features import DEFAULT_FEATURE_LAYOUT, FEATURE_LAYOUTS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 PRESET_DIR = CONFIG_DIR / "presets"
@@ -81,6 +82,7 @@ class DataConfig:
     min_word_count: int = 5
     max_caption_length: int = 20
     image_size: int | None = None  # None: the backbone's own size (224)
+    feature_layout: str = DEFAULT_FEATURE_LAYOUT  # feature store: uint8 (8-bit, COCO fits 20 GB) | float16
     split: str | None = None  # karpathy (required) | seeded | None: Karpathy when it can be had, else seeded
     split_seed: int = 0  # seeded train/val/test split when no Karpathy split exists (not training.seed)
     # Images that may fail to decode (feature extraction, fine-tuning) before the run stops with their
@@ -376,6 +378,8 @@ def validate(config: Config, source: str = "config") -> Config:
         raise _choice_error(source, "training.metric_tokenizer", training.metric_tokenizer, METRIC_TOKENIZERS)
     if data.split is not None and data.split not in SPLITS:
         raise _choice_error(source, "data.split", data.split, SPLITS)
+    if data.feature_layout not in FEATURE_LAYOUTS:
+        raise _choice_error(source, "data.feature_layout", data.feature_layout, FEATURE_LAYOUTS)
     if training.device not in DEVICES and not str(training.device).startswith("cuda:"):
         raise _choice_error(source, "training.device", training.device, DEVICES)
     positive = {

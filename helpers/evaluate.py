@@ -390,8 +390,8 @@ def evaluate_run(
     tokenizer: str | None = None,
     checkpoint_name: str = "best",
 ) -> dict[str, Any]:
-    """Score a run's best.pt (or `checkpoint_name`.pt, e.g. "last") on `split` with each beam size and
-    merge the figures into results.json.
+    """Score a run's best.pt (or `checkpoint_name`.pt, e.g. "last"; last.pt when no epoch was validated
+    yet) on `split` with each beam size and merge the figures into results.json.
 
     The prepared data and the feature store are rebuilt from the run's config (cached in its work
     dir) unless given. `tokenizer` defaults to the run's training.metric_tokenizer. Returns the
@@ -403,7 +403,13 @@ def evaluate_run(
     splits = [split] if isinstance(split, str) else list(split)
     check_split_names(splits)
     device = resolve_device(device or "auto")
-    model, checkpoint, config = load_run(run_dir, device=device, which=checkpoint_name)
+    which = checkpoint_name
+    if which == "best" and run_dir.is_dir() and not (run_dir / "best.pt").is_file() and (
+        run_dir / "last.pt"
+    ).is_file():
+        which = "last"  # no epoch was validated yet (say its scoring failed): score what was trained
+        print(f"{run_dir} has no best.pt yet: scoring last.pt.")
+    model, checkpoint, config = load_run(run_dir, device=device, which=which)
     tokenizer = resolve_tokenizer(tokenizer or config.training.metric_tokenizer)
     prepared, store = make_source(config, prepared, store, device=device)
     empty = [name for name in splits if not prepared.splits.get(name)]

@@ -1,11 +1,17 @@
-"""The backbone feature store: the CNN runs once per image, its float16 feature maps live on disk.
+"""The backbone feature store: the CNN runs once per image, its feature maps live on disk.
 
-Layout (one store per dataset, backbone, image size and weights, so none of them ever mix):
+Layout (one store per dataset, backbone, image size, weights and dtype, so none of them ever mix):
 
-    <work_dir>/features/<dataset key>/<backbone>-<image size>-<weights>/
+    <work_dir>/features/<dataset key>/<backbone>-<image size>-<weights>[-uint8]/
         index.json              what the store holds: key, shapes, dtype, filenames of each split
-        <split>.npy             (N, C, h, w) float16, readable with np.load(..., mmap_mode="r")
+        <split>.npy             (N, C, h, w) float16 or uint8 codes, for np.load(..., mmap_mode="r")
+        <split>.ranges.npy      uint8 stores: (N, 2, C) float16 offset and step of each image's channels
         <split>.progress.json   rows done so far and the bad images among them
+
+Two layouts (`data.feature_layout`): "float16" keeps the CNN's output as is; "uint8" stores each
+channel of each image as 8-bit codes over that channel's own range (value = offset + step * code,
+step = (max - min) / 255), half the bytes, so that COCO fits Kaggle's 20 GB output with any backbone
+(BENCHMARKS.md measures both). The datasets hand out float32 either way.
 
 Extraction is resumable: after each batch the features are written and flushed to disk, then the
 progress file is replaced atomically, so a progress file never claims rows that are not on disk and
@@ -33,20 +39,27 @@ from tqdm.auto import tqdm
 from helpers.backbones import ImageEncoder, get_backbone, image_transform
 from helpers.files import write_json_atomic
 from helpers.images import BadImage, BadImageReport, ImageDataset, image_loader
+from helpers.space import KAGGLE_OUTPUT_LIMIT_BYTES, check_space, folder_bytes, format_bytes
 
 __all__ = [
+    "ATTACHED_RECORD",
     "KAGGLE_OUTPUT_LIMIT_BYTES",
     "CaptionFeatureDataset",
     "FeatureStore",
+    "FeatureStoreNotAttached",
     "ImageFeatureDataset",
     "extract_features",
     "feature_store_bytes",
+    "record_attached_store",
     "store_directory",
+    "store_encoder",
 ]
 
 FORMAT_VERSION = 1
-KAGGLE_OUTPUT_LIMIT_BYTES = 20 * 10**9  # /kaggle/working keeps at most 20 GB
 FEATURE_DTYPE = np.float16
+FEATURE_LAYOUTS = ("uint8", "float16")
+DEFAULT_FEATURE_LAYOUT = "uint8"
+CODE_LEVELS = 255  # uint8 codes 0..255
 RANDOM_WEIGHTS_SEED = 0  # initialisation of an unpretrained backbone, fixed so stores are reproducible
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -69,23 +82,51 @@ def _weights_tag(backbone: str, pretrained: bool) -> str:
     return get_backbone(backbone).weights if pretrained else "random"
 
 
+def _check_layout(layout: str) -> None:
+    if layout not in FEATURE_LAYOUTS:
+        raise ValueError(f"Unknown feature layout {layout!r}; choose one of {', '.join(FEATURE_LAYOUTS)}.")
+
+
 def store_directory(work_dir: str | os.PathLike, dataset_key: str, backbone: str, image_size: int,
-                    pretrained: bool) -> Path:
-    """Where the store for this dataset, backbone, image size and weights lives."""
+                    pretrained: bool, layout: str = "float16") -> Path:
+    """Where the store for this dataset, backbone, image size, weights and layout lives."""
+    _check_layout(layout)
     weights = _weights_tag(backbone, pretrained).rsplit(".", 1)[-1]
-    return Path(work_dir) / dataset_key / f"{backbone}-{image_size}-{weights}"
+    suffix = "" if layout == "float16" else f"-{layout}"
+    return Path(work_dir) / dataset_key / f"{backbone}-{image_size}-{weights}{suffix}"
 
 
-def feature_store_bytes(num_images: int, backbone: str = "resnet50", image_size: int = 224) -> int:
-    """Disk size of the float16 features of `num_images` images (Flickr8k, ResNet50, 224: ~1.6 GB)."""
-    return num_images * get_backbone(backbone).feature_bytes(image_size)
+def feature_store_bytes(num_images: int, backbone: str = "resnet50", image_size: int = 224,
+                        layout: str = "float16") -> int:
+    """Disk size of the features of `num_images` images (Flickr8k, ResNet50, 224: ~1.6 GB in float16,
+    0.88 GB in uint8)."""
+    _check_layout(layout)
+    info = get_backbone(backbone)
+    side = -(-image_size // 32)
+    if layout == "float16":
+        return num_images * info.out_channels * side * side * np.dtype(np.float16).itemsize
+    return num_images * info.out_channels * (side * side + 2 * np.dtype(np.float16).itemsize)
 
 
-def _format_bytes(size: int) -> str:
-    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
-        if size >= scale:
-            return f"{size / scale:.2f} {unit}"
-    return f"{size} B"
+def quantize(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C, h, w) floats -> uint8 codes (N, C, h, w) and ranges (N, 2, C) float16: the offset (the
+    channel's minimum) and step of each image's channels, so that offset + step * code is within
+    step / 2 of the value (plus float16 rounding of offset and step)."""
+    flat = np.asarray(block, dtype=np.float32).reshape(block.shape[0], block.shape[1], -1)
+    low = flat.min(axis=2).astype(np.float16)
+    step = ((flat.max(axis=2) - low.astype(np.float32)) / CODE_LEVELS).astype(np.float16)
+    step32 = step.astype(np.float32)[..., None]
+    scaled = np.divide(flat - low.astype(np.float32)[..., None], step32, out=np.zeros_like(flat),
+                       where=step32 > 0)
+    codes = np.clip(np.rint(scaled), 0, CODE_LEVELS).astype(np.uint8).reshape(block.shape)
+    return codes, np.stack([low, step], axis=1)
+
+
+def dequantize(codes: np.ndarray, ranges: np.ndarray) -> np.ndarray:
+    """uint8 codes (..., C, h, w) and their ranges (..., 2, C) -> float32 features (..., C, h, w)."""
+    low = ranges[..., 0, :].astype(np.float32)[..., None, None]
+    step = ranges[..., 1, :].astype(np.float32)[..., None, None]
+    return low + step * codes.astype(np.float32)
 
 
 class FeatureStore:
@@ -104,6 +145,7 @@ class FeatureStore:
         self.weights: str = index["weights"]
         self.channels: int = index["channels"]
         self.feature_size: int = index["feature_size"]
+        self.layout: str = index["dtype"]
         self.splits: list[str] = list(index["splits"])
         self._positions = {split: None for split in self.splits}
 
@@ -135,6 +177,13 @@ class FeatureStore:
 
     def array_path(self, split: str) -> Path:
         return self.path / self._split_info(split)["file"]
+
+    def ranges_path(self, split: str) -> Path:
+        """uint8 stores: the (N, 2, C) float16 offsets and steps of `split`."""
+        return self.path / self._split_info(split)["ranges"]
+
+    def _files(self, split: str) -> list[Path]:
+        return [self.array_path(split)] + ([self.ranges_path(split)] if self.layout == "uint8" else [])
 
     def progress_path(self, split: str) -> Path:
         return self.path / f"{split}.progress.json"
@@ -181,23 +230,48 @@ class FeatureStore:
         splits = self.splits if split is None else [split]
         return all(self.rows_done(name) == self.shape(name)[0] for name in splits)
 
-    def features(self, split: str) -> np.memmap:
-        """The (N, C, h, w) float16 features of `split`, memory-mapped read-only."""
-        return np.load(self.array_path(split), mmap_mode="r")
+    def features(self, split: str) -> np.memmap | QuantizedFeatures:
+        """The (N, C, h, w) features of `split`, memory-mapped read-only: the float16 array, or for a
+        uint8 store a view whose rows (`[i]`, `[a:b]`) come out dequantized to float32."""
+        codes = np.load(self.array_path(split), mmap_mode="r")
+        if self.layout == "float16":
+            return codes
+        return QuantizedFeatures(codes, np.load(self.ranges_path(split), mmap_mode="r"))
 
     @property
     def size_bytes(self) -> int:
-        return sum(self.array_path(split).stat().st_size for split in self.splits)
+        return sum(path.stat().st_size for split in self.splits for path in self._files(split))
 
-    def row_reader(self, split: str) -> FeatureRowReader:
-        return FeatureRowReader(self.array_path(split))
+    def row_reader(self, split: str) -> FeatureRowReader | QuantizedRowReader:
+        if self.layout == "float16":
+            return FeatureRowReader(self.array_path(split))
+        return QuantizedRowReader(FeatureRowReader(self.array_path(split)),
+                                  FeatureRowReader(self.ranges_path(split)))
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{split}={self.shape(split)[0]}" for split in self.splits)
         return (
             f"FeatureStore({self.path}, {self.backbone}, {self.image_size}px, {self.weights}, "
-            f"{self.channels}x{self.feature_size}x{self.feature_size}, {sizes})"
+            f"{self.channels}x{self.feature_size}x{self.feature_size} {self.layout}, {sizes})"
         )
+
+
+class QuantizedFeatures:
+    """The features of a uint8 split, dequantized to float32 as rows are taken."""
+
+    def __init__(self, codes: np.ndarray, ranges: np.ndarray):
+        self.codes, self.ranges = codes, ranges
+        self.shape = codes.shape
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return dequantize(self.codes[rows], self.ranges[rows])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        features = self[:]
+        return features if dtype is None else features.astype(dtype)
 
 
 class FeatureRowReader:
@@ -238,10 +312,21 @@ class FeatureRowReader:
             handle.close()
 
 
+class QuantizedRowReader:
+    """Single float32 rows of a uint8 split: its codes and ranges read row by row, then dequantized."""
+
+    def __init__(self, codes: FeatureRowReader, ranges: FeatureRowReader):
+        self.codes, self.ranges = codes, ranges
+
+    def read(self, row: int) -> np.ndarray:
+        return dequantize(self.codes.read(row), self.ranges.read(row))
+
+
 def _store_index(prepared, backbone: str, image_size: int, pretrained: bool, channels: int,
-                 side: int) -> dict:
+                 side: int, layout: str) -> dict:
     splits = {
         split: {"file": f"{split}.npy", "filenames": list(names), "shape": [len(names), channels, side, side]}
+        | ({"ranges": f"{split}.ranges.npy"} if layout == "uint8" else {})
         for split, names in prepared.splits.items()
     }
     return {
@@ -253,9 +338,23 @@ def _store_index(prepared, backbone: str, image_size: int, pretrained: bool, cha
         "weights": _weights_tag(backbone, pretrained),
         "channels": channels,
         "feature_size": side,
-        "dtype": "float16",
+        "dtype": layout,
         "splits": splits,
     }
+
+
+def _same_index(directory: Path, index: dict) -> bool:
+    path = directory / "index.json"
+    return path.is_file() and json.loads(path.read_text(encoding="utf-8")) == index
+
+
+def _is_complete_store(directory: Path, index: dict) -> bool:
+    return _same_index(directory, index) and FeatureStore(directory, index).is_complete()
+
+
+def _store_bytes_on_disk(directory: Path, index: dict) -> int:
+    """What a resumed store already takes (its arrays keep their full size); 0 for one to rebuild."""
+    return folder_bytes(directory) if _same_index(directory, index) else 0
 
 
 def _open_or_create_store(directory: Path, index: dict) -> FeatureStore:
@@ -275,38 +374,23 @@ def _open_or_create_store(directory: Path, index: dict) -> FeatureStore:
         existing = None
     directory.mkdir(parents=True, exist_ok=True)
     for split, info in index["splits"].items():
-        array_path = directory / info["file"]
+        arrays = {directory / info["file"]: (np.dtype(index["dtype"]), info["shape"])}
+        if "ranges" in info:
+            rows, channels = info["shape"][:2]
+            arrays[directory / info["ranges"]] = (np.dtype(np.float16), [rows, 2, channels])
         progress_path = directory / f"{split}.progress.json"
-        usable = False
-        if array_path.exists() and progress_path.exists():
-            _, shape, dtype = _npy_data_offset(array_path)
-            usable = list(shape) == info["shape"] and dtype == FEATURE_DTYPE
+        usable = progress_path.exists() and all(
+            path.exists() and _npy_data_offset(path)[1:] == (tuple(shape), dtype)
+            for path, (dtype, shape) in arrays.items()
+        )
         if not usable:
             progress_path.unlink(missing_ok=True)
-            np.lib.format.open_memmap(array_path, mode="w+", dtype=FEATURE_DTYPE, shape=tuple(info["shape"]))
+            for path, (dtype, shape) in arrays.items():
+                np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=tuple(shape))
             write_json_atomic(progress_path, {"rows_done": 0, "bad": {}})
     if existing is None:
         write_json_atomic(index_path, index)
     return FeatureStore(directory, index)
-
-
-def _warn_about_disk(directory: Path, needed: int) -> None:
-    existing = directory
-    while not existing.exists():
-        existing = existing.parent
-    free = shutil.disk_usage(existing).free
-    if needed > free:
-        warnings.warn(
-            f"The feature store needs {_format_bytes(needed)} but only {_format_bytes(free)} is free on the "
-            f"disk holding {existing}; choose another work_dir, a smaller backbone or a smaller image_size.",
-            stacklevel=3,
-        )
-    if needed > KAGGLE_OUTPUT_LIMIT_BYTES:
-        warnings.warn(
-            f"The feature store needs {_format_bytes(needed)}, more than Kaggle's 20 GB limit on "
-            "/kaggle/working: on Kaggle, write it under /kaggle/temp or use a smaller backbone/image size.",
-            stacklevel=3,
-        )
 
 
 class _SplitWriter:
@@ -315,13 +399,13 @@ class _SplitWriter:
     def __init__(self, store: FeatureStore, split: str):
         self.store = store
         self.split = split
-        self.offset, _, _ = _npy_data_offset(store.array_path(split))
-        self.row_shape = store.shape(split)[1:]
-        self.row_bytes = int(np.prod(self.row_shape)) * np.dtype(FEATURE_DTYPE).itemsize
+        self.files = []  # (handle, data offset, bytes per row) of the codes, then of the ranges
+        for path in store._files(split):
+            offset, shape, dtype = _npy_data_offset(path)
+            self.files.append((open(path, "r+b"), offset, int(np.prod(shape[1:])) * dtype.itemsize))
         progress = store._progress(split)
         self.rows_done: int = progress["rows_done"]
         self.bad: dict[str, dict] = progress["bad"]
-        self.handle = open(store.array_path(split), "r+b")
 
     def write(self, first_row: int, block: np.ndarray, bad: Sequence[tuple[int, BadImage]]) -> None:
         """Write rows first_row.. (features, then flush and fsync), then the progress file."""
@@ -329,10 +413,15 @@ class _SplitWriter:
             raise RuntimeError(
                 f"feature rows must be written in order: expected row {self.rows_done}, got {first_row}"
             )
-        self.handle.seek(self.offset + first_row * self.row_bytes)
-        self.handle.write(np.ascontiguousarray(block, dtype=FEATURE_DTYPE).tobytes())
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
+        if self.store.layout == "float16":
+            arrays = [np.ascontiguousarray(block, dtype=FEATURE_DTYPE)]
+        else:
+            arrays = list(quantize(block))
+        for (handle, offset, row_bytes), array in zip(self.files, arrays):
+            handle.seek(offset + first_row * row_bytes)
+            handle.write(np.ascontiguousarray(array).tobytes())
+            handle.flush()
+            os.fsync(handle.fileno())
         for row, item in bad:
             self.bad[str(row)] = {"filename": self.store.filenames(self.split)[row], "reason": item.reason}
         self.rows_done = first_row + len(block)
@@ -340,13 +429,91 @@ class _SplitWriter:
         write_json_atomic(self.store.progress_path(self.split), progress)
 
     def close(self) -> None:
-        self.handle.close()
+        for handle, _, _ in self.files:
+            handle.close()
+
+
+def store_encoder(backbone: str, pretrained: bool, verbose: bool = False,
+                  defer_weights: bool = False) -> ImageEncoder:
+    """The CNN a store of `backbone` is extracted with: torchvision's pretrained weights, or random
+    ones from a fixed seed. The store key says "random" for the latter, so they must be the same
+    weights every time (a resumed store would otherwise mix two CNNs, and a model trained on the
+    store would caption images through another CNN than the one its features came from)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        return ImageEncoder(pretrained=pretrained, backbone=backbone, verbose=verbose,
+                            defer_weights=defer_weights)
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+class FeatureStoreNotAttached(RuntimeError):
+    """This work dir read its feature store from an attached notebook output that is gone now."""
+
+
+ATTACHED_RECORD = "attached.json"
+
+
+def record_attached_store(target: str | os.PathLike, source: str | os.PathLike) -> bool:
+    """Note in `target` (the store's folder in the work dir) that the complete store at `source` (an
+    attached, read-only notebook output) is read in place: `extract_features` then opens it there,
+    and the next session, given this output, learns which output to attach. Nothing is copied or
+    linked. Returns whether the record changed."""
+    target, source = Path(target), Path(source)
+    record = {"path": str(source), "output": str(source.parents[2])}
+    path = target / ATTACHED_RECORD
+    if path.is_file() and json.loads(path.read_text(encoding="utf-8")) == record:
+        return False
+    write_json_atomic(path, record)
+    return True
+
+
+def _attached_store(directory: Path, index: dict, allow_reextract: bool) -> FeatureStore | None:
+    """The attached store recorded in `directory` when it is there and is the one asked for; refuses
+    (FeatureStoreNotAttached) when the recorded output is not attached now, unless `allow_reextract`."""
+    record_path = directory / ATTACHED_RECORD
+    if (directory / "index.json").exists() or not record_path.is_file():
+        return None
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    source = Path(record["path"])
+    if (source / "index.json").is_file():
+        store = FeatureStore.open(source)
+        if store._index == index and store.is_complete():
+            return store
+        return None
+    if allow_reextract:
+        return None
+    images = sum(len(info["filenames"]) for info in index["splits"].values())
+    raise FeatureStoreNotAttached(
+        f"The feature store {directory.name} of this dataset was read from an attached notebook output, "
+        f"{record['output']}, which is not attached to this session. Attach that output again (Add Input -> "
+        "Your Work -> the notebook that extracted it, usually 02_backbones) and rerun: extracting the "
+        f"store again here would run the CNN over all {images:,} images. To extract it anyway, run "
+        f"notebook 02 (or delete {record_path})."
+    )
+
+
+def _store_options(images: int, backbone: str, image_size: int, layout: str) -> list[str]:
+    """What makes a store that does not fit smaller, with each option's size (notebook terms)."""
+    def size(**change) -> str:
+        settings = {"backbone": backbone, "image_size": image_size, "layout": layout, **change}
+        return format_bytes(feature_store_bytes(images, **settings))
+
+    options = []
+    if layout != "uint8":
+        options.append(f'8-bit features: OVERRIDES = ["data.feature_layout=uint8"] ({size(layout="uint8")})')
+    if image_size > 160:
+        options.append(f"a smaller image size: IMAGE_SIZE = 160, a 5 x 5 grid ({size(image_size=160)})")
+    if get_backbone(backbone).out_channels > get_backbone("regnet_x_400mf").out_channels:
+        options.append(f'a smaller backbone: BACKBONE = "regnet_x_400mf", 400 channels '
+                       f'({size(backbone="regnet_x_400mf")})')
+    options.append("free space: delete older feature stores or runs from the work dir, or attach the "
+                   "notebook output that holds this store instead of extracting it here")
+    return options
 
 
 def extract_features(
@@ -360,13 +527,20 @@ def extract_features(
     work_dir: str | os.PathLike | None = None,
     max_bad_images: int | float | None = 0.01,
     progress: bool = True,
+    layout: str = DEFAULT_FEATURE_LAYOUT,
+    allow_reextract: bool = False,
 ) -> FeatureStore:
-    """Run the backbone once over every image of every split and store float16 features on disk.
+    """Run the backbone once over every image of every split and store its features on disk.
 
     `prepared` is a `helpers.prepare.PreparedDataset`. The store goes to
-    `work_dir/<prepared.key>/<backbone>-<image_size>-<weights>/` (work_dir defaults to the
-    `features` folder beside the prepared `data` folder). A complete store is returned at once; a
-    partial one is resumed. Images that cannot be decoded get zero rows and are listed; more than
+    `work_dir/<prepared.key>/<backbone>-<image_size>-<weights>[-uint8]/` (work_dir defaults to the
+    `features` folder beside the prepared `data` folder); `layout` is "uint8" (8-bit codes with
+    per-image, per-channel ranges) or "float16". A complete store is returned at once, also one
+    recorded there as read in place from an attached notebook output (`record_attached_store`); a
+    recorded one that is no longer attached is refused (FeatureStoreNotAttached) unless
+    `allow_reextract`. A partial store is resumed. Before anything is written the store's size is
+    checked against the space left (Kaggle's output limit, the free disk): OutputSpaceError names
+    the smaller choices. Images that cannot be decoded get zero rows and are listed; more than
     `max_bad_images` of them (a count, or a fraction of all images) stops the run with the list,
     keeping the rows already written. `batch_size` defaults to the backbone's recommendation.
     """
@@ -375,22 +549,30 @@ def extract_features(
         raise ValueError(f"image_size={image_size} is too small: the backbones downsample by 32; use >= 32.")
     if work_dir is None:
         work_dir = Path(prepared.root).parent.parent / "features"
-    directory = store_directory(work_dir, prepared.key, backbone, image_size, pretrained)
+    directory = store_directory(work_dir, prepared.key, backbone, image_size, pretrained, layout)
     side = -(-image_size // 32)
-    index = _store_index(prepared, backbone, image_size, pretrained, info.out_channels, side)
+    index = _store_index(prepared, backbone, image_size, pretrained, info.out_channels, side, layout)
+    attached = _attached_store(directory, index, allow_reextract)
+    if attached is not None:
+        return attached
+    total_images = sum(len(names) for names in prepared.splits.values())
+    size = feature_store_bytes(total_images, backbone, image_size, layout)
+    if not _is_complete_store(directory, index):
+        check_space(directory, size - _store_bytes_on_disk(directory, index),
+                    f"The {layout} feature store {directory} ({total_images:,} images)",
+                    _store_options(total_images, backbone, image_size, layout))
     store = _open_or_create_store(directory, index)
+    (directory / ATTACHED_RECORD).unlink(missing_ok=True)  # extracted here now
     if store.is_complete():
         return store
 
     splits = store.splits
-    total_images = sum(store.shape(split)[0] for split in splits)
     already_done = sum(store.rows_done(split) for split in splits)
     print(
-        f"Feature store {directory}: {total_images:,} images x {info.out_channels} x {side} x {side} float16 "
-        f"= {_format_bytes(feature_store_bytes(total_images, backbone, image_size))}"
+        f"Feature store {directory}: {total_images:,} images x {info.out_channels} x {side} x {side} "
+        f"{layout} = {format_bytes(size)}"
         + (f" (resuming: {already_done:,} images already done)" if already_done else "")
     )
-    _warn_about_disk(directory, feature_store_bytes(total_images, backbone, image_size))
 
     writers = {split: _SplitWriter(store, split) for split in splits}
     report = BadImageReport(total_images, max_bad_images)
@@ -405,12 +587,7 @@ def extract_features(
                     for row, entry in writer.bad.items()])
 
     run_device = _resolve_device(device)
-    # The key says "random" for unpretrained weights, so they must be the same weights every time
-    # (a resumed store would otherwise mix two CNNs): seed their initialisation.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_WEIGHTS_SEED)
-        encoder = ImageEncoder(pretrained=pretrained, backbone=backbone, verbose=progress)
-    encoder = encoder.eval().to(run_device)
+    encoder = store_encoder(backbone, pretrained, verbose=progress).eval().to(run_device)
     on_cuda = run_device.type == "cuda"
     if on_cuda:
         encoder = encoder.to(memory_format=torch.channels_last)

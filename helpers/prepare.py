@@ -459,6 +459,21 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def _check_space(folder: Path, encoded: list, references: dict, splits: dict) -> None:
+    """Refuse before writing when the prepared files would not fit (helpers.space): the encoded
+    captions and their image index (int32), and the references and splits as JSON text."""
+    from helpers.space import check_space
+
+    text = sum(len(caption) + 4 for by_image in references.values() for captions in by_image.values()
+               for caption in captions)
+    names = sum(len(name) + 4 for images in splits.values() for name in images)
+    needed = 4 * (sum(len(row) for row in encoded) + len(encoded)) + text + 2 * names + 10**5
+    check_space(folder, needed, f"The prepared data {folder.parent}", [
+        "free space: delete older prepared data, feature stores or runs from the work dir",
+        "attach the notebook output that holds this prepared data (notebook 00's) instead",
+    ])
+
+
 def _write_artifacts(folder: Path, layout: DatasetLayout, karpathy: KarpathySplit | None, settings: dict,
                      source: dict, key: str) -> None:
     dropped: dict = {}
@@ -489,6 +504,7 @@ def _write_artifacts(folder: Path, layout: DatasetLayout, karpathy: KarpathySpli
                 truncated[split] += len(tokens) > max_length
         ranges[split] = [start, len(encoded)]
 
+    _check_space(folder, encoded, references, splits)
     vocab.save(folder / "vocab.json")
     np.save(folder / "captions.npy", np.asarray(encoded, dtype=np.int32).reshape(-1, max_length + 2))
     np.save(folder / "caption_image.npy", np.asarray(caption_image, dtype=np.int32))

@@ -97,28 +97,40 @@ def describe(config: Config) -> str:
     )
 
 
-def reuse_earlier_outputs(env) -> list[str]:
+def reuse_earlier_outputs(env, runs: str | None = None) -> list[str]:
     """Bring earlier stages' outputs from the input dirs (attached Kaggle notebook outputs) into the
-    work dir, so this stage reuses them instead of recomputing: prepared data, runs (to resume), the
-    demo GloVe file and stage 01's GloVe matrix cache are copied (small, must stay writable);
-    complete feature stores are linked file by file (large, only read; an incomplete one is left to
-    be extracted here). Returns what was brought in; what the work dir already has is left alone."""
-    from helpers.features import FeatureStore
+    work dir, so this stage reuses them instead of recomputing: prepared data, the run folders whose
+    names match the glob `runs` (a training notebook's own, to resume; None: none), the demo GloVe
+    file and stage 01's GloVe matrix cache are copied (small, must stay writable).
+
+    Complete feature stores (large, only read) are never copied or linked: a small record
+    (features.record_attached_store) makes the stage read them in place, read-only, and stays in
+    this notebook's output. A record that came with an attached output whose store is not attached
+    now is kept too, so that a training stage says which output to attach instead of running the CNN
+    over the whole dataset again. Returns what was brought in; what the work dir already has is left
+    alone."""
+    from helpers.features import ATTACHED_RECORD, FeatureStore, record_attached_store
     from helpers.notebook import find_earlier_outputs
 
     work = Path(env.work_dir)
     brought = []
     for manifest in find_earlier_outputs("data/*/manifest.json", env, include_work_dir=False):
         brought += _copy_once(manifest.parent, work / "data" / manifest.parent.name)
+    stores = set()
     for index in find_earlier_outputs("features/*/*/index.json", env, include_work_dir=False):
         target = work / "features" / index.parent.parent.name / index.parent.name
-        if target.exists() or not FeatureStore.open(index.parent).is_complete():
-            continue
-        target.mkdir(parents=True)
-        for item in index.parent.iterdir():
-            (target / item.name).symlink_to(item.resolve())
-        brought.append(str(target))
-    for checkpoint in find_earlier_outputs("runs/*/last.pt", env, include_work_dir=False):
+        if (target / "index.json").exists() or target in stores or not index.is_file():
+            continue  # extracted here, found already, or a dangling link left by an older version
+        if FeatureStore.open(index.parent).is_complete():
+            stores.add(target)
+            if record_attached_store(target, index.parent):
+                brought.append(f"{index.parent} (read in place)")
+    for record in find_earlier_outputs(f"features/*/*/{ATTACHED_RECORD}", env, include_work_dir=False):
+        target = work / "features" / record.parent.parent.name / record.parent.name
+        if target not in stores and not target.exists():
+            brought += _copy_once(record, target / ATTACHED_RECORD)  # its store is not attached
+    checkpoints = find_earlier_outputs(f"runs/{runs}/last.pt", env, include_work_dir=False) if runs else []
+    for checkpoint in checkpoints:
         brought += _copy_once(checkpoint.parent, work / "runs" / checkpoint.parent.name)
     for glove in find_earlier_outputs("glove/glove.demo.*.txt", env, include_work_dir=False):
         brought += _copy_once(glove, work / "glove" / glove.name)
@@ -209,10 +221,12 @@ def prepare(config: Config):
 
 
 def features(config: Config, prepared):
-    """The feature store for `config`'s backbone (stage 02; resumed or reused when present)."""
+    """The feature store for `config`'s backbone (stage 02; resumed or reused when present, and
+    extracted again when it was read from an attached output that is gone: extracting is this
+    stage's job)."""
     from helpers.train import features_for
 
-    return features_for(config, prepared)
+    return features_for(config, prepared, allow_reextract=True)
 
 
 def data_for(config: Config):
@@ -226,7 +240,7 @@ def describe_store(store) -> str:
     shapes = ", ".join(f"{split} {store.shape(split)[0]:,}" for split in store.splits)
     return (
         f"feature store {store.path}\n  {store.backbone} ({store.weights}) at {store.image_size} px: "
-        f"{store.channels} x {store.feature_size} x {store.feature_size} float16 per image;\n"
+        f"{store.channels} x {store.feature_size} x {store.feature_size} {store.layout} per image;\n"
         f"  images: {shapes}; {store.size_bytes / 1e6:,.1f} MB on disk"
     )
 
@@ -365,11 +379,16 @@ def best_run(table) -> Path:
     return Path(table.sort_values("CIDEr", ascending=False).iloc[0]["path"]).parent
 
 
-def test_images(run_dir, count: int = 3, split: str = "test"):
-    """A few images of the run's own test split (PIL), for captioning when nothing was uploaded."""
+def test_images(run_dir, count: int = 3, split: str = "test", work_dir=None):
+    """A few images of the run's own test split (PIL), for captioning when nothing was uploaded. The
+    run folder is read where it is (an attached output too); its prepared data is looked up in
+    `work_dir` (this session's; default: the run's own)."""
     from helpers.images import load_image
 
-    prepared = prepare(_run_config(run_dir))
+    config = _run_config(run_dir)
+    if work_dir is not None:
+        config.data.work_dir = str(work_dir)
+    prepared = prepare(config)
     return [load_image(prepared.image_path(name)) for name in prepared.splits[split][:count]]
 
 

@@ -18,8 +18,9 @@ temp file and renamed, so a killed session never leaves a broken one; `train` re
 `last.pt` by default and, for a seeded run on the CPU, ends with exactly the weights of an
 uninterrupted run. `training.max_hours` makes a run stop cleanly before a session's time runs out:
 `last.pt` is saved (mid-epoch if need be), the best weights so far are scored into `results.json`
-(status "paused"), and the next call continues. Checkpoints hold only the decoder when the CNN is
-frozen and pretrained (the CNN weights are rebuilt from torchvision), keeping them small.
+(status "paused"), and the next call continues. `last.pt` is also written when an epoch's steps end,
+before validation scores it, so a failure in scoring never loses the epoch. Checkpoints hold the CNN
+only when it trains (finetune mode): a frozen one is rebuilt from its name and weights on loading.
 """
 
 from __future__ import annotations
@@ -172,9 +173,10 @@ def prepare_for(config: Config, progress: bool = True):
     )
 
 
-def features_for(config: Config, prepared, device=None, progress: bool = True):
-    """The feature store of `config`'s backbone, image size and weights (extracted once, resumed
-    when interrupted, then reused)."""
+def features_for(config: Config, prepared, device=None, progress: bool = True, allow_reextract: bool = False):
+    """The feature store of `config`'s backbone, image size, weights and layout (extracted once,
+    resumed when interrupted, then reused; read in place from an attached output when recorded so,
+    see helpers.features.extract_features for `allow_reextract`)."""
     from helpers.features import extract_features
     from helpers.images import TooManyBadImagesError
 
@@ -188,6 +190,8 @@ def features_for(config: Config, prepared, device=None, progress: bool = True):
             device=device,
             max_bad_images=bad_image_limit(config),
             progress=progress,
+            layout=config.data.feature_layout,
+            allow_reextract=allow_reextract,
         )
     except TooManyBadImagesError as error:
         raise TooManyBadImagesError(
@@ -214,6 +218,7 @@ def make_source(config: Config, prepared=None, store=None, device=None, progress
             ("backbone", store.backbone, config.model.backbone),
             ("image size", store.image_size, config.image_size),
             ("channels", store.channels, config.model.attn_dim),
+            ("layout", store.layout, config.data.feature_layout),
         )
         if have != want
     ]
@@ -396,8 +401,10 @@ def save_atomic(payload: dict, path: Path) -> None:
 
 
 def encoder_in_checkpoint(config: Config) -> bool:
-    """The CNN's weights are saved when they train or cannot be rebuilt (random, unpretrained init)."""
-    return config.training.mode == "finetune" or not config.model.pretrained_backbone
+    """The CNN's weights are saved only when they train (finetune mode). A frozen CNN is rebuilt from
+    its name and weights when a checkpoint is loaded (`load_run`): torchvision's pretrained weights,
+    or the seeded random ones the feature store was extracted with."""
+    return config.training.mode == "finetune"
 
 
 def model_state(model: nn.Module, config: Config) -> dict[str, torch.Tensor]:
@@ -405,6 +412,21 @@ def model_state(model: nn.Module, config: Config) -> dict[str, torch.Tensor]:
     if encoder_in_checkpoint(config):
         return state
     return {key: value for key, value in state.items() if not key.startswith("image_encoder.")}
+
+
+def check_run_space(run_dir: Path, model: nn.Module, config: Config) -> None:
+    """Refuse to start when the run folder's checkpoints would not fit (helpers.space): best.pt holds
+    the model's saved state, last.pt that plus AdamW's two moments per trainable parameter, and a
+    new last.pt is written beside the old one before it replaces it."""
+    from helpers.space import check_space, folder_bytes
+
+    state = sum(t.numel() * t.element_size() for t in model_state(model, config).values())
+    moments = sum(2 * p.numel() * 4 for p in model.parameters() if p.requires_grad)
+    needed = state + 2 * (state + moments) + 10**6 - folder_bytes(run_dir)  # + history and results
+    check_space(run_dir, needed, f"The run folder {run_dir}", [
+        "free space: delete run folders you no longer need from the runs folder",
+        'a smaller model: e.g. OVERRIDES = ["model.hidden_dim=256"]',
+    ])
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
@@ -456,6 +478,19 @@ def _unreadable_checkpoint(path: Path, error: BaseException) -> str:
     return f"{path} {what}: it was not written completely (a full disk, or an interrupted copy). {fix}"
 
 
+def rebuild_frozen_encoder(model: nn.Module, state: dict[str, torch.Tensor], config: Config) -> None:
+    """Give a model loaded from a checkpoint without CNN weights the CNN its features came from: the
+    one `extract_features` runs (pretrained weights, loaded when images first pass, or the seeded
+    random ones), so that captioning images agrees with the feature store. Older checkpoints that
+    carry the CNN keep theirs."""
+    from helpers.features import store_encoder
+
+    if any(key.startswith("image_encoder.") for key in state):
+        return
+    model.image_encoder = store_encoder(config.model.backbone, config.model.pretrained_backbone,
+                                        defer_weights=True)
+
+
 def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", which: str = "best"):
     """(model in eval mode, checkpoint dict, Config) from `<run_dir>/<which>.pt`."""
     from helpers.text import Vocabulary
@@ -468,6 +503,7 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", whi
     config = config_from_dict(checkpoint["config"], source=str(path))
     model = build_model(config, Vocabulary(checkpoint["vocab"]), load_glove=False)
     load_model_state(model, checkpoint["model"], path)
+    rebuild_frozen_encoder(model, checkpoint["model"], config)
     return model.to(device).eval(), checkpoint, config
 
 
@@ -868,6 +904,7 @@ def _train(config: Config, lock: RunLock, prepared, store, progress, callbacks, 
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch * config.training.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=_amp(config, device))
+    check_run_space(run_dir, model, config)
     state = TrainState(config, run_dir, model, optimizer, scheduler, scaler, device)
     if checkpoint is not None:
         state.restore(checkpoint, last_path)
@@ -934,9 +971,11 @@ def _train(config: Config, lock: RunLock, prepared, store, progress, callbacks, 
                 paused = True
                 break
         bar.close()
+        state.wall_time_s = wall_before + time.perf_counter() - session_started
+        # Saved before any scoring: a failure while validating (a missing metrics package, say)
+        # never loses the epoch's training; a rerun validates it from here.
+        save_atomic(state.checkpoint(prepared.vocab), last_path)
         if paused:
-            state.wall_time_s = wall_before + time.perf_counter() - session_started
-            save_atomic(state.checkpoint(prepared.vocab), last_path)
             break
         if bad_images:
             warnings.warn(
@@ -954,7 +993,7 @@ def _train(config: Config, lock: RunLock, prepared, store, progress, callbacks, 
             **metrics,
             "lr": scheduler.get_last_lr()[0],  # the decoder's (groups are sorted: decoder first)
             "time_s": time.perf_counter() - started,
-            "captions_per_s": seen / max(train_time, 1e-9),
+            "captions_per_s": seen / max(train_time, 1e-9) if seen else float("nan"),  # nan: trained earlier
         }
         state.history.append(record)
         state.epoch, state.step_in_epoch = epoch + 1, 0
@@ -1013,6 +1052,8 @@ def _train(config: Config, lock: RunLock, prepared, store, progress, callbacks, 
 
     best_checkpoint = load_checkpoint(best_path, device)
     load_model_state(model, best_checkpoint["model"], best_path)
+    rebuild_frozen_encoder(model, best_checkpoint["model"], config)
+    model.image_encoder.to(device)
     model.eval()
     results = None
     if config.training.eval_splits and config.training.eval_beam_sizes:
@@ -1058,8 +1099,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the input (config, data, weights, device): reported as one message, no traceback."""
     from helpers.backbones import PretrainedWeightsUnavailable
     from helpers.embeddings import GloveFormatError
+    from helpers.features import FeatureStoreNotAttached
     from helpers.images import TooManyBadImagesError
     from helpers.sources import DatasetFormatError, DatasetUnavailableError
+    from helpers.space import OutputSpaceError
 
     return (
         ConfigError,
@@ -1074,6 +1117,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         DatasetUnavailableError,
         PretrainedWeightsUnavailable,
         TooManyBadImagesError,
+        FeatureStoreNotAttached,
+        OutputSpaceError,
         JavaUnavailableError,
     )
 

@@ -35,14 +35,22 @@ OVERRIDES = []'''
 SETUP_MD = """## Setup
 Makes `helpers` importable (this repository, or the *captioning-helpers* dataset attached on Kaggle),
 checks the GPU, picks the work dir and brings in what earlier stages left there or in attached
-notebook outputs, so this notebook also runs on its own in a fresh session."""
+notebook outputs, so this notebook also runs on its own in a fresh session. Feature stores in
+attached outputs are read where they are, never copied."""
 
-SETUP = HELPERS_BOOTSTRAP + '''
+
+def setup_code(runs=None):
+    """The setup cell; `runs`: the glob of run folders to bring in from attached outputs (to resume)."""
+    reuse = f"stages.reuse_earlier_outputs(env, runs={runs!r});" if runs else "stages.reuse_earlier_outputs(env);"
+    return HELPERS_BOOTSTRAP + f'''
 from helpers import notebook as nb, stages
 
 env = nb.setup(WORK_DIR)
 params = stages.parameters(globals())
-stages.reuse_earlier_outputs(env);'''
+{reuse}'''
+
+
+SETUP = setup_code()
 
 DEMO_NOTE = ("With `DEMO = True` (what `scripts/run_demo.sh` sets) everything runs on a generated dataset "
              "of coloured shapes in the Flickr8k layout, with no downloads, in minutes on a CPU.")
@@ -200,7 +208,7 @@ CIDEr-D, METEOR when Java is present).
                     "# Beam sizes to score the test split with (1 = greedy)\nBEAM_SIZES = [1, 3]\n"
                     "SAMPLES = 6                # test images shown with their captions"),
         ("md", SETUP_MD),
-        ("code", SETUP),
+        ("code", setup_code(runs=f"{config_name}-*")),
         ("md", "## Choose\nA preset (the original project's recommended sizes), then the backbone (with its "
                "measured facts) and the word-vector options. The defaults come from the parameters; after "
                "changing the preset, rerun the next cell so the other widgets follow it."),
@@ -236,8 +244,8 @@ CIDEr-D, METEOR when Java is present).
 
 write("07_results", [
     ("md", f"""# 07 · Results
-Every run found in the work dir (and in attached outputs of the training notebooks) in one table,
-the comparison plotted, and the best model captioning your own image.
+Every run found in the work dir and in attached outputs of the training notebooks (read where they
+are, never copied) in one table, the comparison plotted, and the best model captioning your own image.
 
 {DEMO_NOTE}"""),
     ("md", "## Parameters"),
@@ -255,6 +263,7 @@ A `status` of `paused` marks a run whose session budget ran out: run its noteboo
     ("md", "## Caption your own image\nUpload one or more images; without an upload (Run All) a few test images are used."),
     ("code", "upload = nb.upload_widget()"),
     ("code", "best = stages.best_run(table)\n"
-             "images = [image for _, image in nb.uploaded_images(upload)] or stages.test_images(best, count=3)\n"
+             "images = [image for _, image in nb.uploaded_images(upload)]\n"
+             "images = images or stages.test_images(best, count=3, work_dir=env.work_dir)\n"
              "nb.show_captions(**stages.caption_samples(best, images, beam_size=BEAM_SIZE));"),
 ])

@@ -14,13 +14,16 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import helpers.features as features_module
+import helpers.space as space
 from helpers.backbones import ImageEncoder, image_transform
 from helpers.features import (
     CaptionFeatureDataset,
     FeatureStore,
     ImageFeatureDataset,
+    dequantize,
     extract_features,
     feature_store_bytes,
+    quantize,
     store_directory,
 )
 from helpers.images import TooManyBadImagesError, load_image
@@ -76,8 +79,9 @@ def make_prepared(tmp_path: Path, bad: dict[str, bytes] | None = None, key: str 
 
 
 def extract(prepared, **overrides):
+    """The float16 store unless `layout` says otherwise (the uint8 tests below compare against it)."""
     settings = dict(backbone=BACKBONE, image_size=SIZE, pretrained=False, batch_size=4, num_workers=0,
-                    device="cpu", progress=False)
+                    device="cpu", progress=False, layout="float16")
     settings.update(overrides)
     return extract_features(prepared, **settings)
 
@@ -133,17 +137,101 @@ def test_random_weights_are_the_same_whatever_the_global_seed(clean, tmp_path):
 def test_size_estimate_matches_the_flickr8k_figure():
     assert feature_store_bytes(8091, "resnet50", 224) == 8091 * 2048 * 7 * 7 * 2  # about 1.6 GB
     assert feature_store_bytes(10, BACKBONE, SIZE) == 10 * 400 * 2 * 2 * 2
+    # uint8: one byte per value plus a float16 offset and step per channel
+    assert feature_store_bytes(8091, "resnet50", 224, "uint8") == 8091 * 2048 * (7 * 7 + 4)
+    assert feature_store_bytes(123_287, "resnet101", 224, "uint8") < 14e9  # COCO fits Kaggle's 20 GB
+    with pytest.raises(ValueError, match="Unknown feature layout 'int4'"):
+        feature_store_bytes(1, layout="int4")
 
 
-def test_prints_the_size_and_warns_when_it_exceeds_free_disk_or_kaggle_limit(tmp_path, monkeypatch, capsys):
+def test_prints_the_size_and_refuses_before_writing_when_it_would_not_fit(tmp_path, monkeypatch, capsys):
     prepared = make_prepared(tmp_path)
-    monkeypatch.setattr(features_module.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 100})())
-    monkeypatch.setattr(features_module, "KAGGLE_OUTPUT_LIMIT_BYTES", 1000)
-    with pytest.warns(UserWarning) as caught:
-        extract(prepared)
-    assert "10 images x 400 x 2 x 2 float16 = 32.00 kB" in capsys.readouterr().out
-    messages = " ".join(str(warning.message) for warning in caught)
-    assert "32.00 kB but only 100 B is free" in messages and "Kaggle's 20 GB limit" in messages
+    monkeypatch.setattr(space.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 60_000})())
+    with pytest.raises(space.OutputSpaceError) as refused:
+        extract(prepared, image_size=96)  # 3 x 3 grid: 72 kB in float16, 52 kB in uint8
+    message = str(refused.value)
+    assert "The float16 feature store" in message and "needs 72.00 kB more but only 60.00 kB" in message
+    assert 'OVERRIDES = ["data.feature_layout=uint8"] (52.00 kB)' in message
+    assert "BACKBONE" not in message and "Nothing was written" in message  # regnet is the smallest
+    assert not (tmp_path / "work" / "features").exists()
+    store = extract(prepared, image_size=96, layout="uint8")
+    assert feature_store_bytes(10, BACKBONE, 96, "uint8") == 52_000
+    assert store.size_bytes == 52_000 + 6 * 128  # and a 128-byte .npy header per file
+    assert "10 images x 400 x 3 x 3 uint8 = 52.00 kB" in capsys.readouterr().out
+
+
+def test_on_kaggle_the_output_limit_counts_what_the_working_dir_already_holds(tmp_path, monkeypatch):
+    prepared = make_prepared(tmp_path)  # images outside, prepared data and stores in tmp_path/work
+    working = tmp_path / "work"
+    working.mkdir()
+    (working / "older_run.bin").write_bytes(b"x" * 90_000)
+    monkeypatch.setattr(space, "KAGGLE_WORKING", working)
+    monkeypatch.setattr(space, "KAGGLE_OUTPUT_LIMIT_BYTES", 100_000)
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    assert space.space_left(working)[0] > 100_000  # not a Kaggle session: only the disk counts
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    left, reason = space.space_left(working / "features")
+    assert left == 10_000 and "already holds 90.00 kB" in reason
+    with pytest.raises(space.OutputSpaceError, match=r"only 10.00 kB is left \(of Kaggle's 100.00 kB"):
+        extract(prepared, layout="uint8")
+    (working / "older_run.bin").unlink()
+    assert extract(prepared, layout="uint8").is_complete()
+
+
+def test_quantized_features_are_within_half_a_step_of_their_values():
+    rng = np.random.default_rng(0)
+    block = np.maximum(rng.normal(0, 2, (3, 5, 4, 4)), 0).astype(np.float16)  # ReLU-like, with zeros
+    block[0, 1] = 0  # a dead channel: exact
+    block[1, 2] = 7.5  # a constant channel: exact
+    block[2, 3] = rng.normal(-3, 1, (4, 4))  # negative values
+    codes, ranges = quantize(block)
+    assert codes.dtype == np.uint8 and codes.shape == block.shape
+    assert ranges.dtype == np.float16 and ranges.shape == (3, 2, 5)
+    restored = dequantize(codes, ranges)
+    assert restored.dtype == np.float32
+    assert np.all(restored[0, 1] == 0) and np.all(restored[1, 2] == 7.5)
+    step = ranges[:, 1].astype(np.float32)[..., None, None]
+    slack = 2e-3 * np.abs(block.astype(np.float32)).max(axis=(2, 3), keepdims=True)  # float16 offset/step
+    assert np.all(np.abs(restored - block.astype(np.float32)) <= step / 2 + slack)
+    assert np.abs(restored - block).max() > 0  # really quantized
+
+
+def test_a_uint8_store_holds_the_float16_features_to_8_bits(clean, tmp_path, monkeypatch):
+    prepared, _ = clean
+    full = extract(prepared, image_size=96)  # 3 x 3 grid (at 2 x 2 the ranges cost what 8 bits save)
+    store = extract(prepared, image_size=96, layout="uint8", num_workers=2)
+    assert store.path == full.path.with_name(full.path.name + "-uint8") and store.layout == "uint8"
+    assert store.size_bytes == feature_store_bytes(10, BACKBONE, 96, "uint8") + 6 * 128 < full.size_bytes
+    for split in prepared.splits:
+        stored = store.features(split)
+        assert stored.shape == full.features(split).shape and len(stored) == len(prepared.splits[split])
+        reference = full.features(split).astype(np.float32)
+        error = np.linalg.norm(np.asarray(stored) - reference) / np.linalg.norm(reference)
+        assert 0 < error < 0.01, error
+        np.testing.assert_array_equal(stored[1:2], np.asarray(stored)[1:2])
+    pairs = CaptionFeatureDataset(store, prepared, "train")
+    _, image_idx = prepared.captions("train")
+    features = torch.stack([pairs[i][0] for i in range(len(pairs))])
+    np.testing.assert_array_equal(features.numpy(), store.features("train")[image_idx])
+    per_image = ImageFeatureDataset(store, "test")
+    np.testing.assert_array_equal(per_image[1][0].numpy(), store.features("test")[1])
+
+    copy = make_prepared(tmp_path)  # interrupted after one batch, then resumed: the same store
+    original_forward, calls = ImageEncoder.forward, []
+
+    def interrupted_forward(self, images):
+        if calls:
+            raise KeyboardInterrupt("simulated interruption")
+        calls.append(1)
+        return original_forward(self, images)
+
+    monkeypatch.setattr(ImageEncoder, "forward", interrupted_forward)
+    with pytest.raises(KeyboardInterrupt):
+        extract(copy, image_size=96, layout="uint8")
+    monkeypatch.setattr(ImageEncoder, "forward", original_forward)
+    resumed = extract(copy, image_size=96, layout="uint8")
+    for split in prepared.splits:
+        np.testing.assert_array_equal(np.asarray(resumed.features(split)), np.asarray(store.features(split)))
 
 
 def test_stores_are_keyed_by_dataset_backbone_size_and_weights(clean, monkeypatch):

@@ -96,24 +96,94 @@ def earlier_session(tmp_path_factory):
     return work, prepared, store
 
 
-def test_a_fresh_session_reuses_an_attached_earlier_output(earlier_session, tmp_path, capsys):
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _read_only(folder: Path) -> None:
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+
+
+def test_a_session_reads_an_attached_store_in_place_and_links_nothing(earlier_session, tmp_path, capsys):
+    """Session 2 (a training notebook) is given session 1's output read-only: the store is read where
+    it is, nothing is linked or written there. Session 3 is given only session 2's output (which has
+    no store): it is told which output to attach instead of extracting again, and given both it reads
+    the store in place again."""
+    import shutil
+
+    from helpers.features import FeatureStoreNotAttached
+
     earlier, prepared, store = earlier_session
-    fresh = env_for(tmp_path / "work", inputs=[earlier.parent])
-    brought = reuse_earlier_outputs(fresh)
-    assert any("data" in item for item in brought) and any("features" in item for item in brought)
-    linked = tmp_path / "work" / "features" / store.path.parent.name / store.path.name
-    assert all(path.is_symlink() for path in linked.iterdir())
-    captions = tmp_path / "work" / "data" / prepared.key / "captions.npy"
-    written = captions.stat().st_mtime_ns
+    attached = tmp_path / "input" / "notebooks" / "me" / "backbones"  # Kaggle's 2025 mount layout
+    shutil.copytree(earlier, attached)
+    _read_only(attached)
+    before = _snapshot(attached)
+    second = env_for(tmp_path / "second", inputs=[tmp_path / "input"])
+    brought = reuse_earlier_outputs(second)
+    assert any("data" in item for item in brought) and any("(read in place)" in item for item in brought)
     capsys.readouterr()
-    config = stage_config("LSTM", {**NOTEBOOK_DEFAULTS, "DEMO": True}, fresh)
+    config = stage_config("LSTM", {**NOTEBOOK_DEFAULTS, "DEMO": True}, second)
     reprepared = prepare(config)
-    assert reprepared.key == prepared.key and reprepared.root == tmp_path / "work" / "data" / prepared.key
-    _, restore = data_for(config)
-    assert restore.path == linked and restore.is_complete()
-    # Not rebuilt (the manifest may only learn the demo images' new folder).
-    assert captions.stat().st_mtime_ns == written and "reusing" in capsys.readouterr().out
-    assert reuse_earlier_outputs(fresh) == []  # nothing twice
+    assert reprepared.key == prepared.key and reprepared.root == tmp_path / "second" / "data" / prepared.key
+    _, in_place = data_for(config)
+    assert in_place.path == attached / "features" / store.path.parent.name / store.path.name
+    assert "reusing" in capsys.readouterr().out and "Feature store" not in capsys.readouterr().out
+    short = ["training.epochs=1", "training.eval_splits=[]"]
+    short_config = stage_config("LSTM", {**NOTEBOOK_DEFAULTS, "DEMO": True, "OVERRIDES": short}, second)
+    result = stages_train(short_config,
+                          reprepared, in_place)
+    assert result.best_epoch == 1
+    assert _snapshot(attached) == before  # nothing written into the input
+    output = [p for p in (tmp_path / "second").rglob("*")]
+    assert not any(p.is_symlink() for p in output) and not list((tmp_path / "second").rglob("*.npy.*"))
+    assert not any(p.name.endswith(".npy") and "features" in p.parts for p in output)  # no store copied
+    assert reuse_earlier_outputs(second) == []  # nothing twice
+
+    (tmp_path / "input").rename(tmp_path / "mounted")  # a new session: mounted elsewhere, or not at all
+    attached = tmp_path / "mounted" / "notebooks" / "me" / "backbones"
+    third = env_for(tmp_path / "third", inputs=[tmp_path / "second"])  # only the previous output
+    reuse_earlier_outputs(third)
+    with pytest.raises(FeatureStoreNotAttached, match=r"read from an attached notebook output, .*backbones"):
+        data_for(stage_config("Attention_LSTM", {**NOTEBOOK_DEFAULTS, "DEMO": True}, third))
+    assert not list((tmp_path / "third" / "features").rglob("*.npy"))  # refused before extracting
+
+    fourth = env_for(tmp_path / "fourth", inputs=[tmp_path / "second", tmp_path / "mounted"])  # both
+    reuse_earlier_outputs(fourth)
+    _, again = data_for(stage_config("Attention_LSTM", {**NOTEBOOK_DEFAULTS, "DEMO": True}, fourth))
+    assert again.path == attached / "features" / store.path.parent.name / store.path.name
+    assert not (tmp_path / "fourth" / "runs").exists()  # other notebooks' runs are not copied
+
+
+def test_a_training_notebook_brings_in_its_own_runs_only_and_02_extracts_again(earlier_session, tmp_path):
+    from helpers.features import FeatureStoreNotAttached
+    from helpers.stages import features
+
+    earlier, prepared, store = earlier_session
+    runs = tmp_path / "input" / "runs"
+    for name in ("LSTM-regnet_x_400mf", "Transformer-regnet_x_400mf"):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "last.pt").write_bytes(b"checkpoint")
+    record = tmp_path / "input" / "features" / store.path.parent.name / store.path.name / "attached.json"
+    record.parent.mkdir(parents=True)
+    record.write_text('{"path": "/kaggle/input/gone/features/x/y", "output": "/kaggle/input/gone"}')
+    env = env_for(tmp_path / "work", inputs=[tmp_path / "input", earlier.parent])
+    brought = reuse_earlier_outputs(env, runs="LSTM-*")
+    assert any(item.endswith("LSTM-regnet_x_400mf") for item in brought)
+    assert sorted(p.name for p in (tmp_path / "work" / "runs").iterdir()) == ["LSTM-regnet_x_400mf"]
+    # The store is attached as well (earlier.parent): the stale record is not brought in.
+    config = stage_config("LSTM", {**NOTEBOOK_DEFAULTS, "DEMO": True}, env)
+    assert data_for(config)[1].path == store.path
+
+    alone = env_for(tmp_path / "alone", inputs=[tmp_path / "input"])
+    reuse_earlier_outputs(alone)
+    config = stage_config("LSTM", {**NOTEBOOK_DEFAULTS, "DEMO": True}, alone)
+    with pytest.raises(FeatureStoreNotAttached, match="/kaggle/input/gone"):
+        data_for(config)
+    extracted = features(config, prepare(config))  # notebook 02: extracting is its job
+    assert extracted.path == tmp_path / "alone" / "features" / store.path.parent.name / store.path.name
+    assert extracted.is_complete() and not (extracted.path / "attached.json").exists()
 
 
 def test_compare_decoding_scores_each_backbone(earlier_session):

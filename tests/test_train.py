@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.backbones import image_transform
 from helpers.config import build_model, load_config
 from helpers.evaluate import compute_metrics, decode_split, evaluate_run
 from helpers.features import FeatureStore
@@ -118,15 +119,85 @@ def test_frozen_pretrained_cnn_is_left_out_of_checkpoints(tmp_path):
         ],
     )
     model = build_model(config, vocab)
-    assert any(k.startswith("image_encoder.") for k in model_state(model, config))  # random CNN: kept
-    config.model.pretrained_backbone = True  # rebuilt from torchvision's weights: left out
-    kept = model_state(model, config)
-    assert kept and not any(k.startswith("image_encoder.") for k in kept)
+    for pretrained in (False, True):  # frozen: rebuilt from its seed or torchvision's weights
+        config.model.pretrained_backbone = pretrained
+        kept = model_state(model, config)
+        assert kept and not any(k.startswith("image_encoder.") for k in kept)
+        assert sum(v.numel() for v in kept.values()) == sum(
+            p.numel() for n, p in model.named_parameters() if not n.startswith("image_encoder.")
+        ) + sum(b.numel() for n, b in model.named_buffers() if not n.startswith("image_encoder."))
     config.training.mode = "finetune"  # trained CNN stages: kept
     assert any(k.startswith("image_encoder.") for k in model_state(model, config))
 
 
 # ----------------------------------------------------------------------------------------- runs
+
+
+def test_a_features_run_captions_images_through_the_cnn_its_store_came_from(small_demo):
+    """best.pt holds no CNN; the loaded model rebuilds the store's (seeded random) CNN, so images and
+    their stored features give the same captions. An older checkpoint with its CNN keeps that CNN."""
+    from helpers.images import load_image
+    from helpers.train import load_run
+
+    work, prepared, store = small_demo
+    config = demo_config("LSTM", work, **{"training.epochs": 1, "training.eval_splits": [],
+                                          "training.run_name": "slim"})
+    torch.manual_seed(123)  # the run's own CNN init must not matter
+    result = train_on(small_demo, config)
+    best = load_checkpoint(result.run_dir / "best.pt")
+    assert not any(key.startswith("image_encoder.") for key in best["model"])
+    model, _, loaded_config = load_run(result.run_dir)
+    names = store.filenames("test")[:4]
+    transform = image_transform(loaded_config.model.backbone, loaded_config.image_size, torch.uint8)
+    images = torch.stack([transform(load_image(prepared.image_path(name))) for name in names])
+    with torch.no_grad():
+        encoded = model.encode(images)
+    stored = torch.from_numpy(store.features("test")[:4].astype(np.float32))
+    torch.testing.assert_close(encoded, stored, rtol=2e-3, atol=2e-3)
+    assert torch.equal(model.sample(images, max_length=16), model.sample(stored, max_length=16))
+
+    other_cnn = build_model(loaded_config, prepared.vocab).image_encoder.state_dict()
+    with_cnn = {**best["model"], **{f"image_encoder.{k}": v for k, v in other_cnn.items()}}
+    old_style = {**best, "model": with_cnn}
+    save_atomic(old_style, result.run_dir / "best.pt")
+    old_model, _, _ = load_run(result.run_dir)
+    for key, value in other_cnn.items():
+        assert torch.equal(old_model.image_encoder.state_dict()[key], value), key
+
+
+@pytest.mark.slow
+def test_a_failure_in_scoring_never_loses_the_epoch(small_demo, monkeypatch):
+    """pycocoevalcap missing: the first validation fails, but last.pt holds the trained epoch; the
+    rerun validates it without training it again and ends like an uninterrupted run, and
+    helpers.evaluate can score last.pt before any best.pt exists."""
+    import helpers.train as train_module
+
+    work, prepared, store = small_demo
+    settings = {"training.epochs": 2, "training.eval_splits": [], "training.checkpoint_every_steps": 0}
+    whole = demo_config("LSTM", work, **settings, **{"training.run_name": "whole2"})
+    uninterrupted = train_on(small_demo, whole)
+    config = demo_config("LSTM", work, **settings, **{"training.run_name": "noscore"})
+
+    def missing_package(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'pycocoevalcap'")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(train_module, "compute_metrics", missing_package)
+        with pytest.raises(ModuleNotFoundError):
+            train_on(small_demo, config)
+    steps = math.ceil(len(prepared.captions("train")[0]) / config.batch_size)
+    saved = load_checkpoint(config.run_path / "last.pt")
+    assert (saved["epoch"], saved["step_in_epoch"], saved["global_step"]) == (0, steps, steps)
+    assert not (config.run_path / "best.pt").exists()
+    scored = evaluate_run(config.run_path, split="val", beam_sizes=(1,), prepared=prepared, store=store,
+                          meteor=False, progress=False)
+    assert scored["metrics"]["val"]["beam1"]["CIDEr"] >= 0
+
+    trained_steps = []
+    resumed = train_on(small_demo, config, callbacks=[lambda event, state: trained_steps.append(event)])
+    assert trained_steps.count("step_end") == steps  # only the second epoch trains
+    _assert_same_weights(resumed.model, uninterrupted.model)
+    assert _without_times(resumed.history) == _without_times(uninterrupted.history)
 
 
 class Killed(RuntimeError):

@@ -128,13 +128,13 @@ def sizes(session) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def readme_chain(kaggle):
-    """README's path: 00, then 02 with 00's output attached, then 04 and 05 with 00 and 02 attached,
-    then 07 with 00, 04 and 05 attached; each in a fresh session."""
+    """README's path: 00, then 02 with 00's output attached, then 04 and 05 with 02's attached, then
+    07 with 00, 04 and 05 attached; each in a fresh session."""
     data = kaggle.datasets
     kaggle.run("00_data_prep", data, parameters=CPU_SIZED)
     kaggle.run("02_backbones", data, attach=("00_data_prep",), parameters=CPU_SIZED)
     for stem in ("04_train_lstm", "05_train_attention_lstm"):
-        kaggle.run(stem, data, attach=("00_data_prep", "02_backbones"), parameters=CPU_SIZED)
+        kaggle.run(stem, data, attach=("02_backbones",), parameters=CPU_SIZED)
     kaggle.run("07_results", data, attach=("00_data_prep", "04_train_lstm", "05_train_attention_lstm"))
     for label, session in kaggle.sessions.items():
         print(f"{label}: {session.seconds:.0f} s, output {sizes(session)}")
@@ -158,10 +158,12 @@ def test_data_prep_uses_the_attached_dataset_and_the_official_split(readme_chain
 
 
 def test_training_reads_the_attached_store_in_place_and_keeps_small_checkpoints(readme_chain):
-    assert "features" in sizes(readme_chain["02_backbones"])
+    assert list(readme_chain["02_backbones"].output.glob("features/*/*/*.npy"))
     for stem, run in (("04_train_lstm", "LSTM"), ("05_train_attention_lstm", "Attention_LSTM")):
         session = readme_chain[stem]
-        assert "features" not in sizes(session), f"{stem} extracted features again"
+        stores = [path for path in session.output_files() if path.startswith("features/")]
+        assert stores and all(path.endswith("/attached.json") for path in stores), stores
+        assert "image-captioning-02-backbones" in session.cells_text() or stores
         best = next(session.output.glob(f"runs/{run}*/best.pt"))
         state = torch.load(best, map_location="cpu", weights_only=False)
         cnn = [key for key in state["model"] if key.startswith(("encoder.", "image_encoder."))]
@@ -183,7 +185,7 @@ def test_a_training_notebook_runs_alone_with_only_data_prep_attached(kaggle, rea
     )  # fmt: skip
     assert_ran(session)
     assert_clean_output(session)
-    assert "features" in sizes(session)  # nothing to reuse: it extracts its own store
+    assert list(session.output.glob("features/*/*/*.npy"))  # nothing to reuse: it extracts its own store
     assert list(session.output.glob("runs/Attention_LSTM*/best.pt"))
 
 
@@ -193,8 +195,7 @@ def test_missing_scoring_dependency_stops_the_setup_cell_at_once(kaggle, readme_
     data = dict(kaggle.datasets)
     data[f"{OWNER}/captioning-helpers"] = no_wheels / "captioning-helpers"
     session = kaggle.run(
-        "04_train_lstm", data, attach=("00_data_prep", "02_backbones"), parameters=CPU_SIZED,
-        label="04_without_wheels",
+        "04_train_lstm", data, attach=("02_backbones",), parameters=CPU_SIZED, label="04_without_wheels",
     )  # fmt: skip
     assert session.returncode != 0
     text = session.cells_text()

@@ -465,11 +465,15 @@ def learning_demo(tmp_path_factory):
     prepared, store = make_source(demo_config("LSTM", work), progress=False)
     blind_path = store.path.parent / f"{store.path.name}-zeros"
     shutil.copytree(store.path, blind_path)
-    for split in store.splits:
-        features = np.load(blind_path / f"{split}.npy", mmap_mode="r+")
-        features[:] = 0
-        features.flush()
-    return work, prepared, store, FeatureStore.open(blind_path)
+    blind = FeatureStore.open(blind_path)
+    for split in blind.splits:
+        files = [blind.array_path(split)] + ([blind.ranges_path(split)] if blind.layout == "uint8" else [])
+        for array_file in files:  # the uint8 codes and their per-channel offsets and steps
+            features = np.load(array_file, mmap_mode="r+")
+            features[:] = 0
+            features.flush()
+    assert not np.asarray(blind.features(blind.splits[0])[:4]).any()
+    return work, prepared, store, blind
 
 
 def _test_bleu4(name: str, work, prepared, store, run_name: str) -> float:

@@ -122,6 +122,25 @@ def test_store_equals_direct_encoder_output_within_fp16(clean):
     np.testing.assert_array_equal(reopened.features("test"), store.features("test"))
 
 
+def test_pillow_decoding_gives_the_same_store_as_the_default_decoder(clean, tmp_path, monkeypatch):
+    prepared, store = clean
+    decoders = []
+    original = features_module.ImageDataset
+
+    def recording_dataset(*args, **kwargs):
+        dataset = original(*args, **kwargs)
+        decoders.append(dataset.decoder)
+        return dataset
+
+    monkeypatch.setattr(features_module, "ImageDataset", recording_dataset)
+    by_pil = extract(prepared, work_dir=tmp_path / "features", decoder="pil")
+    assert decoders == ["pil"]
+    for split in prepared.splits:  # byte-identical crops, so the very same float16 features
+        np.testing.assert_array_equal(by_pil.features(split), store.features(split))
+    extract(prepared, work_dir=tmp_path / "default")
+    assert decoders == ["pil", "torchvision"]  # the default on the CPU
+
+
 def test_random_weights_are_the_same_whatever_the_global_seed(clean, tmp_path):
     prepared, store = clean
     torch.manual_seed(1234)

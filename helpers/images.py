@@ -15,6 +15,7 @@ bytes; the main process decodes each batch on the GPU with nvJPEG and resizes an
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import warnings
@@ -147,14 +148,14 @@ def _exact_jpeg(path: str | os.PathLike,
     not accept goes to `load_image`, which decodes it or says why it cannot.
     """
     try:
-        with Image.open(path) as opened:
+        data = Path(path).read_bytes()
+        if not data.endswith(_JPEG_END):
+            return None
+        with Image.open(io.BytesIO(data)) as opened:
             if opened.format != "JPEG" or opened.mode not in modes:
                 return None
             orientation = opened.getexif().get(_EXIF_ORIENTATION, 1)  # as exif_transpose reads it
-        data = Path(path).read_bytes()
     except Exception:  # anything Pillow or the file system raises: load_image reports it precisely
-        return None
-    if not data.endswith(_JPEG_END):
         return None
     return torch.frombuffer(bytearray(data), dtype=torch.uint8), orientation
 

@@ -321,3 +321,15 @@ def test_values_beyond_the_float16_range_are_saturated_with_a_warning(tmp_path, 
         store = extract(make_prepared(tmp_path))
     stored = store.features("train").astype(np.float32)
     assert np.isfinite(stored).all() and np.abs(stored).max() == 65504
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the nvJPEG path needs a CUDA GPU")
+def test_nvjpeg_extraction_on_the_gpu_stays_close_to_the_cpu_store(clean, tmp_path):
+    """nvJPEG's IDCT and chroma upsampling differ from libjpeg-turbo's by a few grey levels, and the
+    GPU runs the encoder in fp16 autocast: the store differs from the CPU store by a little, not more."""
+    prepared, store = clean
+    on_gpu = extract(prepared, work_dir=tmp_path / "features", device="cuda")  # nvjpeg: the CUDA default
+    for split in prepared.splits:
+        cpu = store.features(split).astype(np.float32)
+        gpu = on_gpu.features(split).astype(np.float32)
+        assert np.linalg.norm(gpu - cpu) <= 0.05 * np.linalg.norm(cpu)

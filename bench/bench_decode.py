@@ -1,7 +1,8 @@
 """JPEG decoding for feature extraction: Pillow, torchvision on the CPU and nvJPEG on CUDA, in one run.
 
 First, decoding alone in this process (one thread, the two CPU decoders alternating file by file,
-so a change in machine load hits both alike): JPEG file to the uint8 224 px crop, per photo size.
+so a change in machine load hits both alike): JPEG file to the uint8 224 px crop, per photo size,
+on the first `--decode-photos` photos.
 
 Then, for each backbone (random weights, 224 px), loader worker count and decoder, from JPEG files
 (half 500x375 like Flickr, half 640x480 like COCO, one in four portrait) to the feature store on disk:
@@ -15,8 +16,8 @@ the network runs, so they overlap and need not add up to 100%. Every timing is t
 `--repeats` runs.
 
     python bench/bench_decode.py                  # CPU: pil and torchvision, 200 photos
-    python bench/bench_decode.py --device cuda --images 8091 --batch-size 128 \
-        --backbones resnet50 regnet_x_400mf       # GPU: also nvjpeg, a Flickr8k-sized set
+    python bench/bench_decode.py --device cuda --images 8091 --batch-size 128 --repeats 1
+                                                  # GPU: also nvjpeg, a Flickr8k-sized set
 """
 
 from __future__ import annotations
@@ -142,6 +143,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--images", type=int, default=200, help="synthetic photos")
+    parser.add_argument("--decode-photos", type=int, default=300, help="photos in the decoding-alone table")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=BACKBONES)
@@ -157,7 +159,7 @@ def main() -> None:
         paths = make_photos(Path(folder), args.images, sizes=PHOTO_SIZES)
         megabytes = sum(path.stat().st_size for path in paths) / 1e6
         print(f"## JPEG decoding: {args.images} photos ({megabytes:.1f} MB), {os.cpu_count()} CPU cores\n")
-        print("\n".join(decode_table(paths, args.repeats)))
+        print("\n".join(decode_table(paths[: args.decode_photos], args.repeats)))
         print(f"\n## End to end, batch {args.batch_size}, {label}\n")
         loading = {(workers, decoder): min(loader_seconds(paths, decoder, workers, device, args.batch_size)
                                            for _ in range(args.repeats))

@@ -144,8 +144,8 @@ def _exact_jpeg(path: str | os.PathLike,
 
     Pillow reads only the header here, so the checks Pillow makes on opening (format, decompression
     bomb size) stay the same on every path. A file that does not end with the JPEG end marker (a
-    truncated download) is left to Pillow, which names the problem. Never raises: a file it does
-    not accept goes to `load_image`, which decodes it or says why it cannot.
+    truncated download, or trailing bytes after the image) is left to Pillow, which decodes it or
+    names the problem. Never raises: `load_image` handles every file this does not accept.
     """
     try:
         data = Path(path).read_bytes()

@@ -554,6 +554,7 @@ def build_model(config: Config, vocab: Any, load_glove: bool = True):
         backbone=config.model.backbone,
         glove_path=glove_path,
         freeze_embeddings=config.embeddings.freeze,
+        normalize_features=True,
     )
     if config.model.cell_type == "transformer":
         return CaptioningTransformer(

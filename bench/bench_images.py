@@ -3,7 +3,8 @@
 Both decode the same JPEGs (about 500x375, like Flickr photos, generated in a temporary folder),
 resize and centre-crop them with the backbone's transform and stack batches of tensors. The loader
 runs twice per worker count: handing over float32 crops, and uint8 crops (what extraction and
-fine-tuning use; the encoder scales them on the device), a quarter of the bytes.
+fine-tuning use; the encoder scales them on the device), a quarter of the bytes. The loader decodes
+with torchvision (its default for these transforms); `bench_decode.py` compares the decoders.
 
     python bench/bench_images.py                 # 300 images, workers 0, 2 and 4
     python bench/bench_images.py --images 1000 --workers 0 4 8 --device cuda
@@ -30,12 +31,17 @@ from helpers.backbones import image_transform  # noqa: E402
 from helpers.images import ImageDataset, default_num_workers, image_loader  # noqa: E402
 
 
-def make_photos(folder: Path, count: int, seed: int = 0) -> list[Path]:
-    """JPEGs with photo-like content and file sizes: smooth colour fields plus sensor-like noise."""
+def make_photos(folder: Path, count: int, seed: int = 0,
+                sizes: tuple[tuple[int, int], ...] = ((500, 375),)) -> list[Path]:
+    """JPEGs with photo-like content and file sizes: smooth colour fields plus sensor-like noise.
+
+    The sizes (width, height) take turns; every fourth photo is portrait (the size turned)."""
     rng = np.random.default_rng(seed)
     paths = []
     for number in range(count):
-        width, height = (500, 375) if number % 4 else (375, 500)  # some portrait photos too
+        width, height = sizes[number % len(sizes)]
+        if number % 4 == 0:  # some portrait photos too
+            width, height = height, width
         coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
         field = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), dtype=np.int16)
         noise = rng.normal(0, 12, (height, width, 3))

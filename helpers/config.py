@@ -52,10 +52,10 @@ class ConfigError(ValueError):
 class ModelConfig:
     """The decoder and the CNN whose features it reads (the original project's `model:` section)."""
 
-    cell_type: str = "lstm"
-    wordvec_dim: int = 300
-    hidden_dim: int = 512
-    backbone: str = DEFAULT_BACKBONE
+    cell_type: str = "lstm"  # the decoder: rnn | lstm | attn | transformer (aliases: vanilla_rnn, attention)
+    wordvec_dim: int = 300  # word vector size; must equal the GloVe file's dimension when use_glove
+    hidden_dim: int = 512  # the decoder's hidden state size (the transformer's d_model)
+    backbone: str = DEFAULT_BACKBONE  # the CNN: resnet50 | resnet101 | regnet_x_400mf
     attn_dim: int | None = None  # channels of the feature map; inferred from the backbone when omitted
     pretrained_backbone: bool = True  # ImageNet weights for the CNN (False: random, for tests and demos)
     num_heads: int = 4  # transformer only; must divide hidden_dim (the transformer's d_model)
@@ -67,21 +67,21 @@ class ModelConfig:
 class EmbeddingsConfig:
     """Word embeddings (the original project's `embeddings:` section)."""
 
-    use_glove: bool = False
-    glove_path: str | None = "glove.6B.300d.txt"  # "demo": a generated file for the demo words
-    freeze: bool = False
+    use_glove: bool = False  # start the word vectors from GloVe (False: random)
+    glove_path: str | None = "glove.6B.300d.txt"  # a GloVe text file, a bare glove.6B name, or "demo"
+    freeze: bool = False  # keep the word vectors fixed while training
 
 
 @dataclass
 class DataConfig:
     """Which dataset, where, and how its captions are prepared (see helpers.prepare)."""
 
-    dataset: str = "flickr8k"
-    data_dir: str | None = None  # None: download with kagglehub (or use the attached Kaggle dataset)
+    dataset: str = "flickr8k"  # flickr8k | flickr30k | coco | demo (see helpers.prepare)
+    data_dir: str | None = None  # the dataset folder; None: the attached Kaggle dataset, else kagglehub
     work_dir: str = "work"  # prepared data and feature stores live here
-    min_word_count: int = 5
-    max_caption_length: int = 20
-    image_size: int | None = None  # None: the backbone's own size (224)
+    min_word_count: int = 5  # training-caption words seen fewer times become <UNK>
+    max_caption_length: int = 20  # words kept per caption (longer ones are cut)
+    image_size: int | None = None  # CNN input side in pixels; None: the backbone's own size (224)
     feature_layout: str = DEFAULT_FEATURE_LAYOUT  # feature store: uint8 (8-bit, COCO fits 20 GB) | float16
     split: str | None = None  # karpathy (required) | seeded | None: Karpathy when it can be had, else seeded
     split_seed: int = 0  # seeded train/val/test split when no Karpathy split exists (not training.seed)
@@ -94,11 +94,11 @@ class DataConfig:
 class TrainingConfig:
     """The training loop's settings (see helpers.train)."""
 
-    epochs: int = 10
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int | None = None  # None: warmup_fraction of all steps
-    warmup_fraction: float = 0.05
+    epochs: int = 10  # passes over the training captions
+    lr: float = 1e-3  # peak learning rate (AdamW), reached after the warmup
+    weight_decay: float = 1e-4  # AdamW weight decay (on matrices only)
+    warmup_steps: int | None = None  # linear warmup steps; None: warmup_fraction of all steps
+    warmup_fraction: float = 0.05  # linear warmup over this fraction of all steps
     schedule: str = "cosine"  # decay after warmup: cosine | linear | constant
     min_lr_ratio: float = 0.01  # final learning rate as a fraction of lr
     grad_clip: float | None = 5.0  # max gradient norm; None: no clipping
@@ -106,32 +106,32 @@ class TrainingConfig:
     mode: str = "features"  # features: frozen CNN on the feature store; finetune: images end to end
     finetune_stages: int = 1  # finetune mode: how many of the backbone's last stages train
     encoder_lr_scale: float = 0.1  # finetune mode: the CNN's learning rate as a fraction of lr
-    seed: int = 0
+    seed: int = 0  # seeds weights, shuffling and dropout (a CPU run repeats exactly)
     num_workers: int | None = None  # DataLoader workers; None: helpers.images.default_num_workers()
     amp: bool = True  # fp16 autocast + gradient scaler on CUDA (ignored on the CPU)
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # where training runs: auto (cuda when available) | cpu | cuda
     checkpoint_every_steps: int = 0  # also save last.pt every N steps (0: only at epoch ends)
     max_hours: float | None = None  # stop cleanly after this long (last.pt saved; run again to go on)
     val_max_images: int | None = None  # validate on the first N val images (None: all)
-    eval_splits: list[str] = field(default_factory=lambda: ["val", "test"])  # scored into results.json
-    eval_beam_sizes: list[int] = field(default_factory=lambda: [1, 3])
+    eval_splits: list[str] = field(default_factory=lambda: ["val", "test"])  # splits scored into results.json
+    eval_beam_sizes: list[int] = field(default_factory=lambda: [1, 3])  # decodings scored (1: greedy)
     meteor: bool = True  # also METEOR in results.json when Java is available (its JVM takes ~10 s to start)
     metric_tokenizer: str = "auto"  # results.json scores: ptb (Java, as papers) | project | auto: ptb if Java
     run_dir: str = "runs"  # runs are written to <run_dir>/<run_name>/
-    run_name: str | None = None  # None: <config name>-<backbone>
+    run_name: str | None = None  # the run's folder name; None: <config name>-<backbone>
 
 
 @dataclass
 class Config:
     """A whole, validated experiment configuration."""
 
-    name: str = "experiment"
-    batch_size: int = 128
+    name: str = "experiment"  # set by load_config to the first file's stem (LSTM, Transformer...)
+    batch_size: int = 128  # training batch size (captions per step)
     model: ModelConfig = field(default_factory=ModelConfig)
     embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
-    sources: list[str] = field(default_factory=list)  # the files and overrides it was built from
+    sources: list[str] = field(default_factory=list)  # the files and overrides it was built from (read-only)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (json/yaml serialisable)."""
@@ -554,6 +554,7 @@ def build_model(config: Config, vocab: Any, load_glove: bool = True):
         backbone=config.model.backbone,
         glove_path=glove_path,
         freeze_embeddings=config.embeddings.freeze,
+        normalize_features=True,
     )
     if config.model.cell_type == "transformer":
         return CaptioningTransformer(

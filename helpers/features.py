@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from helpers.backbones import ImageEncoder, get_backbone, image_transform
 from helpers.files import write_json_atomic
-from helpers.images import BadImage, BadImageReport, ImageDataset, image_loader
+from helpers.images import BadImage, BadImageReport, ImageDataset, default_decoder, image_loader
 from helpers.space import KAGGLE_OUTPUT_LIMIT_BYTES, check_space, folder_bytes, format_bytes
 
 __all__ = [
@@ -529,6 +529,7 @@ def extract_features(
     progress: bool = True,
     layout: str = DEFAULT_FEATURE_LAYOUT,
     allow_reextract: bool = False,
+    decoder: str | None = None,
 ) -> FeatureStore:
     """Run the backbone once over every image of every split and store its features on disk.
 
@@ -543,6 +544,8 @@ def extract_features(
     the smaller choices. Images that cannot be decoded get zero rows and are listed; more than
     `max_bad_images` of them (a count, or a fraction of all images) stops the run with the list,
     keeping the rows already written. `batch_size` defaults to the backbone's recommendation.
+    `decoder` (see `helpers.images.DECODERS`) defaults to the fastest exact one for the device:
+    nvJPEG on the GPU with resize and crop there, torchvision's libjpeg-turbo decoder on the CPU.
     """
     info = get_backbone(backbone)
     if image_size < 32:
@@ -591,8 +594,8 @@ def extract_features(
     on_cuda = run_device.type == "cuda"
     if on_cuda:
         encoder = encoder.to(memory_format=torch.channels_last)
-    dataset = Subset(ImageDataset(paths, image_transform(backbone, image_size, torch.uint8)), remaining)
-    loader = image_loader(dataset, batch_size or info.batch_size, num_workers, run_device, report=report)
+    loader = _image_batches(paths, remaining, backbone, image_size, batch_size or info.batch_size,
+                            num_workers, run_device, report, decoder or default_decoder(run_device))
     row_shape = (info.out_channels, side, side)
     peak = 0.0  # largest feature magnitude met in float32, to warn about float16 saturation
     try:
@@ -628,6 +631,13 @@ def extract_features(
             stacklevel=2,
         )
     return store
+
+
+def _image_batches(paths: list[str], rows: list[int], backbone: str, image_size: int, batch_size: int,
+                   num_workers: int | None, device: torch.device, report: BadImageReport, decoder: str):
+    """The loader over the images of `rows`: uint8 crops, decoded by `decoder` (on the device for nvJPEG)."""
+    images = ImageDataset(paths, image_transform(backbone, image_size, torch.uint8), decoder=decoder)
+    return image_loader(Subset(images, rows), batch_size, num_workers, device, report=report)
 
 
 def _encode(encoder: ImageEncoder, images: torch.Tensor, device: torch.device) -> tuple[np.ndarray, float]:

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from helpers.backbones import ImageEncoder
+from helpers.backbones import BACKBONES, DEFAULT_BACKBONE, ImageEncoder
 from helpers.decoders import (
     LSTM,
     RNN,
@@ -27,11 +27,28 @@ from helpers.decoders import (
     temporal_softmax_loss,
 )
 from helpers.embeddings import WordEmbedding, load_glove_embeddings
+from helpers.text import END, NULL, START, check_word_to_idx, require_tokens
 
 __all__ = ["CELL_TYPES", "CaptioningModel", "CaptioningRNN", "CaptioningTransformer", "beam_search"]
 
 CELL_TYPES = {"rnn": "rnn", "lstm": "lstm", "attn": "attn", "attention": "attn"}
-SPECIAL_TOKENS = ("<NULL>", "<START>", "<END>")
+
+
+def backbone_for(input_dim: int | None, backbone: str | None) -> str:
+    """The backbone a model uses: the one named, else the first whose channels equal ``input_dim``
+    (the course's ``input_dim=400`` is regnet_x_400mf, 2048 is resnet50), else resnet50."""
+    if backbone is not None:
+        return backbone
+    if input_dim is None or BACKBONES[DEFAULT_BACKBONE].out_channels == input_dim:
+        return DEFAULT_BACKBONE
+    matching = [name for name, info in BACKBONES.items() if info.out_channels == input_dim]
+    if not matching:
+        channels = ", ".join(f"{name}: {info.out_channels}" for name, info in BACKBONES.items())
+        raise ValueError(
+            f"no backbone outputs input_dim={input_dim} channels ({channels}); "
+            "pass one of these input_dims or name the backbone"
+        )
+    return matching[0]
 
 
 def beam_search(model, features: Tensor, max_length: int, beam_size: int = 1, alpha: float = 0.7):
@@ -111,27 +128,23 @@ class CaptioningModel(nn.Module):
         wordvec_dim: int,
         image_encoder_pretrained: bool,
         ignore_index: int | None,
-        backbone: str,
+        backbone: str | None,
         glove_path: str | None,
         freeze_embeddings: bool,
+        normalize_features: bool,
     ):
         super().__init__()
-        missing = [token for token in SPECIAL_TOKENS if token not in word_to_idx]
-        if missing:
-            raise ValueError(
-                f"word_to_idx lacks the special tokens {missing}; build it with helpers.text.Vocabulary"
-            )
-        if sorted(word_to_idx.values()) != list(range(len(word_to_idx))):
-            raise ValueError("word_to_idx must map its words to the ids 0 .. len(word_to_idx) - 1, each once")
+        check_word_to_idx(word_to_idx)
         self.word_to_idx = dict(word_to_idx)
         self.idx_to_word = {index: word for word, index in word_to_idx.items()}
-        self._null = word_to_idx["<NULL>"]
-        self._start = word_to_idx["<START>"]
-        self._end = word_to_idx["<END>"]
+        self._null = word_to_idx[NULL]
+        self._start = word_to_idx.get(START)  # None in the course's sanity-check vocabulary:
+        self._end = word_to_idx.get(END)  # sample() then explains what is missing
         self.ignore_index = self._null if ignore_index is None else ignore_index
 
         # Pretrained weights load when images first pass through the CNN: training and decoding from
         # the feature store never need them (nor Internet on Kaggle).
+        backbone = backbone_for(input_dim, backbone)
         self.image_encoder = ImageEncoder(
             pretrained=image_encoder_pretrained, backbone=backbone, verbose=False, defer_weights=True
         )
@@ -145,8 +158,9 @@ class CaptioningModel(nn.Module):
         self.backbone = backbone
         # Standardise each feature channel over the batch (running statistics when sampling). Backbone
         # features share a large common component (random-weight features of different images have
-        # cosine ~0.998); without this the decoders learn one caption for every image.
-        self.feature_norm = nn.BatchNorm2d(channels)
+        # cosine ~0.998); without this the decoders learn one caption for every image. build_model
+        # always asks for it; the course's CaptioningRNN had none, so its sanity checks need it off.
+        self.feature_norm = nn.BatchNorm2d(channels) if normalize_features else nn.Identity()
         self.wordvec_dim = wordvec_dim
 
         pretrained = None
@@ -167,7 +181,7 @@ class CaptioningModel(nn.Module):
         return self.image_encoder(images)
 
     def features_from(self, images_or_features: Tensor) -> Tensor:
-        """Normalised backbone features for a batch of images (the CNN runs) or of precomputed features.
+        """Backbone features (normalised if asked) for a batch of images (the CNN runs) or precomputed ones.
 
         The two are told apart by the channel count: 3 for images, ``input_dim`` for features.
         """
@@ -201,6 +215,7 @@ class CaptioningModel(nn.Module):
         on the CPU like the course module. Runs in eval mode (no dropout) and then gives every
         submodule back its own mode (a frozen encoder kept in eval stays in eval).
         """
+        require_tokens(self.word_to_idx, [START, END], "sampling")
         modes = [(module, module.training) for module in self.modules()]
         self.eval()
         try:
@@ -223,6 +238,10 @@ class CaptioningRNN(CaptioningModel):
 
     rnn / lstm: the spatially averaged features pass a Linear(input_dim, hidden_dim) to give h0.
     attn: a 1x1 convolution projects the features to A (N, hidden_dim, H', W') to attend over.
+    With no ``backbone`` named, the course's ``input_dim`` picks it (400: regnet_x_400mf); the
+    course's sanity-check vocabulary without ``<START>``/``<END>`` serves for the loss. Defaults are
+    the course's, so its sanity checks give its expected losses; ``normalize_features=True`` (what
+    :func:`helpers.config.build_model` passes) adds the per-channel feature normalisation.
     """
 
     def __init__(
@@ -234,15 +253,16 @@ class CaptioningRNN(CaptioningModel):
         cell_type: str = "rnn",
         image_encoder_pretrained: bool = True,
         ignore_index: int | None = None,
-        backbone: str = "resnet50",
+        backbone: str | None = None,
         glove_path: str | None = None,
         freeze_embeddings: bool = False,
+        normalize_features: bool = False,
     ):
         if cell_type not in CELL_TYPES:
             raise ValueError(f"unknown cell_type {cell_type!r}; choose one of {sorted(CELL_TYPES)}")
         super().__init__(
             word_to_idx, input_dim, wordvec_dim, image_encoder_pretrained, ignore_index, backbone,
-            glove_path, freeze_embeddings,
+            glove_path, freeze_embeddings, normalize_features,
         )
         self.cell_type = CELL_TYPES[cell_type]
         self.hidden_dim = hidden_dim
@@ -314,13 +334,14 @@ class CaptioningTransformer(CaptioningModel):
         max_length: int = 50,
         image_encoder_pretrained: bool = True,
         ignore_index: int | None = None,
-        backbone: str = "resnet50",
+        backbone: str | None = None,
         glove_path: str | None = None,
         freeze_embeddings: bool = False,
+        normalize_features: bool = True,
     ):
         super().__init__(
             word_to_idx, input_dim, wordvec_dim, image_encoder_pretrained, ignore_index, backbone,
-            glove_path, freeze_embeddings,
+            glove_path, freeze_embeddings, normalize_features,
         )
         self.hidden_dim = hidden_dim
         self.max_length = max_length

@@ -11,7 +11,7 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from helpers.files import write_json_atomic
@@ -29,6 +29,31 @@ def tokenize(text: str) -> list[str]:
     """Lowercase, strip punctuation and split on whitespace: the one tokenizer of the project."""
     text = _APOSTROPHES.sub("", text.lower())
     return _NON_WORD.sub(" ", text).split()
+
+
+def require_tokens(word_to_idx: Mapping[str, int], tokens: Sequence[str], purpose: str) -> None:
+    """Raise a ValueError naming the special tokens that ``word_to_idx`` lacks and ``purpose`` needs."""
+    missing = [token for token in tokens if token not in word_to_idx]
+    if missing:
+        raise ValueError(
+            f"word_to_idx lacks {missing}, which {purpose} needs; build it with helpers.text.Vocabulary"
+        )
+
+
+def check_word_to_idx(word_to_idx: Mapping[str, int]) -> None:
+    """Accept any mapping with ``<NULL>`` and distinct non-negative integer ids.
+
+    The course's sanity-check vocabulary ``{'<NULL>': 0, 'cat': 2, 'dog': 3}`` passes: computing the
+    loss of given captions needs only ``<NULL>`` (the padding), while sampling also needs ``<START>``
+    and ``<END>`` and checks for them itself (:func:`require_tokens`).
+    """
+    require_tokens(word_to_idx, [NULL], "a captioning model")
+    ids = list(word_to_idx.values())
+    if not all(isinstance(i, int) and i >= 0 for i in ids):
+        raise ValueError(f"word_to_idx ids must be non-negative integers, got {sorted(map(repr, ids))[:10]}")
+    if len(set(ids)) != len(ids):
+        repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
+        raise ValueError(f"word_to_idx gives each id to one word only; repeated ids: {repeated[:10]}")
 
 
 def _as_tokens(caption: str | Sequence[str]) -> list[str]:

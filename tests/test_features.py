@@ -126,6 +126,25 @@ def test_store_equals_direct_encoder_output_within_fp16(clean):
     np.testing.assert_array_equal(reopened.features("test"), store.features("test"))
 
 
+def test_pillow_decoding_gives_the_same_store_as_the_default_decoder(clean, tmp_path, monkeypatch):
+    prepared, store = clean
+    decoders = []
+    original = features_module.ImageDataset
+
+    def recording_dataset(*args, **kwargs):
+        dataset = original(*args, **kwargs)
+        decoders.append(dataset.decoder)
+        return dataset
+
+    monkeypatch.setattr(features_module, "ImageDataset", recording_dataset)
+    by_pil = extract(prepared, work_dir=tmp_path / "features", decoder="pil")
+    assert decoders == ["pil"]
+    for split in prepared.splits:  # byte-identical crops, so the very same float16 features
+        np.testing.assert_array_equal(by_pil.features(split), store.features(split))
+    extract(prepared, work_dir=tmp_path / "default")
+    assert decoders == ["pil", "torchvision"]  # the default on the CPU
+
+
 def test_random_weights_are_the_same_whatever_the_global_seed(clean, tmp_path):
     prepared, store = clean
     torch.manual_seed(1234)
@@ -390,3 +409,15 @@ def test_values_beyond_the_float16_range_are_saturated_with_a_warning(tmp_path, 
         store = extract(make_prepared(tmp_path))
     stored = store.features("train").astype(np.float32)
     assert np.isfinite(stored).all() and np.abs(stored).max() == 65504
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the nvJPEG path needs a CUDA GPU")
+def test_nvjpeg_extraction_on_the_gpu_stays_close_to_the_cpu_store(clean, tmp_path):
+    """nvJPEG's IDCT and chroma upsampling differ from libjpeg-turbo's by a few grey levels, and the
+    GPU runs the encoder in fp16 autocast: the store differs from the CPU store by a little, not more."""
+    prepared, store = clean
+    on_gpu = extract(prepared, work_dir=tmp_path / "features", device="cuda")  # nvjpeg: the CUDA default
+    for split in prepared.splits:
+        cpu = store.features(split).astype(np.float32)
+        gpu = on_gpu.features(split).astype(np.float32)
+        assert np.linalg.norm(gpu - cpu) <= 0.05 * np.linalg.norm(cpu)

@@ -82,9 +82,10 @@ def test_cell_types_alias_and_unknown_name():
         make_model("gru")
 
 
-def test_vocabulary_must_hold_the_special_tokens():
-    with pytest.raises(ValueError, match=r"lacks the special tokens \['<END>'\]"):
-        make_model("rnn", word_to_idx={"<NULL>": 0, "<START>": 1, "dog": 2})
+def test_sampling_needs_start_and_end_in_the_vocabulary():
+    without_end = make_model("rnn", word_to_idx={"<NULL>": 0, "<START>": 1, "dog": 2})
+    with pytest.raises(ValueError, match=r"lacks \['<END>'\], which sampling needs"):
+        without_end.sample(random_features(1))
     model = make_model("rnn")
     assert model.idx_to_word[5] == "dog" and model.word_to_idx["dog"] == 5
     assert model.ignore_index == NULL

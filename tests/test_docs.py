@@ -1,0 +1,161 @@
+"""The Arabic docs say what their English originals say, with the terms of docs/GLOSSARY.ar.md.
+
+Section by section (a section runs from one heading to the next), an Arabic doc must match its
+English original in: heading levels, tables (rows x columns), fenced code blocks (identical text),
+inline code spans and numbers (the same multiset). A caveat dropped or a figure added in one language
+changes a section's numbers or code spans and fails here with the section's heading.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAIRS = [
+    ("README.md", "README.ar.md"),
+    ("BACKBONE_GUIDE.md", "BACKBONE_GUIDE.ar.md"),
+    ("GLOVE_GUIDE.md", "GLOVE_GUIDE.ar.md"),
+]
+GLOSSARY = ROOT / "docs" / "GLOSSARY.ar.md"
+FENCE = re.compile(r"^(```|~~~)")
+HEADING = re.compile(r"^(#{1,6}) (.*)$")
+INLINE_CODE = re.compile(r"`([^`]+)`")  # may wrap onto the next line
+NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+LINK_TARGET = re.compile(r"\]\(([^)]*)\)")
+
+
+@dataclass
+class Section:
+    heading: str
+    level: int
+    code_blocks: list[str] = field(default_factory=list)
+    tables: list[tuple[int, int]] = field(default_factory=list)
+    prose: list[str] = field(default_factory=list)  # lines outside code blocks, tables included
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.prose)
+
+    def inline_code(self) -> Counter:
+        return Counter(" ".join(span.split()) for span in INLINE_CODE.findall(self.text))
+
+    def numbers(self) -> Counter:
+        """Numbers outside code (code is compared as it is), links (targets differ by language) and
+        the heading itself, which may differ in wording but not in what it counts."""
+        text = LINK_TARGET.sub("]()", INLINE_CODE.sub(" ", self.text))
+        return Counter(NUMBER.findall(text))
+
+
+def table_cells(line: str) -> int:
+    return len(re.split(r"(?<!\\)\|", line.strip().strip("|")))
+
+
+def sections(path: Path) -> list[Section]:
+    """A Markdown file cut at its headings (the part before the first heading is section 0)."""
+    found = [Section(heading="(top)", level=0)]
+    lines = path.read_text(encoding="utf-8").splitlines()
+    code: list[str] | None = None
+    table_rows = columns = 0
+    for line in lines + [""]:
+        if code is not None:
+            if FENCE.match(line.strip()):
+                found[-1].code_blocks.append("\n".join(code))
+                code = None
+            else:
+                code.append(line)
+            continue
+        is_row = line.startswith("|")
+        if table_rows and not is_row:
+            found[-1].tables.append((table_rows - 1, columns))  # the |---| line is not a row
+            table_rows = 0
+        if FENCE.match(line.strip()):
+            code = []
+        elif HEADING.match(line):
+            level, title = HEADING.match(line).groups()
+            found.append(Section(heading=title, level=len(level)))
+        else:
+            if is_row:
+                if table_rows == 0:
+                    columns = table_cells(line)
+                table_rows += 1
+            found[-1].prose.append(line)
+    return found
+
+
+def glossary() -> list[tuple[re.Pattern, list[str]]]:
+    """(English term pattern, its Arabic forms) from the glossary's table."""
+    rows = []
+    for line in GLOSSARY.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        is_term_row = line.startswith("|") and len(cells) >= 3 and cells[0] != "English"
+        if not is_term_row or set(cells[0]) <= {"-"}:
+            continue
+        english = [e.strip() for e in cells[0].split(",")]
+        pattern = re.compile(r"\b(" + "|".join(re.escape(e) for e in english) + r")s?\b", re.IGNORECASE)
+        rows.append((pattern, [a.strip() for a in cells[1].split("/")]))
+    return rows
+
+
+@pytest.mark.parametrize("english, arabic", PAIRS)
+def test_arabic_doc_has_the_english_sections_tables_and_code(english, arabic):
+    en, ar = sections(ROOT / english), sections(ROOT / arabic)
+    assert [s.level for s in ar] == [s.level for s in en], f"{arabic}: headings differ from {english}"
+    for e, a in zip(en, ar, strict=True):
+        where = f"{arabic} section '{a.heading}' (English: '{e.heading}')"
+        assert a.tables == e.tables, f"{where}: tables (rows, columns) differ"
+        assert a.code_blocks == e.code_blocks, f"{where}: code blocks differ"
+        assert a.inline_code() == e.inline_code(), (
+            f"{where}: inline code differs: English only {e.inline_code() - a.inline_code()}, "
+            f"Arabic only {a.inline_code() - e.inline_code()}"
+        )
+        assert a.numbers() == e.numbers(), (
+            f"{where}: numbers differ: English only {e.numbers() - a.numbers()}, "
+            f"Arabic only {a.numbers() - e.numbers()}"
+        )
+
+
+@pytest.mark.parametrize("english, arabic", PAIRS)
+def test_arabic_doc_uses_the_glossary_terms(english, arabic):
+    """Where an English section names a glossary term, the Arabic section uses its Arabic word."""
+    assert "docs/GLOSSARY.ar.md" in (ROOT / arabic).read_text(encoding="utf-8")
+    terms = glossary()
+    for e, a in zip(sections(ROOT / english), sections(ROOT / arabic), strict=True):
+        english_prose = INLINE_CODE.sub(" ", e.text)
+        arabic_prose = " ".join(a.text.split())  # a term may wrap onto the next line
+        for pattern, forms in terms:
+            # EPOCHS, BATCH_SIZE...: parameter names, not the words
+            words = [m[0] for m in pattern.finditer(english_prose) if m[0] != m[0].upper()]
+            if words:
+                assert any(form in arabic_prose for form in forms), (
+                    f"{arabic} section '{a.heading}': the English says '{words[0]}'"
+                    f" but the Arabic uses none of {forms}"
+                )
+
+
+def test_each_arabic_term_stands_for_one_english_term():
+    """One word per idea: the issue found شبكة used for both network and grid, أنوية for both GPU
+    kernels and CPU cores."""
+    owners: dict[str, str] = {}
+    for pattern, forms in glossary():
+        for form in forms:
+            assert form not in owners, f"'{form}' is the Arabic for both {owners[form]} and {pattern.pattern}"
+            owners[form] = pattern.pattern
+    assert len(owners) >= 10
+
+
+def test_the_check_catches_a_dropped_caveat_and_a_changed_code_block(tmp_path):
+    english = tmp_path / "en.md"
+    english.write_text(
+        "# T\n\n## A\n\nIt took 12 min; not measured on a T4.\n\n```bash\nrun --x 1\n```\n",
+        encoding="utf-8",
+    )
+    arabic = tmp_path / "ar.md"
+    arabic.write_text("# T\n\n## A\n\nاستغرق 12 دقيقة.\n\n```bash\nrun --x 2\n```\n", encoding="utf-8")
+    en, ar = sections(english), sections(arabic)
+    assert en[2].numbers() - ar[2].numbers() == Counter({"4": 1})
+    assert en[2].code_blocks == ["run --x 1"] and ar[2].code_blocks == ["run --x 2"]

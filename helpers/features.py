@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
-from helpers.backbones import ImageEncoder, get_backbone, image_transform
+from helpers.backbones import BACKBONE_STRIDE, ImageEncoder, feature_side, get_backbone, image_transform
 from helpers.files import write_json_atomic
 from helpers.images import BadImage, BadImageReport, ImageDataset, image_loader
 from helpers.space import KAGGLE_OUTPUT_LIMIT_BYTES, check_space, folder_bytes, format_bytes
@@ -102,7 +102,7 @@ def feature_store_bytes(num_images: int, backbone: str = "resnet50", image_size:
     0.88 GB in uint8)."""
     _check_layout(layout)
     info = get_backbone(backbone)
-    side = -(-image_size // 32)
+    side = feature_side(image_size)
     if layout == "float16":
         return num_images * info.out_channels * side * side * np.dtype(np.float16).itemsize
     return num_images * info.out_channels * (side * side + 2 * np.dtype(np.float16).itemsize)
@@ -545,12 +545,15 @@ def extract_features(
     keeping the rows already written. `batch_size` defaults to the backbone's recommendation.
     """
     info = get_backbone(backbone)
-    if image_size < 32:
-        raise ValueError(f"image_size={image_size} is too small: the backbones downsample by 32; use >= 32.")
+    if image_size < BACKBONE_STRIDE:
+        raise ValueError(
+            f"image_size={image_size} is too small: the backbones downsample by {BACKBONE_STRIDE}; "
+            f"use >= {BACKBONE_STRIDE}."
+        )
     if work_dir is None:
         work_dir = Path(prepared.root).parent.parent / "features"
     directory = store_directory(work_dir, prepared.key, backbone, image_size, pretrained, layout)
-    side = -(-image_size // 32)
+    side = feature_side(image_size)
     index = _store_index(prepared, backbone, image_size, pretrained, info.out_channels, side, layout)
     attached = _attached_store(directory, index, allow_reextract)
     if attached is not None:

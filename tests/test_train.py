@@ -14,21 +14,14 @@ import pytest
 import torch
 
 from helpers.backbones import image_transform
-from helpers.config import build_model, load_config
+from helpers.checkpoints import load_checkpoint, model_state, save_atomic
+from helpers.config import load_config
+from helpers.devices import UnsupportedDeviceError, check_cuda_device
 from helpers.evaluate import compute_metrics, decode_split, evaluate_run
 from helpers.features import FeatureStore
-from helpers.train import (
-    TrainState,
-    UnsupportedDeviceError,
-    check_cuda_device,
-    epoch_batches,
-    load_checkpoint,
-    lr_factor,
-    make_source,
-    model_state,
-    save_atomic,
-    train,
-)
+from helpers.models import build_model
+from helpers.train import TrainState, epoch_batches, lr_factor, train
+from helpers.workdir import make_source
 
 
 def demo_config(name: str, work, demo_dir=None, **overrides):
@@ -136,8 +129,8 @@ def test_frozen_pretrained_cnn_is_left_out_of_checkpoints(tmp_path):
 def test_a_features_run_captions_images_through_the_cnn_its_store_came_from(small_demo):
     """best.pt holds no CNN; the loaded model rebuilds the store's (seeded random) CNN, so images and
     their stored features give the same captions. An older checkpoint with its CNN keeps that CNN."""
+    from helpers.checkpoints import load_run
     from helpers.images import load_image
-    from helpers.train import load_run
 
     work, prepared, store = small_demo
     config = demo_config("LSTM", work, **{"training.epochs": 1, "training.eval_splits": [],
@@ -465,10 +458,12 @@ def learning_demo(tmp_path_factory):
     prepared, store = make_source(demo_config("LSTM", work), progress=False)
     blind_path = store.path.parent / f"{store.path.name}-zeros"
     shutil.copytree(store.path, blind_path)
-    for split in store.splits:
-        features = np.load(blind_path / f"{split}.npy", mmap_mode="r+")
-        features[:] = 0
-        features.flush()
+    for split in store.splits:  # codes and, in the uint8 layout, each image's offsets and steps
+        for name in (f"{split}.npy", f"{split}.ranges.npy"):
+            if (blind_path / name).is_file():
+                values = np.load(blind_path / name, mmap_mode="r+")
+                values[:] = 0
+                values.flush()
     return work, prepared, store, FeatureStore.open(blind_path)
 
 

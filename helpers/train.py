@@ -633,12 +633,7 @@ def _train(config: Config, lock: RunLock, prepared, store, progress, callbacks, 
             _end_epoch(run)
             paused = _out_of_time(run.deadline) and not run.state.finished
     if paused and progress:
-        state = run.state
-        print(
-            f"Time budget reached (training.max_hours={config.training.max_hours:g}) at epoch "
-            f"{state.epoch + 1}, step {state.step_in_epoch} of {run.steps_per_epoch}: {run.last_path} is "
-            "saved. Run the same command or notebook again (with this run folder) to continue from there."
-        )
+        _print_pause(run)
     return _score_best(run, paused)
 
 
@@ -758,7 +753,7 @@ def _print_start(run: _Run, resumed: bool) -> None:
 def _train_epoch(run: _Run) -> bool:
     """The remaining steps of the epoch in progress, then last.pt; True when the time budget paused it."""
     state, config = run.state, run.config
-    epoch_started = time.perf_counter()
+    run.epoch_started = time.perf_counter()
     state.model.train()
     state.model.image_encoder.eval()  # BatchNorm keeps its ImageNet statistics, also when fine-tuning
     batches = epoch_batches(len(run.train_data), config.batch_size, config.training.seed, state.epoch)
@@ -766,12 +761,11 @@ def _train_epoch(run: _Run) -> bool:
                      seed=config.training.seed + state.epoch)
     bar = tqdm(loader, total=len(batches), initial=state.step_in_epoch, disable=not run.progress,
                desc=f"epoch {state.epoch + 1}/{config.training.epochs}", unit="batch", leave=False)
-    run.epoch_started = epoch_started
     seen, bad_images, paused = 0, 0, False
     for inputs, captions, bad in bar:
         bad_images += len(bad)
         seen += _train_batch(run, inputs, captions)
-        speed = seen / max(time.perf_counter() - epoch_started, 1e-9)
+        speed = seen / max(time.perf_counter() - run.epoch_started, 1e-9)
         bar.set_postfix(loss=f"{state.loss:.3f}", captions_s=f"{speed:.0f}")
         every = config.training.checkpoint_every_steps
         if every and state.global_step % every == 0 and state.step_in_epoch < len(batches):
@@ -791,7 +785,7 @@ def _train_epoch(run: _Run) -> bool:
             f"epoch {state.epoch + 1}: skipped {bad_images} captions whose image could not be decoded",
             stacklevel=3,
         )
-    run.epoch_seen, run.epoch_train_time = seen, time.perf_counter() - epoch_started
+    run.epoch_seen, run.epoch_train_time = seen, time.perf_counter() - run.epoch_started
     return paused
 
 
@@ -849,6 +843,15 @@ def _end_epoch(run: _Run) -> None:
     if run.progress:
         _print_epoch(record, improved, state)
     _call(run.callbacks, "epoch_end", state)
+
+
+def _print_pause(run: _Run) -> None:
+    state = run.state
+    print(
+        f"Time budget reached (training.max_hours={run.config.training.max_hours:g}) at epoch "
+        f"{state.epoch + 1}, step {state.step_in_epoch} of {run.steps_per_epoch}: {run.last_path} is "
+        "saved. Run the same command or notebook again (with this run folder) to continue from there."
+    )
 
 
 def _print_epoch(record: dict[str, float], improved: bool, state: TrainState) -> None:

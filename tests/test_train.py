@@ -528,6 +528,32 @@ def test_a_cpu_checkpoint_resumes_with_a_gpu_scaler_and_back():
     assert not disabled.is_enabled()
 
 
+def test_best_and_last_checkpoints_hold_the_counters_and_last_also_the_resume_state():
+    """best.pt and last.pt come from one definition: the counters (Progress) are in both and a
+    restore brings every one of them back; last.pt adds only what an exact resume needs."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    config, vocab = load_config("LSTM"), type("V", (), {"idx_to_word": ["<NULL>", "dog"]})()
+    run = TrainState(config, Path("."), model, optimizer, scheduler, scaler, torch.device("cpu"))
+    counters = dict(
+        epoch=3, step_in_epoch=5, global_step=35, epoch_loss_sum=12.5, epoch_captions=40,
+        history=[{"epoch": 1, "val_CIDEr": 0.5}], best_metrics={"val_CIDEr": 0.5}, best_epoch=1,
+        epochs_without_improvement=2, stopped_early=True, wall_time_s=7.5,
+    )
+    for name, value in counters.items():
+        setattr(run, name, value)
+    best, last = run.checkpoint(vocab, resumable=False), run.checkpoint(vocab)
+    assert set(last) - set(best) == {"optimizer", "scheduler", "scaler", "rng"}
+    assert {k: best[k] for k in counters} == counters and best["vocab"] == ["<NULL>", "dog"]
+    assert best["format"] == last["format"] and best["config"] == config.to_dict()
+
+    fresh = TrainState(config, Path("."), model, optimizer, scheduler, scaler, torch.device("cpu"))
+    fresh.restore(last, Path("last.pt"))
+    assert {name: getattr(fresh, name) for name in counters} == counters
+
+
 def test_resume_accepts_moved_folders_but_not_another_model():
     from helpers.config import ConfigError
     from helpers.train import _check_resumable

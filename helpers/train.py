@@ -621,11 +621,13 @@ def train(
 
 def _train(config: Config, lock: RunLock, prepared, store, progress, callbacks, resume) -> TrainResult:
     """`train` with the run folder's lock, which it takes once the config is known to be usable."""
+    max_hours = config.training.max_hours  # the budget counts preparing data and extracting features too
+    deadline = time.perf_counter() + max_hours * 3600 if max_hours else None
     device = resolve_device(config.training.device)
     if config.training.eval_splits and config.training.eval_beam_sizes:
         resolve_tokenizer(config.training.metric_tokenizer)  # "ptb" without Java fails now, not at the end
     resume = _take_run_folder(config.run_path, lock, resume, progress)
-    run = _start_run(config, device, prepared, store, resume, progress, callbacks)
+    run = _start_run(config, device, prepared, store, resume, progress, callbacks, deadline)
     paused = False
     while not run.state.finished and not paused:
         paused = _train_epoch(run)
@@ -695,7 +697,8 @@ def _take_run_folder(run_dir: Path, lock: RunLock, resume: bool | None, progress
     return resume
 
 
-def _start_run(config: Config, device, prepared, store, resume: bool, progress: bool, callbacks) -> _Run:
+def _start_run(config: Config, device, prepared, store, resume: bool, progress: bool, callbacks,
+               deadline: float | None) -> _Run:
     """The data, the model and its optimiser, fresh or restored from last.pt; config.yaml written."""
     if prepared is None:
         prepared = prepare_for(config, progress)
@@ -711,8 +714,6 @@ def _start_run(config: Config, device, prepared, store, resume: bool, progress: 
     if checkpoint is not None:
         state.restore(checkpoint, last_path)
         _warn_if_schedule_changed(checkpoint, config, state.scheduler, state.global_step)
-    max_hours = config.training.max_hours
-    deadline = time.perf_counter() + max_hours * 3600 if max_hours else None
     run = _Run(state, prepared, store, train_data, val_data, list(callbacks or []), progress, deadline,
                wall_before=state.wall_time_s)
     config.run_path.mkdir(parents=True, exist_ok=True)
@@ -813,7 +814,8 @@ def _end_epoch(run: _Run) -> None:
     """Validate the epoch just trained, record it, keep best.pt when it improved, save last.pt and
     history.json, and stop early when val CIDEr stopped improving for `patience` epochs."""
     state, config = run.state, run.config
-    metrics = _validate(state, run.val_data, run.prepared, run.store or run.prepared, config)
+    source = run.store if run.store is not None else run.prepared
+    metrics = _validate(state, run.val_data, run.prepared, source, config)
     run.update_wall_time()
     seen = run.epoch_seen
     record = {

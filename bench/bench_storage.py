@@ -25,10 +25,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from helpers.config import build_model, load_config  # noqa: E402
+from helpers.checkpoints import model_state  # noqa: E402
+from helpers.config import load_config  # noqa: E402
 from helpers.features import FEATURE_LAYOUTS, feature_store_bytes  # noqa: E402
+from helpers.models import build_model  # noqa: E402
 from helpers.text import Vocabulary  # noqa: E402
-from helpers.train import TrainState, make_optimizer, model_state  # noqa: E402
+from helpers.train import TrainState, make_optimizer  # noqa: E402
 
 DECODERS = ("Vanilla_RNN", "LSTM", "Attention_LSTM", "Transformer")
 DATASETS = {"Flickr8k": 8091, "Flickr30k": 31783, "COCO": 123287}
@@ -99,8 +101,8 @@ def store_size_table() -> str:
 
 
 def fidelity_table(train: bool, epochs: int) -> str:
-    from helpers.train import make_source
     from helpers.train import train as train_loop
+    from helpers.workdir import make_source
 
     work = Path(tempfile.mkdtemp(prefix="bench_storage-"))
     rows, stores = [], {}

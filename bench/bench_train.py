@@ -23,9 +23,10 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from helpers.backbones import image_transform  # noqa: E402
-from helpers.config import build_model, load_config  # noqa: E402
+from helpers.config import load_config  # noqa: E402
 from helpers.demo import make_demo_dataset  # noqa: E402
 from helpers.features import CaptionFeatureDataset, extract_features  # noqa: E402
+from helpers.models import build_model  # noqa: E402
 from helpers.prepare import prepare_dataset  # noqa: E402
 from helpers.train import (  # noqa: E402
     ImageCaptionDataset,

@@ -14,7 +14,7 @@ from helpers.backbones import (
     image_transform,
     measure_backbone,
 )
-from helpers.config import ConfigError, build_model, load_config
+from helpers.config import ConfigError, load_config
 from helpers.decoders import (
     LSTM,
     RNN,
@@ -40,7 +40,7 @@ from helpers.embeddings import (
 )
 from helpers.features import CaptionFeatureDataset, FeatureStore, ImageFeatureDataset, extract_features
 from helpers.images import BadImageError, load_image
-from helpers.models import CaptioningRNN, CaptioningTransformer, beam_search
+from helpers.models import CaptioningRNN, CaptioningTransformer, beam_search, build_model
 from helpers.prepare import PreparedDataset, prepare_dataset
 from helpers.sources import download_dataset
 from helpers.text import END, NULL, START, UNK, Vocabulary, tokenize

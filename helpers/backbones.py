@@ -23,20 +23,22 @@ from helpers.inputs import DOWNLOAD_TIMEOUT, find_attached, input_root, run_with
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+BACKBONE_STRIDE = 32  # every backbone here halves the image side five times
+
+
+def feature_side(image_size: int) -> int:
+    """Spatial side of a backbone's last feature map for a square `image_size` input (7 at 224)."""
+    return math.ceil(image_size / BACKBONE_STRIDE)
 
 
 @dataclass(frozen=True)
 class BackboneInfo:
     """What a user wants to know before choosing a backbone (see BACKBONE_GUIDE.md). Parameters and
-    channels are checked against the networks by the tests; batch sizes are the original project's
-    recommendations, not measured on a T4."""
+    image sizes come from torchvision's weights enum; channels are checked against the networks by
+    the tests; batch sizes are the original project's recommendations, not measured on a T4."""
 
     name: str
-    parameters: int  # whole classification network, as torchvision reports it
     out_channels: int  # channels of the last feature map
-    feature_size: int  # spatial side of the feature map at `image_size`
-    image_size: int  # centre-crop side the weights were trained with
-    resize_size: int  # short side before the crop, from the weights' own transform
     batch_size: int  # recommended training batch on a 16 GB T4 when fine-tuning
     weights: str  # torchvision enum member used for pretrained=True
     description: str
@@ -47,30 +49,48 @@ class BackboneInfo:
         return getattr(getattr(torchvision.models, enum_name), member)
 
     @property
+    def parameters(self) -> int:
+        """Parameters of the whole classification network, as torchvision's weights record them."""
+        return self.weights_enum.meta["num_params"]
+
+    @property
+    def image_size(self) -> int:
+        """Centre-crop side the weights were trained with (their own transform's crop_size)."""
+        return self.weights_enum.transforms.keywords["crop_size"]
+
+    @property
+    def resize_size(self) -> int:
+        """Short side before the crop (the weights' own transform's resize_size)."""
+        return self.weights_enum.transforms.keywords["resize_size"]
+
+    @property
+    def feature_size(self) -> int:
+        """Spatial side of the feature map at `image_size`."""
+        return feature_side(self.image_size)
+
+    @property
     def weights_file(self) -> str:
         """File name under $TORCH_HOME/hub/checkpoints where the pretrained weights are cached."""
         return self.weights_enum.url.rsplit("/", 1)[-1]
 
     def feature_bytes(self, image_size: int | None = None, dtype_bytes: int = 2) -> int:
         """Bytes of one image's stored feature map (float16 by default)."""
-        side = math.ceil((image_size or self.image_size) / 32)
+        side = feature_side(image_size or self.image_size)
         return self.out_channels * side * side * dtype_bytes
 
 
 BACKBONES: dict[str, BackboneInfo] = {
     "resnet50": BackboneInfo(
-        name="resnet50", parameters=25_557_032, out_channels=2048, feature_size=7, image_size=224,
-        resize_size=232, batch_size=128, weights="ResNet50_Weights.IMAGENET1K_V2",
+        name="resnet50", out_channels=2048, batch_size=128, weights="ResNet50_Weights.IMAGENET1K_V2",
         description="Default: strong features at moderate cost.",
     ),
     "resnet101": BackboneInfo(
-        name="resnet101", parameters=44_549_160, out_channels=2048, feature_size=7, image_size=224,
-        resize_size=232, batch_size=64, weights="ResNet101_Weights.IMAGENET1K_V2",
+        name="resnet101", out_channels=2048, batch_size=64, weights="ResNet101_Weights.IMAGENET1K_V2",
         description="Deeper ResNet: slightly better features, about twice the compute of ResNet50.",
     ),
     "regnet_x_400mf": BackboneInfo(
-        name="regnet_x_400mf", parameters=5_495_976, out_channels=400, feature_size=7, image_size=224,
-        resize_size=232, batch_size=256, weights="RegNet_X_400MF_Weights.IMAGENET1K_V2",
+        name="regnet_x_400mf", out_channels=400, batch_size=256,
+        weights="RegNet_X_400MF_Weights.IMAGENET1K_V2",
         description="The course module's backbone: small and fast; 400 channels (not 1280).",
     ),
 }

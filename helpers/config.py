@@ -9,7 +9,7 @@ Names without a path resolve to `configs/<name>.yaml`, then `configs/presets/<na
 `configs/demo.yaml` are partial: they only set the keys they name, merged over a decoder config. The
 result is a validated `Config` (dataclasses), printable, and serialisable with `config.to_dict()`.
 Every problem raises `ConfigError` naming the file (or override), the dotted key, the bad value and
-the valid choices. `build_model(config, vocab)` turns a config into the captioning model.
+the valid choices. `helpers.models.build_model(config, vocab)` turns a config into the captioning model.
 """
 
 from __future__ import annotations
@@ -27,15 +27,15 @@ from typing import Any, Union
 
 import yaml
 
-from helpers.backbones import BACKBONES, DEFAULT_BACKBONE
+from helpers.backbones import BACKBONE_STRIDE, BACKBONES, DEFAULT_BACKBONE
+from helpers.decoders import CELL_TYPE_ALIASES, CELL_TYPES, canonical_cell_type
+from helpers.demo import make_demo_glove
+from helpers.embeddings import check_glove_text, download_glove
 from helpers.features import DEFAULT_FEATURE_LAYOUT, FEATURE_LAYOUTS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 PRESET_DIR = CONFIG_DIR / "presets"
 
-# Decoder names accepted in `model.cell_type`; aliases map to the canonical name the models use.
-CELL_TYPES = ("rnn", "lstm", "attn", "transformer")
-CELL_TYPE_ALIASES = {"attention": "attn", "vanilla_rnn": "rnn", "attention_lstm": "attn"}
 TRAINING_MODES = ("features", "finetune")
 SCHEDULES = ("cosine", "linear", "constant")
 SPLITS = ("karpathy", "seeded")
@@ -355,8 +355,16 @@ def _choice_error(source: str, key: str, value: Any, choices: Iterable[str]) -> 
 
 def validate(config: Config, source: str = "config") -> Config:
     """Check choices, ranges and cross-field consistency; fills in inferred values (attn_dim)."""
+    _check_choices(config, source)
+    _check_ranges(config, source)
+    _check_consistency(config, source)
+    return config
+
+
+def _check_choices(config: Config, source: str) -> None:
+    """Names from a fixed list (decoder, backbone, modes...), canonicalised; attn_dim from the backbone."""
     model, training, data = config.model, config.training, config.data
-    cell = CELL_TYPE_ALIASES.get(str(model.cell_type).lower(), str(model.cell_type).lower())
+    cell = canonical_cell_type(model.cell_type)
     if cell not in CELL_TYPES:
         raise _choice_error(source, "model.cell_type", model.cell_type, CELL_TYPES + tuple(CELL_TYPE_ALIASES))
     model.cell_type = cell
@@ -382,6 +390,11 @@ def validate(config: Config, source: str = "config") -> Config:
         raise _choice_error(source, "data.feature_layout", data.feature_layout, FEATURE_LAYOUTS)
     if training.device not in DEVICES and not str(training.device).startswith("cuda:"):
         raise _choice_error(source, "training.device", training.device, DEVICES)
+
+
+def _check_ranges(config: Config, source: str) -> None:
+    """Numbers within their ranges: positive sizes and counts, fractions in [0, 1], finite values."""
+    model, training, data = config.model, config.training, config.data
     positive = {
         "batch_size": config.batch_size,
         "model.wordvec_dim": model.wordvec_dim,
@@ -405,9 +418,10 @@ def validate(config: Config, source: str = "config") -> Config:
     for key, value in {**positive, **optional_positive}.items():
         if (key in positive or value is not None) and value <= 0:
             raise ConfigError(f"{source}: {key}={value} must be positive.")
-    if data.image_size is not None and data.image_size < 32:
+    if data.image_size is not None and data.image_size < BACKBONE_STRIDE:
         raise ConfigError(
-            f"{source}: data.image_size={data.image_size} is too small; the CNN needs >= 32 px."
+            f"{source}: data.image_size={data.image_size} is too small; the CNN needs >= "
+            f"{BACKBONE_STRIDE} px."
         )
     for key, value in {
         "training.weight_decay": training.weight_decay,
@@ -423,7 +437,12 @@ def validate(config: Config, source: str = "config") -> Config:
     ):
         if value < 0 or value > 1 or (value == 1 and upper == "1)"):
             raise ConfigError(f"{source}: {key}={value} must be in [0, {upper}.")
-    if cell == "transformer" and model.hidden_dim % model.num_heads:
+
+
+def _check_consistency(config: Config, source: str) -> None:
+    """Values that must agree with each other, and the lists of splits and beam sizes to score."""
+    model, training, data = config.model, config.training, config.data
+    if model.cell_type == "transformer" and model.hidden_dim % model.num_heads:
         raise ConfigError(
             f"{source}: model.hidden_dim={model.hidden_dim} is not divisible by model.num_heads="
             f"{model.num_heads}; the transformer's width (hidden_dim) is split across its heads."
@@ -446,7 +465,6 @@ def validate(config: Config, source: str = "config") -> Config:
         )
     if config.embeddings.use_glove and not config.embeddings.glove_path:
         raise ConfigError(f"{source}: embeddings.use_glove is true but embeddings.glove_path is empty.")
-    return config
 
 
 def _numbers(section: Any, prefix: str = "") -> Iterable[tuple[str, float]]:
@@ -465,13 +483,11 @@ def bad_image_limit(config: Config) -> int | float | None:
     return value if value is None or value < 1 else int(value)
 
 
-# ---------------------------------------------------------------------------------------------- models
+# ---------------------------------------------------------------------------------------------- GloVe
 
 
 def glove_file_dim(path: str | Path) -> int:
     """Vector size of a GloVe text file from its first line (a word2vec 'count dim' header also works)."""
-    from helpers.embeddings import check_glove_text
-
     check_glove_text(path)
     with open(path, encoding="utf-8", errors="replace") as handle:
         first = handle.readline().rstrip("\n").split(" ")
@@ -497,8 +513,6 @@ def resolve_glove_path(config: Config, vocab: Any = None) -> Path:
     `vocab` with helpers.demo.make_demo_glove, so the GloVe code path runs without any download.
     """
     if config.embeddings.glove_path == DEMO_GLOVE:
-        from helpers.demo import make_demo_glove
-
         if vocab is None:
             raise ConfigError("embeddings.glove_path=demo needs the vocabulary to write the demo GloVe file.")
         words = [word for word in word_index(vocab) if not word.startswith("<")]
@@ -506,8 +520,6 @@ def resolve_glove_path(config: Config, vocab: Any = None) -> Path:
     path = Path(config.embeddings.glove_path)
     standard = re.fullmatch(r"glove\.6B\.(\d+)d\.txt", path.name)
     if not path.is_file() and standard and path.parent == Path("."):
-        from helpers.embeddings import download_glove
-
         try:  # a bare glove.6B file name (the original configs'): the attached dataset, else kagglehub
             path = download_glove(int(standard.group(1)))
         except (FileNotFoundError, ValueError) as error:
@@ -532,37 +544,3 @@ def resolve_glove_path(config: Config, vocab: Any = None) -> Path:
 def word_index(vocab: Any) -> dict[str, int]:
     """word_to_idx of a Vocabulary, or the dict itself."""
     return dict(vocab.word_to_idx) if hasattr(vocab, "word_to_idx") else dict(vocab)
-
-
-def build_model(config: Config, vocab: Any, load_glove: bool = True):
-    """The captioning model `config` describes: CaptioningRNN (rnn/lstm/attn) or CaptioningTransformer.
-
-    `vocab` is a Vocabulary or a word_to_idx dict. `load_glove=False` skips reading the GloVe file
-    (when the embedding weights come from a checkpoint anyway).
-    """
-    from helpers.models import CaptioningRNN, CaptioningTransformer
-
-    word_to_idx = word_index(vocab)
-    glove_path = None
-    if config.embeddings.use_glove and load_glove:
-        glove_path = str(resolve_glove_path(config, word_to_idx))
-    common = dict(
-        input_dim=config.model.attn_dim,
-        wordvec_dim=config.model.wordvec_dim,
-        hidden_dim=config.model.hidden_dim,
-        image_encoder_pretrained=config.model.pretrained_backbone,
-        backbone=config.model.backbone,
-        glove_path=glove_path,
-        freeze_embeddings=config.embeddings.freeze,
-        normalize_features=True,
-    )
-    if config.model.cell_type == "transformer":
-        return CaptioningTransformer(
-            word_to_idx,
-            num_heads=config.model.num_heads,
-            num_layers=config.model.num_layers,
-            dropout=config.model.dropout,
-            max_length=max(50, config.data.max_caption_length + 2),
-            **common,
-        )
-    return CaptioningRNN(word_to_idx, cell_type=config.model.cell_type, **common)

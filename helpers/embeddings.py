@@ -27,6 +27,7 @@ from torch import nn
 
 from helpers.files import atomic_path, write_bytes_atomic
 from helpers.inputs import DOWNLOAD_TIMEOUT, find_attached_file
+from helpers.sources import DatasetUnavailableError, kaggle_path
 from helpers.text import NULL
 
 GLOVE_KAGGLE_HINT = (
@@ -493,8 +494,6 @@ def download_glove(
     layout, below `kaggle_input`, default helpers.inputs.input_root()), read in place, else the known
     datasets through kagglehub (downloaded once and cached). Fails after `timeout` seconds without
     download progress with the ways to fix it."""
-    from helpers.sources import DatasetUnavailableError, kaggle_path
-
     if dim not in GLOVE_KAGGLE_HANDLES:
         raise ValueError(f"glove.6B comes in {sorted(GLOVE_KAGGLE_HANDLES)} dimensions, not {dim}.")
     name = f"glove.6B.{dim}d.txt"

@@ -31,9 +31,16 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from helpers.config import ConfigError
+from helpers.backbones import image_transform
+from helpers.checkpoints import load_run
+from helpers.config import DATA_SPLITS, ConfigError
+from helpers.devices import resolve_device
+from helpers.errors import INPUT_ERRORS
+from helpers.features import ImageFeatureDataset
 from helpers.files import write_json_atomic
-from helpers.text import tokenize
+from helpers.images import ImageDataset, image_loader
+from helpers.text import END, NULL, START, tokenize
+from helpers.workdir import make_source
 
 METRIC_NAMES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr")
 TOKENIZERS = ("project", "ptb")  # compute_metrics; configs and the command line also accept "auto"
@@ -112,6 +119,8 @@ def _tokenized(gts: dict, res: dict, tokenizer: str) -> tuple[dict, dict]:
     if tokenizer != "ptb":
         raise ValueError(f"tokenizer must be 'project' or 'ptb', got {tokenizer!r}.")
     resolve_tokenizer("ptb")  # Java present, or a clear error
+    # pycocoevalcap is imported where it scores: Kaggle's image lacks it, and a notebook imports
+    # helpers before helpers.deps has installed it.
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     # One caption per line for the JVM: any line break (\r too) inside a caption would shift the ids.
@@ -151,7 +160,7 @@ def compute_metrics(
     (pycocoevalcap's Java PTBTokenizer on both sides, as the COCO caption evaluation behind
     published figures does).
     """
-    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.bleu.bleu import Bleu  # imported here: see _tokenized
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
@@ -268,15 +277,10 @@ def decode_split(
     """
     device = _model_device(model)
     if hasattr(source, "features"):  # a FeatureStore
-        from helpers.features import ImageFeatureDataset
-
         dataset = ImageFeatureDataset(source, split)
         loader = DataLoader(_first(dataset, max_images), batch_size=batch_size, shuffle=False)
         batches = ((inputs, list(names)) for inputs, names in loader)
     else:  # a PreparedDataset: run the CNN on the images
-        from helpers.backbones import image_transform
-        from helpers.images import ImageDataset, image_loader
-
         names_all = list(source.splits[split])[: max_images or None]
         transform = image_transform(model.backbone, image_size, torch.uint8)
         dataset = ImageDataset(names_all, transform, image_dir=source.image_dir)
@@ -289,8 +293,8 @@ def decode_split(
         vocab = vocab or source.vocab
         max_length = max_length or source.max_caption_length
     idx_to_word = vocab.idx_to_word if vocab is not None else model.idx_to_word
-    end = model.word_to_idx["<END>"]
-    skipped = {model.word_to_idx["<NULL>"], model.word_to_idx["<START>"]}
+    end = model.word_to_idx[END]
+    skipped = {model.word_to_idx[NULL], model.word_to_idx[START]}
     max_length = max_length or 20
     captions: dict[str, str] = {}
     for inputs, names in batches:
@@ -397,8 +401,6 @@ def evaluate_run(
     dir) unless given. `tokenizer` defaults to the run's training.metric_tokenizer. Returns the
     results dict that was written.
     """
-    from helpers.train import load_run, make_source, resolve_device
-
     run_dir = Path(run_dir)
     splits = [split] if isinstance(split, str) else list(split)
     check_split_names(splits)
@@ -433,8 +435,6 @@ def evaluate_run(
 
 def check_split_names(splits: Sequence[str]) -> None:
     """Every name is a split that prepared data has (train, val, test), or ConfigError with the closest."""
-    from helpers.config import DATA_SPLITS
-
     for name in splits:
         if name not in DATA_SPLITS:
             close = difflib.get_close_matches(name, DATA_SPLITS, n=1)
@@ -539,8 +539,6 @@ def main(argv: list[str] | None = None) -> int:
         "when Java is on PATH); default: the run's training.metric_tokenizer",
     )
     args = parser.parse_args(argv)
-    from helpers.train import USER_ERRORS
-
     try:
         if any(beam < 1 for beam in args.beam_size or ()):
             raise ValueError(f"--beam-size must be at least 1, got {args.beam_size}.")
@@ -553,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
             tokenizer=args.tokenizer,
             checkpoint_name=args.checkpoint,
         )
-    except (*USER_ERRORS, ValueError) as error:
+    except (*INPUT_ERRORS, JavaUnavailableError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"\n{results['run_name']}: best epoch {results['best_epoch']} of {results['epochs']}")
@@ -563,8 +561,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the importable module's main, not this __main__ copy: helpers.train imports helpers.evaluate,
-    # and its error classes (JavaUnavailableError in USER_ERRORS) must be the ones raised here.
+    # Run the importable module's main, not this __main__ copy, so that one JavaUnavailableError class
+    # exists: the one helpers.train (which imports helpers.evaluate) also raises and catches.
     from helpers import evaluate
 
     sys.exit(evaluate.main())

@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
-from helpers.backbones import ImageEncoder, get_backbone, image_transform
+from helpers.backbones import BACKBONE_STRIDE, ImageEncoder, feature_side, get_backbone, image_transform
 from helpers.files import write_json_atomic
 from helpers.images import BadImage, BadImageReport, ImageDataset, default_decoder, image_loader
 from helpers.space import KAGGLE_OUTPUT_LIMIT_BYTES, check_space, folder_bytes, format_bytes
@@ -102,7 +102,7 @@ def feature_store_bytes(num_images: int, backbone: str = "resnet50", image_size:
     0.88 GB in uint8)."""
     _check_layout(layout)
     info = get_backbone(backbone)
-    side = -(-image_size // 32)
+    side = feature_side(image_size)
     if layout == "float16":
         return num_images * info.out_channels * side * side * np.dtype(np.float16).itemsize
     return num_images * info.out_channels * (side * side + 2 * np.dtype(np.float16).itemsize)
@@ -548,12 +548,55 @@ def extract_features(
     nvJPEG on the GPU with resize and crop there, torchvision's libjpeg-turbo decoder on the CPU.
     """
     info = get_backbone(backbone)
-    if image_size < 32:
-        raise ValueError(f"image_size={image_size} is too small: the backbones downsample by 32; use >= 32.")
+    store = _store_to_fill(prepared, backbone, image_size, pretrained, work_dir, layout, allow_reextract)
+    if store.is_complete():
+        return store
+    total_images = sum(len(names) for names in prepared.splits.values())
+    side = feature_side(image_size)
+    report = BadImageReport(total_images, max_bad_images)
+    writers, starts, paths, remaining = _pending_rows(store, prepared, report)
+    run_device = _resolve_device(device)
+    encoder = store_encoder(backbone, pretrained, verbose=progress).eval().to(run_device)
+    if run_device.type == "cuda":
+        encoder = encoder.to(memory_format=torch.channels_last)
+    loader = _image_batches(paths, remaining, backbone, image_size, batch_size or info.batch_size,
+                            num_workers, run_device, report, decoder or default_decoder(run_device))
+    bar = tqdm(total=len(remaining), unit="img", disable=not progress, desc=f"{backbone} features")
+    try:
+        with torch.inference_mode(), bar:
+            peak = _encode_into(writers, starts, loader, encoder, run_device, (info.out_channels, side, side),
+                                bar, f"{backbone} at {image_size}px")
+    finally:
+        for writer in writers.values():
+            writer.close()
+    _warn_if_saturated(peak)
+    return store
+
+
+def _warn_if_saturated(peak: float) -> None:
+    if peak > FLOAT16_MAX:
+        warnings.warn(
+            f"Feature values reached {peak:.3g}, beyond the float16 range (+-{FLOAT16_MAX:.0f}), and were "
+            "saturated. Random weights let the activations of deep ResNets grow that large; "
+            "pretrained weights stay far inside the range.",
+            stacklevel=3,
+        )
+
+
+def _store_to_fill(prepared, backbone: str, image_size: int, pretrained: bool,
+                   work_dir: str | os.PathLike | None, layout: str, allow_reextract: bool) -> FeatureStore:
+    """The store `extract_features` returns: an attached complete one (read in place), or the one in
+    the work dir, created after the space check or reopened to resume (its size printed)."""
+    info = get_backbone(backbone)
+    if image_size < BACKBONE_STRIDE:
+        raise ValueError(
+            f"image_size={image_size} is too small: the backbones downsample by {BACKBONE_STRIDE}; "
+            f"use >= {BACKBONE_STRIDE}."
+        )
     if work_dir is None:
         work_dir = Path(prepared.root).parent.parent / "features"
     directory = store_directory(work_dir, prepared.key, backbone, image_size, pretrained, layout)
-    side = -(-image_size // 32)
+    side = feature_side(image_size)
     index = _store_index(prepared, backbone, image_size, pretrained, info.out_channels, side, layout)
     attached = _attached_store(directory, index, allow_reextract)
     if attached is not None:
@@ -566,20 +609,21 @@ def extract_features(
                     _store_options(total_images, backbone, image_size, layout))
     store = _open_or_create_store(directory, index)
     (directory / ATTACHED_RECORD).unlink(missing_ok=True)  # extracted here now
-    if store.is_complete():
-        return store
+    if not store.is_complete():
+        already_done = sum(store.rows_done(split) for split in store.splits)
+        print(
+            f"Feature store {directory}: {total_images:,} images x {info.out_channels} x {side} x {side} "
+            f"{layout} = {format_bytes(size)}"
+            + (f" (resuming: {already_done:,} images already done)" if already_done else "")
+        )
+    return store
 
+
+def _pending_rows(store: FeatureStore, prepared, report: BadImageReport):
+    """(writers per split, each split's first global row, every image path, the global rows still to
+    extract). Rows are numbered across splits; rows already done (and their bad images) are kept."""
     splits = store.splits
-    already_done = sum(store.rows_done(split) for split in splits)
-    print(
-        f"Feature store {directory}: {total_images:,} images x {info.out_channels} x {side} x {side} "
-        f"{layout} = {format_bytes(size)}"
-        + (f" (resuming: {already_done:,} images already done)" if already_done else "")
-    )
-
     writers = {split: _SplitWriter(store, split) for split in splits}
-    report = BadImageReport(total_images, max_bad_images)
-    # Global row numbering across splits; rows already done (and their bad images) are kept.
     starts = [int(start) for start in np.cumsum([0] + [store.shape(split)[0] for split in splits])]
     paths, remaining = [], []
     for split, start in zip(splits, starts):
@@ -588,49 +632,32 @@ def extract_features(
         remaining.extend(range(start + writer.rows_done, start + store.shape(split)[0]))
         report.add([BadImage(start + int(row), entry["filename"], entry["reason"])
                     for row, entry in writer.bad.items()])
+    return writers, starts, paths, remaining
 
-    run_device = _resolve_device(device)
-    encoder = store_encoder(backbone, pretrained, verbose=progress).eval().to(run_device)
-    on_cuda = run_device.type == "cuda"
-    if on_cuda:
-        encoder = encoder.to(memory_format=torch.channels_last)
-    loader = _image_batches(paths, remaining, backbone, image_size, batch_size or info.batch_size,
-                            num_workers, run_device, report, decoder or default_decoder(run_device))
-    row_shape = (info.out_channels, side, side)
-    peak = 0.0  # largest feature magnitude met in float32, to warn about float16 saturation
-    try:
-        with torch.inference_mode(), tqdm(total=len(remaining), unit="img", disable=not progress,
-                                          desc=f"{backbone} features") as bar:
-            for batch in loader:
-                rows = sorted([*batch.indices.tolist(), *(item.index for item in batch.bad)])
-                features = None
-                if batch.images is not None:
-                    features, batch_peak = _encode(encoder, batch.images, run_device)
-                    if features.shape[1:] != row_shape:
-                        raise RuntimeError(
-                            f"{backbone} at {image_size}px gave features {features.shape[1:]}, "
-                            f"the store expects {row_shape}"
-                        )
-                    peak = max(peak, batch_peak)
-                if features is not None and not batch.bad:
-                    block = features
-                else:  # bad images keep zero rows
-                    block = np.zeros((len(rows), *row_shape), dtype=FEATURE_DTYPE)
-                    if features is not None:
-                        block[np.searchsorted(rows, batch.indices.numpy())] = features
-                _write_block(writers, splits, starts, rows, block, batch.bad)
-                bar.update(len(rows))
-    finally:
-        for writer in writers.values():
-            writer.close()
-    if peak > FLOAT16_MAX:
-        warnings.warn(
-            f"Feature values reached {peak:.3g}, beyond the float16 range (+-{FLOAT16_MAX:.0f}), and were "
-            "saturated. Random weights let the activations of deep ResNets grow that large; "
-            "pretrained weights stay far inside the range.",
-            stacklevel=2,
-        )
-    return store
+
+def _encode_into(writers: dict, starts: list[int], loader, encoder: torch.nn.Module,
+                 device: torch.device, row_shape: tuple[int, int, int], bar, what: str) -> float:
+    """Encode every batch of `loader` and write its rows (zero rows for bad images); returns the
+    largest feature magnitude met in float32, to warn about float16 saturation."""
+    splits = list(writers)
+    peak = 0.0
+    for batch in loader:
+        rows = sorted([*batch.indices.tolist(), *(item.index for item in batch.bad)])
+        features = None
+        if batch.images is not None:
+            features, batch_peak = _encode(encoder, batch.images, device)
+            if features.shape[1:] != row_shape:
+                raise RuntimeError(f"{what} gave features {features.shape[1:]}, the store wants {row_shape}")
+            peak = max(peak, batch_peak)
+        if features is not None and not batch.bad:
+            block = features
+        else:  # bad images keep zero rows
+            block = np.zeros((len(rows), *row_shape), dtype=FEATURE_DTYPE)
+            if features is not None:
+                block[np.searchsorted(rows, batch.indices.numpy())] = features
+        _write_block(writers, splits, starts, rows, block, batch.bad)
+        bar.update(len(rows))
+    return peak
 
 
 def _image_batches(paths: list[str], rows: list[int], backbone: str, image_size: int, batch_size: int,

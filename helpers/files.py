@@ -15,7 +15,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -147,17 +147,33 @@ def write_json_atomic(path: str | os.PathLike, data: Any, indent: int | None = 2
 
 
 @contextmanager
-def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
+def atomic_directory(
+    target: str | os.PathLike, keep_target: Callable[[Path], bool] | None = None
+) -> Iterator[Path]:
     """An empty temporary folder beside `target` to fill; on success it replaces `target` (whose old
-    content is removed), on failure it is deleted."""
+    content is removed), on failure it is deleted. Folders that killed builds of `target` left are
+    removed first. `keep_target(target)`, asked once the folder is filled, may keep a `target` that
+    another process completed meanwhile: the new folder is then discarded."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.building-"))
+    _remove_abandoned_builds(target)
+    building = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.building-{os.getpid()}-"))
     try:
         yield building
+        if keep_target is not None and keep_target(target):
+            shutil.rmtree(building)
+            return
         if target.exists():
             shutil.rmtree(target)
         os.replace(building, target)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
+
+
+def _remove_abandoned_builds(target: Path) -> None:
+    """Delete the folders that builds of `target` by processes now gone (killed runs) left beside it."""
+    for folder in target.parent.glob(f".{target.name}.building-*"):
+        pid = folder.name.rsplit(".building-", 1)[1].split("-")[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2 as transforms
 from torchvision.transforms.v2.functional import pil_to_tensor
@@ -298,19 +298,21 @@ class ImageDataset(Dataset):
 
 
 class ImageBatch(NamedTuple):
-    """A collated batch: the good images, their dataset indices, and the bad samples dropped."""
+    """A collated batch: the good images, their dataset indices (or captions, for a dataset of
+    (image, caption) pairs), and the bad samples dropped."""
 
     images: torch.Tensor | None  # (n, 3, H, W), or None when every sample of the batch was bad
-    indices: torch.Tensor  # (n,) int64
+    indices: torch.Tensor  # (n,) int64, or (n, T) captions
     bad: list[BadImage]
 
 
-def collate_skip_bad(samples: list[tuple[torch.Tensor, int] | BadImage]) -> ImageBatch:
-    """Stack the good samples of a batch and set the `BadImage` markers aside."""
+def collate_skip_bad(samples: list[tuple[torch.Tensor, int | torch.Tensor] | BadImage]) -> ImageBatch:
+    """Stack the good (image, index or caption) samples of a batch and set the `BadImage` markers aside."""
     good = [sample for sample in samples if not isinstance(sample, BadImage)]
     bad = [sample for sample in samples if isinstance(sample, BadImage)]
-    images = torch.stack([image for image, _ in good]) if good else None
-    indices = torch.tensor([index for _, index in good], dtype=torch.int64)
+    if not good:
+        return ImageBatch(None, torch.zeros(0, dtype=torch.int64), bad)
+    images, indices = default_collate(good)
     return ImageBatch(images, indices, bad)
 
 

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from helpers.deps import REQUIREMENTS_FILE, WHEELS_DIR
+from helpers.deps import KAGGLE_LACKS, REQUIREMENTS_FILE, WHEELS_DIR
 from helpers.files import atomic_directory
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -334,8 +334,6 @@ def bundle_wheels(dest: Path, find_links: str | Path | None = None) -> list[Path
     """Download the wheels of what Kaggle's image lacks (helpers.deps.KAGGLE_LACKS, pure Python) into
     `dest`, so a notebook installs them with Internet off. `find_links`: a local folder instead of
     the registry."""
-    from helpers.deps import KAGGLE_LACKS
-
     dest.mkdir(parents=True, exist_ok=True)
     source = ["--no-index", "--find-links", str(find_links)] if find_links else []
     command = [

@@ -13,25 +13,37 @@ that every model implements:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from helpers.backbones import BACKBONES, DEFAULT_BACKBONE, ImageEncoder
+from helpers.config import Config, resolve_glove_path, word_index
 from helpers.decoders import (
+    CELL_TYPE_ALIASES,
+    CELL_TYPES,
     LSTM,
     RNN,
     AttentionLSTM,
     TransformerDecoder,
+    canonical_cell_type,
     dot_product_attention,
     temporal_softmax_loss,
 )
 from helpers.embeddings import WordEmbedding, load_glove_embeddings
 from helpers.text import END, NULL, START, check_word_to_idx, require_tokens
 
-__all__ = ["CELL_TYPES", "CaptioningModel", "CaptioningRNN", "CaptioningTransformer", "beam_search"]
+__all__ = [
+    "CELL_TYPES",
+    "CaptioningModel",
+    "CaptioningRNN",
+    "CaptioningTransformer",
+    "beam_search",
+    "build_model",
+]
 
-CELL_TYPES = {"rnn": "rnn", "lstm": "lstm", "attn": "attn", "attention": "attn"}
+RNN_CELL_TYPES = ("rnn", "lstm", "attn")  # the CELL_TYPES that CaptioningRNN builds
 
 
 def backbone_for(input_dim: int | None, backbone: str | None) -> str:
@@ -241,7 +253,7 @@ class CaptioningRNN(CaptioningModel):
     With no ``backbone`` named, the course's ``input_dim`` picks it (400: regnet_x_400mf); the
     course's sanity-check vocabulary without ``<START>``/``<END>`` serves for the loss. Defaults are
     the course's, so its sanity checks give its expected losses; ``normalize_features=True`` (what
-    :func:`helpers.config.build_model` passes) adds the per-channel feature normalisation.
+    :func:`helpers.models.build_model` passes) adds the per-channel feature normalisation.
     """
 
     def __init__(
@@ -258,13 +270,15 @@ class CaptioningRNN(CaptioningModel):
         freeze_embeddings: bool = False,
         normalize_features: bool = False,
     ):
-        if cell_type not in CELL_TYPES:
-            raise ValueError(f"unknown cell_type {cell_type!r}; choose one of {sorted(CELL_TYPES)}")
+        if canonical_cell_type(cell_type) not in RNN_CELL_TYPES:
+            aliases = [alias for alias, cell in CELL_TYPE_ALIASES.items() if cell in RNN_CELL_TYPES]
+            choices = sorted([*RNN_CELL_TYPES, *aliases])
+            raise ValueError(f"unknown cell_type {cell_type!r}; choose one of {choices}")
         super().__init__(
             word_to_idx, input_dim, wordvec_dim, image_encoder_pretrained, ignore_index, backbone,
             glove_path, freeze_embeddings, normalize_features,
         )
-        self.cell_type = CELL_TYPES[cell_type]
+        self.cell_type = canonical_cell_type(cell_type)
         self.hidden_dim = hidden_dim
         self.returns_attention = self.cell_type == "attn"
         if self.cell_type == "attn":
@@ -377,3 +391,36 @@ class CaptioningTransformer(CaptioningModel):
                 f"build CaptioningTransformer with max_length >= {max_length}"
             )
         return super().sample(images, max_length=max_length, beam_size=beam_size, alpha=alpha)
+
+
+def build_model(config: Config, vocab: Any, load_glove: bool = True):
+    """The captioning model `config` describes: CaptioningRNN (rnn/lstm/attn) or CaptioningTransformer.
+
+    `vocab` is a Vocabulary or a word_to_idx dict. `load_glove=False` skips reading the GloVe file
+    (when the embedding weights come from a checkpoint anyway).
+    """
+    word_to_idx = word_index(vocab)
+    glove_path = None
+    if config.embeddings.use_glove and load_glove:
+        glove_path = str(resolve_glove_path(config, word_to_idx))
+    common = dict(
+        input_dim=config.model.attn_dim,
+        wordvec_dim=config.model.wordvec_dim,
+        hidden_dim=config.model.hidden_dim,
+        image_encoder_pretrained=config.model.pretrained_backbone,
+        backbone=config.model.backbone,
+        glove_path=glove_path,
+        freeze_embeddings=config.embeddings.freeze,
+        normalize_features=True,
+    )
+    if config.model.cell_type == "transformer":
+        return CaptioningTransformer(
+            word_to_idx,
+            num_heads=config.model.num_heads,
+            num_layers=config.model.num_layers,
+            dropout=config.model.dropout,
+            max_length=max(50, config.data.max_caption_length + 2),
+            **common,
+        )
+    return CaptioningRNN(word_to_idx, cell_type=config.model.cell_type, **common)
+

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from helpers.devices import MIN_COMPUTE_CAPABILITY, capability_supported
 from helpers.inputs import input_root
 
 KAGGLE_WORKING = Path("/kaggle/working")
-MIN_COMPUTE_CAPABILITY = (7, 0)  # current torch wheels have no kernels below sm_70 (Kaggle's P100 is 6.0)
 
 DECODER_NAMES = {"rnn": "Vanilla RNN", "lstm": "LSTM", "attn": "Attention LSTM", "transformer": "Transformer"}
 METRIC_COLUMNS = {  # normalised pycocoevalcap name -> column
@@ -150,7 +150,7 @@ def setup(
 
     gpu_name, capability = _gpu()
     device = "cuda" if gpu_name else "cpu"
-    if capability is not None and capability < MIN_COMPUTE_CAPABILITY:
+    if capability is not None and not capability_supported(capability):
         device = "cpu"
         message = (
             f"GPU {gpu_name} has compute capability {capability[0]}.{capability[1]}; this torch needs "

@@ -27,15 +27,15 @@ import json
 import os
 import random
 import re
-import shutil
-import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from helpers.files import write_json_atomic
+from helpers.files import atomic_directory, write_json_atomic
+from helpers.space import check_space
 
+from .demo import make_demo_dataset
 from .inputs import DOWNLOAD_TIMEOUT, input_root
 from .sources import (
     IMAGE_EXTENSIONS,
@@ -160,8 +160,6 @@ def prepare_dataset(
         raise ValueError(f"dataset name {dataset!r} may only use letters, digits, '_', '.', '-'")
     work_dir = Path(work_dir)
     if dataset == "demo" and data_dir is None:
-        from .demo import make_demo_dataset
-
         data_dir = make_demo_dataset(work_dir / "sources" / "demo", num_images=DEMO_IMAGES)
     layout = download_dataset(dataset, data_dir, timeout=download_timeout, verbose=verbose)
     split_path = _split_source(dataset, layout, split, karpathy_json, downloaded=data_dir is None,
@@ -173,13 +171,7 @@ def prepare_dataset(
         "test_size": None if karpathy else test_size, "seed": None if karpathy else seed,
         "max_bad_images": max_bad_images,
     }
-    source = {
-        "kind": layout.kind,
-        "root": str(layout.root),
-        "image_dir": str(layout.image_dir),
-        "caption_files": [_file_identity(path) for path in layout.caption_files],
-        "karpathy_json": _split_identity(karpathy) if karpathy else None,
-    }
+    source = _source_record(layout, karpathy)
     key = _artifact_key(dataset, settings, source)
     root = work_dir / "data" / key
     manifest = _trusted_manifest(root)
@@ -195,6 +187,18 @@ def prepare_dataset(
         for reason, entry in prepared.manifest["dropped"].items():
             print(f"  dropped {entry['count']:,} x {reason}, e.g. {'; '.join(entry['examples'][:3])}")
     return prepared
+
+
+def _source_record(layout: DatasetLayout, karpathy: KarpathySplit | None) -> dict:
+    """Where the data came from, recorded in the manifest: the caption files and split file by
+    identity (a change makes a new prepared folder), the folders by path."""
+    return {
+        "kind": layout.kind,
+        "root": str(layout.root),
+        "image_dir": str(layout.image_dir),
+        "caption_files": [_file_identity(path) for path in layout.caption_files],
+        "karpathy_json": _split_identity(karpathy) if karpathy else None,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -422,48 +426,15 @@ def _clean_rows(layout: DatasetLayout, max_bad_images: int | None, dropped: dict
 
 def _build(root: Path, layout: DatasetLayout, karpathy: KarpathySplit | None, settings: dict, source: dict,
            key: str) -> None:
-    """Build the artifacts in a temporary folder beside ``root``, then rename it into place."""
-    root.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_builds(root)
-    building = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.building-{os.getpid()}-"))
-    try:
+    """Build the artifacts in a temporary folder beside ``root``, then rename it into place (unless
+    another process finished the same build first)."""
+    with atomic_directory(root, keep_target=lambda target: _trusted_manifest(target) is not None) as building:
         _write_artifacts(building, layout, karpathy, settings, source, key)
-        if _trusted_manifest(root) is not None:  # another process finished the same build first
-            shutil.rmtree(building)
-            return
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(building, root)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
-
-
-def _remove_abandoned_builds(root: Path) -> None:
-    """Delete temporary folders of earlier builds of this key whose process is gone (killed runs)."""
-    for folder in root.parent.glob(f".{root.name}.building-*"):
-        pid = folder.name.split("building-")[1].split("-")[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # our own leftovers: this process is not building that folder now
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _check_space(folder: Path, encoded: list, references: dict, splits: dict) -> None:
     """Refuse before writing when the prepared files would not fit (helpers.space): the encoded
     captions and their image index (int32), and the references and splits as JSON text."""
-    from helpers.space import check_space
-
     text = sum(len(caption) + 4 for by_image in references.values() for captions in by_image.values()
                for caption in captions)
     names = sum(len(name) + 4 for images in splits.values() for name in images)

@@ -215,7 +215,7 @@ def _decode(model, batch: torch.Tensor, vocab, beam_size: int, max_length: int):
 
 def prepare(config: Config):
     """The prepared dataset for `config` (stage 00; reused when already in the work dir)."""
-    from helpers.train import prepare_for
+    from helpers.workdir import prepare_for
 
     return prepare_for(config)
 
@@ -224,14 +224,14 @@ def features(config: Config, prepared):
     """The feature store for `config`'s backbone (stage 02; resumed or reused when present, and
     extracted again when it was read from an attached output that is gone: extracting is this
     stage's job)."""
-    from helpers.train import features_for
+    from helpers.workdir import features_for
 
     return features_for(config, prepared, allow_reextract=True)
 
 
 def data_for(config: Config):
     """(prepared dataset, feature store or None in finetune mode), reusing both when present."""
-    from helpers.train import make_source
+    from helpers.workdir import make_source
 
     return make_source(config)
 
@@ -394,8 +394,8 @@ def test_images(run_dir, count: int = 3, split: str = "test", work_dir=None):
 
 def caption_samples(run_dir, images, beam_size: int = 3) -> dict[str, Any]:
     """Caption PIL images with the run's best model, for `notebook.show_captions(**samples)`."""
+    from helpers.checkpoints import load_run
     from helpers.text import Vocabulary
-    from helpers.train import load_run
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, checkpoint, config = load_run(run_dir, device=device)

@@ -27,15 +27,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import pickle
 import random
-import shutil
 import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -45,74 +42,41 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from helpers.config import (
-    Config,
-    ConfigError,
-    bad_image_limit,
-    build_model,
-    config_from_dict,
-    load_config,
+from helpers.backbones import image_transform
+from helpers.checkpoints import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    load_checkpoint,
+    load_model_state,
+    model_state,
+    rebuild_frozen_encoder,
+    save_atomic,
 )
+from helpers.config import Config, ConfigError, config_from_dict, load_config
+from helpers.devices import resolve_device
+from helpers.errors import INPUT_ERRORS
 from helpers.evaluate import (
     JavaUnavailableError,
     compute_metrics,
     decode_split,
+    format_metrics_table,
     resolve_tokenizer,
     score_model,
     write_results,
 )
-from helpers.files import (
-    WriteError,
-    atomic_path,
-    remove_abandoned_temporaries,
-    write_bytes_atomic,
-    write_json_atomic,
-)
-from helpers.runlock import RunFolderBusyError, RunLock
+from helpers.features import CaptionFeatureDataset, ImageFeatureDataset
+from helpers.files import remove_abandoned_temporaries, write_bytes_atomic, write_json_atomic
+from helpers.images import BadImage, ImageDataset, collate_skip_bad, default_num_workers
+from helpers.models import build_model
+from helpers.runlock import RunLock
+from helpers.space import check_space, folder_bytes
+from helpers.workdir import make_source, prepare_for
 
-CHECKPOINT_FORMAT = 1
-MIN_CUDA_CAPABILITY = (7, 0)
 Callback = Callable[[str, "TrainState"], None]
-
-
-class UnsupportedDeviceError(RuntimeError):
-    """A GPU the installed torch cannot run (compute capability below 7.0, e.g. Kaggle's P100)."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: empty, truncated, or not made for this run's model and data."""
 
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became nan or inf; the message names the step and the last good checkpoint."""
-
-
-# ----------------------------------------------------------------------------------------- devices
-
-
-def check_cuda_device(device: torch.device) -> None:
-    """Refuse GPUs below compute capability 7.0 with advice instead of a cryptic kernel error later."""
-    major, minor = torch.cuda.get_device_capability(device)
-    if (major, minor) < MIN_CUDA_CAPABILITY:
-        name = torch.cuda.get_device_name(device)
-        raise UnsupportedDeviceError(
-            f"{name} has compute capability {major}.{minor}; this torch ({torch.__version__}) needs at "
-            f"least {MIN_CUDA_CAPABILITY[0]}.{MIN_CUDA_CAPABILITY[1]}. Kaggle's P100 no longer runs current "
-            "torch (no sm_60 kernels: the first CUDA operation fails). In the notebook sidebar choose "
-            'Session options -> Accelerator -> "GPU T4 x2", or train on the CPU with training.device=cpu.'
-        )
-
-
-def resolve_device(name: str | torch.device = "auto") -> torch.device:
-    """'auto' -> cuda when available, else cpu; CUDA devices are checked for a supported capability."""
-    if str(name) == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UnsupportedDeviceError("training.device asks for CUDA but no GPU is available here.")
-        check_cuda_device(device)
-    return device
 
 
 # --------------------------------------------------------------------------------------------- RNG
@@ -157,76 +121,6 @@ def _seed_worker(worker_id: int) -> None:
 # ------------------------------------------------------------------------------------------- data
 
 
-def prepare_for(config: Config, progress: bool = True):
-    """The prepared dataset `config` describes (built once, then reused from its work dir)."""
-    from helpers.prepare import prepare_dataset
-
-    return prepare_dataset(
-        dataset=config.data.dataset,
-        data_dir=config.data.data_dir,
-        work_dir=config.data.work_dir,
-        min_word_count=config.data.min_word_count,
-        max_caption_length=config.data.max_caption_length,
-        split=config.data.split,
-        seed=config.data.split_seed,
-        verbose=progress,
-    )
-
-
-def features_for(config: Config, prepared, device=None, progress: bool = True, allow_reextract: bool = False):
-    """The feature store of `config`'s backbone, image size, weights and layout (extracted once,
-    resumed when interrupted, then reused; read in place from an attached output when recorded so,
-    see helpers.features.extract_features for `allow_reextract`)."""
-    from helpers.features import extract_features
-    from helpers.images import TooManyBadImagesError
-
-    try:
-        return extract_features(
-            prepared,
-            backbone=config.model.backbone,
-            image_size=config.image_size,
-            pretrained=config.model.pretrained_backbone,
-            num_workers=config.training.num_workers,
-            device=device,
-            max_bad_images=bad_image_limit(config),
-            progress=progress,
-            layout=config.data.feature_layout,
-            allow_reextract=allow_reextract,
-        )
-    except TooManyBadImagesError as error:
-        raise TooManyBadImagesError(
-            f"{error}\nThe features extracted so far are kept. To go on without these images, raise "
-            f"data.max_bad_images (now {config.data.max_bad_images}; a fraction below 1 or a count) in "
-            "the config, on the command line (data.max_bad_images=0.05) or in a notebook's OVERRIDES."
-        ) from None
-
-
-def make_source(config: Config, prepared=None, store=None, device=None, progress: bool = True):
-    """(prepared dataset, feature store or None) for `config`, from the caches in its work dir.
-
-    The store is made only in features mode; a given store must match the config's backbone.
-    """
-    if prepared is None:
-        prepared = prepare_for(config, progress)
-    if config.training.mode != "features":
-        return prepared, None
-    if store is None:
-        store = features_for(config, prepared, device, progress)
-    mismatch = [
-        f"{key} {have!r} (config wants {want!r})"
-        for key, have, want in (
-            ("backbone", store.backbone, config.model.backbone),
-            ("image size", store.image_size, config.image_size),
-            ("channels", store.channels, config.model.attn_dim),
-            ("layout", store.layout, config.data.feature_layout),
-        )
-        if have != want
-    ]
-    if mismatch:
-        raise ConfigError(f"The feature store {store.path} does not match the config: {'; '.join(mismatch)}.")
-    return prepared, store
-
-
 class ImageCaptionDataset(Dataset):
     """(image float (3, S, S) in [0, 1], caption (T+2,)) pairs of one split, for fine-tuning.
 
@@ -235,8 +129,6 @@ class ImageCaptionDataset(Dataset):
     """
 
     def __init__(self, prepared, split: str, transform):
-        from helpers.images import ImageDataset
-
         captions, self.image_idx = prepared.captions(split)
         self.captions = np.asarray(captions)
         paths = [str(prepared.image_path(name)) for name in prepared.splits[split]]
@@ -246,33 +138,16 @@ class ImageCaptionDataset(Dataset):
         return len(self.captions)
 
     def __getitem__(self, index: int):
-        from helpers.images import BadImage
-
         sample = self.images[int(self.image_idx[index])]
         if isinstance(sample, BadImage):
             return sample
         return sample[0], torch.from_numpy(self.captions[index].astype(np.int64))
 
 
-def _collate_skip_bad(samples):
-    """Stack (input, caption) pairs; bad image markers are returned aside."""
-    from helpers.images import BadImage
-
-    good = [s for s in samples if not isinstance(s, BadImage)]
-    bad = [s for s in samples if isinstance(s, BadImage)]
-    if not good:
-        return None, None, bad
-    return torch.stack([s[0] for s in good]), torch.stack([s[1] for s in good]), bad
-
-
 def _datasets(config: Config, prepared, store) -> tuple[Dataset, Dataset]:
     """Train and val datasets of (features or image, caption) pairs."""
     if store is not None:
-        from helpers.features import CaptionFeatureDataset
-
         return CaptionFeatureDataset(store, prepared, "train"), CaptionFeatureDataset(store, prepared, "val")
-    from helpers.backbones import image_transform
-
     transform = image_transform(config.model.backbone, config.image_size, torch.uint8)
     return ImageCaptionDataset(prepared, "train", transform), ImageCaptionDataset(prepared, "val", transform)
 
@@ -282,8 +157,6 @@ def _val_subset(dataset: Dataset, prepared, store, max_images: int | None) -> Da
     if max_images is None:
         return dataset
     if store is not None:  # CaptionFeatureDataset: rows of the store's val split, bad images left out
-        from helpers.features import ImageFeatureDataset
-
         wanted = set(ImageFeatureDataset(store, "val").rows[:max_images].tolist())
         keep = [i for i, row in enumerate(dataset.rows.tolist()) if row in wanted]
     else:
@@ -295,14 +168,12 @@ def _loader(dataset: Dataset, batches: list[list[int]], config: Config, device: 
     """A DataLoader over fixed index batches, with seeded workers and its own generator."""
     workers = config.training.num_workers
     if workers is None:
-        from helpers.images import default_num_workers
-
         workers = default_num_workers()
     return DataLoader(
         dataset,
         batch_sampler=batches,
         num_workers=workers,
-        collate_fn=_collate_skip_bad,
+        collate_fn=collate_skip_bad,  # (inputs, captions, bad images)
         worker_init_fn=_seed_worker,
         generator=torch.Generator().manual_seed(seed),
         pin_memory=device.type == "cuda",
@@ -383,43 +254,10 @@ def make_scheduler(optimizer, config: Config, total_steps: int) -> torch.optim.l
 # ------------------------------------------------------------------------------------- checkpoints
 
 
-def save_atomic(payload: dict, path: Path) -> None:
-    """torch.save to a temp file in the same folder, then os.replace: a kill never leaves half a file.
-
-    A failed write (full disk, read-only folder) raises WriteError naming the file; the previous
-    checkpoint stays as it was."""
-    try:
-        with atomic_path(path) as temporary:
-            torch.save(payload, temporary)
-    except RuntimeError as error:  # torch's own writer reports a failed write without an errno
-        free = shutil.disk_usage(Path(path).parent).free
-        raise WriteError(
-            f"could not write {path} ({error}); {free / 2**20:,.0f} MiB are free there, so the disk is "
-            "probably full. Free some space or set training.run_dir to a larger disk, then run the same "
-            "command again: it continues from the last complete checkpoint."
-        ) from error
-
-
-def encoder_in_checkpoint(config: Config) -> bool:
-    """The CNN's weights are saved only when they train (finetune mode). A frozen CNN is rebuilt from
-    its name and weights when a checkpoint is loaded (`load_run`): torchvision's pretrained weights,
-    or the seeded random ones the feature store was extracted with."""
-    return config.training.mode == "finetune"
-
-
-def model_state(model: nn.Module, config: Config) -> dict[str, torch.Tensor]:
-    state = model.state_dict()
-    if encoder_in_checkpoint(config):
-        return state
-    return {key: value for key, value in state.items() if not key.startswith("image_encoder.")}
-
-
 def check_run_space(run_dir: Path, model: nn.Module, config: Config) -> None:
     """Refuse to start when the run folder's checkpoints would not fit (helpers.space): best.pt holds
     the model's saved state, last.pt that plus AdamW's two moments per trainable parameter, and a
     new last.pt is written beside the old one before it replaces it."""
-    from helpers.space import check_space, folder_bytes
-
     state = sum(t.numel() * t.element_size() for t in model_state(model, config).values())
     moments = sum(2 * p.numel() * 4 for p in model.parameters() if p.requires_grad)
     needed = state + 2 * (state + moments) + 10**6 - folder_bytes(run_dir)  # + history and results
@@ -429,102 +267,16 @@ def check_run_space(run_dir: Path, model: nn.Module, config: Config) -> None:
     ])
 
 
-def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as error:  # "size mismatch for ...": the config builds other shapes
-        raise CheckpointError(
-            f"{path} does not fit the model its config builds: {str(error).strip().splitlines()[-1]}"
-        ) from None
-    missing = [key for key in missing if not key.startswith("image_encoder.")]
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path} does not fit the model its config builds: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}."
-        )
-
-
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint {path}; train first (python -m helpers.train --config ...).")
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except (EOFError, RuntimeError, pickle.UnpicklingError, OSError, ValueError) as error:
-        raise CheckpointError(_unreadable_checkpoint(path, error)) from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        checkpoint = checkpoint if isinstance(checkpoint, dict) else {}
-        raise CheckpointError(
-            f"{path}: checkpoint format {checkpoint.get('format')!r}, expected {CHECKPOINT_FORMAT}."
-        )
-    return checkpoint
-
-
-def _unreadable_checkpoint(path: Path, error: BaseException) -> str:
-    """Why torch could not read `path` and what to do, for a file that was not written completely."""
-    size = path.stat().st_size
-    what = "is empty (0 bytes)" if size == 0 else f"is truncated or damaged ({size:,} bytes; torch: {error})"
-    if path.name == "best.pt":
-        fix = (
-            "If the run folder was copied, copy this file again. Otherwise delete it: training rewrites "
-            "best.pt at the next epoch with a better val CIDEr, and `python -m helpers.evaluate RUN "
-            "--checkpoint last` scores the last weights."
-        )
-    else:
-        fix = (
-            "If the run folder was copied, copy this file again. Otherwise delete it and start the run "
-            "over (--no-resume on the command line, RESUME = False in a notebook, train(resume=False))."
-        )
-    return f"{path} {what}: it was not written completely (a full disk, or an interrupted copy). {fix}"
-
-
-def rebuild_frozen_encoder(model: nn.Module, state: dict[str, torch.Tensor], config: Config) -> None:
-    """Give a model loaded from a checkpoint without CNN weights the CNN its features came from: the
-    one `extract_features` runs (pretrained weights, loaded when images first pass, or the seeded
-    random ones), so that captioning images agrees with the feature store. Older checkpoints that
-    carry the CNN keep theirs."""
-    from helpers.features import store_encoder
-
-    if any(key.startswith("image_encoder.") for key in state):
-        return
-    model.image_encoder = store_encoder(config.model.backbone, config.model.pretrained_backbone,
-                                        defer_weights=True)
-
-
-def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", which: str = "best"):
-    """(model in eval mode, checkpoint dict, Config) from `<run_dir>/<which>.pt`."""
-    from helpers.text import Vocabulary
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"No run folder {run_dir}.")
-    path = run_dir / f"{which}.pt"
-    checkpoint = load_checkpoint(path, device)
-    config = config_from_dict(checkpoint["config"], source=str(path))
-    model = build_model(config, Vocabulary(checkpoint["vocab"]), load_glove=False)
-    load_model_state(model, checkpoint["model"], path)
-    rebuild_frozen_encoder(model, checkpoint["model"], config)
-    return model.to(device).eval(), checkpoint, config
-
-
 # ------------------------------------------------------------------------------------------- state
 
 
-@dataclass
-class TrainState:
-    """What callbacks see: the live objects and the counters (`event` is step_end or epoch_end)."""
+@dataclass(kw_only=True)
+class Progress:
+    """Where a run stands: the counters that best.pt and last.pt save and a resume restores."""
 
-    config: Config
-    run_dir: Path
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    scaler: Any
-    device: torch.device
     epoch: int = 0  # index of the epoch in progress (== epochs done at an epoch end)
     step_in_epoch: int = 0  # batches done in the epoch in progress
     global_step: int = 0
-    loss: float = float("nan")  # last batch's loss
     epoch_loss_sum: float = 0.0  # sum of caption losses so far in the epoch in progress
     epoch_captions: int = 0  # captions trained on so far in the epoch in progress
     history: list[dict[str, float]] = field(default_factory=list)
@@ -534,30 +286,45 @@ class TrainState:
     stopped_early: bool = False
     wall_time_s: float = 0.0
 
-    def checkpoint(self, vocab) -> dict[str, Any]:
-        return {
+    def counters(self) -> dict[str, Any]:
+        return {item.name: getattr(self, item.name) for item in fields(Progress)}
+
+
+@dataclass
+class TrainState(Progress):
+    """What callbacks see: the live objects and the counters (`event` is step_end or epoch_end)."""
+
+    config: Config
+    run_dir: Path
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    device: torch.device
+    loss: float = float("nan")  # last batch's loss
+
+    def checkpoint(self, vocab, resumable: bool = True) -> dict[str, Any]:
+        """The contents of a checkpoint: the weights, the config and vocabulary they belong to and the
+        counters (best.pt, `resumable=False`), plus what an exact resume needs (last.pt): the
+        optimizer, scheduler, gradient scaler and random generator states."""
+        saved = {
             "format": CHECKPOINT_FORMAT,
             "model": model_state(self.model, self.config),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": rng_state(),
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "global_step": self.global_step,
-            "epoch_loss_sum": self.epoch_loss_sum,
-            "epoch_captions": self.epoch_captions,
-            "history": self.history,
-            "best_metrics": self.best_metrics,
-            "best_epoch": self.best_epoch,
-            "epochs_without_improvement": self.epochs_without_improvement,
-            "stopped_early": self.stopped_early,
-            "wall_time_s": self.wall_time_s,
             "config": self.config.to_dict(),
             "vocab": list(vocab.idx_to_word),
+            **self.counters(),
         }
+        if resumable:
+            saved.update(
+                optimizer=self.optimizer.state_dict(),
+                scheduler=self.scheduler.state_dict(),
+                scaler=self.scaler.state_dict(),
+                rng=rng_state(),
+            )
+        return saved
 
     def restore(self, checkpoint: dict[str, Any], path: Path) -> None:
+        """Continue from a last.pt that `checkpoint` wrote."""
         load_model_state(self.model, checkpoint["model"], path)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -565,20 +332,8 @@ class TrainState:
         # round: keep the fresh scaler then; its scale re-calibrates within a few steps.
         if checkpoint["scaler"] and self.scaler.is_enabled():
             self.scaler.load_state_dict(checkpoint["scaler"])
-        for key in (
-            "epoch",
-            "step_in_epoch",
-            "global_step",
-            "epoch_loss_sum",
-            "epoch_captions",
-            "history",
-            "best_metrics",
-            "best_epoch",
-            "epochs_without_improvement",
-            "stopped_early",
-            "wall_time_s",
-        ):
-            setattr(self, key, checkpoint[key])
+        for name in self.counters():
+            setattr(self, name, checkpoint[name])
         set_rng_state(checkpoint["rng"])
 
     @property
@@ -824,7 +579,7 @@ def _warn_if_schedule_changed(checkpoint: dict, config: Config, scheduler, step:
         f"training.epochs {saved} -> {config.training.epochs} on resume: the learning-rate schedule "
         f"now spans {config.training.epochs} epochs, so the learning rate goes from {before:.2e} to "
         f"{now:.2e} at step {step}. To continue at the low rate instead, also lower training.lr.",
-        stacklevel=3,
+        stacklevel=4,
     )
 
 
@@ -866,13 +621,67 @@ def train(
 
 def _train(config: Config, lock: RunLock, prepared, store, progress, callbacks, resume) -> TrainResult:
     """`train` with the run folder's lock, which it takes once the config is known to be usable."""
-    callbacks = list(callbacks or [])
-    max_hours = config.training.max_hours
+    max_hours = config.training.max_hours  # the budget counts preparing data and extracting features too
     deadline = time.perf_counter() + max_hours * 3600 if max_hours else None
     device = resolve_device(config.training.device)
     if config.training.eval_splits and config.training.eval_beam_sizes:
         resolve_tokenizer(config.training.metric_tokenizer)  # "ptb" without Java fails now, not at the end
-    run_dir = config.run_path
+    resume = _take_run_folder(config.run_path, lock, resume, progress)
+    run = _start_run(config, device, prepared, store, resume, progress, callbacks, deadline)
+    paused = False
+    while not run.state.finished and not paused:
+        paused = _train_epoch(run)
+        if not paused:
+            _end_epoch(run)
+            paused = _out_of_time(run.deadline) and not run.state.finished
+    if paused and progress:
+        _print_pause(run)
+    return _score_best(run, paused)
+
+
+@dataclass
+class _Run:
+    """One call of `train`: its live state and what the steps of the loop share."""
+
+    state: TrainState
+    prepared: Any
+    store: Any
+    train_data: Dataset
+    val_data: Dataset
+    callbacks: list[Callback]
+    progress: bool
+    deadline: float | None  # time.perf_counter() at which training.max_hours runs out
+    started: float = field(default_factory=time.perf_counter)  # this call's clock starts
+    wall_before: float = 0.0  # training time of earlier calls (resumed runs)
+    epoch_started: float = 0.0  # the epoch in progress: when its steps began,
+    epoch_seen: int = 0  # how many captions this call trained on in it,
+    epoch_train_time: float = 0.0  # and how long its steps took
+
+    @property
+    def config(self) -> Config:
+        return self.state.config
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.train_data) / self.config.batch_size)
+
+    @property
+    def last_path(self) -> Path:
+        return self.state.run_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.state.run_dir / "best.pt"
+
+    def save(self, path: Path, resumable: bool = True) -> None:
+        save_atomic(self.state.checkpoint(self.prepared.vocab, resumable), path)
+
+    def update_wall_time(self) -> None:
+        self.state.wall_time_s = self.wall_before + time.perf_counter() - self.started
+
+
+def _take_run_folder(run_dir: Path, lock: RunLock, resume: bool | None, progress: bool) -> bool:
+    """Lock the run folder, clear what killed writes left, and say whether to resume from last.pt."""
     lock.acquire()
     if lock.taken_over_from and progress:
         owner = lock.taken_over_from
@@ -881,211 +690,220 @@ def _train(config: Config, lock: RunLock, prepared, store, progress, callbacks, 
             "ended without releasing it (killed?); taking it over"
         )
     remove_abandoned_temporaries(run_dir)
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    last_path = run_dir / "last.pt"
     resume = last_path.is_file() if resume is None else resume
     if resume and not last_path.is_file():
         raise FileNotFoundError(f"Cannot resume: {last_path} does not exist (start without --resume).")
+    return resume
 
+
+def _start_run(config: Config, device, prepared, store, resume: bool, progress: bool, callbacks,
+               deadline: float | None) -> _Run:
+    """The data, the model and its optimiser, fresh or restored from last.pt; config.yaml written."""
     if prepared is None:
         prepared = prepare_for(config, progress)
     check_splits(prepared, config)
+    last_path = config.run_path / "last.pt"
     checkpoint = load_checkpoint(last_path, "cpu") if resume else None  # RNG states must stay CPU tensors
     if checkpoint is not None:
         check_resume_compatible(checkpoint, prepared.vocab, config, last_path)
     prepared, store = make_source(config, prepared, store, device=device, progress=progress)
-    source = store if store is not None else prepared
     train_data, val_data = _datasets(config, prepared, store)
     val_data = _val_subset(val_data, prepared, store, config.training.val_max_images)
+    state = _new_state(config, prepared, device, math.ceil(len(train_data) / config.batch_size))
+    if checkpoint is not None:
+        state.restore(checkpoint, last_path)
+        _warn_if_schedule_changed(checkpoint, config, state.scheduler, state.global_step)
+    run = _Run(state, prepared, store, train_data, val_data, list(callbacks or []), progress, deadline,
+               wall_before=state.wall_time_s)
+    config.run_path.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(config.run_path / "config.yaml", config.to_yaml().encode("utf-8"))
+    if progress:
+        _print_start(run, resumed=checkpoint is not None)
+    return run
 
+
+def _new_state(config: Config, prepared, device: torch.device, steps_per_epoch: int) -> TrainState:
+    """The seeded model, its optimizer, LR schedule and gradient scaler, once the run folder has room."""
     seed_everything(config.training.seed)
     model = build_model(config, prepared.vocab).to(device)
     configure_trainable(model, config)
-    steps_per_epoch = math.ceil(len(train_data) / config.batch_size)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch * config.training.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=_amp(config, device))
-    check_run_space(run_dir, model, config)
-    state = TrainState(config, run_dir, model, optimizer, scheduler, scaler, device)
-    if checkpoint is not None:
-        state.restore(checkpoint, last_path)
-        _warn_if_schedule_changed(checkpoint, config, scheduler, state.global_step)
-        if progress:
-            print(
-                f"Resuming {run_dir} at epoch {state.epoch + 1}, "
-                f"step {state.step_in_epoch} of {steps_per_epoch}"
-            )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(run_dir / "config.yaml", config.to_yaml().encode("utf-8"))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    session_started, wall_before = time.perf_counter(), state.wall_time_s
-    if progress:
-        print(
-            f"{config.run_name}: {config.model.cell_type} decoder, "
-            f"{config.model.backbone} ({config.training.mode}), "
-            f"{len(train_data):,} training captions, {steps_per_epoch} steps/epoch, device {device}, "
-            f"{sum(p.numel() for p in trainable):,} trainable parameters"
-        )
+    check_run_space(config.run_path, model, config)
+    return TrainState(config, config.run_path, model, optimizer, scheduler, scaler, device)
 
-    paused = False
-    while not state.finished:
-        epoch = state.epoch
-        started = time.perf_counter()
-        model.train()
-        model.image_encoder.eval()  # BatchNorm keeps its ImageNet statistics, also when fine-tuning
-        batches = epoch_batches(len(train_data), config.batch_size, config.training.seed, epoch)
-        loader = _loader(
-            train_data, batches[state.step_in_epoch :], config, device, seed=config.training.seed + epoch
+
+def _print_start(run: _Run, resumed: bool) -> None:
+    state, config = run.state, run.config
+    if resumed:
+        print(
+            f"Resuming {state.run_dir} at epoch {state.epoch + 1}, "
+            f"step {state.step_in_epoch} of {run.steps_per_epoch}"
         )
-        seen, bad_images = 0, 0
-        bar = tqdm(
-            loader,
-            total=len(batches),
-            initial=state.step_in_epoch,
-            disable=not progress,
-            desc=f"epoch {epoch + 1}/{config.training.epochs}",
-            unit="batch",
-            leave=False,
-        )
-        for inputs, captions, bad in bar:
-            bad_images += len(bad)
-            if inputs is not None:
-                inputs = inputs.to(device, non_blocking=True)
-                captions = captions.to(device, non_blocking=True)
-                clip, amp = config.training.grad_clip, _amp(config, device)
-                state.loss = train_step(model, inputs, captions, optimizer, scaler, clip, amp)
-                check_finite_loss(state, last_path, best_path)
-                state.epoch_loss_sum += state.loss * len(captions)
-                state.epoch_captions += len(captions)
-                seen += len(captions)
-            _step_schedule(scheduler, first=state.global_step == 0)
-            state.step_in_epoch += 1
-            state.global_step += 1
-            elapsed = time.perf_counter() - started
-            bar.set_postfix(loss=f"{state.loss:.3f}", captions_s=f"{seen / max(elapsed, 1e-9):.0f}")
-            every = config.training.checkpoint_every_steps
-            if every and state.global_step % every == 0 and state.step_in_epoch < len(batches):
-                state.wall_time_s = wall_before + time.perf_counter() - session_started
-                save_atomic(state.checkpoint(prepared.vocab), last_path)
-            _call(callbacks, "step_end", state)
-            if _out_of_time(deadline) and state.step_in_epoch < len(batches):
-                paused = True
-                break
-        bar.close()
-        state.wall_time_s = wall_before + time.perf_counter() - session_started
-        # Saved before any scoring: a failure while validating (a missing metrics package, say)
-        # never loses the epoch's training; a rerun validates it from here.
-        save_atomic(state.checkpoint(prepared.vocab), last_path)
-        if paused:
-            break
-        if bad_images:
-            warnings.warn(
-                f"epoch {epoch + 1}: skipped {bad_images} captions whose image could not be decoded",
-                stacklevel=2,
-            )
-        train_time = time.perf_counter() - started
-        metrics = _validate(state, val_data, prepared, source, config)
-        state.wall_time_s = wall_before + time.perf_counter() - session_started
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": state.epoch_loss_sum / state.epoch_captions
-            if state.epoch_captions
-            else float("nan"),
-            **metrics,
-            "lr": scheduler.get_last_lr()[0],  # the decoder's (groups are sorted: decoder first)
-            "time_s": time.perf_counter() - started,
-            "captions_per_s": seen / max(train_time, 1e-9) if seen else float("nan"),  # nan: trained earlier
-        }
-        state.history.append(record)
-        state.epoch, state.step_in_epoch = epoch + 1, 0
-        state.epoch_loss_sum, state.epoch_captions = 0.0, 0
-        improved = state.best_metrics is None or record["val_CIDEr"] > state.best_metrics["val_CIDEr"]
-        if improved:
-            state.best_metrics = {k: v for k, v in record.items() if k.startswith("val_")}
-            state.best_epoch = epoch + 1
-            state.epochs_without_improvement = 0
-        else:
-            state.epochs_without_improvement += 1
-            patience = config.training.patience
-            state.stopped_early = patience is not None and state.epochs_without_improvement >= patience
-        checkpoint = state.checkpoint(prepared.vocab)
-        if improved:
-            best = {
-                k: checkpoint[k]
-                for k in (
-                    "format",
-                    "model",
-                    "epoch",
-                    "history",
-                    "best_metrics",
-                    "best_epoch",
-                    "wall_time_s",
-                    "config",
-                    "vocab",
-                )
-            }
-            save_atomic(best, best_path)
-        save_atomic(checkpoint, last_path)
-        write_json_atomic(run_dir / "history.json", state.history)
-        if progress:
-            print(
-                f"epoch {epoch + 1}: train loss {record['train_loss']:.3f}, "
-                f"val loss {record['val_loss']:.3f}, "
-                f"BLEU-4 {record['val_Bleu_4']:.4f}, CIDEr {record['val_CIDEr']:.4f}"
-                f"{' (best)' if improved else ''}, {record['captions_per_s']:.0f} captions/s, "
-                f"{record['time_s']:.0f} s"
-            )
-            if state.stopped_early:
-                print(f"Stopping early: no better val CIDEr for {state.epochs_without_improvement} epochs.")
-        _call(callbacks, "epoch_end", state)
-        if _out_of_time(deadline) and not state.finished:
+    trainable = sum(p.numel() for p in state.model.parameters() if p.requires_grad)
+    print(
+        f"{config.run_name}: {config.model.cell_type} decoder, "
+        f"{config.model.backbone} ({config.training.mode}), "
+        f"{len(run.train_data):,} training captions, {run.steps_per_epoch} steps/epoch, device "
+        f"{state.device}, {trainable:,} trainable parameters"
+    )
+
+
+def _train_epoch(run: _Run) -> bool:
+    """The remaining steps of the epoch in progress, then last.pt; True when the time budget paused it."""
+    state, config = run.state, run.config
+    run.epoch_started = time.perf_counter()
+    state.model.train()
+    state.model.image_encoder.eval()  # BatchNorm keeps its ImageNet statistics, also when fine-tuning
+    batches = epoch_batches(len(run.train_data), config.batch_size, config.training.seed, state.epoch)
+    loader = _loader(run.train_data, batches[state.step_in_epoch :], config, state.device,
+                     seed=config.training.seed + state.epoch)
+    bar = tqdm(loader, total=len(batches), initial=state.step_in_epoch, disable=not run.progress,
+               desc=f"epoch {state.epoch + 1}/{config.training.epochs}", unit="batch", leave=False)
+    seen, bad_images, paused = 0, 0, False
+    for inputs, captions, bad in bar:
+        bad_images += len(bad)
+        seen += _train_batch(run, inputs, captions)
+        speed = seen / max(time.perf_counter() - run.epoch_started, 1e-9)
+        bar.set_postfix(loss=f"{state.loss:.3f}", captions_s=f"{speed:.0f}")
+        every = config.training.checkpoint_every_steps
+        if every and state.global_step % every == 0 and state.step_in_epoch < len(batches):
+            run.update_wall_time()
+            run.save(run.last_path)
+        _call(run.callbacks, "step_end", state)
+        if _out_of_time(run.deadline) and state.step_in_epoch < len(batches):
             paused = True
             break
-
-    if paused and progress:
-        print(
-            f"Time budget reached (training.max_hours={max_hours:g}) at epoch {state.epoch + 1}, step "
-            f"{state.step_in_epoch} of {steps_per_epoch}: {last_path} is saved. Run the same command "
-            "or notebook again (with this run folder) to continue from there."
+    bar.close()
+    run.update_wall_time()
+    # Saved before any scoring: a failure while validating (a missing metrics package, say)
+    # never loses the epoch's training; a rerun validates it from here.
+    run.save(run.last_path)
+    if bad_images and not paused:
+        warnings.warn(
+            f"epoch {state.epoch + 1}: skipped {bad_images} captions whose image could not be decoded",
+            stacklevel=3,
         )
-    if paused and not best_path.is_file():  # paused before the first epoch ended: nothing to score
-        return TrainResult(run_dir, model, state.history, None, None, False, state.wall_time_s, paused=True)
+    run.epoch_seen, run.epoch_train_time = seen, time.perf_counter() - run.epoch_started
+    return paused
 
-    best_checkpoint = load_checkpoint(best_path, device)
-    load_model_state(model, best_checkpoint["model"], best_path)
-    rebuild_frozen_encoder(model, best_checkpoint["model"], config)
+
+def _train_batch(run: _Run, inputs, captions) -> int:
+    """One optimizer step on a batch (none when all its images were bad) and one schedule step;
+    returns the number of captions trained on."""
+    state, config = run.state, run.config
+    count = 0
+    if inputs is not None:
+        inputs = inputs.to(state.device, non_blocking=True)
+        captions = captions.to(state.device, non_blocking=True)
+        clip, amp = config.training.grad_clip, _amp(config, state.device)
+        state.loss = train_step(state.model, inputs, captions, state.optimizer, state.scaler, clip, amp)
+        check_finite_loss(state, run.last_path, run.best_path)
+        count = len(captions)
+        state.epoch_loss_sum += state.loss * count
+        state.epoch_captions += count
+    _step_schedule(state.scheduler, first=state.global_step == 0)
+    state.step_in_epoch += 1
+    state.global_step += 1
+    return count
+
+
+def _end_epoch(run: _Run) -> None:
+    """Validate the epoch just trained, record it, keep best.pt when it improved, save last.pt and
+    history.json, and stop early when val CIDEr stopped improving for `patience` epochs."""
+    state, config = run.state, run.config
+    source = run.store if run.store is not None else run.prepared
+    metrics = _validate(state, run.val_data, run.prepared, source, config)
+    run.update_wall_time()
+    seen = run.epoch_seen
+    record = {
+        "epoch": state.epoch + 1,
+        "train_loss": state.epoch_loss_sum / state.epoch_captions if state.epoch_captions else float("nan"),
+        **metrics,
+        "lr": state.scheduler.get_last_lr()[0],  # the decoder's (groups are sorted: decoder first)
+        "time_s": time.perf_counter() - run.epoch_started,
+        # nan: the epoch's steps were all trained by an earlier call
+        "captions_per_s": seen / max(run.epoch_train_time, 1e-9) if seen else float("nan"),
+    }
+    state.history.append(record)
+    state.epoch, state.step_in_epoch = state.epoch + 1, 0
+    state.epoch_loss_sum, state.epoch_captions = 0.0, 0
+    improved = state.best_metrics is None or record["val_CIDEr"] > state.best_metrics["val_CIDEr"]
+    if improved:
+        state.best_metrics = {k: v for k, v in record.items() if k.startswith("val_")}
+        state.best_epoch = state.epoch
+        state.epochs_without_improvement = 0
+        run.save(run.best_path, resumable=False)
+    else:
+        state.epochs_without_improvement += 1
+        patience = config.training.patience
+        state.stopped_early = patience is not None and state.epochs_without_improvement >= patience
+    run.save(run.last_path)
+    write_json_atomic(state.run_dir / "history.json", state.history)
+    if run.progress:
+        _print_epoch(record, improved, state)
+    _call(run.callbacks, "epoch_end", state)
+
+
+def _print_pause(run: _Run) -> None:
+    state = run.state
+    print(
+        f"Time budget reached (training.max_hours={run.config.training.max_hours:g}) at epoch "
+        f"{state.epoch + 1}, step {state.step_in_epoch} of {run.steps_per_epoch}: {run.last_path} is "
+        "saved. Run the same command or notebook again (with this run folder) to continue from there."
+    )
+
+
+def _print_epoch(record: dict[str, float], improved: bool, state: TrainState) -> None:
+    print(
+        f"epoch {record['epoch']}: train loss {record['train_loss']:.3f}, "
+        f"val loss {record['val_loss']:.3f}, "
+        f"BLEU-4 {record['val_Bleu_4']:.4f}, CIDEr {record['val_CIDEr']:.4f}"
+        f"{' (best)' if improved else ''}, {record['captions_per_s']:.0f} captions/s, "
+        f"{record['time_s']:.0f} s"
+    )
+    if state.stopped_early:
+        print(f"Stopping early: no better val CIDEr for {state.epochs_without_improvement} epochs.")
+
+
+def _score_best(run: _Run, paused: bool) -> TrainResult:
+    """Load best.pt into the model and score it on training.eval_splits into results.json."""
+    state, config = run.state, run.config
+    model, device = state.model, state.device
+    if paused and not run.best_path.is_file():  # paused before the first epoch ended: nothing to score
+        return TrainResult(
+            state.run_dir, model, state.history, None, None, False, state.wall_time_s, paused=True
+        )
+    best = load_checkpoint(run.best_path, device)
+    load_model_state(model, best["model"], run.best_path)
+    rebuild_frozen_encoder(model, best["model"], config)
     model.image_encoder.to(device)
     model.eval()
     results = None
     if config.training.eval_splits and config.training.eval_beam_sizes:
         metrics, captions, scoring = score_model(
             model,
-            prepared,
-            store,
+            run.prepared,
+            run.store,
             config.training.eval_splits,
             config.training.eval_beam_sizes,
             max_length=config.data.max_caption_length,
             batch_size=config.batch_size,
             meteor="auto" if config.training.meteor else False,
-            progress=progress,
+            progress=run.progress,
             image_size=config.image_size,
             tokenizer=config.training.metric_tokenizer,
         )
-        best_checkpoint["wall_time_s"] = state.wall_time_s
-        checkpoint = best_checkpoint | {"history": state.history}
+        checkpoint = best | {"wall_time_s": state.wall_time_s, "history": state.history}
         status = "paused" if paused else "finished"
         results = write_results(
-            run_dir, model, config, checkpoint, metrics, captions, device, scoring, status=status
+            state.run_dir, model, config, checkpoint, metrics, captions, device, scoring, status=status
         )
     return TrainResult(
-        run_dir,
-        model,
-        state.history,
-        state.best_epoch,
-        state.best_metrics,
-        state.stopped_early,
-        state.wall_time_s,
-        results,
-        paused,
+        state.run_dir, model, state.history, state.best_epoch, state.best_metrics, state.stopped_early,
+        state.wall_time_s, results, paused,
     )
 
 
@@ -1095,35 +913,7 @@ def _train(config: Config, lock: RunLock, prepared, store, progress, callbacks, 
 DEMO_CONFIG = "demo"
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors caused by the input (config, data, weights, device): reported as one message, no traceback."""
-    from helpers.backbones import PretrainedWeightsUnavailable
-    from helpers.embeddings import GloveFormatError
-    from helpers.features import FeatureStoreNotAttached
-    from helpers.images import TooManyBadImagesError
-    from helpers.sources import DatasetFormatError, DatasetUnavailableError
-    from helpers.space import OutputSpaceError
-
-    return (
-        ConfigError,
-        FileNotFoundError,
-        UnsupportedDeviceError,
-        CheckpointError,
-        NonFiniteLossError,
-        RunFolderBusyError,
-        WriteError,
-        GloveFormatError,
-        DatasetFormatError,
-        DatasetUnavailableError,
-        PretrainedWeightsUnavailable,
-        TooManyBadImagesError,
-        FeatureStoreNotAttached,
-        OutputSpaceError,
-        JavaUnavailableError,
-    )
-
-
-USER_ERRORS = _user_errors()
+USER_ERRORS = (*INPUT_ERRORS, NonFiniteLossError, JavaUnavailableError)  # one message, no traceback
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1176,8 +966,6 @@ def main(argv: list[str] | None = None) -> int:
             + ", ".join(f"{k.removeprefix('val_')} {v:.4f}" for k, v in result.best_metrics.items())
         )
     if result.results:
-        from helpers.evaluate import format_metrics_table
-
         print(format_metrics_table(result.results["metrics"]))
     return 0
 

@@ -12,6 +12,7 @@ from helpers.backbones import (
     IMAGENET_STD,
     ImageEncoder,
     PretrainedWeightsUnavailable,
+    feature_side,
     get_backbone,
     image_transform,
     measure_backbone,
@@ -40,6 +41,15 @@ def test_registry_feature_size_matches_a_real_forward():
     assert out.shape[-2:] == (info.feature_size, info.feature_size)
     assert info.feature_bytes() == 400 * 7 * 7 * 2
     assert BACKBONES["resnet50"].feature_bytes() * 8091 == pytest.approx(1.62e9, rel=0.01)
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_registry_sizes_are_the_weights_own_transform(name):
+    """Crop and resize sides come from torchvision's weights (224 and 232 for all three today)."""
+    info = BACKBONES[name]
+    preset = info.weights_enum.transforms()
+    assert (info.image_size, info.resize_size) == (preset.crop_size[0], preset.resize_size[0]) == (224, 232)
+    assert feature_side(info.image_size) == info.feature_size == 7 and feature_side(225) == 8
 
 
 def test_unknown_backbone_lists_valid_names():

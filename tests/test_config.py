@@ -12,11 +12,11 @@ from helpers.config import (
     CONFIG_DIR,
     Config,
     ConfigError,
-    build_model,
     config_from_dict,
     demo_glove_path,
     load_config,
 )
+from helpers.models import build_model
 from helpers.text import SPECIAL_TOKENS, Vocabulary
 
 DECODERS = {"Vanilla_RNN": "rnn", "LSTM": "lstm", "Attention_LSTM": "attn", "Transformer": "transformer"}

@@ -19,23 +19,17 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers.checkpoints import CheckpointError, load_checkpoint
 from helpers.config import ConfigError, bad_image_limit, glove_file_dim, load_config
 from helpers.embeddings import GloveFormatError, load_glove_embeddings, write_glove_file
 from helpers.evaluate import evaluate_run
-from helpers.files import atomic_path, remove_abandoned_temporaries, write_json_atomic
+from helpers.files import WriteError, atomic_path, remove_abandoned_temporaries, write_json_atomic
 from helpers.images import TooManyBadImagesError, load_image
 from helpers.runlock import RunFolderBusyError, RunLock
 from helpers.sources import DatasetFormatError, read_flickr_csv
 from helpers.text import Vocabulary
-from helpers.train import (
-    CheckpointError,
-    NonFiniteLossError,
-    WriteError,
-    check_resume_compatible,
-    load_checkpoint,
-    make_source,
-    train,
-)
+from helpers.train import NonFiniteLossError, check_resume_compatible, train
+from helpers.workdir import make_source
 
 ROOT = Path(__file__).resolve().parent.parent
 

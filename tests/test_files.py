@@ -1,6 +1,7 @@
 """Atomic writes: a failure mid-write leaves the old file or folder untouched and no temporary behind."""
 
 import json
+import os
 
 import pytest
 
@@ -34,3 +35,27 @@ def test_a_directory_is_replaced_whole_or_not_at_all(tmp_path):
     with atomic_directory(target) as building:
         (building / "new.txt").write_text("new")
     assert [p.name for p in target.iterdir()] == ["new.txt"]
+
+
+def test_a_directory_build_clears_killed_builds_and_may_keep_a_target_finished_meanwhile(tmp_path):
+    target = tmp_path / "out"
+    killed = tmp_path / ".out.building-999999999-abc"  # a process id that no process has
+    killed.mkdir()
+    (killed / "half.txt").write_text("half")
+    other = tmp_path / ".other.building-999999999-abc"  # another target's build is not ours to remove
+    other.mkdir()
+    with atomic_directory(target) as building:
+        assert building.name.startswith(f".out.building-{os.getpid()}-")
+        (building / "first.txt").write_text("first")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.building-999999999-abc", "out"]
+
+    asked = []
+
+    def finished_meanwhile(path):
+        asked.append(path)
+        return True
+
+    with atomic_directory(target, keep_target=finished_meanwhile) as building:
+        (building / "second.txt").write_text("second")
+    assert asked == [target] and [p.name for p in target.iterdir()] == ["first.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.building-999999999-abc", "out"]

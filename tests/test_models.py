@@ -77,7 +77,8 @@ def test_input_dim_comes_from_the_backbone_and_contradictions_are_explained():
 def test_cell_types_alias_and_unknown_name():
     assert make_model("attention").cell_type == "attn"
     assert make_model("transformer").cell_type == "transformer"
-    choices = r"\['attention', 'attn', 'lstm', 'rnn'\]"
+    assert make_model("vanilla_rnn").cell_type == "rnn"
+    choices = r"\['attention', 'attention_lstm', 'attn', 'lstm', 'rnn', 'vanilla_rnn'\]"
     with pytest.raises(ValueError, match=rf"unknown cell_type 'gru'; choose one of {choices}"):
         make_model("gru")
 

@@ -11,7 +11,9 @@ import pytest
 import torch
 import yaml
 
-from helpers.config import ConfigError, build_model
+from helpers.checkpoints import load_checkpoint, load_run
+from helpers.config import ConfigError
+from helpers.models import build_model
 from helpers.notebook import Env
 from helpers.stages import (
     TrainingPaused,
@@ -23,7 +25,7 @@ from helpers.stages import (
     stage_config,
 )
 from helpers.stages import train as stages_train
-from helpers.train import load_checkpoint, seed_everything
+from helpers.train import seed_everything
 
 NOTEBOOK_DEFAULTS = {
     "DEMO": False,
@@ -188,7 +190,6 @@ def test_a_training_notebook_brings_in_its_own_runs_only_and_02_extracts_again(e
 
 def test_compare_decoding_scores_each_backbone(earlier_session):
     from helpers.evaluate import compute_metrics, decode_split
-    from helpers.train import load_run
 
     work, prepared, store = earlier_session
     table = compare_decoding(["regnet_x_400mf"], {**NOTEBOOK_DEFAULTS, "DEMO": True}, env_for(work), epochs=1)
@@ -204,7 +205,6 @@ def test_compare_decoding_scores_each_backbone(earlier_session):
 
 
 def test_compare_embeddings_trains_each_word_vector_choice(earlier_session):
-    from helpers.train import load_run
 
     work, prepared, store = earlier_session
     table = compare_embeddings({**NOTEBOOK_DEFAULTS, "DEMO": True}, env_for(work), epochs=1)

@@ -14,21 +14,14 @@ import pytest
 import torch
 
 from helpers.backbones import image_transform
-from helpers.config import build_model, load_config
+from helpers.checkpoints import load_checkpoint, model_state, save_atomic
+from helpers.config import load_config
+from helpers.devices import UnsupportedDeviceError, check_cuda_device
 from helpers.evaluate import compute_metrics, decode_split, evaluate_run
 from helpers.features import FeatureStore
-from helpers.train import (
-    TrainState,
-    UnsupportedDeviceError,
-    check_cuda_device,
-    epoch_batches,
-    load_checkpoint,
-    lr_factor,
-    make_source,
-    model_state,
-    save_atomic,
-    train,
-)
+from helpers.models import build_model
+from helpers.train import TrainState, epoch_batches, lr_factor, train
+from helpers.workdir import make_source
 
 
 def demo_config(name: str, work, demo_dir=None, **overrides):
@@ -136,8 +129,8 @@ def test_frozen_pretrained_cnn_is_left_out_of_checkpoints(tmp_path):
 def test_a_features_run_captions_images_through_the_cnn_its_store_came_from(small_demo):
     """best.pt holds no CNN; the loaded model rebuilds the store's (seeded random) CNN, so images and
     their stored features give the same captions. An older checkpoint with its CNN keeps that CNN."""
+    from helpers.checkpoints import load_run
     from helpers.images import load_image
-    from helpers.train import load_run
 
     work, prepared, store = small_demo
     config = demo_config("LSTM", work, **{"training.epochs": 1, "training.eval_splits": [],
@@ -535,6 +528,32 @@ def test_a_cpu_checkpoint_resumes_with_a_gpu_scaler_and_back():
     assert enabled_checkpoint["scaler"]["scale"] == 1024.0
     cpu_run.restore(enabled_checkpoint, Path("last.pt"))  # and back to a CPU session
     assert not disabled.is_enabled()
+
+
+def test_best_and_last_checkpoints_hold_the_counters_and_last_also_the_resume_state():
+    """best.pt and last.pt come from one definition: the counters (Progress) are in both and a
+    restore brings every one of them back; last.pt adds only what an exact resume needs."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    config, vocab = load_config("LSTM"), type("V", (), {"idx_to_word": ["<NULL>", "dog"]})()
+    run = TrainState(config, Path("."), model, optimizer, scheduler, scaler, torch.device("cpu"))
+    counters = dict(
+        epoch=3, step_in_epoch=5, global_step=35, epoch_loss_sum=12.5, epoch_captions=40,
+        history=[{"epoch": 1, "val_CIDEr": 0.5}], best_metrics={"val_CIDEr": 0.5}, best_epoch=1,
+        epochs_without_improvement=2, stopped_early=True, wall_time_s=7.5,
+    )
+    for name, value in counters.items():
+        setattr(run, name, value)
+    best, last = run.checkpoint(vocab, resumable=False), run.checkpoint(vocab)
+    assert set(last) - set(best) == {"optimizer", "scheduler", "scaler", "rng"}
+    assert {k: best[k] for k in counters} == counters and best["vocab"] == ["<NULL>", "dog"]
+    assert best["format"] == last["format"] and best["config"] == config.to_dict()
+
+    fresh = TrainState(config, Path("."), model, optimizer, scheduler, scaler, torch.device("cpu"))
+    fresh.restore(last, Path("last.pt"))
+    assert {name: getattr(fresh, name) for name in counters} == counters
 
 
 def test_resume_accepts_moved_folders_but_not_another_model():

@@ -140,7 +140,7 @@ def prepare_dataset(
     test_size: int | float = 0.1,
     seed: int = 0,
     karpathy_json: str | os.PathLike | None = None,
-    max_bad_images: int | None = None,
+    max_bad_images: int | float | None = None,
     download_timeout: float = DOWNLOAD_TIMEOUT,
     verbose: bool = True,
 ) -> PreparedDataset:
@@ -151,8 +151,9 @@ def prepare_dataset(
     (a split by image from ``seed``, ``val_size``/``test_size`` as fractions or image counts), or
     None: Karpathy when a split file is given (``karpathy_json``: a Karpathy json, or a folder of
     the Flickr8k split lists), found next to the data or attached, or (when downloading) shipped
-    or on Kaggle, else seeded. ``max_bad_images`` (default 1% of the images, at least 10) is how many
-    images may be missing or empty on disk before this fails instead of dropping them.
+    or on Kaggle, else seeded. ``max_bad_images`` (a fraction below 1 or a count; default 1% of the
+    images, at least 10) is how many images may be missing or empty on disk before this fails instead
+    of dropping them.
     """
     if split not in (None, "karpathy", "seeded"):
         raise ValueError(f"split must be None, 'karpathy' or 'seeded', got {split!r}")
@@ -384,7 +385,15 @@ def _images_on_disk(layout: DatasetLayout) -> dict[str, int]:
     return sizes
 
 
-def _clean_rows(layout: DatasetLayout, max_bad_images: int | None, dropped: dict):
+def _bad_image_count(max_bad_images: int | float | None, images: int) -> int:
+    """How many missing or empty images may be dropped: a fraction below 1 of `images`, a count, or
+    (None) 1% of them but at least 10."""
+    if max_bad_images is None:
+        return max(10, images // 100)
+    return int(max_bad_images * images) if max_bad_images < 1 else int(max_bad_images)
+
+
+def _clean_rows(layout: DatasetLayout, max_bad_images: int | float | None, dropped: dict):
     """Rows worth keeping as (image, tokens, where); reports the rest into ``dropped``."""
     table = layout.read()
     for row in table.dropped:
@@ -409,13 +418,15 @@ def _clean_rows(layout: DatasetLayout, max_bad_images: int | None, dropped: dict
             first_seen[tokens_key] = row.where
             kept.append((row.image, tokens, row.where))
     named = {row.image for row in table.rows}
-    limit = max_bad_images if max_bad_images is not None else max(10, len(named) // 100)
+    limit = _bad_image_count(max_bad_images, len(named))
     if len(bad_images) > limit:
         examples = "; ".join(list(bad_images.values())[:5])
         raise DatasetFormatError(
             f"{len(bad_images):,} of the {len(named):,} images named in {layout.caption_files[0]} are "
-            f"missing or empty in {layout.image_dir} (more than max_bad_images={limit}), e.g. {examples}. "
-            f"Check that the image folder is complete, or raise max_bad_images to drop them."
+            f"missing or empty in {layout.image_dir} (more than the {limit:,} that data.max_bad_images="
+            f"{max_bad_images} allows), e.g. {examples}. Check that the image folder is complete, or raise "
+            "data.max_bad_images (a fraction below 1 or a count) to drop them: in the config, on the command "
+            "line (data.max_bad_images=0.05) or in a notebook's OVERRIDES."
         )
     if not kept:
         raise DatasetFormatError(f"no usable caption rows in {', '.join(map(str, layout.caption_files))}")

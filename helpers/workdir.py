@@ -20,6 +20,7 @@ def prepare_for(config: Config, progress: bool = True):
         max_caption_length=config.data.max_caption_length,
         split=config.data.split,
         seed=config.data.split_seed,
+        max_bad_images=config.data.max_bad_images,
         verbose=progress,
     )
 

@@ -354,6 +354,20 @@ def test_the_bad_image_threshold_is_a_config_key(tmp_path, demo_dir):
     assert store.is_complete()
 
 
+def test_the_bad_image_threshold_also_governs_missing_images_when_preparing(tmp_path, demo_dir):
+    data = tmp_path / "incomplete"
+    shutil.copytree(demo_dir, data)
+    for image in sorted((data / "Images").iterdir())[:3]:
+        image.unlink()
+    with pytest.raises(DatasetFormatError) as stopped:
+        make_source(demo_config(tmp_path / "strict", data, **{"training.num_workers": 0}), progress=False)
+    assert "3 of the 120 images" in str(stopped.value) and "data.max_bad_images=0.05" in str(stopped.value)
+    assert not list((tmp_path / "strict").glob("**/captions.npy"))  # nothing prepared
+    tolerant = demo_config(tmp_path / "ok", data, **{"training.num_workers": 0, "data.max_bad_images": 3})
+    prepared, store = make_source(tolerant, progress=False)
+    assert sum(len(names) for names in prepared.splits.values()) == 117 and store.is_complete()
+
+
 def test_a_utf16_captions_file_gets_an_encoding_hint(tmp_path):
     path = tmp_path / "captions.txt"
     path.write_text("image,caption\na.jpg,A dog runs .\n", encoding="utf-16")

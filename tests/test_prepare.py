@@ -135,8 +135,8 @@ def test_bad_rows_are_dropped_and_reported_by_line(tmp_path):
     with pytest.raises(
         DatasetFormatError,
         match=r"2 of the 5 images named in .*captions.txt are missing or empty "
-        r"in .*Images \(more than max_bad_images=1\), e.g. missing.jpg "
-        r"\(captions.txt line 5: image file not found\); zero.jpg",
+        r"in .*Images \(more than the 1 that data.max_bad_images=1 allows\), e.g. missing.jpg "
+        r"\(captions.txt line 5: image file not found\); zero.jpg.*data.max_bad_images=0.05",
     ):
         prepare_dataset(
             "mine",

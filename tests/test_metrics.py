@@ -29,11 +29,11 @@ HYPOTHESES = {
     "bike.jpg": "a man riding a bike on the street",
     "cat.jpg": "A cat is sleeping on a couch",
 }
-# ... and the same captions tokenized by hand (lowercase, punctuation removed, apostrophes deleted).
+# ... and the same captions tokenized by hand (lowercase, punctuation removed, clitics split as PTB does).
 TOKENIZED_REFERENCES = {
     "dog.jpg": ["a black dog runs across the grass", "the dog is running on a lawn", "a dog running"],
     "beach.jpg": ["two children play on the beach", "kids playing in the sand near the sea"],
-    "bike.jpg": ["a man rides a red bike down the street", "a cyclist on a city road", "mans bike is red"],
+    "bike.jpg": ["a man rides a red bike down the street", "a cyclist on a city road", "man 's bike is red"],
     "cat.jpg": ["a cat sleeps on a sofa", "a grey cat is sleeping on the couch"],
 }
 TOKENIZED_HYPOTHESES = {

@@ -211,7 +211,8 @@ def prepare_dataset(
     if verbose:
         print(("prepared " if manifest is None else "reusing ") + prepared.summary())
         for reason, entry in prepared.manifest["dropped"].items():
-            print(f"  dropped {entry['count']:,} x {reason}, e.g. {'; '.join(entry['examples'][:3])}")
+            unit = "images" if reason == IMAGES_WITHOUT_CAPTIONS else "caption rows"
+            print(f"  left out {entry['count']:,} {unit}: {reason}, e.g. {'; '.join(entry['examples'][:3])}")
     return prepared
 
 

@@ -65,7 +65,8 @@ def _as_tokens(caption: str | Sequence[str]) -> list[str]:
 
 
 class Vocabulary:
-    """Words <-> ids with the four special tokens first; built from training captions only."""
+    """Words <-> ids with the four special tokens first; helpers.prepare builds it from the training
+    captions (or every split's, ``data.vocab_from: all``)."""
 
     def __init__(self, idx_to_word: Sequence[str]):
         if list(idx_to_word[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:

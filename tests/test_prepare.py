@@ -664,7 +664,8 @@ def test_attached_real_flickr8k_gets_the_standard_split_without_a_split_file(tmp
     official = {split: sorted(i for i, s in split_of.items() if s == split) for split in SPLITS}
     assert [len(official[s]) for s in SPLITS] == [6000, 1000, 1000]
     assert prepared.splits == official
-    assert "seeded" not in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "seeded" not in printed
 
     # Every val/test image keeps all five references, repeats included, as papers score them.
     expected = references_of(rows)
@@ -683,6 +684,8 @@ def test_attached_real_flickr8k_gets_the_standard_split_without_a_split_file(tmp
     assert dropped[prepare_module.REPEATED_TRAINING_CAPTION]["count"] == repeats == 17
     assert counts["train"] == 30000 - repeats
     assert f"; {outside + repeats} caption rows left out -> " in prepared.summary()
+    assert f"vocabulary {len(prepared.vocab) - len(SPECIAL_TOKENS):,} words + 4 special tokens" in printed
+    assert f"  left out {outside} caption rows: image not in the Karpathy split, e.g. " in printed
 
 
 @needs_realdata

@@ -177,12 +177,7 @@ def prepare_dataset(
     vocabulary holds the words seen at least ``min_word_count`` times in the training captions
     (``vocab_from='train'``) or in every split's (``'all'``).
     """
-    if vocab_from not in VOCAB_SOURCES:
-        raise ValueError(f"vocab_from must be one of {', '.join(VOCAB_SOURCES)}, got {vocab_from!r}")
-    if split not in (None, "karpathy", "seeded"):
-        raise ValueError(f"split must be None, 'karpathy' or 'seeded', got {split!r}")
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", dataset):
-        raise ValueError(f"dataset name {dataset!r} may only use letters, digits, '_', '.', '-'")
+    _check_arguments(dataset, split, vocab_from)
     work_dir = Path(work_dir)
     if dataset == "demo" and data_dir is None:
         data_dir = make_demo_dataset(work_dir / "sources" / "demo", num_images=DEMO_IMAGES)
@@ -209,11 +204,25 @@ def prepare_dataset(
         _write_json(root / "manifest.json", manifest)
     prepared = PreparedDataset.load(root)
     if verbose:
-        print(("prepared " if manifest is None else "reusing ") + prepared.summary())
-        for reason, entry in prepared.manifest["dropped"].items():
-            unit = "images" if reason == IMAGES_WITHOUT_CAPTIONS else "caption rows"
-            print(f"  left out {entry['count']:,} {unit}: {reason}, e.g. {'; '.join(entry['examples'][:3])}")
+        _print_report(prepared, reused=manifest is not None)
     return prepared
+
+
+def _check_arguments(dataset: str, split: str | None, vocab_from: str) -> None:
+    if vocab_from not in VOCAB_SOURCES:
+        raise ValueError(f"vocab_from must be one of {', '.join(VOCAB_SOURCES)}, got {vocab_from!r}")
+    if split not in (None, "karpathy", "seeded"):
+        raise ValueError(f"split must be None, 'karpathy' or 'seeded', got {split!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", dataset):
+        raise ValueError(f"dataset name {dataset!r} may only use letters, digits, '_', '.', '-'")
+
+
+def _print_report(prepared: PreparedDataset, reused: bool) -> None:
+    """The summary line, then what was left out and why, with examples."""
+    print(("reusing " if reused else "prepared ") + prepared.summary())
+    for reason, entry in prepared.manifest["dropped"].items():
+        unit = "images" if reason == IMAGES_WITHOUT_CAPTIONS else "caption rows"
+        print(f"  left out {entry['count']:,} {unit}: {reason}, e.g. {'; '.join(entry['examples'][:3])}")
 
 
 def _source_record(layout: DatasetLayout, karpathy: KarpathySplit | None) -> dict:
@@ -474,6 +483,22 @@ def _check_space(folder: Path, encoded: list, references: dict, splits: dict) ->
     ])
 
 
+def _captions_and_references(rows: list, splits: dict[str, list[str]], dropped: dict) -> tuple[dict, dict]:
+    """image -> the token lists it is trained on, and image -> its references (every caption).
+
+    A caption repeating another of the same image is left out of the training captions only: papers
+    score against every reference, repeats included."""
+    split_of = {image: split for split in SPLITS for image in splits[split]}
+    captions_by_image, references_by_image = defaultdict(list), defaultdict(list)
+    for image, tokens, where, repeats in rows:
+        references_by_image[image].append(tokens)
+        if repeats is not None and split_of.get(image) == "train":
+            _drop(dropped, REPEATED_TRAINING_CAPTION, f"{where} repeats {repeats}")
+        else:
+            captions_by_image[image].append(tokens)
+    return captions_by_image, references_by_image
+
+
 def _write_artifacts(folder: Path, layout: DatasetLayout, karpathy: KarpathySplit | None, settings: dict,
                      source: dict, key: str) -> None:
     dropped: dict = {}
@@ -485,14 +510,7 @@ def _write_artifacts(folder: Path, layout: DatasetLayout, karpathy: KarpathySpli
         splits = _seeded_split(list(rows_per_image), settings["val_size"], settings["test_size"],
                                settings["seed"])
 
-    split_of = {image: split for split in SPLITS for image in splits[split]}
-    references_by_image, captions_by_image = defaultdict(list), defaultdict(list)
-    for image, tokens, where, repeats in rows:
-        references_by_image[image].append(tokens)
-        if repeats is not None and split_of.get(image) == "train":
-            _drop(dropped, REPEATED_TRAINING_CAPTION, f"{where} repeats {repeats}")
-        else:
-            captions_by_image[image].append(tokens)
+    captions_by_image, references_by_image = _captions_and_references(rows, splits, dropped)
     counted = (
         (tokens for image in splits["train"] for tokens in captions_by_image[image])
         if settings["vocab_from"] == "train"

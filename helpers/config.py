@@ -42,6 +42,7 @@ SPLITS = ("karpathy", "seeded")
 METRIC_TOKENIZERS = ("auto", "ptb", "project")  # helpers.evaluate.resolve_tokenizer
 DEVICES = ("auto", "cpu", "cuda")
 DATA_SPLITS = ("train", "val", "test")  # helpers.prepare.SPLITS
+VOCAB_SOURCES = ("train", "all")  # helpers.prepare.VOCAB_SOURCES
 
 
 class ConfigError(ValueError):
@@ -79,7 +80,12 @@ class DataConfig:
     dataset: str = "flickr8k"  # flickr8k | flickr30k | coco | demo (see helpers.prepare)
     data_dir: str | None = None  # the dataset folder; None: the attached Kaggle dataset, else kagglehub
     work_dir: str = "work"  # prepared data and feature stores live here
-    min_word_count: int = 5  # training-caption words seen fewer times become <UNK>
+    # Words seen at least (>=) this many times in the vocab_from captions are the vocabulary; the rest
+    # become <UNK>. sgrvinod's tutorial keeps words seen more than (>) 5 times: min_word_count: 6.
+    min_word_count: int = 5
+    # Whose captions the vocabulary counts: train (the training split's) | all (every split's, as
+    # neuraltalk2 and sgrvinod's tutorial do; the references are never changed by it).
+    vocab_from: str = "train"
     max_caption_length: int = 20  # words kept per caption (longer ones are cut)
     image_size: int | None = None  # CNN input side in pixels; None: the backbone's own size (224)
     feature_layout: str = DEFAULT_FEATURE_LAYOUT  # feature store: uint8 (8-bit, COCO fits 20 GB) | float16
@@ -386,6 +392,8 @@ def _check_choices(config: Config, source: str) -> None:
         raise _choice_error(source, "training.metric_tokenizer", training.metric_tokenizer, METRIC_TOKENIZERS)
     if data.split is not None and data.split not in SPLITS:
         raise _choice_error(source, "data.split", data.split, SPLITS)
+    if data.vocab_from not in VOCAB_SOURCES:
+        raise _choice_error(source, "data.vocab_from", data.vocab_from, VOCAB_SOURCES)
     if data.feature_layout not in FEATURE_LAYOUTS:
         raise _choice_error(source, "data.feature_layout", data.feature_layout, FEATURE_LAYOUTS)
     if training.device not in DEVICES and not str(training.device).startswith("cuda:"):

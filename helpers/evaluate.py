@@ -4,8 +4,8 @@
 ROUGE-L and CIDEr-D (CIDEr over the whole split in one call, since its document frequencies come
 from the set being scored), plus METEOR when Java is on PATH. Captions are tokenized either with
 the project's one tokenizer (`helpers.text.tokenize`, no Java) or, as the COCO caption evaluation
-that papers report does, with pycocoevalcap's Java PTBTokenizer. The two differ on clitics ("dog 's"
-vs "dogs"), hyphenated words and decimal numbers. `evaluate_run` decodes a trained run's best
+that papers report does, with pycocoevalcap's Java PTBTokenizer. Both split clitics ("dog 's");
+they differ on hyphenated words, decimal numbers and times. `evaluate_run` decodes a trained run's best
 checkpoint and writes results.json, recording which tokenizer scored each figure.
 """
 

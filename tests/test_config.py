@@ -10,6 +10,7 @@ import yaml
 
 from helpers.config import (
     CONFIG_DIR,
+    VOCAB_SOURCES,
     Config,
     ConfigError,
     config_from_dict,
@@ -348,3 +349,19 @@ def test_split_is_explicit_and_checked():
     assert load_config("LSTM", ["data.split=null"]).data.split is None
     with pytest.raises(ConfigError, match="data.split.*'random'.*karpathy.*seeded"):
         load_config("LSTM", ["data.split=random"])
+
+
+def test_vocab_from_is_checked_and_reaches_prepare_dataset(monkeypatch):
+    import helpers.prepare
+    import helpers.workdir
+
+
+    assert load_config("LSTM").data.vocab_from == "train"
+    with pytest.raises(ConfigError, match=r"data.vocab_from='val' is not valid.*'train', 'all'"):
+        load_config("LSTM", ["data.vocab_from=val"])
+    assert VOCAB_SOURCES == helpers.prepare.VOCAB_SOURCES
+    seen = {}
+    monkeypatch.setattr(helpers.workdir, "prepare_dataset", lambda **kwargs: seen.update(kwargs))
+    config = load_config("LSTM", ["data.vocab_from=all", "data.min_word_count=6"])
+    helpers.workdir.prepare_for(config, progress=False)
+    assert (seen["vocab_from"], seen["min_word_count"]) == ("all", 6)

@@ -221,12 +221,19 @@ def _registry(registry: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return BACKBONES
 
 
-def backbone_label(info) -> str:
-    """'resnet50: 25.6 M params, 2048 x 7 x 7 features, batch 128'."""
-    side = info.feature_size
+def feature_map(info, image_size: int | None = None) -> str:
+    """'2048 x 7 x 7': the backbone's feature map at `image_size` (default: its own); the CNN halves the
+    side five times, rounding up."""
+    side = math.ceil((image_size or info.image_size) / 32)
+    return f"{info.out_channels} x {side} x {side}"
+
+
+def backbone_label(info, image_size: int | None = None) -> str:
+    """'resnet50: 25.6 M params, 2048 x 7 x 7 features at 224 px, recommended batch 128'."""
+    size = image_size or info.image_size
     return (
-        f"{info.name}: {info.parameters / 1e6:.1f} M params, {info.out_channels} x {side} x {side} features, "
-        f"batch {info.batch_size}"
+        f"{info.name}: {info.parameters / 1e6:.1f} M params, {feature_map(info, size)} features "
+        f"at {size} px, recommended batch {info.batch_size}"
     )
 
 
@@ -256,21 +263,25 @@ def _check_choices(given: Iterable[str], valid: Sequence[str], what: str) -> Non
         raise ValueError(f"Unknown {what} {', '.join(map(repr, unknown))}; choose from {', '.join(valid)}.")
 
 
-def choose_backbone(default: str, registry: Mapping[str, Any] | None = None):
-    """A Dropdown of the backbones (each option shows its parameters, channels and batch size) under
-    an HTML table of the registry. Returns the Dropdown; `.value` is the backbone name."""
+def choose_backbone(
+    default: str, registry: Mapping[str, Any] | None = None, image_size: int | None = None, show: bool = True
+):
+    """A Dropdown of the backbones (each option shows its parameters, its feature map at `image_size`
+    and its recommended batch) under an HTML table of the registry. Returns the Dropdown; `.value` is
+    the backbone name. `show=False` leaves displaying (and the echo) to the caller."""
     import ipywidgets
 
     backbones = _registry(registry)
     _check_choices([default], list(backbones), "backbone")
     dropdown = ipywidgets.Dropdown(
-        options=[(backbone_label(info), name) for name, info in backbones.items()],
+        options=[(backbone_label(info, image_size), name) for name, info in backbones.items()],
         value=default,
         description="Backbone",
         layout=ipywidgets.Layout(width="max-content"),
     )
-    table = ipywidgets.HTML(backbone_table(backbones).to_html())
-    _show(ipywidgets.VBox([table, dropdown, _echoing(dropdown, "BACKBONE")]))
+    dropdown.table = ipywidgets.HTML(backbone_table(backbones).to_html())
+    if show:
+        _show(ipywidgets.VBox([dropdown.table, dropdown, _echoing(dropdown, "BACKBONE")]))
     return dropdown
 
 
@@ -295,7 +306,7 @@ def choose_backbones(defaults: Sequence[str], registry: Mapping[str, Any] | None
 class Options:
     """Checkboxes for on/off choices; `.value` is {name: bool}, `options[name]` one of them."""
 
-    def __init__(self, flags: Mapping[str, bool]):
+    def __init__(self, flags: Mapping[str, bool], echo: bool = True):
         import ipywidgets
 
         self.boxes = {
@@ -308,8 +319,9 @@ class Options:
         for box in self.boxes.values():
             box.observe(lambda _: self._update_echo(), "value")
         self._update_echo()
-        print(self._describe())
-        self.widget = ipywidgets.VBox([*self.boxes.values(), self.echo])
+        if echo:
+            print(self._describe())
+        self.widget = ipywidgets.VBox([*self.boxes.values(), *([self.echo] if echo else [])])
 
     def _describe(self) -> str:
         return ", ".join(f"{name.upper()} = {value}" for name, value in self.value.items())
@@ -355,24 +367,91 @@ def preset_choices(configs_dir: str | Path | None = None) -> dict[str, str]:
     return choices
 
 
-def choose_preset(default: str | None, options: Mapping[str, str] | Sequence[str] | None = None):
+NO_PRESET = ""  # the '(none)' entry's value (a None value would show as a blank dropdown)
+
+
+def choose_preset(
+    default: str | None, options: Mapping[str, str] | Sequence[str] | None = None, show: bool = True
+):
     """A Dropdown of presets (default: those in configs/presets) plus '(none)'; `.value` is the preset
-    name, or None for the decoder config alone."""
+    name, or NO_PRESET ('') for the decoder config alone."""
     import ipywidgets
 
     if options is None:
         options = preset_choices()
     labels = dict(options) if isinstance(options, Mapping) else {name: name for name in options}
-    if default is not None:
+    if default:
         _check_choices([default], list(labels), "preset")
     dropdown = ipywidgets.Dropdown(
-        options=[("(none)", None), *((label, name) for name, label in labels.items())],
-        value=default,
+        options=[("(none)", NO_PRESET), *((label, name) for name, label in labels.items())],
+        value=default or NO_PRESET,
         description="Preset",
         layout=ipywidgets.Layout(width="max-content"),
     )
-    _show(ipywidgets.VBox([dropdown, _echoing(dropdown, "PRESET")]))
+    if show:
+        _show(ipywidgets.VBox([dropdown, _echoing(dropdown, "PRESET", lambda value: repr(value or None))]))
     return dropdown
+
+
+class RunChoice:
+    """The choices that make a training run, as widgets that follow each other: picking a preset sets
+    the backbone and the word-vector boxes to the preset's; every change shows the resulting config
+    (run folder, batch, feature map) at once, without running a cell again.
+
+    `make_config(preset, backbone, options)` builds the config (helpers.stages.stage_config);
+    `describe(config)` words it. `.config` is the config of the current choices.
+    """
+
+    def __init__(self, make_config, describe, preset: str | None, registry: Mapping[str, Any] | None = None):
+        import ipywidgets
+
+        self._make_config, self._describe = make_config, describe
+        self.preset = choose_preset(preset, show=False)
+        base = make_config(self.preset.value or None, None, {})
+        self.backbone = choose_backbone(base.model.backbone, registry, base.image_size, show=False)
+        self.options = Options(
+            {
+                "use_glove": base.embeddings.use_glove,
+                "freeze": base.embeddings.freeze,
+                "pretrained": base.model.pretrained_backbone,
+            },
+            echo=False,
+        )
+        self.summary = ipywidgets.HTML()
+        self._following = False
+        self.preset.observe(self._follow_preset, "value")
+        for widget in (self.backbone, *self.options.boxes.values()):
+            widget.observe(lambda _: self._refresh(), "value")
+        text = self._refresh()
+        print(text)
+        widgets = [self.backbone.table, self.preset, self.backbone, self.options.widget, self.summary]
+        _show(ipywidgets.VBox(widgets))
+
+    @property
+    def config(self):
+        return self._make_config(self.preset.value or None, self.backbone.value, self.options.value)
+
+    def _follow_preset(self, change) -> None:
+        base = self._make_config(change["new"] or None, None, {})
+        self._following = True  # one refresh after all widgets moved, not one per widget
+        try:
+            self.backbone.value = base.model.backbone
+            self.options.boxes["use_glove"].value = base.embeddings.use_glove
+            self.options.boxes["freeze"].value = base.embeddings.freeze
+            self.options.boxes["pretrained"].value = base.model.pretrained_backbone
+        finally:
+            self._following = False
+        self._refresh()
+
+    def _refresh(self) -> str:
+        if self._following:
+            return ""
+        try:
+            text = self._describe(self.config)
+        except ValueError as error:  # ConfigError: a combination the config refuses, said where it shows
+            text = f"not usable: {error}"
+        self.summary.value = f"<pre>{html.escape(text)}</pre>"
+        return text
 
 
 def choose_dataset(default: str):

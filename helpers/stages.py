@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from helpers.config import Config, find_config, load_config, parse_overrides, read_yaml
+from helpers.config import Config, ConfigError, config_layers, find_config, load_config, parse_overrides
 
 # Notebook parameter -> config key. A parameter set to None keeps the config's value.
 PARAMETER_KEYS = {
@@ -47,26 +47,30 @@ def parameters(namespace: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def stage_config(decoder: str, params: Mapping[str, Any], env, **choices: Any) -> Config:
-    """The config a notebook stage runs with.
+    """The config a notebook stage runs with, layered as on the command line (helpers.train), later
+    layers winning:
 
-    Layers, later ones winning: configs/<decoder>.yaml, the parameters cell, the preset (PRESET, a
-    deliberate choice of backbone and sizes), configs/demo.yaml when DEMO is true (CPU-sized, no
-    downloads: random backbone weights and the generated GloVe file) except for an EPOCHS that is
-    not None, the widget choices, then
-    OVERRIDES (`key=value` strings, e.g. "training.lr=5e-4", for anything the other knobs miss). Paths
-    follow the session: data, features and runs under the work dir, training on `env.device`.
+    1. configs/<decoder>.yaml, then configs/demo.yaml when DEMO is true (generated data and GloVe
+       file, random CNN weights, CPU-sized), then the preset PRESET (backbone and sizes): the files
+       of helpers.config.config_layers, as `--config <decoder> --demo --preset PRESET`;
+    2. every parameter that is not None (BACKBONE, EPOCHS, BATCH_SIZE, ...: a value you set is used,
+       also in DEMO mode and over a preset);
+    3. the session: data and runs under the work dir, training on `env.device`;
+    4. the widget choices (`choices`: backbone=..., use_glove=...);
+    5. OVERRIDES (`key=value` strings, e.g. "training.lr=5e-4", for anything the other knobs miss).
+
+    DEMO generates its own data, so a DATA_DIR with DEMO is refused.
     """
+    if params.get("DEMO") and params.get("DATA_DIR") is not None:
+        raise ConfigError(
+            f"DEMO = True generates its own data but DATA_DIR = {params['DATA_DIR']!r} is set too: "
+            "set DATA_DIR = None for the demo, or DEMO = False to train on that folder."
+        )
+    files = config_layers(find_config(decoder), [params["PRESET"]] if params.get("PRESET") else [],
+                          demo=bool(params.get("DEMO")))
     overrides: dict[str, Any] = {
         key: params[name] for name, key in PARAMETER_KEYS.items() if params.get(name) is not None
     }
-    overlays = [params["PRESET"]] if params.get("PRESET") else []
-    if params.get("DEMO"):
-        overlays.append("demo")
-        overrides.pop("data.data_dir", None)
-    for overlay in overlays:
-        overrides.update({key: value for key, value, _ in parse_overrides(read_yaml(find_config(overlay)))})
-    if params.get("EPOCHS") is not None:  # asked for explicitly: wins over the demo's epochs
-        overrides["training.epochs"] = params["EPOCHS"]
     work_dir = Path(env.work_dir)
     overrides["data.work_dir"] = str(work_dir)
     overrides["training.run_dir"] = str(work_dir / "runs")
@@ -76,25 +80,42 @@ def stage_config(decoder: str, params: Mapping[str, Any], env, **choices: Any) -
             raise ValueError(f"Unknown choice {name!r}; the widgets set {', '.join(CHOICE_KEYS)}.")
         overrides[CHOICE_KEYS[name]] = value
     overrides.update({key: value for key, value, _ in parse_overrides(params.get("OVERRIDES") or [])})
-    return load_config(find_config(decoder), overrides)
+    return load_config(files, overrides)
 
 
 def describe(config: Config) -> str:
     """One line per choice that later cells use."""
+    from helpers.backbones import BACKBONES
+    from helpers.notebook import feature_map
+
     m, e, d, t = config.model, config.embeddings, config.data, config.training
     weights = "ImageNet weights" if m.pretrained_backbone else "random weights"
     glove = f"GloVe {e.glove_path} ({'frozen' if e.freeze else 'trainable'})" if e.use_glove else "random"
     return "\n".join(
         [
             f"decoder     {m.cell_type} (wordvec {m.wordvec_dim}, hidden {m.hidden_dim})",
-            f"backbone    {m.backbone} ({weights}), {config.image_size} px, {m.attn_dim} channels",
+            f"backbone    {m.backbone} ({weights}), {config.image_size} px -> "
+            f"{feature_map(BACKBONES[m.backbone], config.image_size)} features",
             f"embeddings  {glove}",
-            f"data        {d.dataset} (data_dir {d.data_dir}), work dir {d.work_dir}",
+            f"data        {d.dataset} (data_dir {d.data_dir}, split {d.split or 'auto'}), "
+            f"work dir {d.work_dir}",
             f"training    {t.epochs} epochs, batch {config.batch_size}, lr {t.lr}, mode {t.mode}, "
             f"device {t.device}",
             f"run folder  {config.run_path}",
         ]
     )
+
+
+def choose_run(decoder: str, params: Mapping[str, Any], env):
+    """The training notebooks' choices (preset, backbone, word vectors, backbone weights) as widgets
+    that follow each other and show the config they make; `.config` is that config."""
+    from helpers.notebook import RunChoice
+
+    def make_config(preset, backbone, options):
+        choices = {**({"backbone": backbone} if backbone else {}), **options}
+        return stage_config(decoder, {**params, "PRESET": preset}, env, **choices)
+
+    return RunChoice(make_config, describe, params.get("PRESET"))
 
 
 def reuse_earlier_outputs(env, runs: str | None = None) -> list[str]:
@@ -417,18 +438,19 @@ def _run_config(run_dir) -> Config:
     return config_from_dict(json.loads(results.read_text(encoding="utf-8"))["config"], source=str(results))
 
 
-# The word-vector choices the course compares: label -> (run folder suffix, widget choices).
+# The word-vector choices the course compares: label -> widget choices.
 EMBEDDING_VARIANTS = {
-    "random": ("random", {"use_glove": False}),
-    "GloVe, frozen": ("glove-frozen", {"use_glove": True, "freeze": True}),
-    "GloVe, trainable": ("glove-trainable", {"use_glove": True, "freeze": False}),
+    "random": {"use_glove": False},
+    "GloVe, frozen": {"use_glove": True, "freeze": True},
+    "GloVe, trainable": {"use_glove": True, "freeze": False},
 }
+COMPARISONS_DIR = "comparisons"  # the short comparison runs of 01 and 02, below the work dir
 
 
 def compare_decoding(names, params: Mapping[str, Any], env, epochs: int = 2, decoder: str = "LSTM"):
     """Caption quality per backbone: a short run of the same decoder on each backbone's features
     (extracted first where missing), scored greedily on the val split."""
-    variants = {name: (name, {"backbone": name}) for name in names}
+    variants = {name: {"backbone": name} for name in names}
     return _compare_runs(variants, "backbone", params, env, epochs, decoder)
 
 
@@ -438,21 +460,21 @@ def compare_embeddings(
     """Caption quality per word-vector choice (random, GloVe frozen, GloVe trainable): the same short
     run of one decoder on the same features, scored greedily on the val split. `choices` (e.g. the
     dataset widget's) apply to every run."""
-    variants = {label: (key, {**choices, **variant}) for label, (key, variant) in EMBEDDING_VARIANTS.items()}
+    variants = {label: {**choices, **variant} for label, variant in EMBEDDING_VARIANTS.items()}
     return _compare_runs(variants, "embeddings", params, env, epochs, decoder)
 
 
 def _compare_runs(variants, label: str, params, env, epochs: int, decoder: str):
-    """One short run per variant (`{label: (run folder suffix, widget choices)}`) and a table of its
-    best epoch's val BLEU-4 and CIDEr (x 100, greedy, as the training loop validates), epochs and
-    training time."""
+    """One short run per variant (`{label: widget choices}`) and a table of its best epoch's val BLEU-4
+    and CIDEr (x 100, greedy, as the training loop validates), epochs, training time and run folder
+    (below <work dir>/comparisons)."""
     import pandas as pd
 
     rows = []
-    for name, (key, choices) in variants.items():
-        short = [
+    for name, choices in variants.items():
+        short = [  # run folders named by their choices like any run, kept apart from the full runs
             f"training.epochs={epochs}",
-            f"training.run_name=compare-{decoder}-{key}",
+            f"training.run_dir={Path(env.work_dir) / COMPARISONS_DIR}",
             "training.eval_splits=[]",
             "training.patience=null",
         ]
@@ -468,6 +490,7 @@ def _compare_runs(variants, label: str, params, env, epochs: int, decoder: str):
                 "val BLEU-4": round(100 * result.best_metrics["val_Bleu_4"], 2),
                 "val CIDEr": round(100 * result.best_metrics["val_CIDEr"], 2),
                 "train time (s)": round(result.wall_time_s, 1),
+                "run": result.run_dir.name,
             }
         )
     return pd.DataFrame(rows).set_index(label)

@@ -51,7 +51,9 @@ from helpers.config import (
     bad_image_limit,
     build_model,
     config_from_dict,
+    config_layers,
     load_config,
+    run_identity,
 )
 from helpers.evaluate import (
     JavaUnavailableError,
@@ -607,37 +609,12 @@ class TrainResult:
 
 def _check_resumable(checkpoint: dict, config: Config, path: Path) -> None:
     """A run folder may only be resumed with the config (and data) it was started with."""
-    saved = config_from_dict(checkpoint["config"], source=str(path)).to_dict()
-    current = config.to_dict()
-    ignored = {"sources", "name"}
-    # What may change between sessions without changing what is being trained: where things live
-    # (a run folder copied from an attached Kaggle output), evaluation and bookkeeping, the device.
-    free = {
-        "training": {
-            "epochs",
-            "patience",
-            "num_workers",
-            "eval_splits",
-            "eval_beam_sizes",
-            "device",
-            "checkpoint_every_steps",
-            "max_hours",
-            "meteor",
-            "metric_tokenizer",
-            "val_max_images",
-            "run_dir",
-        },
-        "data": {"work_dir", "data_dir"},
-    }
+    saved = run_identity(config_from_dict(checkpoint["config"], source=str(path)))
     differences = [
-        f"{section}.{key}: {saved[section][key]!r} -> {value!r}"
-        for section, values in current.items()
-        if section not in ignored and isinstance(values, dict)
-        for key, value in values.items()
-        if saved[section].get(key) != value and key not in free.get(section, ())
+        f"{key}: {saved.get(key)!r} -> {value!r}"
+        for key, value in run_identity(config).items()
+        if saved.get(key) != value
     ]
-    if saved["batch_size"] != current["batch_size"]:
-        differences.append(f"batch_size: {saved['batch_size']} -> {current['batch_size']}")
     if differences:
         raise ConfigError(
             f"{path} was written with a different config ({'; '.join(differences)}). Resume with the "
@@ -909,11 +886,13 @@ def _train(config: Config, lock: RunLock, prepared, store, progress, callbacks, 
     if checkpoint is not None:
         state.restore(checkpoint, last_path)
         _warn_if_schedule_changed(checkpoint, config, scheduler, state.global_step)
-        if progress:
+        if progress and not state.finished:
             print(
                 f"Resuming {run_dir} at epoch {state.epoch + 1}, "
                 f"step {state.step_in_epoch} of {steps_per_epoch}"
             )
+        elif progress:
+            print(f"{run_dir} already finished its {state.epoch} epochs: nothing to train")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(run_dir / "config.yaml", config.to_yaml().encode("utf-8"))
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -1092,9 +1071,6 @@ def _train(config: Config, lock: RunLock, prepared, store, progress, callbacks, 
 # ---------------------------------------------------------------------------------------- command line
 
 
-DEMO_CONFIG = "demo"
-
-
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the input (config, data, weights, device): reported as one message, no traceback."""
     from helpers.backbones import PretrainedWeightsUnavailable
@@ -1154,7 +1130,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_intermixed_args(argv)  # key=value overrides may come before or after options
     try:
-        files = [args.config, *([DEMO_CONFIG] if args.demo else []), *args.preset]
+        files = config_layers(args.config, args.preset, demo=args.demo)
         config = load_config(files, args.overrides)
         print(config.to_yaml())
         result = train(config, progress=not args.quiet, resume=args.resume)

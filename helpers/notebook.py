@@ -44,7 +44,12 @@ RESULT_COLUMNS = [
     "run",
     "decoder",
     "backbone",
+    "weights",
     "embeddings",
+    "image_size",
+    "hidden",
+    "dataset",
+    "mode",
     "split",
     "beam",
     "tokenizer",
@@ -56,6 +61,20 @@ RESULT_COLUMNS = [
     "device",
     "path",
 ]
+# The choices a run is compared on (helpers.config.run_identity words them): side_by_side puts runs that
+# differ in one of them, and agree on the rest, next to each other.
+COMPARED_CHOICES = (
+    "decoder",
+    "backbone",
+    "weights",
+    "embeddings",
+    "image_size",
+    "hidden",
+    "dataset",
+    "mode",
+    "epochs",
+    "beam",
+)
 OPTION_LABELS = {
     "use_glove": "GloVe word vectors",
     "freeze": "freeze the word vectors",
@@ -473,12 +492,29 @@ def choose_dataset(default: str):
     return dropdown
 
 
-def upload_widget():
-    """A FileUpload for 'caption your own image'; read it with `uploaded_images(widget)`."""
+def upload_widget(on_upload=None):
+    """A FileUpload for 'caption your own image' (its button shows how many files it holds). Each
+    upload calls `on_upload([(file name, RGB PIL image), ...])` at once, its output shown under the
+    button (e.g. helpers.stages.caption_uploads); `uploaded_images(widget)` reads it later too."""
     import ipywidgets
 
-    upload = ipywidgets.FileUpload(accept="image/*", multiple=True, description="Upload images")
-    _show(upload)
+    upload = ipywidgets.FileUpload(
+        accept="image/*", multiple=True, description="Upload images", layout=ipywidgets.Layout(width="auto")
+    )
+    upload.output = ipywidgets.Output()
+
+    def handle(change) -> None:
+        if not change["new"] or on_upload is None:
+            return
+        upload.output.clear_output(wait=True)
+        with upload.output:
+            try:
+                on_upload(uploaded_images(change["new"]))
+            except Exception as error:  # a widget callback's error is otherwise lost in the server log
+                print(f"{type(error).__name__}: {error}")
+
+    upload.observe(handle, "value")
+    _show(ipywidgets.VBox([upload, upload.output]))
     return upload
 
 
@@ -547,12 +583,13 @@ def show_captions(
     ncols: int = 3,
     max_references: int = 2,
     titles: Sequence[str] | None = None,
-    wrap: int = 60,
 ):
     """A grid of images, each with its reference captions (grey) and each decoder's caption underneath.
 
-    `generated` maps a label to one caption per image, e.g. {'greedy': [...], 'beam 3': [...]}.
-    Returns the figure, whose axes are exactly one per image.
+    `generated` maps a label to one caption per image, e.g. {'greedy': [...], 'beam 3': [...]}. Every
+    cell has the same size whatever the images' aspect ratios (an image is fitted into its box), and
+    its captions are wrapped to the cell's width in a text box of their own, so no text runs into the
+    next column or row. Returns the figure: one image axes per image, then one text axes per image.
     """
     import matplotlib.pyplot as plt
 
@@ -566,6 +603,9 @@ def show_captions(
                 f"{len(captions)} {label} captions for {count} images; give one entry per image."
             )
 
+    cell_width, image_height = 4.0, 3.0  # inches
+    font_points, line_points, gap_points = 8.5, 11.5, 3.0
+    wrap = int(cell_width * 72 * 0.92 / (font_points * 0.6))  # characters per line in a cell
     blocks = []  # per image: list of (text, colour)
     for index in range(count):
         lines = [
@@ -578,44 +618,47 @@ def show_captions(
         ]
         blocks.append(lines)
     text_lines = max(sum(text.count("\n") + 1 for text, _ in block) for block in blocks)
+    entries = max(len(block) for block in blocks)
 
     ncols = max(1, min(ncols, count))
     nrows = math.ceil(count / ncols)
-    cell_width, image_height = 4.0, 3.0  # inches
-    line_points, gap_points = 11.5, 3.0  # one text line at fontsize 8.5, and the gap between captions
     title_height = 0.25 if titles is not None else 0.0
-    text_height = (line_points * text_lines + gap_points * (len(blocks[0]) + 1)) / 72 + 0.2 + title_height
-    fig_height = nrows * (image_height + text_height) + title_height
+    text_height = (line_points * text_lines + gap_points * (entries + 1)) / 72 + 0.15
+    fig_height = nrows * (image_height + title_height + text_height)
     fig = plt.figure(figsize=(cell_width * ncols, fig_height))
     grid = fig.add_gridspec(
         2 * nrows,
         ncols,
-        height_ratios=[image_height, text_height] * nrows,
-        hspace=0.02,
-        wspace=0.05,
+        height_ratios=[image_height + title_height, text_height] * nrows,
+        hspace=0.0,
+        wspace=0.06,
         left=0.01,
         right=0.99,
-        top=1 - (title_height + 0.05) / fig_height,
+        top=1.0,
         bottom=0.0,
     )
-    for index, block in enumerate(blocks):
+    for index in range(count):
         ax = fig.add_subplot(grid[2 * (index // ncols), index % ncols])
-        ax.imshow(as_image_array(images[index]))
+        ax.imshow(as_image_array(images[index]))  # aspect 'equal': the image fits its fixed box
         ax.set_axis_off()
         if titles is not None:
             ax.set_title(str(titles[index]), fontsize=9)
+    for index, block in enumerate(blocks):
+        ax = fig.add_subplot(grid[2 * (index // ncols) + 1, index % ncols])
+        ax.set_axis_off()
         offset = gap_points
         for text, colour in block:
             ax.annotate(
                 text,
-                xy=(0, 0),
+                xy=(0, 1),
                 xycoords="axes fraction",
                 xytext=(0, -offset),
                 textcoords="offset points",
                 va="top",
                 ha="left",
-                fontsize=8.5,
+                fontsize=font_points,
                 color=colour,
+                annotation_clip=False,
             )
             offset += (text.count("\n") + 1) * line_points + gap_points
     return _finish(fig)
@@ -763,6 +806,11 @@ def _embeddings(config: Mapping[str, Any]) -> Any:
     return "GloVe (frozen)" if _get(embeddings, "freeze", default=False) else "GloVe"
 
 
+def _weights(config: Mapping[str, Any]) -> Any:
+    pretrained = _get(config, "model", "pretrained_backbone")
+    return ("ImageNet" if pretrained else "random") if isinstance(pretrained, bool) else np.nan
+
+
 def _result_rows(path: Path) -> list[dict[str, Any]]:
     results = _read_json(path)
     if not isinstance(results, Mapping):
@@ -774,7 +822,12 @@ def _result_rows(path: Path) -> list[dict[str, Any]]:
         "run": _get(results, "run_name", default=path.parent.name),
         "decoder": DECODER_NAMES.get(cell_type, cell_type) if isinstance(cell_type, str) else np.nan,
         "backbone": _get(config, "model", "backbone"),
+        "weights": _weights(config),
         "embeddings": _embeddings(config),
+        "image_size": _get(config, "data", "image_size"),
+        "hidden": _get(config, "model", "hidden_dim"),
+        "dataset": _get(config, "data", "dataset"),
+        "mode": _get(config, "training", "mode"),
         "epochs": _get(results, "epochs"),
         "best_epoch": _get(results, "best_epoch"),
         "status": _get(results, "status"),
@@ -800,8 +853,8 @@ def _result_rows(path: Path) -> list[dict[str, Any]]:
 def results_table(roots: str | Path | Iterable[str | Path], split: str | None = None):
     """Every results.json below `roots` (the work dir, and on Kaggle /kaggle/input) as one DataFrame:
     a row per run, split and beam size, best CIDEr first within each split; metrics x 100 (BLEU-4
-    25.0), as papers print them. Missing figures are NaN; a run name found twice keeps its first
-    root's copy."""
+    25.0), as papers print them. Missing figures are NaN; a run found twice (the same runs folder and
+    run name: a copy brought into the work dir) keeps its first root's copy."""
     import pandas as pd
 
     roots = [roots] if isinstance(roots, (str, os.PathLike)) else list(roots)
@@ -809,10 +862,10 @@ def results_table(roots: str | Path | Iterable[str | Path], split: str | None = 
     for root in map(Path, roots):
         if not root.is_dir():
             continue
-        runs: dict[str, list[dict[str, Any]]] = {}
+        runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for path in sorted(root.glob("**/results.json")):
-            result_rows = _result_rows(path)
-            runs.setdefault(result_rows[0]["run"], result_rows)
+            result_rows = _result_rows(path)  # keyed by the runs folder too: runs/ and comparisons/
+            runs.setdefault((path.parent.parent.name, result_rows[0]["run"]), result_rows)
         for run, result_rows in runs.items():
             if run not in seen_runs:
                 seen_runs.add(run)
@@ -825,6 +878,35 @@ def results_table(roots: str | Path | Iterable[str | Path], split: str | None = 
     )
     rounded = {column: 2 for column in [*METRIC_COLUMNS.values(), "train_time_min"]}
     return table.round(rounded).dropna(axis=1, how="all").reset_index(drop=True)
+
+
+def side_by_side(table, by: str, metric: str = "CIDEr"):
+    """Runs that differ only in `by` (e.g. 'backbone', 'embeddings', 'decoder') next to each other: a
+    row per combination of the other COMPARED_CHOICES (and split) that was run with two or more values
+    of `by`, a column per value, `metric` in the cells. Empty when no such pair of runs exists."""
+    if by not in COMPARED_CHOICES:
+        raise ValueError(f"Unknown choice {by!r}; compare by one of {', '.join(COMPARED_CHOICES)}.")
+    if table.empty or metric not in table.columns or by not in table.columns:
+        import pandas as pd
+
+        return pd.DataFrame()
+    others = [name for name in ("split", *COMPARED_CHOICES) if name in table.columns and name != by]
+    rows = table.dropna(subset=[by, metric]).astype({name: str for name in others})
+    pivot = rows.pivot_table(index=others, columns=by, values=metric, aggfunc="max")
+    pivot = pivot[pivot.notna().sum(axis=1) >= 2]
+    pivot.columns.name = f"{metric} by {by}"
+    return pivot.reset_index(level=[n for n in others if rows[n].nunique() == 1], drop=True)
+
+
+def show_side_by_side(table, by: str, metric: str = "CIDEr") -> None:
+    """Display `side_by_side(table, by, metric)` under a heading, or say that no two runs differ only
+    in `by` (and so what to train for it)."""
+    pairs = side_by_side(table, by, metric)
+    if pairs.empty:
+        print(f"{by}: no two runs differ in the {by} only; train one more with another {by} to compare.")
+        return
+    print(f"{by}: {metric} of runs that differ only in the {by}")
+    _show(pairs)
 
 
 def plot_results(table, split: str | None = None, metrics: Sequence[str] = ("BLEU-4", "CIDEr")):

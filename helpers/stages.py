@@ -400,35 +400,51 @@ def best_run(table) -> Path:
     return Path(table.sort_values("CIDEr", ascending=False).iloc[0]["path"]).parent
 
 
-def test_images(run_dir, count: int = 3, split: str = "test", work_dir=None):
-    """A few images of the run's own test split (PIL), for captioning when nothing was uploaded. The
-    run folder is read where it is (an attached output too); its prepared data is looked up in
-    `work_dir` (this session's; default: the run's own)."""
+def test_images(run_dir, count: int = 3, split: str = "test", work_dir=None) -> list[tuple[str, Any]]:
+    """(file name, PIL image) of a few images of the run's own test split, for captioning. The run
+    folder is read where it is (an attached output too); its prepared data is looked up in `work_dir`
+    (this session's; default: the run's own)."""
     from helpers.images import load_image
 
     config = _run_config(run_dir)
     if work_dir is not None:
         config.data.work_dir = str(work_dir)
     prepared = prepare(config)
-    return [load_image(prepared.image_path(name)) for name in prepared.splits[split][:count]]
+    return [(name, load_image(prepared.image_path(name))) for name in prepared.splits[split][:count]]
 
 
-def caption_samples(run_dir, images, beam_size: int = 3) -> dict[str, Any]:
-    """Caption PIL images with the run's best model, for `notebook.show_captions(**samples)`."""
+def caption_samples(run_dir, named_images, beam_size: int = 3) -> dict[str, Any]:
+    """Caption (file name, PIL image) pairs with the run's best model, greedy and with beam search,
+    for `notebook.show_captions(**samples)`: each image titled with its file name."""
     from helpers.text import Vocabulary
     from helpers.train import load_run
 
+    names, images = [name for name, _ in named_images], [image for _, image in named_images]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, checkpoint, config = load_run(run_dir, device=device)
     vocab = Vocabulary(checkpoint["vocab"])
     greedy = caption_images(model, images, vocab, config.image_size, 1, config.data.max_caption_length)
     beam = caption_images(model, images, vocab, config.image_size, beam_size, config.data.max_caption_length)
     return {
-        "images": list(images),
+        "images": images,
         "references": [[] for _ in images],
         "generated": {"greedy": [c for c, _, _ in greedy], f"beam {beam_size}": [c for c, _, _ in beam]},
-        "titles": [f"{Path(run_dir).name}" for _ in images],
+        "titles": names,
     }
+
+
+def caption_uploads(run_dir, beam_size: int = 3):
+    """What `notebook.upload_widget` does with uploaded images: caption them with the run's best model,
+    print each file name with its beam-search caption, and show them captioned under their names."""
+    from helpers.notebook import show_captions
+
+    def caption(named_images) -> None:
+        samples = caption_samples(run_dir, named_images, beam_size=beam_size)
+        for name, text in zip(samples["titles"], samples["generated"][f"beam {beam_size}"]):
+            print(f"{name}: {text}")
+        show_captions(**samples)
+
+    return caption
 
 
 def _run_config(run_dir) -> Config:
@@ -475,7 +491,9 @@ def _compare_runs(variants, label: str, params, env, epochs: int, decoder: str):
         short = [  # run folders named by their choices like any run, kept apart from the full runs
             f"training.epochs={epochs}",
             f"training.run_dir={Path(env.work_dir) / COMPARISONS_DIR}",
-            "training.eval_splits=[]",
+            "training.eval_splits=[test]",  # greedy test scores: notebook 07 sets them side by side
+            "training.eval_beam_sizes=[1]",
+            "training.meteor=false",
             "training.patience=null",
         ]
         config = stage_config(

@@ -25,21 +25,15 @@ from typing import Any
 
 import numpy as np
 
+from helpers.evaluate import METRIC_LABELS
 from helpers.inputs import input_root
 
 KAGGLE_WORKING = Path("/kaggle/working")
 MIN_COMPUTE_CAPABILITY = (7, 0)  # current torch wheels have no kernels below sm_70 (Kaggle's P100 is 6.0)
 
 DECODER_NAMES = {"rnn": "Vanilla RNN", "lstm": "LSTM", "attn": "Attention LSTM", "transformer": "Transformer"}
-METRIC_COLUMNS = {  # normalised pycocoevalcap name -> column
-    "bleu1": "BLEU-1",
-    "bleu2": "BLEU-2",
-    "bleu3": "BLEU-3",
-    "bleu4": "BLEU-4",
-    "meteor": "METEOR",
-    "rougel": "ROUGE-L",
-    "cider": "CIDEr",
-}
+# normalised pycocoevalcap name (bleu4) -> column (BLEU-4): the papers' names, as every log shows them
+METRIC_COLUMNS = {re.sub(r"[^a-z0-9]", "", name.lower()): label for name, label in METRIC_LABELS.items()}
 RESULT_COLUMNS = [
     "run",
     "decoder",
@@ -747,8 +741,9 @@ def _is_number(value: Any) -> bool:
 
 
 def plot_history(history: Sequence[Mapping[str, Any]] | str | Path):
-    """Loss curves (left) and validation BLEU-4 / CIDEr / METEOR / ROUGE-L (right) per epoch, from a
-    history list, a history.json, or a results.json holding 'history'."""
+    """Loss curves (left) and validation BLEU-4 / CIDEr / METEOR / ROUGE-L x 100 (right, as papers and
+    the results table print them) per epoch, from a history list, a history.json, or a results.json
+    holding 'history'."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -769,10 +764,19 @@ def plot_history(history: Sequence[Mapping[str, Any]] | str | Path):
     loss_keys = [key for key in keys if "loss" in key.lower()]
     metric_keys = [key for key in keys if re.search(r"bleu_?4|cider|meteor|rouge", key, re.IGNORECASE)]
 
+    def label(key: str) -> str:  # val_Bleu_4 -> val BLEU-4, as papers and the results table name it
+        split, _, name = key.partition("_")
+        column = METRIC_COLUMNS.get(re.sub(r"[^a-z0-9]", "", name.lower()))
+        return f"{split} {column}" if column else key.replace("_", " ")
+
     fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
-    for axis, chosen, title in ((loss_ax, loss_keys, "loss"), (metric_ax, metric_keys, "validation metrics")):
+    for axis, chosen, title, scale in (
+        (loss_ax, loss_keys, "loss", 1),
+        (metric_ax, metric_keys, "validation metrics (x 100)", 100),
+    ):
         for key in chosen:
-            axis.plot(epochs, [record.get(key, np.nan) for record in records], marker="o", label=key)
+            values = [scale * record.get(key, np.nan) for record in records]
+            axis.plot(epochs, values, marker="o", label=label(key))
         axis.set_title(title)
         axis.set_xlabel("epoch")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -360,11 +360,16 @@ def train(config: Config, prepared, store, resume: bool | None = None, hours_lef
 
 
 def metrics_frame(results: Mapping[str, Any]):
-    """results.json metrics as a table: one row per split and beam size, metrics x 100."""
+    """results.json metrics as a table: one row per split and beam size, metrics x 100 under the
+    papers' names (BLEU-4, CIDEr), as every table and log of the suite shows them."""
     import pandas as pd
 
+    from helpers.evaluate import METRIC_LABELS
+
     rows = {
-        f"{split} {beam.replace('beam', 'beam ')}": {name: 100 * value for name, value in metrics.items()}
+        f"{split} {beam.replace('beam', 'beam ')}": {
+            METRIC_LABELS.get(name, name): 100 * value for name, value in metrics.items()
+        }
         for split, by_beam in results.get("metrics", {}).items()
         for beam, metrics in sorted(by_beam.items())
     }

@@ -56,7 +56,9 @@ from helpers.config import (
     run_identity,
 )
 from helpers.evaluate import (
+    METRIC_LABELS,
     JavaUnavailableError,
+    as_printed,
     compute_metrics,
     decode_split,
     resolve_tokenizer,
@@ -1009,7 +1011,7 @@ def _train(config: Config, lock: RunLock, prepared, store, progress, callbacks, 
             print(
                 f"epoch {epoch + 1}: train loss {record['train_loss']:.3f}, "
                 f"val loss {record['val_loss']:.3f}, "
-                f"BLEU-4 {record['val_Bleu_4']:.4f}, CIDEr {record['val_CIDEr']:.4f}"
+                f"BLEU-4 {as_printed(record['val_Bleu_4'])}, CIDEr {as_printed(record['val_CIDEr'])}"
                 f"{' (best)' if improved else ''}, {record['captions_per_s']:.0f} captions/s, "
                 f"{record['time_s']:.0f} s"
             )
@@ -1149,7 +1151,11 @@ def main(argv: list[str] | None = None) -> int:
     if result.best_metrics:
         print(
             "Best val: "
-            + ", ".join(f"{k.removeprefix('val_')} {v:.4f}" for k, v in result.best_metrics.items())
+            + ", ".join(
+                f"{METRIC_LABELS.get(k.removeprefix('val_'), k)} {as_printed(v)}"
+                for k, v in result.best_metrics.items()
+                if k.removeprefix("val_") in METRIC_LABELS
+            )
         )
     if result.results:
         from helpers.evaluate import format_metrics_table

@@ -6,6 +6,7 @@ import io
 import json
 import math
 import os
+import shutil
 from types import SimpleNamespace
 
 import matplotlib
@@ -357,13 +358,13 @@ def test_plot_history_from_list_and_files(tmp_path):
     fig = nb.plot_history(HISTORY)
     assert len(fig.axes) == 2
     curves = {line.get_label(): list(line.get_ydata()) for ax in fig.axes for line in ax.get_lines()}
-    assert curves == {
-        "train_loss": [4.0, 3.0],
-        "val_loss": [3.5, 3.1],
-        "val_Bleu_4": [0.05, 0.08],
-        "val_CIDEr": [0.10, 0.25],
+    assert curves == {  # the papers' names and scale, as in the results table
+        "train loss": [4.0, 3.0],
+        "val loss": [3.5, 3.1],
+        "val BLEU-4": pytest.approx([5.0, 8.0]),
+        "val CIDEr": pytest.approx([10.0, 25.0]),
     }
-    assert [line.get_label() for line in fig.axes[1].get_lines()] == ["val_Bleu_4", "val_CIDEr"]
+    assert [line.get_label() for line in fig.axes[1].get_lines()] == ["val BLEU-4", "val CIDEr"]
     assert list(fig.axes[0].get_lines()[0].get_xdata()) == [1, 2]
 
     results = tmp_path / "results.json"
@@ -497,3 +498,24 @@ def test_side_by_side_pairs_runs_that_differ_in_one_choice(tmp_path):
     assert nb.side_by_side(table, "decoder").empty  # e differs from every other run in more than one way
     with pytest.raises(ValueError, match="Unknown choice 'colour'"):
         nb.side_by_side(table, "colour")
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="the PTB tokenizer needs Java")
+def test_the_java_tokenizer_prints_nothing(capfd):
+    """pycocoevalcap's JVM writes 'PTBTokenizer tokenized N tokens...' to stderr: none of it shows."""
+    from helpers.evaluate import compute_metrics
+
+    references = {"a": ["a dog runs", "the dog is running"], "b": ["a cat sits", "a cat is sitting"]}
+    scores = compute_metrics(references, {"a": ["a dog runs"], "b": ["a cat sits"]}, meteor=False,
+                             tokenizer="ptb")
+    assert scores["Bleu_1"] == pytest.approx(1.0)
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""
+
+
+def test_metrics_frame_uses_the_papers_names_and_scale():
+    from helpers.stages import metrics_frame
+
+    scores = {"Bleu_4": 0.2345, "CIDEr": 1.6546, "ROUGE_L": 0.5}
+    frame = metrics_frame({"metrics": {"test": {"beam1": scores}}})
+    assert frame.loc["test beam 1"].to_dict() == {"BLEU-4": 23.45, "CIDEr": 165.46, "ROUGE-L": 50.0}

@@ -137,8 +137,9 @@ def setup(
 
     On Kaggle (KAGGLE_KERNEL_RUN_TYPE is set) the work dir is /kaggle/working, or a relative
     `work_dir` below it, and the inputs are read from `kaggle_input` (default $KAGGLE_INPUT_DIR, else
-    /kaggle/input); elsewhere `work_dir` (default ./work). A GPU below compute capability 7.0
-    (Kaggle's P100) is reported and not used: torch's first CUDA operation would fail on it.
+    /kaggle/input); elsewhere `work_dir`, by default the main job's runs/demo/work when it exists
+    (helpers.suite.MAIN_JOB_WORK_DIR: its artifacts are reused), else ./work. A GPU below compute
+    capability 7.0 (Kaggle's P100) is reported and not used: torch's first CUDA operation would fail on it.
     """
     from helpers.deps import ensure_requirements
 
@@ -153,7 +154,12 @@ def setup(
         )
         inputs = (Path(kaggle_input) if kaggle_input is not None else input_root(),)
     else:
-        work = Path(work_dir if work_dir is not None else "work").resolve()
+        from helpers.suite import MAIN_JOB_WORK_DIR
+
+        main_job = work_dir is None and MAIN_JOB_WORK_DIR.is_dir()
+        work = MAIN_JOB_WORK_DIR if main_job else Path(work_dir if work_dir is not None else "work").resolve()
+        if main_job:
+            print(f"Using the main job's work dir {work} (its data, features, runs); WORK_DIR sets another.")
         inputs = ()
     work.mkdir(parents=True, exist_ok=True)
     if on_kaggle:  # ~/.cache is lost with the session; the work dir is saved with the notebook's output

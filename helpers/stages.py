@@ -5,9 +5,11 @@ the samples the notebooks show (captions under images, attention per word, your 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import shutil
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -102,8 +104,31 @@ def describe(config: Config) -> str:
             f"training    {t.epochs} epochs, batch {config.batch_size}, lr {t.lr}, mode {t.mode}, "
             f"device {t.device}",
             f"run folder  {config.run_path}",
+            *([f"NOTE        {note}"] if (note := cannot_learn(config)) else []),
         ]
     )
+
+
+def cannot_learn(config: Config) -> str | None:
+    """Why a choice will train a model that learns nothing, or None. Random-weight ResNets (DEMO has no
+    weights to download) grow activations beyond the float16 range: their saturated features carry
+    almost nothing a decoder can use (val loss stalls, BLEU-4 near 0)."""
+    if config.model.pretrained_backbone or not config.model.backbone.startswith("resnet"):
+        return None
+    return (
+        f"{config.model.backbone} with random weights gives saturated features that a decoder cannot "
+        "learn from; pick regnet_x_400mf (it learns with random weights too), or ImageNet weights "
+        "(PRETRAINED = True, with Internet or the weights attached)."
+    )
+
+
+@contextlib.contextmanager
+def _said_already(config: Config):
+    """Silence helpers.features' float16-range warning where `cannot_learn` already told the reader."""
+    with warnings.catch_warnings():
+        if cannot_learn(config):
+            warnings.filterwarnings("ignore", message="Feature values reached", category=UserWarning)
+        yield
 
 
 def choose_run(decoder: str, params: Mapping[str, Any], env):
@@ -247,14 +272,16 @@ def features(config: Config, prepared):
     stage's job)."""
     from helpers.train import features_for
 
-    return features_for(config, prepared, allow_reextract=True)
+    with _said_already(config):
+        return features_for(config, prepared, allow_reextract=True)
 
 
 def data_for(config: Config):
     """(prepared dataset, feature store or None in finetune mode), reusing both when present."""
     from helpers.train import make_source
 
-    return make_source(config)
+    with _said_already(config):
+        return make_source(config)
 
 
 def describe_store(store) -> str:
@@ -504,6 +531,8 @@ def _compare_runs(variants, label: str, params, env, epochs: int, decoder: str):
         config = stage_config(
             decoder, {**params, "OVERRIDES": [*(params.get("OVERRIDES") or []), *short]}, env, **choices
         )
+        if note := cannot_learn(config):
+            print(f"{name}: {note}")
         prepared, store = data_for(config)
         result = train(config, prepared, store)
         rows.append(

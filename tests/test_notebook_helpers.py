@@ -121,6 +121,37 @@ def test_find_earlier_output_in_both_kaggle_layouts(tmp_path, monkeypatch, no_gp
     assert local.input_dirs == () and nb.find_earlier_outputs("data/*/manifest.json", local) == []
 
 
+def test_the_clean_notebooks_default_to_the_main_jobs_work_dir(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    main_job = tmp_path / "runs" / "demo" / "work"
+    monkeypatch.setattr("helpers.suite.MAIN_JOB_WORK_DIR", main_job)
+    assert nb.setup().work_dir == tmp_path / "work"  # no main job yet: ./work
+    main_job.mkdir(parents=True)
+    assert nb.setup().work_dir == main_job
+    assert f"Using the main job's work dir {main_job}" in capsys.readouterr().out
+    assert nb.setup(tmp_path / "mine").work_dir == tmp_path / "mine"  # WORK_DIR set: that one
+
+
+def test_executed_notebooks_are_signed_for_jupyterlab(tmp_path, monkeypatch):
+    import nbformat
+    from nbformat.sign import NotebookNotary
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    (tmp_path / "jupyter").mkdir()
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter"))  # this test's own notary secret
+    from helpers.suite import sign
+
+    output = new_output("execute_result", {"text/html": "<b>1</b>"}, execution_count=1)
+    notebook = new_notebook(cells=[new_code_cell("1", outputs=[output])])
+    path = tmp_path / "executed.ipynb"
+    nbformat.write(notebook, path)
+    notary = NotebookNotary(data_dir=str(tmp_path / "jupyter"))
+    assert not notary.check_signature(nbformat.read(path, as_version=4))
+    sign(path)
+    assert notary.check_signature(nbformat.read(path, as_version=4))
+
+
 # ----------------------------------------------------------------------------------------- widgets
 
 FAKE_REGISTRY = {

@@ -346,3 +346,14 @@ def test_the_command_line_layers_files_as_the_notebooks_do(tmp_path):
     command_line = load_config(config_layers("LSTM", ["kaggle_small_gpu"], demo=True), session)
     assert command_line.run_path == notebook.run_path
     assert (notebook.model.hidden_dim, notebook.data.dataset, notebook.batch_size) == (256, "demo", 50)
+
+
+def test_a_choice_that_cannot_learn_says_so_and_why(tmp_path):
+    from helpers.stages import describe
+
+    env = env_for(tmp_path)
+    demo = {**NOTEBOOK_DEFAULTS, "DEMO": True}
+    assert "NOTE" not in describe(stage_config("Attention_LSTM", demo, env))  # regnet learns untrained
+    assert "NOTE" not in describe(stage_config("Attention_LSTM", NOTEBOOK_DEFAULTS, env))  # ImageNet weights
+    note = describe(stage_config("Attention_LSTM", demo, env, backbone="resnet50")).splitlines()[-1]
+    assert note.startswith("NOTE        resnet50 with random weights") and "pick regnet_x_400mf" in note

@@ -36,7 +36,8 @@ def test_decoder_configs_load_in_the_original_layout(name, cell):
     assert (config.model.wordvec_dim, config.model.hidden_dim) == (300, 512)
     assert config.embeddings.use_glove and config.embeddings.glove_path == "glove.6B.300d.txt"
     assert config.training.mode == "features"
-    assert config.run_name == f"{name}-resnet50"
+    assert config.run_name.startswith(f"{name}-resnet50-glove-224-")  # then a 6-digit hash of the rest
+    assert len(config.run_name) == len(f"{name}-resnet50-glove-224-") + 6
 
 
 @pytest.mark.parametrize(

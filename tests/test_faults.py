@@ -464,7 +464,7 @@ def test_kill_9_mid_training_then_a_second_run_refuses_and_a_third_resumes(tmp_p
         f"data.work_dir={tmp_path / 'work'}", "data.dataset=flickr8k", f"data.data_dir={demo_dir}",
         f"training.run_dir={tmp_path / 'runs'}", "training.epochs=2", "training.meteor=false",
         "training.eval_splits=[test]", "training.eval_beam_sizes=[1]", "training.checkpoint_every_steps=1",
-        "batch_size=20",
+        "batch_size=20", "training.run_name=LSTM-regnet_x_400mf",
     ]
     run_dir = tmp_path / "runs" / "LSTM-regnet_x_400mf"
     first = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.DEVNULL,

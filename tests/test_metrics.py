@@ -201,5 +201,5 @@ def test_metrics_table_lists_each_split_and_beam():
         {"test": {"beam1": {"Bleu_4": 0.25, "CIDEr": 1.5}, "beam3": {"Bleu_4": 0.3}}}
     )
     lines = table.splitlines()
-    assert lines[0] == "| split | beam | Bleu_4 | CIDEr |"
-    assert lines[2] == "| test | 1 | 0.2500 | 1.5000 |" and lines[3] == "| test | 3 | 0.3000 | - |"
+    assert lines[0] == "| split | beam | BLEU-4 | CIDEr |"  # as papers print them: x 100
+    assert lines[2] == "| test | 1 | 25.00 | 150.00 |" and lines[3] == "| test | 3 | 30.00 | - |"

@@ -576,6 +576,10 @@ def _wrap(text: str, width: int) -> str:
     return "\n".join(textwrap.wrap(text, width=width)) or text
 
 
+_CELL_WIDTH, _IMAGE_HEIGHT = 4.0, 3.0  # inches per caption-grid cell
+_FONT_POINTS, _LINE_POINTS, _GAP_POINTS = 8.5, 11.5, 3.0
+
+
 def show_captions(
     images: Sequence[Any],
     references: Sequence[Sequence[str]] | None = None,
@@ -602,11 +606,33 @@ def show_captions(
             raise ValueError(
                 f"{len(captions)} {label} captions for {count} images; give one entry per image."
             )
+    blocks = _caption_blocks(count, references, generated, max_references)
+    text_lines = max(sum(text.count("\n") + 1 for text, _ in block) for block in blocks)
+    entries = max(len(block) for block in blocks)
+    ncols = max(1, min(ncols, count))
+    nrows = math.ceil(count / ncols)
+    title_height = 0.25 if titles is not None else 0.0
+    text_height = (_LINE_POINTS * text_lines + _GAP_POINTS * (entries + 1)) / 72 + 0.15
+    fig = plt.figure(figsize=(_CELL_WIDTH * ncols, nrows * (_IMAGE_HEIGHT + title_height + text_height)))
+    grid = fig.add_gridspec(
+        2 * nrows, ncols, height_ratios=[_IMAGE_HEIGHT + title_height, text_height] * nrows,
+        hspace=0.0, wspace=0.06, left=0.01, right=0.99, top=1.0, bottom=0.0,
+    )  # fmt: skip
+    for index in range(count):
+        ax = fig.add_subplot(grid[2 * (index // ncols), index % ncols])
+        ax.imshow(as_image_array(images[index]))  # aspect 'equal': the image fits its fixed box
+        ax.set_axis_off()
+        if titles is not None:
+            ax.set_title(str(titles[index]), fontsize=9)
+    for index, block in enumerate(blocks):
+        _draw_caption_block(fig.add_subplot(grid[2 * (index // ncols) + 1, index % ncols]), block)
+    return _finish(fig)
 
-    cell_width, image_height = 4.0, 3.0  # inches
-    font_points, line_points, gap_points = 8.5, 11.5, 3.0
-    wrap = int(cell_width * 72 * 0.92 / (font_points * 0.6))  # characters per line in a cell
-    blocks = []  # per image: list of (text, colour)
+
+def _caption_blocks(count, references, generated, max_references) -> list[list[tuple[str, str]]]:
+    """Per image: (wrapped text, colour) for its references (grey) and each decoder's caption."""
+    wrap = int(_CELL_WIDTH * 72 * 0.92 / (_FONT_POINTS * 0.6))  # characters per line in a cell
+    blocks = []
     for index in range(count):
         lines = [
             (_wrap(f"ref: {ref}", wrap), "0.35")
@@ -617,51 +643,19 @@ def show_captions(
             for k, (label, captions) in enumerate(generated.items())
         ]
         blocks.append(lines)
-    text_lines = max(sum(text.count("\n") + 1 for text, _ in block) for block in blocks)
-    entries = max(len(block) for block in blocks)
+    return blocks
 
-    ncols = max(1, min(ncols, count))
-    nrows = math.ceil(count / ncols)
-    title_height = 0.25 if titles is not None else 0.0
-    text_height = (line_points * text_lines + gap_points * (entries + 1)) / 72 + 0.15
-    fig_height = nrows * (image_height + title_height + text_height)
-    fig = plt.figure(figsize=(cell_width * ncols, fig_height))
-    grid = fig.add_gridspec(
-        2 * nrows,
-        ncols,
-        height_ratios=[image_height + title_height, text_height] * nrows,
-        hspace=0.0,
-        wspace=0.06,
-        left=0.01,
-        right=0.99,
-        top=1.0,
-        bottom=0.0,
-    )
-    for index in range(count):
-        ax = fig.add_subplot(grid[2 * (index // ncols), index % ncols])
-        ax.imshow(as_image_array(images[index]))  # aspect 'equal': the image fits its fixed box
-        ax.set_axis_off()
-        if titles is not None:
-            ax.set_title(str(titles[index]), fontsize=9)
-    for index, block in enumerate(blocks):
-        ax = fig.add_subplot(grid[2 * (index // ncols) + 1, index % ncols])
-        ax.set_axis_off()
-        offset = gap_points
-        for text, colour in block:
-            ax.annotate(
-                text,
-                xy=(0, 1),
-                xycoords="axes fraction",
-                xytext=(0, -offset),
-                textcoords="offset points",
-                va="top",
-                ha="left",
-                fontsize=font_points,
-                color=colour,
-                annotation_clip=False,
-            )
-            offset += (text.count("\n") + 1) * line_points + gap_points
-    return _finish(fig)
+
+def _draw_caption_block(ax, block: list[tuple[str, str]]) -> None:
+    """The captions of one image, top down, in their own axes below it."""
+    ax.set_axis_off()
+    offset = _GAP_POINTS
+    for text, colour in block:
+        ax.annotate(
+            text, xy=(0, 1), xycoords="axes fraction", xytext=(0, -offset), textcoords="offset points",
+            va="top", ha="left", fontsize=_FONT_POINTS, color=colour, annotation_clip=False,
+        )  # fmt: skip
+        offset += (text.count("\n") + 1) * _LINE_POINTS + _GAP_POINTS
 
 
 def attention_overlay(attention_map, size: tuple[int, int]) -> np.ndarray:

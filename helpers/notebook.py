@@ -28,8 +28,7 @@ import numpy as np
 from helpers.devices import MIN_COMPUTE_CAPABILITY, capability_supported
 from helpers.evaluate import METRIC_LABELS
 from helpers.inputs import input_root
-
-KAGGLE_WORKING = Path("/kaggle/working")
+from helpers.space import KAGGLE_WORKING
 
 DECODER_NAMES = {"rnn": "Vanilla RNN", "lstm": "LSTM", "attn": "Attention LSTM", "transformer": "Transformer"}
 # normalised pycocoevalcap name (bleu4) -> column (BLEU-4): the papers' names, as every log shows them

@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
-from tqdm.auto import tqdm
 
 from helpers.backbones import BACKBONE_STRIDE, ImageEncoder, feature_side, get_backbone, image_transform
 from helpers.files import write_json_atomic
 from helpers.images import BadImage, BadImageReport, ImageDataset, default_decoder, image_loader
+from helpers.progress import ProgressLine
 from helpers.space import KAGGLE_OUTPUT_LIMIT_BYTES, check_space, folder_bytes, format_bytes
 
 __all__ = [
@@ -561,7 +561,7 @@ def extract_features(
         encoder = encoder.to(memory_format=torch.channels_last)
     loader = _image_batches(paths, remaining, backbone, image_size, batch_size or info.batch_size,
                             num_workers, run_device, report, decoder or default_decoder(run_device))
-    bar = tqdm(total=len(remaining), unit="img", disable=not progress, desc=f"{backbone} features")
+    bar = ProgressLine(len(remaining), f"{backbone} features", unit="img", enabled=progress)
     try:
         with torch.inference_mode(), bar:
             peak = _encode_into(writers, starts, loader, encoder, run_device, (info.out_channels, side, side),

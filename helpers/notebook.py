@@ -28,6 +28,7 @@ import numpy as np
 from helpers.devices import MIN_COMPUTE_CAPABILITY, capability_supported
 from helpers.evaluate import METRIC_LABELS
 from helpers.inputs import input_root
+from helpers.progress import in_notebook
 from helpers.space import KAGGLE_WORKING
 
 DECODER_NAMES = {"rnn": "Vanilla RNN", "lstm": "LSTM", "attn": "Attention LSTM", "transformer": "Transformer"}
@@ -201,20 +202,35 @@ def find_earlier_outputs(name_glob: str, env: Env, include_work_dir: bool = True
     return found
 
 
-def _in_notebook() -> bool:
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and "IPKernelApp" in shell.config
-
-
-def _show(*widgets_to_show) -> None:
-    if _in_notebook():
+def _show(*things) -> None:
+    """Display widgets (with `widget_text` as their plain-text form) or anything else, in a notebook."""
+    if in_notebook():
+        import ipywidgets
         from IPython.display import display
 
-        display(*widgets_to_show)
+        for thing in things:
+            bundle = thing._repr_mimebundle_() if isinstance(thing, ipywidgets.Widget) else None
+            if bundle:
+                display({**bundle, "text/plain": widget_text(thing)}, raw=True)
+            else:
+                display(thing)
+
+
+def widget_text(widget) -> str:
+    """What widgets read as where they do not run (GitHub, static HTML, a notebook not yet trusted):
+    each labelled value on a line, instead of ipywidgets' `VBox(children=(Dropdown(...` repr. HTML
+    parts (tables, echoes) are left out: the cell prints what they say."""
+    children = getattr(widget, "children", None)
+    if children is not None:
+        return "\n".join(filter(None, (widget_text(child) for child in children)))
+    label, value = getattr(widget, "description", ""), getattr(widget, "value", None)
+    if not label or type(widget).__name__ in ("HTML", "Output"):
+        return ""
+    if type(widget).__name__ == "FileUpload":
+        return f"[{label}]"
+    if isinstance(value, tuple):
+        value = ", ".join(map(str, value))
+    return f"{label}: {value}"
 
 
 def _echoing(widget, name: str, describe=repr):
@@ -543,7 +559,7 @@ def uploaded_images(upload) -> list[tuple[str, Any]]:
 
 def _finish(fig):
     """Show the figure at once inside a notebook (inline backend), and hand it back."""
-    if _in_notebook():
+    if in_notebook():
         import matplotlib.pyplot as plt
 
         plt.show()

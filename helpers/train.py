@@ -40,7 +40,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from helpers.backbones import image_transform
 from helpers.checkpoints import (
@@ -70,6 +69,7 @@ from helpers.features import CaptionFeatureDataset, ImageFeatureDataset
 from helpers.files import remove_abandoned_temporaries, write_bytes_atomic, write_json_atomic
 from helpers.images import BadImage, ImageDataset, collate_skip_bad, default_num_workers
 from helpers.models import build_model
+from helpers.progress import ProgressLine
 from helpers.runlock import RunLock
 from helpers.space import check_space, folder_bytes
 from helpers.workdir import make_source, prepare_for
@@ -739,14 +739,14 @@ def _train_epoch(run: _Run) -> bool:
     batches = epoch_batches(len(run.train_data), config.batch_size, config.training.seed, state.epoch)
     loader = _loader(run.train_data, batches[state.step_in_epoch :], config, state.device,
                      seed=config.training.seed + state.epoch)
-    bar = tqdm(loader, total=len(batches), initial=state.step_in_epoch, disable=not run.progress,
-               desc=f"epoch {state.epoch + 1}/{config.training.epochs}", unit="batch", leave=False)
+    bar = ProgressLine(len(batches), f"epoch {state.epoch + 1}/{config.training.epochs}", unit="batch",
+                       initial=state.step_in_epoch, enabled=run.progress)
     seen, bad_images, paused = 0, 0, False
-    for inputs, captions, bad in bar:
+    for inputs, captions, bad in loader:
         bad_images += len(bad)
         seen += _train_batch(run, inputs, captions)
         speed = seen / max(time.perf_counter() - run.epoch_started, 1e-9)
-        bar.set_postfix(loss=f"{state.loss:.3f}", captions_s=f"{speed:.0f}")
+        bar.update(loss=f"{state.loss:.3f}", captions_s=f"{speed:.0f}")
         every = config.training.checkpoint_every_steps
         if every and state.global_step % every == 0 and state.step_in_epoch < len(batches):
             run.update_wall_time()
@@ -755,7 +755,7 @@ def _train_epoch(run: _Run) -> bool:
         if _out_of_time(run.deadline) and state.step_in_epoch < len(batches):
             paused = True
             break
-    bar.close()
+    bar.close("")  # the epoch's line (_print_epoch) is its summary
     run.update_wall_time()
     # Saved before any scoring: a failure while validating (a missing metrics package, say)
     # never loses the epoch's training; a rerun validates it from here.

@@ -8,10 +8,12 @@ dir, as a fresh Kaggle session would.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nbformat
 import pytest
+from nbconvert import HTMLExporter
 
 from helpers.suite import SUITE, run_notebook, run_suite
 
@@ -63,12 +65,20 @@ def test_every_notebook_runs_clean(suite):
             assert not errors, f"{name}: cell {source[:60]!r} raised {errors[0].get('ename')}"
 
 
-def test_every_notebook_saves_its_widget_state(suite):
+def test_every_notebook_saves_its_widget_state_and_reads_as_text(suite):
+    """Saved widgets render in JupyterLab; where widgets do not run (GitHub, static HTML) each reads as
+    its labelled values, and every loop left one summary line, no stale progress frame."""
     _, executed = suite
     for name, path in executed.items():
         widgets = nbformat.read(path, as_version=4).metadata.get("widgets", {})
         state = widgets.get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
         assert state, f"{name}: no widget state saved"
+        for source, outputs in cell_outputs(path):
+            text = text_of(outputs)
+            assert "VBox(children" not in text and "Dropdown(" not in text, f"{name}: {source[:60]!r}"
+            assert not re.search(r"\b0%\|", text), f"{name}: a stale progress frame under {source[:60]!r}"
+    page, _ = HTMLExporter().from_notebook_node(nbformat.read(executed["02_backbones"], as_version=4))
+    assert "Backbone: regnet_x_400mf" in page and "features: 100%" in page
 
 
 def test_data_prep_shows_counts_lengths_and_captioned_images(suite):

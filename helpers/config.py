@@ -34,8 +34,9 @@ from helpers.decoders import CELL_TYPE_ALIASES, CELL_TYPES, canonical_cell_type
 from helpers.demo import make_demo_glove
 from helpers.embeddings import check_glove_text, download_glove
 from helpers.features import DEFAULT_FEATURE_LAYOUT, FEATURE_LAYOUTS
+from helpers.files import suite_file
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = suite_file("configs")
 PRESET_DIR = CONFIG_DIR / "presets"
 
 TRAINING_MODES = ("features", "finetune")

@@ -14,17 +14,37 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-HELPERS_ROOT = Path(__file__).resolve().parent.parent  # the repository, or the helpers dataset's folder
-REQUIREMENTS_FILE = HELPERS_ROOT / "requirements.txt"
-WHEELS_DIR = HELPERS_ROOT / "wheels"  # filled by `python -m helpers.kaggle`
+from helpers.files import PACKAGE_DIR, suite_file
+
+DISTRIBUTION = "captioning-helpers"  # the helpers package as pip knows it (pyproject.toml)
+REQUIREMENTS_FILE = suite_file("requirements.txt")
+
+
+def installed_from() -> Path | None:
+    """The folder of the wheel pip installed the helpers from (pip records it, PEP 610): on Kaggle the
+    attached helpers dataset. None for an editable install or a checkout on sys.path."""
+    try:
+        record = importlib.metadata.distribution(DISTRIBUTION).read_text("direct_url.json")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    url = json.loads(record or "{}").get("url", "")
+    path = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)) if url.startswith("file:") else None
+    return path.parent if path is not None and path.suffix == ".whl" else None
+
+
+# The wheels of what Kaggle's image lacks: beside the helpers wheel in the helpers dataset
+# (`python -m helpers.kaggle` puts them there), else a `wheels/` folder in the repository.
+WHEELS_DIR = installed_from() or PACKAGE_DIR.parent / "wheels"
 # Installed packages go to a temporary folder (a session's, not its saved output).
 INSTALL_DIR = Path(os.environ.get("CAPTIONING_DEPS_DIR") or Path(tempfile.gettempdir()) / "captioning-deps")
 # What Kaggle's image lacks, bundled as wheels into the helpers dataset (its dependency pycocotools
@@ -184,6 +204,6 @@ def _missing_message(requirement: Requirement, wheels_dir: Path, problems: list[
         f"{requirement} is needed by the suite but is not installed, and installing it failed "
         f"({tried}). Fix, either: turn Internet on (Kaggle: Settings > Internet) and rerun this cell; or "
         f"rebuild the helpers dataset with `python -m helpers.kaggle --owner NAME`, which bundles its wheel "
-        f"into {wheels_dir.name}/, upload it and attach it; or `pip install "
+        f"beside the helpers wheel, upload it and attach it; or `pip install "
         f"'{requirement}'` yourself."
     )

@@ -20,6 +20,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def suite_file(name: str) -> Path:
+    """A file or folder of the suite that is not code (`configs`, `requirements.txt`): the copy inside
+    the package where the helpers wheel installed it, else the repository's, beside `helpers/`."""
+    packaged = PACKAGE_DIR / name
+    return packaged if packaged.exists() else PACKAGE_DIR.parent / name
+
+
 _TEMPORARY_SUFFIX = ".tmp"
 # Temporaries written before they carried a process id are removed once they are this old.
 _LEGACY_TEMPORARY_AGE_S = 3600

@@ -2,7 +2,7 @@
 
 Kaggle runs one notebook per kernel and uploads only its `code_file`, so the suite is published as
 one folder per notebook (the notebook plus its own `kernel-metadata.json`) and one dataset folder that
-ships `helpers/` and `configs/` for the notebooks to put on `sys.path`. Every folder's metadata is
+ships the helpers wheel (with `configs/` inside) that every notebook installs. Every folder's metadata is
 derived from the suite template `kaggle_kernel_metadata.json` at the repository top, whose owner is a
 placeholder replaced by `--owner`.
 
@@ -16,16 +16,18 @@ stage to copy them forward.
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
-from helpers.deps import KAGGLE_LACKS, REQUIREMENTS_FILE, WHEELS_DIR
+from helpers.deps import DISTRIBUTION, KAGGLE_LACKS, REQUIREMENTS_FILE, read_requirements
 from helpers.files import atomic_directory
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -33,40 +35,21 @@ SUITE_METADATA = REPO_ROOT / "kaggle_kernel_metadata.json"
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 HELPERS_DIR = Path(__file__).resolve().parent
 CONFIGS_DIR = REPO_ROOT / "configs"
+PYPROJECT_FILE = REPO_ROOT / "pyproject.toml"
 
 PLACEHOLDER_OWNER = "your-kaggle-username"
 HELPERS_DATASET_SLUG = "captioning-helpers"
 HELPERS_DATASET_TITLE = "Captioning Helpers"
-# The dataset holds package/helpers/*.py and package/configs/. `kaggle datasets create --dir-mode zip`
-# uploads the folder as package.zip; whether Kaggle unpacks it into package/ or into the dataset root,
-# a helpers/ folder with configs/ beside it (where helpers.config looks) appears, and HELPERS_BOOTSTRAP
-# finds it. The extra level is what makes both unpackings give an importable `helpers`.
-DATASET_PACKAGE_DIR = "package"
-
-# The first cell of every notebook: put the folder holding `helpers/` on sys.path, from the
-# repository checkout, else from the attached helpers dataset (any Kaggle mount layout, unpacked or not).
+# The helpers dataset holds files only (no folders, so nothing depends on how Kaggle unpacks them): the
+# helpers wheel (with configs/ and requirements.txt inside) and the wheels of what Kaggle's image lacks.
+# Every notebook's setup cell pip-installs the helpers wheel from the attached dataset (either mount
+# layout); in the repository `pip install -e .` has installed `helpers` already and the loop finds none.
 HELPERS_BOOTSTRAP = """\
-import os, sys, zipfile
-from pathlib import Path
-
-
-def find_helpers_root(start=".", kaggle_input=os.environ.get("KAGGLE_INPUT_DIR") or "/kaggle/input",
-                      unpack_to="/tmp/captioning-helpers"):
-    start, kaggle_input = Path(start).resolve(), Path(kaggle_input)
-    for folder in (start, *start.parents):
-        if (folder / "helpers" / "__init__.py").is_file():
-            return folder
-    for depth in range(1, 7):
-        for init in sorted(kaggle_input.glob("*/" * depth + "helpers/__init__.py")):
-            return init.parent.parent
-    for archive in sorted(kaggle_input.glob("**/package.zip")):
-        zipfile.ZipFile(archive).extractall(unpack_to)
-        return Path(unpack_to)
-    raise ModuleNotFoundError("No helpers/: run inside the repository, or on Kaggle add the "
-                              "captioning-helpers dataset (Add Input) and rerun this cell.")
-
-
-sys.path.insert(0, str(find_helpers_root()))
+import glob, subprocess, sys  # on Kaggle, `helpers` comes from the attached captioning-helpers dataset
+for wheel in sorted(glob.glob("/kaggle/input/*/captioning_helpers-*.whl")
+                    + glob.glob("/kaggle/input/datasets/*/*/captioning_helpers-*.whl"))[-1:]:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--disable-pip-version-check",
+                    "--root-user-action=ignore", wheel], check=True)
 """
 KERNEL_METADATA_FILE = "kernel-metadata.json"
 DATASET_METADATA_FILE = "dataset-metadata.json"
@@ -155,6 +138,13 @@ def validate_kernel_metadata(
         raise KaggleMetadataError(
             f"{where}: kernel_type {meta['kernel_type']!r} must be one of {KERNEL_TYPES}."
         )
+    _check_options(meta, where)
+    if not OWNER_PATTERN.fullmatch(owner):
+        raise KaggleMetadataError(f"{where}: id {meta['id']!r}: {owner!r} is not a Kaggle user name.")
+
+
+def _check_options(meta: dict[str, Any], where: str) -> None:
+    """The optional keys of kernel metadata: flags, source lists, machine shape, image pinning."""
     for key in BOOLEAN_KEYS:
         value = meta.get(key, False)
         if not isinstance(value, bool) and str(value).lower() not in ("true", "false"):
@@ -179,8 +169,6 @@ def validate_kernel_metadata(
         raise KaggleMetadataError(
             f"{where}: docker_image_pinning_type {pinning!r} must be one of {PINNING_TYPES}."
         )
-    if not OWNER_PATTERN.fullmatch(owner):
-        raise KaggleMetadataError(f"{where}: id {meta['id']!r}: {owner!r} is not a Kaggle user name.")
 
 
 def validate_dataset_metadata(meta: dict[str, Any], where: str) -> None:
@@ -290,15 +278,6 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _copy_sources(source: Path, target: Path, pattern: str) -> None:
-    """Copy the files matching `pattern` below `source`, keeping sub-folders, skipping caches."""
-    for file in sorted(source.rglob(pattern)):
-        if file.is_file() and "__pycache__" not in file.parts:
-            destination = target / file.relative_to(source)
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(file, destination)
-
-
 def _push_instructions(
     out_dir: Path, owner: str, dataset_dir: Path, kernel_dirs: list[Path], kernel_ids: list[str]
 ) -> str:
@@ -311,9 +290,9 @@ def _push_instructions(
         "",
         "```bash",
         f"cd {out_dir.resolve()}",
-        "# 1. the helpers dataset (folders are uploaded as zip archives, which Kaggle unpacks)",
-        f"kaggle datasets create -p {dataset_dir.name} --dir-mode zip",
-        f"# later updates: kaggle datasets version -p {dataset_dir.name} --dir-mode zip -m 'new helpers'",
+        "# 1. the helpers dataset (files only: the helpers wheel and the wheels Kaggle lacks)",
+        f"kaggle datasets create -p {dataset_dir.name}",
+        f"# later updates: kaggle datasets version -p {dataset_dir.name} -m 'new helpers'",
         f"kaggle datasets status {helpers_ref}   # wait until it says ready",
         "# 2. the notebooks, in stage order; pushing runs the notebook on Kaggle",
     ]
@@ -350,6 +329,50 @@ def bundle_wheels(dest: Path, find_links: str | Path | None = None) -> list[Path
     return sorted(dest.glob("*.whl"))
 
 
+def project_version() -> str:
+    """The helpers' version, from pyproject.toml (its one home)."""
+    found = re.search(r'(?m)^version = "([^"]+)"', PYPROJECT_FILE.read_text(encoding="utf-8"))
+    if not found:
+        raise KaggleMetadataError(f"{PYPROJECT_FILE}: no `version = \"...\"` line under [project].")
+    return found.group(1)
+
+
+def build_helpers_wheel(dest: Path, helpers_dir: Path = HELPERS_DIR, configs_dir: Path = CONFIGS_DIR) -> Path:
+    """The helpers package as a pure-Python wheel (PEP 427) in `dest`, with configs/ and requirements.txt
+    inside the package (helpers.files.suite_file finds them there) and the requirements as Requires-Dist.
+
+    A wheel is a zip plus three metadata files, so it is written here directly: no build backend and no
+    network are needed, and equal sources give an identical file."""
+    helpers_dir, configs_dir = Path(helpers_dir), Path(configs_dir)
+    if not (helpers_dir / "__init__.py").is_file():
+        raise KaggleMetadataError(f"{helpers_dir}: no __init__.py; point helpers_dir at the helpers package.")
+    sources = [*helpers_dir.glob("*.py"), *(helpers_dir / "data").rglob("*")]  # code and split lists
+    members = {f"helpers/{path.relative_to(helpers_dir)}": path.read_bytes() for path in sorted(sources)
+               if path.is_file()}
+    members.update({f"helpers/configs/{path.relative_to(configs_dir)}": path.read_bytes()
+                    for path in sorted(configs_dir.rglob("*.yaml"))})
+    members["helpers/requirements.txt"] = REQUIREMENTS_FILE.read_bytes()
+    name, version = DISTRIBUTION.replace("-", "_"), project_version()
+    info = f"{name}-{version}.dist-info"
+    requires = "".join(f"Requires-Dist: {requirement}\n" for requirement in read_requirements())
+    metadata = f"Metadata-Version: 2.1\nName: {DISTRIBUTION}\nVersion: {version}\n{requires}"
+    members[f"{info}/METADATA"] = metadata.encode()
+    members[f"{info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: helpers.kaggle\nRoot-Is-Purelib: true\n" \
+        b"Tag: py3-none-any\n"
+    record = [f"{member},sha256={_record_digest(data)},{len(data)}" for member, data in members.items()]
+    members[f"{info}/RECORD"] = "\n".join([*record, f"{info}/RECORD,,", ""]).encode()
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for member, data in members.items():
+            archive.writestr(zipfile.ZipInfo(member, date_time=(1980, 1, 1, 0, 0, 0)), data)
+    return path
+
+
+def _record_digest(data: bytes) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
 def build_kaggle_folders(
     owner: str,
     out_dir: str | Path = "kaggle_build",
@@ -362,85 +385,83 @@ def build_kaggle_folders(
 ) -> list[Path]:
     """Write the helpers dataset folder and one kernel folder per notebook into `out_dir`, plus PUSH.md.
 
-    The dataset ships helpers/, configs/, requirements.txt and (unless `wheels` is false) the wheels
-    of what Kaggle's image lacks, from the registry or the local folder `wheels_from`. Returns the
-    folders in push order (the dataset first). `out_dir` is replaced as a whole, so a notebook removed
-    from the suite leaves no stale folder; a non-empty `out_dir` without PUSH.md is refused rather
-    than deleted.
+    The dataset holds the helpers wheel and (unless `wheels` is false) the wheels of what Kaggle's image
+    lacks, from the registry or the local folder `wheels_from`. Returns the folders in push order (the
+    dataset first). `out_dir` is replaced as a whole, so a notebook removed from the suite leaves no
+    stale folder; a non-empty `out_dir` without PUSH.md is refused rather than deleted.
     """
-    owner = resolve_owner(owner)
-    out_dir = Path(out_dir)
-    metadata_path = Path(metadata_path)
-    suite = read_json(metadata_path)
-    validate_kernel_metadata(suite, metadata_path.parent, where=str(metadata_path), require_code_file=False)
-    suite_owner, suite_slug = suite["id"].split("/")
-    if suite_owner != PLACEHOLDER_OWNER:
-        raise KaggleMetadataError(
-            f"{metadata_path}: id {suite['id']!r} must use the placeholder owner {PLACEHOLDER_OWNER!r}, "
-            "which --owner replaces."
-        )
+    owner, out_dir = resolve_owner(owner), Path(out_dir)
+    suite = _suite_template(Path(metadata_path))
     stages = _suite_notebooks(Path(notebooks_dir))
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "PUSH.md").is_file():
         raise KaggleMetadataError(
             f"{out_dir} exists and is not a previous build (no PUSH.md); choose another --out."
         )
-
-    helpers_ref = f"{owner}/{HELPERS_DATASET_SLUG}"
-    dataset_sources = [_with_owner(ref, owner) for ref in suite.get("dataset_sources", [])]
-    if helpers_ref not in dataset_sources:
-        dataset_sources.append(helpers_ref)
-    kernel_ids = {stage: f"{owner}/{suite_slug}-{slugify(path.stem)}" for stage, path in stages.items()}
-
+    kernel_ids = {stage: f"{owner}/{suite['id'].split('/')[1]}-{slugify(path.stem)}"
+                  for stage, path in stages.items()}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with atomic_directory(out_dir) as staging:
         dataset_dir = staging / HELPERS_DATASET_SLUG
-        package_dir = dataset_dir / DATASET_PACKAGE_DIR
-        _copy_sources(Path(helpers_dir), package_dir / "helpers", "*.py")
-        _copy_sources(Path(helpers_dir) / "data", package_dir / "helpers" / "data", "*")  # split lists
-        if not (package_dir / "helpers" / "__init__.py").is_file():
-            raise KaggleMetadataError(
-                f"{helpers_dir}: no __init__.py; point helpers_dir at the helpers package."
-            )
-        if Path(configs_dir).is_dir():
-            _copy_sources(Path(configs_dir), package_dir / "configs", "*.yaml")
-        shutil.copy2(REQUIREMENTS_FILE, package_dir / REQUIREMENTS_FILE.name)
+        build_helpers_wheel(dataset_dir, Path(helpers_dir), Path(configs_dir))
         if wheels:
-            bundle_wheels(package_dir / WHEELS_DIR.name, wheels_from)
-        dataset_meta = {
-            "title": HELPERS_DATASET_TITLE,
-            "id": helpers_ref,
-            "licenses": [{"name": "CC0-1.0"}],
-            "description": "The `helpers` package, `configs/`, `requirements.txt` and the wheels of what "
-            "Kaggle's image lacks (`wheels/`) for the image-captioning notebook suite. Notebooks add the "
-            "folder holding `helpers/` to sys.path (helpers.kaggle.HELPERS_BOOTSTRAP) and install from "
-            "`wheels/` with Internet off.",
-        }
-        validate_dataset_metadata(dataset_meta, str(dataset_dir / DATASET_METADATA_FILE))
-        _write_json(dataset_dir / DATASET_METADATA_FILE, dataset_meta)
-
-        kernel_dirs = []
-        for stage, notebook in stages.items():
-            kernel_id = kernel_ids[stage]
-            folder = staging / kernel_id.split("/")[1]
-            folder.mkdir()
-            _write_json(folder / notebook.name, cleared_notebook(notebook))
-            meta = {
-                "id": kernel_id,
-                "title": notebook_title(suite["title"], notebook.stem),
-                "code_file": notebook.name,
-                **{key: value for key, value in suite.items() if key not in ("id", "title", "code_file")},
-                "dataset_sources": dataset_sources,
-                "kernel_sources": [kernel_ids[needed] for needed in STAGE_INPUTS[stage]],
-            }
-            validate_kernel_metadata(meta, folder)
-            _write_json(folder / KERNEL_METADATA_FILE, meta)
-            kernel_dirs.append(folder)
-
+            bundle_wheels(dataset_dir, wheels_from)
+        _write_dataset_metadata(dataset_dir, f"{owner}/{HELPERS_DATASET_SLUG}")
+        kernel_dirs = [_write_kernel_folder(staging, notebook, stage, suite, owner, kernel_ids)
+                       for stage, notebook in stages.items()]
         (staging / "PUSH.md").write_text(
             _push_instructions(out_dir, owner, dataset_dir, kernel_dirs, list(kernel_ids.values())),
             encoding="utf-8",
         )
     return [out_dir / HELPERS_DATASET_SLUG, *(out_dir / folder.name for folder in kernel_dirs)]
+
+
+def _suite_template(metadata_path: Path) -> dict[str, Any]:
+    """The suite's kernel metadata template, checked, with its placeholder owner."""
+    suite = read_json(metadata_path)
+    validate_kernel_metadata(suite, metadata_path.parent, where=str(metadata_path), require_code_file=False)
+    if suite["id"].split("/")[0] != PLACEHOLDER_OWNER:
+        raise KaggleMetadataError(
+            f"{metadata_path}: id {suite['id']!r} must use the placeholder owner {PLACEHOLDER_OWNER!r}, "
+            "which --owner replaces."
+        )
+    return suite
+
+
+def _write_dataset_metadata(dataset_dir: Path, helpers_ref: str) -> None:
+    dataset_meta = {
+        "title": HELPERS_DATASET_TITLE,
+        "id": helpers_ref,
+        "licenses": [{"name": "CC0-1.0"}],
+        "description": "The `helpers` package of the image-captioning notebook suite as a wheel (with its "
+        "configs and requirements), and the wheels of what Kaggle's image lacks. Each notebook's setup "
+        "cell installs the helpers wheel from here, and what Kaggle lacks with Internet off.",
+    }
+    validate_dataset_metadata(dataset_meta, str(dataset_dir / DATASET_METADATA_FILE))
+    _write_json(dataset_dir / DATASET_METADATA_FILE, dataset_meta)
+
+
+def _write_kernel_folder(staging: Path, notebook: Path, stage: str, suite: dict[str, Any], owner: str,
+                         kernel_ids: dict[str, str]) -> Path:
+    """One notebook's folder: the notebook without outputs and its kernel-metadata.json, which attaches
+    the helpers dataset, the suite's datasets and the outputs of the stages it reads (STAGE_INPUTS)."""
+    helpers_ref = f"{owner}/{HELPERS_DATASET_SLUG}"
+    dataset_sources = [_with_owner(ref, owner) for ref in suite.get("dataset_sources", [])]
+    dataset_sources += [helpers_ref] if helpers_ref not in dataset_sources else []
+    kernel_id = kernel_ids[stage]
+    folder = staging / kernel_id.split("/")[1]
+    folder.mkdir()
+    _write_json(folder / notebook.name, cleared_notebook(notebook))
+    meta = {
+        "id": kernel_id,
+        "title": notebook_title(suite["title"], notebook.stem),
+        "code_file": notebook.name,
+        **{key: value for key, value in suite.items() if key not in ("id", "title", "code_file")},
+        "dataset_sources": dataset_sources,
+        "kernel_sources": [kernel_ids[needed] for needed in STAGE_INPUTS[stage]],
+    }
+    validate_kernel_metadata(meta, folder)
+    _write_json(folder / KERNEL_METADATA_FILE, meta)
+    return folder
 
 
 def main(argv: list[str] | None = None) -> int:

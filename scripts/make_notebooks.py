@@ -35,10 +35,11 @@ BATCH_SIZE = None          # the backbone's recommended batch (resnet50 128, res
 OVERRIDES = []'''
 
 SETUP_MD = """## Setup
-Makes `helpers` importable (this repository, or the *captioning-helpers* dataset attached on Kaggle),
-checks the GPU, picks the work dir and brings in what earlier stages left there or in attached
-notebook outputs, so this notebook also runs on its own in a fresh session. Feature stores in
-attached outputs are read where they are, never copied."""
+On Kaggle this installs `helpers` from the attached *captioning-helpers* dataset (in the repository
+`pip install -e .` has installed it already). Then it checks the requirements and the GPU, picks the
+work dir and brings in what earlier stages left there or in attached notebook outputs, so this notebook
+also runs on its own in a fresh session. Feature stores in attached outputs are read where they are,
+never copied."""
 
 
 def setup_code(runs=None):

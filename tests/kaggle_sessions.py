@@ -7,8 +7,8 @@ builds: in its own mount and network namespace (`unshare -mn`, root or user name
   among them as Kaggle unpacks it;
 - `/kaggle/working` empty at the start (the session's output, kept after it);
 - no network but loopback (the kernel talks to papermill over it);
-- a Python that is "Kaggle's image": the project's packages without what Kaggle lacks
-  (pycocoevalcap), so the notebook's setup must install it from the helpers dataset's wheels;
+- a Python of its own that is "Kaggle's image": the project's packages without `helpers` and what
+  Kaggle lacks (pycocoevalcap), so the notebook's setup cell must install both from the helpers dataset;
 - HOME and TMPDIR of its own, so what the session writes outside /kaggle/working can be listed.
 The real `/kaggle` never exists outside the namespace: a tmpfs is mounted on an empty mount point.
 """
@@ -79,7 +79,8 @@ def kaggle_python(root: Path) -> Path:
     source = Path(site.getsitepackages()[0])
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
     target = Path(next(root.glob("lib/python*/site-packages")))
-    hidden = tuple(name.lower() for name in KAGGLE_LACKS)
+    # Kaggle's image lacks KAGGLE_LACKS, and `helpers` too: the setup cell installs it from the dataset
+    hidden = (*(name.lower() for name in KAGGLE_LACKS), "__editable__", "captioning_helpers")
     for entry in source.iterdir():
         if not entry.name.lower().startswith(hidden):
             (target / entry.name).symlink_to(entry)
@@ -135,8 +136,8 @@ class Session:
 class KaggleSessions:
     """Runs notebooks from a built Kaggle folder (`helpers.kaggle.build_kaggle_folders`) as sessions."""
 
-    def __init__(self, root: Path, build: Path, owner: str, python: Path):
-        self.root, self.build, self.owner, self.python = root, build, owner, python
+    def __init__(self, root: Path, build: Path, owner: str):
+        self.root, self.build, self.owner = root, build, owner
         self.sessions: dict[str, Session] = {}
 
     def notebook_folder(self, stem: str) -> Path:
@@ -160,6 +161,7 @@ class KaggleSessions:
         output, home, tmp, src = (base / name for name in ("working", "home", "tmp", "src"))
         for folder in (output, home, tmp, src):
             folder.mkdir(parents=True)
+        python = kaggle_python(base / "python")  # each session starts from Kaggle's image, unchanged
         source = next(self.notebook_folder(stem).glob("*.ipynb"))
         shutil.copy(source, src / source.name)
         mounts = {f"datasets/{handle}": Path(path) for handle, path in datasets.items()}
@@ -188,10 +190,10 @@ class KaggleSessions:
             "exec " + shlex.join(self._papermill(source.name, parameters or {})),
         ]
         env = {
-            "PATH": f"{self.python.parent}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+            "PATH": f"{python.parent}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
             "HOME": str(home),
             "TMPDIR": str(tmp),
-            "JUPYTER_PATH": str(self.python.parent.parent / "share" / "jupyter"),
+            "JUPYTER_PATH": str(python.parent.parent / "share" / "jupyter"),
             "KAGGLE_KERNEL_RUN_TYPE": "Batch",
             "KAGGLE_DATA_PROXY_URL": "http://127.0.0.1:9",  # Kaggle's data proxy: refused, as offline
             "KAGGLE_USER_SECRETS_TOKEN": "session-token",

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,7 @@ def fake_repo(tmp_path):
     (repo / "helpers" / "__pycache__").mkdir(parents=True)
     (repo / "helpers" / "__init__.py").write_text('"""helpers"""\n')
     (repo / "helpers" / "text.py").write_text("WORD = 1\n")
+    shutil.copy(REPO_ROOT / "helpers" / "files.py", repo / "helpers" / "files.py")  # where configs are found
     (repo / "helpers" / "__pycache__" / "text.cpython-311.pyc").write_bytes(b"\0")
     (repo / "configs" / "presets").mkdir(parents=True)
     (repo / "configs" / "LSTM.yaml").write_text("model: {cell_type: lstm}\n")
@@ -190,18 +193,20 @@ def test_build_writes_one_folder_per_notebook(fake_repo, tmp_path):
         "licenses": [{"name": "CC0-1.0"}],
         "description": "",
     }
-    shipped = sorted(str(path.relative_to(dataset)) for path in dataset.rglob("*") if path.is_file())
-    assert shipped == [
-        "dataset-metadata.json",
-        "package/configs/LSTM.yaml",
-        "package/configs/presets/beginner.yaml",
-        "package/helpers/__init__.py",
-        "package/helpers/text.py",
-        "package/requirements.txt",
+    wheel_name = f"captioning_helpers-{kg.project_version()}-py3-none-any.whl"
+    assert sorted(path.name for path in dataset.iterdir()) == [wheel_name, "dataset-metadata.json"]
+    members = zipfile.ZipFile(dataset / wheel_name).namelist()
+    assert [name for name in members if not name.startswith("captioning_helpers-")] == [
+        "helpers/__init__.py",
+        "helpers/files.py",
+        "helpers/text.py",
+        "helpers/configs/LSTM.yaml",
+        "helpers/configs/presets/beginner.yaml",
+        "helpers/requirements.txt",
     ]
 
     push = (out / "PUSH.md").read_text()
-    order = [push.index("kaggle datasets create -p captioning-helpers --dir-mode zip")]
+    order = [push.index("kaggle datasets create -p captioning-helpers\n")]
     order += [push.index(f"kaggle kernels push -p {folder.name}\n") for folder in folders[1:]]
     assert order == sorted(order)
 
@@ -385,40 +390,60 @@ def test_slugify_matches_the_cli():
     )
 
 
-def _helpers_dataset_mounts(dataset: Path, kaggle_input: Path) -> dict[str, Path]:
-    """The helpers dataset as Kaggle might mount it: zip unpacked into package/ (2025 layout),
-    unpacked into the dataset root (old layout), or left as package.zip."""
-    package = dataset / kg.DATASET_PACKAGE_DIR
-    into_package = kaggle_input / "a" / "datasets" / "jane" / "captioning-helpers" / "package"
-    into_root = kaggle_input / "b" / "captioning-helpers"
-    zipped = kaggle_input / "c" / "captioning-helpers"
-    shutil.copytree(package, into_package)
-    shutil.copytree(package, into_root)
-    zipped.mkdir(parents=True)
-    shutil.make_archive(str(zipped / "package"), "zip", package)  # what `--dir-mode zip` uploads
-    return {"a": into_package, "b": into_root, "c": zipped}
+def _run_setup_cell(kaggle_input: Path, site: Path) -> subprocess.CompletedProcess:
+    """The notebooks' setup cell as written, with Kaggle's input root and the install target (a folder,
+    not this environment) replaced; then what it installed, imported from another folder."""
+    cell = kg.HELPERS_BOOTSTRAP.replace("/kaggle/input", str(kaggle_input))
+    cell = cell.replace('"install", "-q"', f'"install", "--target", {str(site)!r}, "-q"')
+    assert cell.count(str(kaggle_input)) == 2 and str(site) in cell
+    check = "import helpers.text, helpers.files as f; print(helpers.text.__file__, f.suite_file('configs'))"
+    site.mkdir(parents=True, exist_ok=True)  # like site-packages, it exists before the cell runs
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    return subprocess.run([sys.executable, "-c", cell + check], capture_output=True, text=True,
+                          cwd=site.parent, env=env)
 
 
-def test_helpers_bootstrap_finds_every_mount_layout(fake_repo, tmp_path, monkeypatch):
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.chdir(REPO_ROOT / "tests")
-    namespace: dict = {}
-    exec(kg.HELPERS_BOOTSTRAP, namespace)  # the whole cell runs; from the checkout it finds the repo
-    assert sys.path[0] == str(REPO_ROOT)
-    find = namespace["find_helpers_root"]
-    assert find(start=fake_repo / "notebooks", kaggle_input=tmp_path / "none") == fake_repo
-
+@pytest.mark.parametrize("layout", ["captioning-helpers", "datasets/jane/captioning-helpers"])
+def test_setup_cell_installs_the_helpers_wheel_from_either_mount_layout(fake_repo, tmp_path, layout):
+    """Kaggle mounts a dataset at /kaggle/input/<slug> (before 2025) or /kaggle/input/datasets/<owner>/<slug>;
+    the cell installs the wheel from either, and `helpers` then reads its configs inside the package."""
     dataset = _build(fake_repo, tmp_path / "build")[0]
-    mounts = _helpers_dataset_mounts(dataset, tmp_path / "input")
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    for name, expected in (("a", mounts["a"]), ("b", mounts["b"]), ("c", tmp_path / "unpacked")):
-        root = find(start=elsewhere, kaggle_input=tmp_path / "input" / name, unpack_to=tmp_path / "unpacked")
-        assert root == expected
-        assert (root / "helpers" / "text.py").read_text() == "WORD = 1\n"
-        assert (root / "configs" / "LSTM.yaml").is_file()  # where helpers.config looks for configs
-    with pytest.raises(ModuleNotFoundError, match="add the captioning-helpers dataset"):
-        find(start=elsewhere, kaggle_input=tmp_path / "none")
+    shutil.copytree(dataset, tmp_path / "input" / layout)
+    done = _run_setup_cell(tmp_path / "input", tmp_path / "site")
+    assert done.returncode == 0, done.stderr
+    text_file, config_dir = done.stdout.split()
+    assert Path(text_file) == tmp_path / "site" / "helpers" / "text.py"
+    assert sorted(p.name for p in Path(config_dir).rglob("*.yaml")) == ["LSTM.yaml", "beginner.yaml"]
+
+
+def test_setup_cell_installs_nothing_where_helpers_is_installed(tmp_path):
+    """In the repository (no /kaggle/input) the cell finds no wheel and `helpers` is this checkout's."""
+    done = _run_setup_cell(tmp_path / "no-input", tmp_path / "site")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(REPO_ROOT / "helpers" / "text.py"), str(REPO_ROOT / "configs")]
+    assert not any((tmp_path / "site").iterdir())
+
+
+def test_the_real_helpers_wheel_works_installed_alone(tmp_path, fake_kaggle_wheels):
+    """The real wheel, pip-installed into an empty folder and imported from elsewhere: configs, split lists
+    and requirements come from inside it, and the wheels of what Kaggle lacks from beside it."""
+    dataset = kg.build_kaggle_folders("jane", tmp_path / "build", wheels_from=fake_kaggle_wheels)[0]
+    (wheel,) = dataset.glob("captioning_helpers-*.whl")
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--disable-pip-version-check",
+                    "--target", str(site), str(wheel)], check=True)
+    check = (
+        "import helpers, helpers.config as c, helpers.deps as d, helpers.sources as s\n"
+        "print(helpers.__file__, c.load_config('Attention_LSTM').model.cell_type, d.REQUIREMENTS_FILE,\n"
+        "      d.WHEELS_DIR, sorted(p.name for p in s.SHIPPED_FLICKR8K_SPLIT.iterdir()))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(site)})
+    assert done.returncode == 0, done.stderr
+    package, cell_type, requirements, wheels, *split_lists = done.stdout.split()
+    assert package == str(site / "helpers" / "__init__.py") and cell_type == "attn"
+    assert Path(requirements).read_text() == (REPO_ROOT / "requirements.txt").read_text()
+    assert Path(wheels) == dataset and len(split_lists) == 3
 
 
 @pytest.mark.skipif(
@@ -430,25 +455,22 @@ def test_real_suite_builds_and_passes_the_cli(tmp_path, cli_env, fake_kaggle_whe
     assert [folder.name for folder in folders[1:]] == [
         f"image-captioning-{stem.replace('_', '-')}" for stem in SUITE_STEMS
     ]
-    shipped = {path.name for path in (folders[0] / "package" / "helpers").glob("*.py")}
-    assert shipped == {path.name for path in (REPO_ROOT / "helpers").glob("*.py")}
-    package = folders[0] / "package"
-    assert (package / "requirements.txt").read_text() == (REPO_ROOT / "requirements.txt").read_text()
-    wheels = [path.name for path in (package / "wheels").glob("*.whl")]
-    assert wheels == ["pycocoevalcap-1.2-py3-none-any.whl"]
+    (wheel,) = folders[0].glob("captioning_helpers-*.whl")
+    shipped = {name for name in zipfile.ZipFile(wheel).namelist() if re.fullmatch(r"helpers/\w+\.py", name)}
+    assert shipped == {f"helpers/{path.name}" for path in (REPO_ROOT / "helpers").glob("*.py")}
+    assert (folders[0] / "pycocoevalcap-1.2-py3-none-any.whl").is_file()
     outputs = run_cli(cli_env, [["kernels", "push", "-p", str(folder)] for folder in folders[1:]])
     for folder, output in zip(folders[1:], outputs):
         assert cli_accepted(output, KERNEL_ENDPOINT), f"{folder.name}: {output}"
 
 
-def test_the_helpers_dataset_ships_the_flickr8k_split_lists(fake_repo, tmp_path):
+def test_the_helpers_wheel_ships_the_flickr8k_split_lists(fake_repo, tmp_path):
     from helpers.sources import FLICKR8K_SPLIT_FILES, SHIPPED_FLICKR8K_SPLIT
 
-    folders = kg.build_kaggle_folders(
-        "jane", tmp_path / "build", fake_repo / "notebooks", fake_repo / "kaggle_kernel_metadata.json",
-        helpers_dir=REPO_ROOT / "helpers", configs_dir=fake_repo / "configs",
-    )
-    shipped = folders[0] / kg.DATASET_PACKAGE_DIR / "helpers" / "data" / "flickr8k"
-    assert sorted(path.name for path in shipped.iterdir()) == sorted(FLICKR8K_SPLIT_FILES.values())
+    wheel = kg.build_helpers_wheel(tmp_path, REPO_ROOT / "helpers", fake_repo / "configs")
+    archive = zipfile.ZipFile(wheel)
     for name in FLICKR8K_SPLIT_FILES.values():
-        assert (shipped / name).read_bytes() == (SHIPPED_FLICKR8K_SPLIT / name).read_bytes()
+        shipped = archive.read(f"helpers/data/flickr8k/{name}")
+        assert shipped == (SHIPPED_FLICKR8K_SPLIT / name).read_bytes()
+    again = kg.build_helpers_wheel(tmp_path / "again", REPO_ROOT / "helpers", fake_repo / "configs")
+    assert again.read_bytes() == wheel.read_bytes()  # equal sources, identical wheel

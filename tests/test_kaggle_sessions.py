@@ -22,7 +22,6 @@ import torchvision
 from kaggle_sessions import (
     KaggleSessions,
     ensure_mount_point,
-    kaggle_python,
     namespaces_available,
     repack_wheel,
     writes_outside_working,
@@ -96,7 +95,7 @@ def kaggle(tmp_path_factory):
     weights = root / "data" / "weights"
     weights_file(weights, torchvision.models.resnet50, torchvision.models.ResNet50_Weights.DEFAULT)
     datasets[f"{OWNER}/resnet50-weights"] = weights
-    sessions = KaggleSessions(root / "sessions", build, OWNER, kaggle_python(root / "kaggle-python"))
+    sessions = KaggleSessions(root / "sessions", build, OWNER)
     sessions.datasets = datasets
     yield sessions
     if created:
@@ -108,6 +107,10 @@ def assert_ran(session):
     text = session.cells_text()
     assert "Traceback" not in text and "Error" not in text.replace("BadImageError", ""), text[-3000:]
     assert "Installed pycocoevalcap" in text  # from the helpers dataset's wheels: Kaggle lacks it
+    site = "python/lib/python*/site-packages"
+    # the setup cell pip-installed `helpers` from the attached dataset's wheel
+    (record,) = session.output.parent.glob(f"{site}/captioning_helpers-*/direct_url.json")
+    assert f"/kaggle/input/datasets/{OWNER}/captioning-helpers/captioning_helpers-" in record.read_text()
 
 
 def assert_clean_output(session):

@@ -25,11 +25,17 @@ from typing import Any
 
 import numpy as np
 
+from helpers.backbones import BACKBONES
+from helpers.deps import ensure_requirements
 from helpers.devices import MIN_COMPUTE_CAPABILITY, capability_supported
+from helpers.embeddings import GLOVE_CACHE_ENV
 from helpers.evaluate import METRIC_LABELS
 from helpers.inputs import input_root
 from helpers.progress import in_notebook
+from helpers.sources import KAGGLE_HANDLES
 from helpers.space import KAGGLE_WORKING
+from helpers.suite import MAIN_JOB_WORK_DIR
+from helpers.text import NULL
 
 DECODER_NAMES = {"rnn": "Vanilla RNN", "lstm": "LSTM", "attn": "Attention LSTM", "transformer": "Transformer"}
 # normalised pycocoevalcap name (bleu4) -> column (BLEU-4): the papers' names, as every log shows them
@@ -141,8 +147,6 @@ def setup(
     (helpers.suite.MAIN_JOB_WORK_DIR: its artifacts are reused), else ./work. A GPU below compute
     capability 7.0 (Kaggle's P100) is reported and not used: torch's first CUDA operation would fail on it.
     """
-    from helpers.deps import ensure_requirements
-
     ensure_requirements()  # a missing package is reported now, never after an epoch of training
     on_kaggle = bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE"))
     if on_kaggle:
@@ -154,8 +158,6 @@ def setup(
         )
         inputs = (Path(kaggle_input) if kaggle_input is not None else input_root(),)
     else:
-        from helpers.suite import MAIN_JOB_WORK_DIR
-
         main_job = work_dir is None and MAIN_JOB_WORK_DIR.is_dir()
         work = MAIN_JOB_WORK_DIR if main_job else Path(work_dir if work_dir is not None else "work").resolve()
         if main_job:
@@ -163,8 +165,6 @@ def setup(
         inputs = ()
     work.mkdir(parents=True, exist_ok=True)
     if on_kaggle:  # ~/.cache is lost with the session; the work dir is saved with the notebook's output
-        from helpers.embeddings import GLOVE_CACHE_ENV
-
         os.environ.setdefault(GLOVE_CACHE_ENV, str(work / "glove_cache"))
 
     gpu_name, capability = _gpu()
@@ -250,8 +250,6 @@ def _echoing(widget, name: str, describe=repr):
 def _registry(registry: Mapping[str, Any] | None) -> Mapping[str, Any]:
     if registry is not None:
         return registry
-    from helpers.backbones import BACKBONES
-
     return BACKBONES
 
 
@@ -491,8 +489,6 @@ class RunChoice:
 def choose_dataset(default: str):
     """A Dropdown of the datasets prepare_dataset knows (with their Kaggle handles) plus the demo."""
     import ipywidgets
-
-    from helpers.sources import KAGGLE_HANDLES
 
     labels = {name: f"{name} ({handle})" for name, handle in KAGGLE_HANDLES.items()}
     labels["demo"] = "demo (generated shapes, no download)"
@@ -968,8 +964,6 @@ def plot_results(table, split: str | None = None, metrics: Sequence[str] = ("BLE
 def plot_caption_lengths(prepared):
     """Histogram of caption lengths (words) per split, with the truncation length marked."""
     import matplotlib.pyplot as plt
-
-    from helpers.text import NULL
 
     null = prepared.vocab.word_to_idx[NULL]
     fig, ax = plt.subplots(figsize=(7, 3.2))

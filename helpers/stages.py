@@ -16,7 +16,26 @@ from typing import Any
 
 import torch
 
-from helpers.config import Config, ConfigError, config_layers, find_config, load_config, parse_overrides
+from helpers.backbones import BACKBONES, image_transform, measure_backbone
+from helpers.checkpoints import load_run
+from helpers.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    config_layers,
+    find_config,
+    load_config,
+    parse_overrides,
+    resolve_glove_path,
+)
+from helpers.embeddings import glove_coverage, load_glove_embeddings, nearest_neighbours
+from helpers.evaluate import METRIC_LABELS
+from helpers.features import ATTACHED_RECORD, FeatureStore, record_attached_store
+from helpers.images import load_image
+from helpers.notebook import RunChoice, feature_map, find_earlier_outputs, show_captions
+from helpers.text import Vocabulary
+from helpers.train import train as train_loop
+from helpers.workdir import features_for, make_source, prepare_for
 
 # Notebook parameter -> config key. A parameter set to None keeps the config's value.
 PARAMETER_KEYS = {
@@ -87,9 +106,6 @@ def stage_config(decoder: str, params: Mapping[str, Any], env, **choices: Any) -
 
 def describe(config: Config) -> str:
     """One line per choice that later cells use."""
-    from helpers.backbones import BACKBONES
-    from helpers.notebook import feature_map
-
     m, e, d, t = config.model, config.embeddings, config.data, config.training
     weights = "ImageNet weights" if m.pretrained_backbone else "random weights"
     glove = f"GloVe {e.glove_path} ({'frozen' if e.freeze else 'trainable'})" if e.use_glove else "random"
@@ -134,8 +150,6 @@ def _said_already(config: Config):
 def choose_run(decoder: str, params: Mapping[str, Any], env):
     """The training notebooks' choices (preset, backbone, word vectors, backbone weights) as widgets
     that follow each other and show the config they make; `.config` is that config."""
-    from helpers.notebook import RunChoice
-
     def make_config(preset, backbone, options):
         choices = {**({"backbone": backbone} if backbone else {}), **options}
         return stage_config(decoder, {**params, "PRESET": preset}, env, **choices)
@@ -155,9 +169,6 @@ def reuse_earlier_outputs(env, runs: str | None = None) -> list[str]:
     now is kept too, so that a training stage says which output to attach instead of running the CNN
     over the whole dataset again. Returns what was brought in; what the work dir already has is left
     alone."""
-    from helpers.features import ATTACHED_RECORD, FeatureStore, record_attached_store
-    from helpers.notebook import find_earlier_outputs
-
     work = Path(env.work_dir)
     brought = []
     for manifest in find_earlier_outputs("data/*/manifest.json", env, include_work_dir=False):
@@ -230,8 +241,6 @@ def caption_images(model, images, vocab, image_size: int, beam_size: int = 1, ma
 
     Returns a list of (caption, words, attention (len(words), h, w) or None), one per image.
     """
-    from helpers.backbones import image_transform
-
     device = next(model.parameters()).device
     transform = image_transform(model.image_encoder.backbone, image_size)
     batch = torch.stack([transform(image.convert("RGB")) for image in images]).to(device)
@@ -261,8 +270,6 @@ def _decode(model, batch: torch.Tensor, vocab, beam_size: int, max_length: int):
 
 def prepare(config: Config):
     """The prepared dataset for `config` (stage 00; reused when already in the work dir)."""
-    from helpers.workdir import prepare_for
-
     return prepare_for(config)
 
 
@@ -270,16 +277,12 @@ def features(config: Config, prepared):
     """The feature store for `config`'s backbone (stage 02; resumed or reused when present, and
     extracted again when it was read from an attached output that is gone: extracting is this
     stage's job)."""
-    from helpers.workdir import features_for
-
     with _said_already(config):
         return features_for(config, prepared, allow_reextract=True)
 
 
 def data_for(config: Config):
     """(prepared dataset, feature store or None in finetune mode), reusing both when present."""
-    from helpers.workdir import make_source
-
     with _said_already(config):
         return make_source(config)
 
@@ -295,15 +298,11 @@ def describe_store(store) -> str:
 
 def glove_file(config: Config, vocab) -> Path:
     """The GloVe file `config` names (found, downloaded, or generated in DEMO mode)."""
-    from helpers.config import resolve_glove_path
-
     return resolve_glove_path(config, vocab)
 
 
 def glove_matrix(glove_path, vocab, dim: int):
     """(matrix (V, dim), coverage) for the vocabulary: parsed once, then read from the cache."""
-    from helpers.embeddings import glove_coverage, load_glove_embeddings
-
     matrix = load_glove_embeddings(glove_path, vocab.word_to_idx, dim, verbose=False)
     return matrix, glove_coverage(glove_path, vocab.word_to_idx, dim)
 
@@ -314,8 +313,6 @@ STOPWORDS = frozenset("a an the of in on at to and with is are is his her its th
 def neighbour_table(matrix, vocab, count: int = 6, k: int = 5):
     """The `k` nearest words (cosine) of the `count` most frequent non-stopword vocabulary words."""
     import pandas as pd
-
-    from helpers.embeddings import nearest_neighbours
 
     words = [w for w in vocab.idx_to_word if not w.startswith("<") and w not in STOPWORDS][:count]
     index = vocab.word_to_idx
@@ -330,8 +327,6 @@ def compare_backbones(names, config: Config, prepared, batches: int = 3):
     """Measured table of `names` at the config's image size on its device, with the store size for
     this dataset (helpers.backbones.measure_backbone)."""
     import pandas as pd
-
-    from helpers.backbones import measure_backbone
 
     num_images = sum(len(files) for files in prepared.splits.values())
     device = "cuda" if config.training.device == "cuda" and torch.cuda.is_available() else "cpu"
@@ -371,8 +366,6 @@ def train(config: Config, prepared, store, resume: bool | None = None, hours_lef
     its run cleanly. A pause before the first epoch ended leaves nothing to show: that stops the
     notebook here with how to continue.
     """
-    from helpers.train import train as train_loop
-
     if hours_left is not None:
         config = copy.deepcopy(config)
         limit = config.training.max_hours
@@ -390,8 +383,6 @@ def metrics_frame(results: Mapping[str, Any]):
     """results.json metrics as a table: one row per split and beam size, metrics x 100 under the
     papers' names (BLEU-4, CIDEr), as every table and log of the suite shows them."""
     import pandas as pd
-
-    from helpers.evaluate import METRIC_LABELS
 
     rows = {
         f"{split} {beam.replace('beam', 'beam ')}": {
@@ -411,9 +402,6 @@ def attention_samples(
     The image is the centre crop the CNN saw (same region, shown at `display_size` px), so the
     attention grid lines up with it.
     """
-    from helpers.backbones import image_transform
-    from helpers.images import load_image
-
     names = store.filenames(split)[:count]
     rows = torch.from_numpy(store.features(split)[:count].astype("float32"))
     max_length = prepared.max_caption_length
@@ -436,8 +424,6 @@ def test_images(run_dir, count: int = 3, split: str = "test", work_dir=None) -> 
     """(file name, PIL image) of a few images of the run's own test split, for captioning. The run
     folder is read where it is (an attached output too); its prepared data is looked up in `work_dir`
     (this session's; default: the run's own)."""
-    from helpers.images import load_image
-
     config = _run_config(run_dir)
     if work_dir is not None:
         config.data.work_dir = str(work_dir)
@@ -448,9 +434,6 @@ def test_images(run_dir, count: int = 3, split: str = "test", work_dir=None) -> 
 def caption_samples(run_dir, named_images, beam_size: int = 3) -> dict[str, Any]:
     """Caption (file name, PIL image) pairs with the run's best model, greedy and with beam search,
     for `notebook.show_captions(**samples)`: each image titled with its file name."""
-    from helpers.checkpoints import load_run
-    from helpers.text import Vocabulary
-
     names, images = [name for name, _ in named_images], [image for _, image in named_images]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, checkpoint, config = load_run(run_dir, device=device)
@@ -468,8 +451,6 @@ def caption_samples(run_dir, named_images, beam_size: int = 3) -> dict[str, Any]
 def caption_uploads(run_dir, beam_size: int = 3):
     """What `notebook.upload_widget` does with uploaded images: caption them with the run's best model,
     print each file name with its beam-search caption, and show them captioned under their names."""
-    from helpers.notebook import show_captions
-
     def caption(named_images) -> None:
         samples = caption_samples(run_dir, named_images, beam_size=beam_size)
         for name, text in zip(samples["titles"], samples["generated"][f"beam {beam_size}"]):
@@ -480,8 +461,6 @@ def caption_uploads(run_dir, beam_size: int = 3):
 
 
 def _run_config(run_dir) -> Config:
-    from helpers.config import config_from_dict
-
     results = Path(run_dir) / "results.json"
     return config_from_dict(json.loads(results.read_text(encoding="utf-8"))["config"], source=str(results))
 

@@ -125,7 +125,7 @@ def test_the_clean_notebooks_default_to_the_main_jobs_work_dir(tmp_path, monkeyp
     monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
     monkeypatch.chdir(tmp_path)
     main_job = tmp_path / "runs" / "demo" / "work"
-    monkeypatch.setattr("helpers.suite.MAIN_JOB_WORK_DIR", main_job)
+    monkeypatch.setattr(nb, "MAIN_JOB_WORK_DIR", main_job)
     assert nb.setup().work_dir == tmp_path / "work"  # no main job yet: ./work
     main_job.mkdir(parents=True)
     assert nb.setup().work_dir == main_job

@@ -63,6 +63,8 @@ def test_every_notebook_runs_clean(suite):
         for source, outputs in cell_outputs(path):
             errors = [o for o in outputs if o.get("output_type") == "error"]
             assert not errors, f"{name}: cell {source[:60]!r} raised {errors[0].get('ename')}"
+            stderr = "".join(o.get("text", "") for o in outputs if o.get("name") == "stderr")
+            assert "Warning" not in stderr, f"{name}: cell {source[:60]!r} warned: {stderr[-500:]}"
 
 
 def test_every_notebook_saves_its_widget_state_and_reads_as_text(suite):

@@ -79,8 +79,11 @@ def test_every_notebook_saves_its_widget_state_and_reads_as_text(suite):
             text = text_of(outputs)
             assert "VBox(children" not in text and "Dropdown(" not in text, f"{name}: {source[:60]!r}"
             assert not re.search(r"\b0%\|", text), f"{name}: a stale progress frame under {source[:60]!r}"
-    page, _ = HTMLExporter().from_notebook_node(nbformat.read(executed["02_backbones"], as_version=4))
-    assert "Backbone: regnet_x_400mf" in page and "features: 100%" in page
+    backbones = executed["02_backbones"]
+    assert "Backbone: regnet_x_400mf" in text_of(output_of(backbones, "choose_backbone"))
+    page, _ = HTMLExporter().from_notebook_node(nbformat.read(backbones, as_version=4))
+    assert "features: 100%" in page and "VBox(children" not in page
+    assert "application/vnd.jupyter.widget-state+json" in page  # static HTML draws widgets from their state
 
 
 def test_data_prep_shows_counts_lengths_and_captioned_images(suite):

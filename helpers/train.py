@@ -573,6 +573,15 @@ def _begin_scst(run: _Run) -> None:
         )
 
 
+def self_critical_advantage(rewards: torch.Tensor, greedy_rewards: torch.Tensor | None) -> torch.Tensor:
+    """How much better each sample (rewards (N, K)) did than its baseline: the reward of the image's
+    greedy caption (greedy_rewards (N,)), or, when None, the mean reward of the image's other samples."""
+    if greedy_rewards is not None:
+        return rewards - greedy_rewards.unsqueeze(1)
+    k = rewards.shape[1]
+    return rewards - (rewards.sum(dim=1, keepdim=True) - rewards) / (k - 1)
+
+
 def scst_step(state: TrainState, reward: CiderD, inputs: torch.Tensor, images: list[int], amp: bool):
     """One self-critical step: sample captions, reward them by CIDEr-D against their images' training
     references minus the baseline, and ascend the policy gradient. Returns (loss, rewards (N, K))."""
@@ -583,13 +592,12 @@ def scst_step(state: TrainState, reward: CiderD, inputs: torch.Tensor, images: l
         tokens, log_probs = model.sample_multinomial(inputs, k, max_length)
     sampled = token_sequences(tokens.flatten(0, 1), end, skipped)
     rewards = torch.from_numpy(reward.score_images(sampled, np.repeat(images, k))).float().view(-1, k)
+    greedy_rewards = None
     if scst.baseline == "greedy":
         output = model.sample(inputs, max_length=max_length)
         greedy = token_sequences(output[0] if isinstance(output, tuple) else output, end, skipped)
-        baseline = torch.from_numpy(reward.score_images(greedy, images)).float().unsqueeze(1)
-    else:  # the mean reward of the image's other samples
-        baseline = (rewards.sum(dim=1, keepdim=True) - rewards) / (k - 1)
-    advantage = (rewards - baseline).to(log_probs.device)
+        greedy_rewards = torch.from_numpy(reward.score_images(greedy, images)).float()
+    advantage = self_critical_advantage(rewards, greedy_rewards).to(log_probs.device)
     loss = -(advantage * log_probs).mean()
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(loss).backward()

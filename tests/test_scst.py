@@ -17,7 +17,7 @@ from helpers.models import CaptioningRNN, CaptioningTransformer
 from helpers.notebook import Env
 from helpers.rewards import CiderD, token_sequences
 from helpers.stages import stage_config
-from helpers.train import TrainState, train
+from helpers.train import TrainState, self_critical_advantage, train
 from helpers.train import main as train_main
 from helpers.workdir import make_source
 
@@ -151,6 +151,16 @@ def test_sampling_follows_the_model_distribution():
     assert torch.allclose(counts, first.exp()[0], atol=0.03)
 
 
+def test_the_advantage_is_the_reward_above_the_greedy_caption_or_the_other_samples():
+    rewards = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 3.0]])
+    greedy = torch.tensor([2.0, 1.0])
+    expected = torch.tensor([[-1.0, 0.0, 1.0], [-1.0, -1.0, 2.0]])
+    assert torch.equal(self_critical_advantage(rewards, greedy), expected)
+    # mean of the *other* samples: 1 vs (2+3)/2, 2 vs (1+3)/2, 3 vs (1+2)/2
+    assert torch.allclose(self_critical_advantage(rewards, None),
+                          torch.tensor([[-1.5, 0.0, 1.5], [-1.5, -1.5, 3.0]]))
+
+
 # -------------------------------------------------------------------------------- config and runs
 
 
@@ -182,7 +192,7 @@ def test_an_scst_run_has_its_own_folder_and_cross_entropy_runs_keep_theirs(tmp_p
     assert scst.run_path != plain.run_path and "-96-scst-" in scst.run_name
     assert demo_config(tmp_path, demo_dir, "training.scst.enabled=true", "training.scst.epochs=9").run_path \
         == scst.run_path  # more SCST epochs continue the same run, like training.epochs
-    other = demo_config(tmp_path, demo_dir, "training.scst.enabled=true", "training.scst.baseline=mean")
+    other = demo_config(tmp_path, demo_dir, "training.scst.enabled=true", "training.scst.baseline=greedy")
     assert other.run_path != scst.run_path
 
 
@@ -224,7 +234,8 @@ def test_a_killed_scst_run_resumes_in_its_phase_and_ends_like_an_uninterrupted_o
     epoch (saved mid-epoch): the phase and its epoch come back from last.pt, and the weights end equal."""
     work, prepared, store = small_demo
     settings = ["training.epochs=1", "training.scst.enabled=true", "training.scst.epochs=2",
-                "training.scst.baseline=greedy", "training.eval_splits=[]", "training.checkpoint_every_steps=1"]
+                "training.scst.baseline=greedy", "training.eval_splits=[]",
+                "training.checkpoint_every_steps=1"]
     whole = train(demo_config(work, demo_dir, *settings, "training.run_name=whole"),
                   prepared=prepared, store=store, progress=False)
     assert [row.get("phase", "xe") for row in whole.history] == ["xe", "scst", "scst"]
@@ -242,6 +253,31 @@ def test_a_killed_scst_run_resumes_in_its_phase_and_ends_like_an_uninterrupted_o
     resumed = train(config, prepared=prepared, store=store, progress=False)
     assert _weights_equal(resumed.model, whole.model)
     assert [row["val_CIDEr"] for row in resumed.history] == [row["val_CIDEr"] for row in whole.history]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["Vanilla_RNN", "Attention_LSTM", "Transformer"])
+def test_every_decoder_trains_an_scst_phase(name, small_demo, demo_dir):
+    """One cross-entropy epoch, then an SCST epoch with the greedy baseline: the phase runs for each
+    decoder's state (hidden state, attention grid, Transformer key/value caches) and moves the weights."""
+    work, prepared, store = small_demo
+    config = load_config([name, "demo"], [
+        f"data.work_dir={work / 'work'}", f"training.run_dir={work / 'runs'}", "training.meteor=false",
+        "data.dataset=flickr8k", f"data.data_dir={demo_dir}", "training.epochs=1", "training.eval_splits=[]",
+        "training.scst.enabled=true", "training.scst.epochs=1", "training.scst.baseline=greedy",
+    ])
+    cross_entropy = {}
+
+    def keep_cross_entropy_weights(event: str, state: TrainState) -> None:
+        if event == "epoch_end" and state.phase == "xe":
+            cross_entropy.update({k: v.clone() for k, v in state.model.state_dict().items()})
+
+    result = train(config, prepared=prepared, store=store, progress=False,
+                   callbacks=[keep_cross_entropy_weights])
+    assert [row.get("phase", "xe") for row in result.history] == ["xe", "scst"]
+    assert result.history[1]["train_reward"] > 0
+    after = load_checkpoint(config.run_path / "last.pt")["model"]
+    assert any(not torch.equal(after[key], cross_entropy[key]) for key in after)
 
 
 @pytest.fixture(scope="module")

@@ -46,6 +46,7 @@ METRIC_TOKENIZERS = ("auto", "ptb", "project")  # helpers.evaluate.resolve_token
 DEVICES = ("auto", "cpu", "cuda")
 DATA_SPLITS = ("train", "val", "test")  # helpers.prepare.SPLITS
 VOCAB_SOURCES = ("train", "all")  # helpers.prepare.VOCAB_SOURCES
+SCST_BASELINES = ("greedy", "mean")  # helpers.train's SCST phase
 
 
 class ConfigError(ValueError):
@@ -100,6 +101,20 @@ class DataConfig:
 
 
 @dataclass
+class ScstConfig:
+    """Self-critical sequence training after the cross-entropy epochs: CIDEr-D rewards (see helpers.train)."""
+
+    # Run an SCST phase after the cross-entropy epochs (its run folder is then another, named '-scst-')
+    enabled: bool = False
+    epochs: int = 5  # SCST epochs (passes over the training images) after the cross-entropy ones
+    lr: float = 5e-5  # the SCST phase's learning rate (constant; AdamW restarted from the best XE weights)
+    samples_per_image: int = 5  # captions sampled per image and step; images per step: batch_size / this
+    # What a sample's reward is compared with: greedy (the model's greedy caption, Rennie et al.) | mean
+    # (the mean reward of the image's other samples; needs samples_per_image >= 2)
+    baseline: str = "greedy"
+
+
+@dataclass
 class TrainingConfig:
     """The training loop's settings (see helpers.train)."""
 
@@ -128,6 +143,7 @@ class TrainingConfig:
     metric_tokenizer: str = "auto"  # results.json scores: ptb (Java, as papers) | project | auto: ptb if Java
     run_dir: str = "runs"  # runs are written to <run_dir>/<run_name>/
     run_name: str | None = None  # None: readable choices plus a hash of the run's identity (see run_name)
+    scst: ScstConfig = field(default_factory=ScstConfig)  # the self-critical phase (training.scst.*)
 
 
 @dataclass
@@ -163,6 +179,7 @@ class Config:
         parts = [self.name, model.backbone if model.pretrained_backbone else f"{model.backbone}_untrained"]
         parts += ["glove" if embeddings.use_glove else "random"] + (["frozen"] if embeddings.freeze else [])
         parts += [str(self.image_size)] + (["finetune"] if self.training.mode == "finetune" else [])
+        parts += ["scst"] if self.training.scst.enabled else []
         digest = hashlib.sha256(json.dumps(run_identity(self), sort_keys=True, default=str).encode())
         return "-".join([*parts, digest.hexdigest()[:6]])
 
@@ -178,7 +195,8 @@ class Config:
 # Settings that may change between sessions without changing what a run trains: where things live (a
 # run folder brought in from an attached Kaggle output), how long it trains and how it is scored, the
 # device. Every other setting is part of the run's identity: it names the run folder (Config.run_name)
-# and must match for a run to be resumed (helpers.train).
+# and must match for a run to be resumed (helpers.train). The SCST settings belong to it only when SCST
+# is on, so a cross-entropy run keeps its folder whatever they say.
 RUN_FREE_KEYS = frozenset(
     {
         "name",
@@ -201,6 +219,7 @@ RUN_FREE_KEYS = frozenset(
                 "val_max_images",
                 "run_dir",
                 "run_name",
+                "scst.epochs",
             )
         ),
     }
@@ -211,6 +230,8 @@ def run_identity(config: Config) -> dict[str, Any]:
     """Dotted key -> value of every setting that changes what a run trains (all but RUN_FREE_KEYS),
     with inferred values filled in (the image size a backbone uses when data.image_size is null)."""
     identity = {key: value for key, value in _flatten(config.to_dict()) if key not in RUN_FREE_KEYS}
+    if not config.training.scst.enabled:
+        identity = {key: value for key, value in identity.items() if not key.startswith("training.scst.")}
     identity["data.image_size"] = config.image_size
     return identity
 
@@ -461,6 +482,8 @@ def _check_choices(config: Config, source: str) -> None:
         raise _choice_error(source, "data.feature_layout", data.feature_layout, FEATURE_LAYOUTS)
     if training.device not in DEVICES and not str(training.device).startswith("cuda:"):
         raise _choice_error(source, "training.device", training.device, DEVICES)
+    if training.scst.baseline not in SCST_BASELINES:
+        raise _choice_error(source, "training.scst.baseline", training.scst.baseline, SCST_BASELINES)
 
 
 def _check_ranges(config: Config, source: str) -> None:
@@ -477,6 +500,9 @@ def _check_ranges(config: Config, source: str) -> None:
         "training.epochs": training.epochs,
         "training.lr": training.lr,
         "training.finetune_stages": training.finetune_stages,
+        "training.scst.epochs": training.scst.epochs,
+        "training.scst.lr": training.scst.lr,
+        "training.scst.samples_per_image": training.scst.samples_per_image,
     }
     optional_positive = {
         "data.image_size": data.image_size,
@@ -534,8 +560,26 @@ def _check_consistency(config: Config, source: str) -> None:
         raise ConfigError(
             f"{source}: training.eval_beam_sizes={training.eval_beam_sizes}: beam sizes must be >= 1."
         )
+    _check_scst(config, source)
     if config.embeddings.use_glove and not config.embeddings.glove_path:
         raise ConfigError(f"{source}: embeddings.use_glove is true but embeddings.glove_path is empty.")
+
+
+def _check_scst(config: Config, source: str) -> None:
+    """The SCST phase's settings that depend on others: its baseline and its training mode."""
+    scst, training = config.training.scst, config.training
+    if scst.baseline == "mean" and scst.samples_per_image < 2:
+        raise ConfigError(
+            f"{source}: training.scst.baseline=mean compares each sample with the image's other samples, "
+            f"so it needs training.scst.samples_per_image >= 2 (it is {scst.samples_per_image}); "
+            "raise it or use training.scst.baseline=greedy."
+        )
+    if scst.enabled and training.mode != "features":
+        raise ConfigError(
+            f"{source}: training.scst.enabled=true runs on the feature store, but training.mode="
+            f"{training.mode!r}; use training.mode=features for the SCST run (it can start from the same "
+            "prepared data)."
+        )
 
 
 def _numbers(section: Any, prefix: str = "") -> Iterable[tuple[str, float]]:

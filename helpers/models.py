@@ -41,6 +41,7 @@ __all__ = [
     "CaptioningTransformer",
     "beam_search",
     "build_model",
+    "multinomial_sample",
 ]
 
 RNN_CELL_TYPES = ("rnn", "lstm", "attn")  # the CELL_TYPES that CaptioningRNN builds
@@ -122,6 +123,37 @@ def beam_search(model, features: Tensor, max_length: int, beam_size: int = 1, al
     batch = torch.arange(N, device=device)
     best_attention = None if attention_history is None else attention_history[batch, best]
     return tokens[batch, best], best_attention
+
+
+def multinomial_sample(model, features: Tensor, max_length: int, samples_per_image: int):
+    """Draw `samples_per_image` captions per image from the model's distribution, all at once
+    (batch * samples_per_image rows), for self-critical training (helpers.train's SCST phase).
+
+    Each word is drawn from the softmax of the step's scores; after ``<END>`` a row emits ``<NULL>``
+    and adds nothing to its log-probability. Gradients flow through the log-probabilities.
+
+    Returns ``(tokens (N, K, max_length), log_probs (N, K))``: the ids after ``<START>`` and the sum of
+    each caption's log-probabilities, ``<END>`` included.
+    """
+    if samples_per_image < 1:
+        raise ValueError(f"samples_per_image must be at least 1, got {samples_per_image}")
+    N, k = features.shape[0], samples_per_image
+    device = features.device
+    state = tuple(s.repeat_interleave(k, dim=0) for s in model.init_state(features))
+    words = torch.full((N * k,), model._start, dtype=torch.long, device=device)
+    tokens = torch.full((N * k, max_length), model._null, dtype=torch.long, device=device)
+    finished = torch.zeros(N * k, dtype=torch.bool, device=device)
+    total = torch.zeros(N * k, device=device)
+    for t in range(max_length):
+        log_probs, state, _ = model.step(state, words)
+        words = torch.multinomial(log_probs.detach().exp(), 1).squeeze(1).masked_fill(finished, model._null)
+        chosen = log_probs.gather(1, words.unsqueeze(1)).squeeze(1)
+        total = total + chosen.masked_fill(finished, 0.0)
+        tokens[:, t] = words
+        finished = finished | (words == model._end)
+        if bool(finished.all()):
+            break
+    return tokens.view(N, k, max_length), total.view(N, k)
 
 
 class CaptioningModel(nn.Module):
@@ -239,6 +271,12 @@ class CaptioningModel(nn.Module):
         if not self.returns_attention:
             return captions
         return captions, attention.reshape(*captions.shape, *features.shape[2:]).cpu()
+
+    def sample_multinomial(self, images: Tensor, samples_per_image: int, max_length: int = 15):
+        """Sampled captions with their summed log-probabilities, differentiable: see
+        :func:`multinomial_sample`. Runs in the model's current mode (training keeps dropout on)."""
+        require_tokens(self.word_to_idx, [START, END], "sampling")
+        return multinomial_sample(self, self.features_from(images), max_length, samples_per_image)
 
     def log_probs(self, hidden: Tensor) -> Tensor:
         """Hidden states (..., H) -> log-probabilities (..., V) in float32."""

@@ -50,6 +50,7 @@ PARAMETER_KEYS = {
     "EPOCHS": "training.epochs",
     "BATCH_SIZE": "batch_size",
     "BEAM_SIZES": "training.eval_beam_sizes",
+    "SCST": "training.scst.enabled",
 }
 # Widget choice -> config key (the widgets of notebook.py: backbone dropdown, option checkboxes).
 CHOICE_KEYS = {
@@ -119,6 +120,8 @@ def describe(config: Config) -> str:
             f"work dir {d.work_dir}",
             f"training    {t.epochs} epochs, batch {config.batch_size}, lr {t.lr}, mode {t.mode}, "
             f"device {t.device}",
+            *([f"SCST        {t.scst.epochs} epochs after them, lr {t.scst.lr}, {t.scst.samples_per_image} "
+               f"samples per image, {t.scst.baseline} baseline"] if t.scst.enabled else []),
             f"run folder  {config.run_path}",
             *([f"NOTE        {note}"] if (note := cannot_learn(config)) else []),
         ]

@@ -21,6 +21,18 @@ uninterrupted run. `training.max_hours` makes a run stop cleanly before a sessio
 (status "paused"), and the next call continues. `last.pt` is also written when an epoch's steps end,
 before validation scores it, so a failure in scoring never loses the epoch. Checkpoints hold the CNN
 only when it trains (finetune mode): a frozen one is rebuilt from its name and weights on loading.
+
+With `training.scst.enabled` (command line `--scst`) a self-critical phase follows the cross-entropy
+epochs in the same loop and run folder (Rennie et al. 2017): it starts from the best cross-entropy
+weights (best.pt) with a fresh AdamW at `training.scst.lr`, samples `samples_per_image` captions per
+training image, rewards each by its CIDEr-D against the image's training references (helpers.rewards,
+document frequencies from the training references) minus a baseline (the greedy caption's reward, or
+the mean of the image's other samples), and follows the policy gradient. best.pt stays the best weights
+by val CIDEr, so the phase replaces it only by a better model. The phase and its epoch are counters of
+last.pt (`phase`, `scst_epoch`), so a killed SCST run resumes inside its phase. An SCST run has its
+own run folder (`...-scst-<hash>`); it starts from the finished cross-entropy run of the same settings
+when that folder is there (copying its checkpoints, `scst_from` names it), else it trains those
+cross-entropy epochs itself first.
 """
 
 from __future__ import annotations
@@ -70,8 +82,10 @@ from helpers.files import remove_abandoned_temporaries, write_bytes_atomic, writ
 from helpers.images import BadImage, ImageDataset, collate_skip_bad, default_num_workers
 from helpers.models import build_model
 from helpers.progress import ProgressLine
+from helpers.rewards import CiderD, token_sequences
 from helpers.runlock import RunLock
 from helpers.space import check_space, folder_bytes
+from helpers.text import END, NULL, START
 from helpers.workdir import make_source, prepare_for
 
 Callback = Callable[[str, "TrainState"], None]
@@ -207,10 +221,11 @@ def configure_trainable(model: nn.Module, config: Config) -> None:
             stage.requires_grad_(True)
 
 
-def make_optimizer(model: nn.Module, config: Config) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (not biases, norms or the embedding table); the CNN's
-    trainable stages learn at `encoder_lr_scale` times the rate."""
+def make_optimizer(model: nn.Module, config: Config, lr: float | None = None) -> torch.optim.AdamW:
+    """AdamW at `lr` (default training.lr); weight decay on matrices only (not biases, norms or the
+    embedding table); the CNN's trainable stages learn at `encoder_lr_scale` times the rate."""
     training = config.training
+    lr = training.lr if lr is None else lr
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad and not name.startswith("word_embed."):
@@ -222,12 +237,12 @@ def make_optimizer(model: nn.Module, config: Config) -> torch.optim.AdamW:
         [
             {
                 "params": params,
-                "lr": training.lr * (training.encoder_lr_scale if is_encoder else 1.0),
+                "lr": lr * (training.encoder_lr_scale if is_encoder else 1.0),
                 "weight_decay": training.weight_decay if decays else 0.0,
             }
             for (is_encoder, decays), params in sorted(groups.items())
         ],
-        lr=training.lr,
+        lr=lr,
     )
 
 
@@ -242,7 +257,10 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, min
     return min_ratio + (1 - min_ratio) * decay
 
 
-def make_scheduler(optimizer, config: Config, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(optimizer, config: Config, total_steps: int, phase: str = "xe"):
+    """The LR schedule of a phase: warmup and decay over the cross-entropy steps; constant for SCST."""
+    if phase == "scst":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     training = config.training
     warmup = training.warmup_steps
     if warmup is None:
@@ -287,6 +305,10 @@ class Progress:
     epochs_without_improvement: int = 0
     stopped_early: bool = False
     wall_time_s: float = 0.0
+    phase: str = "xe"  # xe: cross-entropy epochs; scst: the self-critical phase after them
+    scst_epoch: int = 0  # SCST epochs done (the epoch in progress within the phase)
+    epoch_reward_sum: float = 0.0  # SCST: sum of sampled captions' CIDEr-D so far in the epoch in progress
+    scst_from: str | None = None  # the cross-entropy run folder an SCST run started from, if not its own
 
     def counters(self) -> dict[str, Any]:
         return {item.name: getattr(self, item.name) for item in fields(Progress)}
@@ -335,12 +357,20 @@ class TrainState(Progress):
         if checkpoint["scaler"] and self.scaler.is_enabled():
             self.scaler.load_state_dict(checkpoint["scaler"])
         for name in self.counters():
-            setattr(self, name, checkpoint[name])
+            if name in checkpoint:  # counters added later keep their defaults for older checkpoints
+                setattr(self, name, checkpoint[name])
         set_rng_state(checkpoint["rng"])
 
     @property
+    def cross_entropy_done(self) -> bool:
+        return self.phase == "scst" or self.stopped_early or self.epoch >= self.config.training.epochs
+
+    @property
     def finished(self) -> bool:
-        return self.stopped_early or self.epoch >= self.config.training.epochs
+        scst = self.config.training.scst
+        if not scst.enabled:
+            return self.cross_entropy_done
+        return self.phase == "scst" and (self.stopped_early or self.scst_epoch >= scst.epochs)
 
 
 @dataclass
@@ -475,6 +505,111 @@ def _checkpoint_position(path: Path) -> dict | None:
         return None
 
 
+# ------------------------------------------------------------------------------------------- SCST
+
+
+class ScstImages(Dataset):
+    """(features float32 (C, h, w), index of the image in the prepared train split) for every training
+    image with features and at least one reference: what the SCST phase samples captions for."""
+
+    def __init__(self, store, prepared, references: list[list[tuple[int, ...]]]):
+        self.features = ImageFeatureDataset(store, "train")
+        position = {name: i for i, name in enumerate(prepared.splits["train"])}
+        indices = [position[name] for name in self.features.filenames]
+        self.items = [(row, image) for row, image in enumerate(indices) if references[image]]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        row, image = self.items[index]
+        return self.features[row][0], image
+
+
+def training_references(prepared) -> list[list[tuple[int, ...]]]:
+    """The word ids of every training image's captions, as training encodes them (``<UNK>`` for rare
+    words, cut at data.max_caption_length): the references and document frequencies of the reward."""
+    captions, image_index = prepared.captions("train")
+    vocab = prepared.vocab.word_to_idx
+    sequences = token_sequences(np.asarray(captions), vocab[END], (vocab[NULL], vocab[START]))
+    references: list[list[tuple[int, ...]]] = [[] for _ in prepared.splits["train"]]
+    for sequence, image in zip(sequences, np.asarray(image_index).tolist()):
+        references[image].append(sequence)
+    return references
+
+
+@dataclass
+class _ScstData:
+    images: ScstImages
+    reward: CiderD
+
+
+def _scst_data(run: _Run) -> _ScstData:
+    """The SCST phase's images and CIDEr-D reward, built once per call of `train` (a few seconds on
+    Flickr8k: the document frequencies of the training references)."""
+    if run.scst is None:
+        references = training_references(run.prepared)
+        run.scst = _ScstData(ScstImages(run.store, run.prepared, references), CiderD(references))
+    return run.scst
+
+
+def _begin_scst(run: _Run) -> None:
+    """Switch to the SCST phase: the best cross-entropy weights, a fresh AdamW at training.scst.lr with
+    a constant rate, the phase's counters; best.pt and its metrics stay (SCST must beat them)."""
+    state, config = run.state, run.config
+    best = load_checkpoint(run.best_path, state.device)
+    load_model_state(state.model, best["model"], run.best_path)
+    state.optimizer = make_optimizer(state.model, config, config.training.scst.lr)
+    state.scheduler = make_scheduler(state.optimizer, config, 0, phase="scst")
+    state.phase, state.scst_epoch, state.step_in_epoch = "scst", 0, 0
+    state.stopped_early, state.epochs_without_improvement = False, 0
+    state.epoch_loss_sum, state.epoch_captions, state.epoch_reward_sum = 0.0, 0, 0.0
+    if run.progress:
+        cider = (state.best_metrics or {}).get("val_CIDEr", float("nan"))
+        print(
+            f"SCST phase: {config.training.scst.epochs} epochs from the best cross-entropy epoch "
+            f"{state.best_epoch} (val CIDEr {as_printed(cider)})"
+            + (f" of {state.scst_from}" if state.scst_from else "")
+        )
+
+
+def self_critical_advantage(rewards: torch.Tensor, greedy_rewards: torch.Tensor | None) -> torch.Tensor:
+    """How much better each sample (rewards (N, K)) did than its baseline: the reward of the image's
+    greedy caption (greedy_rewards (N,)), or, when None, the mean reward of the image's other samples."""
+    if greedy_rewards is not None:
+        return rewards - greedy_rewards.unsqueeze(1)
+    k = rewards.shape[1]
+    return rewards - (rewards.sum(dim=1, keepdim=True) - rewards) / (k - 1)
+
+
+def scst_step(state: TrainState, reward: CiderD, inputs: torch.Tensor, images: list[int], amp: bool):
+    """One self-critical step: sample captions, reward them by CIDEr-D against their images' training
+    references minus the baseline, and ascend the policy gradient. Returns (loss, rewards (N, K))."""
+    model, scst = state.model, state.config.training.scst
+    max_length, k = state.config.data.max_caption_length, scst.samples_per_image
+    end, skipped = model.word_to_idx[END], (model.word_to_idx[NULL], model.word_to_idx[START])
+    with torch.autocast(inputs.device.type, dtype=torch.float16, enabled=amp):
+        tokens, log_probs = model.sample_multinomial(inputs, k, max_length)
+    sampled = token_sequences(tokens.flatten(0, 1), end, skipped)
+    rewards = torch.from_numpy(reward.score_images(sampled, np.repeat(images, k))).float().view(-1, k)
+    greedy_rewards = None
+    if scst.baseline == "greedy":
+        output = model.sample(inputs, max_length=max_length)
+        greedy = token_sequences(output[0] if isinstance(output, tuple) else output, end, skipped)
+        greedy_rewards = torch.from_numpy(reward.score_images(greedy, images)).float()
+    advantage = self_critical_advantage(rewards, greedy_rewards).to(log_probs.device)
+    loss = -(advantage * log_probs).mean()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    if state.config.training.grad_clip:
+        state.scaler.unscale_(state.optimizer)
+        parameters = [p for group in state.optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(parameters, state.config.training.grad_clip)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    return loss.item(), rewards
+
+
 # ------------------------------------------------------------------------------------------ the loop
 
 
@@ -607,6 +742,8 @@ def _train(config: Config, lock: RunLock, prepared, store, progress, callbacks, 
     run = _start_run(config, device, prepared, store, resume, progress, callbacks, deadline)
     paused = False
     while not run.state.finished and not paused:
+        if run.state.phase == "xe" and run.state.cross_entropy_done:
+            _begin_scst(run)
         paused = _train_epoch(run)
         if not paused:
             _end_epoch(run)
@@ -630,6 +767,7 @@ class _Run:
     deadline: float | None  # time.perf_counter() at which training.max_hours runs out
     started: float = field(default_factory=time.perf_counter)  # this call's clock starts
     wall_before: float = 0.0  # training time of earlier calls (resumed runs)
+    scst: _ScstData | None = None  # the SCST phase's images and reward, built when the phase runs
     epoch_started: float = 0.0  # the epoch in progress: when its steps began,
     epoch_seen: int = 0  # how many captions this call trained on in it,
     epoch_train_time: float = 0.0  # and how long its steps took
@@ -639,8 +777,20 @@ class _Run:
         return self.state.config
 
     @property
+    def epoch_data(self) -> Dataset:
+        """What an epoch of the phase in progress passes over: captions (XE) or images (SCST)."""
+        return _scst_data(self).images if self.state.phase == "scst" else self.train_data
+
+    @property
+    def batch_size(self) -> int:
+        """Captions per step (XE), or images per step (SCST: each gives samples_per_image captions)."""
+        if self.state.phase == "scst":
+            return max(1, self.config.batch_size // self.config.training.scst.samples_per_image)
+        return self.config.batch_size
+
+    @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.train_data) / self.config.batch_size)
+        return math.ceil(len(self.epoch_data) / self.batch_size)
 
     @property
     def last_path(self) -> Path:
@@ -684,13 +834,17 @@ def _start_run(config: Config, device, prepared, store, resume: bool, progress: 
     checkpoint = load_checkpoint(last_path, "cpu") if resume else None  # RNG states must stay CPU tensors
     if checkpoint is not None:
         check_resume_compatible(checkpoint, prepared.vocab, config, last_path)
+    else:  # an SCST run starts from its finished cross-entropy run when there is one
+        checkpoint, last_path = _cross_entropy_start(config, prepared.vocab), None
     prepared, store = make_source(config, prepared, store, device=device, progress=progress)
     train_data, val_data = _datasets(config, prepared, store)
     val_data = _val_subset(val_data, prepared, store, config.training.val_max_images)
-    state = _new_state(config, prepared, device, math.ceil(len(train_data) / config.batch_size))
+    phase = checkpoint.get("phase", "xe") if checkpoint is not None else "xe"
+    state = _new_state(config, prepared, device, math.ceil(len(train_data) / config.batch_size), phase)
     if checkpoint is not None:
-        state.restore(checkpoint, last_path)
-        _warn_if_schedule_changed(checkpoint, config, state.scheduler, state.global_step)
+        state.restore(checkpoint, last_path or config.run_path / "last.pt")
+        if phase == "xe" and last_path is not None:  # resuming this run's own cross-entropy epochs
+            _warn_if_schedule_changed(checkpoint, config, state.scheduler, state.global_step)
     run = _Run(state, prepared, store, train_data, val_data, list(callbacks or []), progress, deadline,
                wall_before=state.wall_time_s)
     config.run_path.mkdir(parents=True, exist_ok=True)
@@ -700,16 +854,44 @@ def _start_run(config: Config, device, prepared, store, resume: bool, progress: 
     return run
 
 
-def _new_state(config: Config, prepared, device: torch.device, steps_per_epoch: int) -> TrainState:
-    """The seeded model, its optimizer, LR schedule and gradient scaler, once the run folder has room."""
+def _new_state(config: Config, prepared, device, steps_per_epoch: int, phase: str) -> TrainState:
+    """The seeded model, the optimizer and LR schedule of `phase` and the gradient scaler, once the run
+    folder has room."""
     seed_everything(config.training.seed)
     model = build_model(config, prepared.vocab).to(device)
     configure_trainable(model, config)
-    optimizer = make_optimizer(model, config)
-    scheduler = make_scheduler(optimizer, config, steps_per_epoch * config.training.epochs)
+    lr = config.training.scst.lr if phase == "scst" else None
+    optimizer = make_optimizer(model, config, lr)
+    scheduler = make_scheduler(optimizer, config, steps_per_epoch * config.training.epochs, phase)
     scaler = torch.amp.GradScaler(device.type, enabled=_amp(config, device))
     check_run_space(config.run_path, model, config)
     return TrainState(config, config.run_path, model, optimizer, scheduler, scaler, device)
+
+
+def cross_entropy_config(config: Config) -> Config:
+    """The config of the cross-entropy run an SCST run continues: the same settings, SCST off."""
+    data = config.to_dict()
+    data["training"]["scst"]["enabled"] = False
+    return config_from_dict(data, source=f"{config.run_name} without SCST")
+
+
+def _cross_entropy_start(config: Config, vocab) -> dict | None:
+    """For a fresh SCST run: the last.pt of the finished cross-entropy run of the same settings, its
+    best.pt copied into the SCST run folder (the phase starts from it); None when there is none."""
+    if not config.training.scst.enabled or config.training.run_name:
+        return None
+    source = cross_entropy_config(config).run_path
+    try:
+        checkpoint = load_checkpoint(source / "last.pt", "cpu")
+        best = (source / "best.pt").read_bytes()
+    except (CheckpointError, FileNotFoundError):
+        return None
+    if not (checkpoint["stopped_early"] or checkpoint["epoch"] >= config.training.epochs):
+        return None  # unfinished: this run trains its cross-entropy epochs itself
+    check_resume_compatible(checkpoint, vocab, cross_entropy_config(config), source / "last.pt")
+    config.run_path.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(config.run_path / "best.pt", best)
+    return checkpoint | {"scst_from": str(source)}
 
 
 def _print_start(run: _Run, resumed: bool) -> None:
@@ -736,11 +918,11 @@ def _train_epoch(run: _Run) -> bool:
     run.epoch_started = time.perf_counter()
     state.model.train()
     state.model.image_encoder.eval()  # BatchNorm keeps its ImageNet statistics, also when fine-tuning
-    batches = epoch_batches(len(run.train_data), config.batch_size, config.training.seed, state.epoch)
-    loader = _loader(run.train_data, batches[state.step_in_epoch :], config, state.device,
+    batches = epoch_batches(len(run.epoch_data), run.batch_size, config.training.seed, state.epoch)
+    loader = _loader(run.epoch_data, batches[state.step_in_epoch :], config, state.device,
                      seed=config.training.seed + state.epoch)
-    bar = ProgressLine(len(batches), f"epoch {state.epoch + 1}/{config.training.epochs}", unit="batch",
-                       initial=state.step_in_epoch, enabled=run.progress)
+    bar = ProgressLine(len(batches), _epoch_label(state), unit="batch", initial=state.step_in_epoch,
+                       enabled=run.progress)
     seen, bad_images, paused = 0, 0, False
     for inputs, captions, bad in loader:
         bad_images += len(bad)
@@ -769,18 +951,29 @@ def _train_epoch(run: _Run) -> bool:
     return paused
 
 
-def _train_batch(run: _Run, inputs, captions) -> int:
+def _epoch_label(state: TrainState) -> str:
+    if state.phase == "scst":
+        return f"SCST epoch {state.scst_epoch + 1}/{state.config.training.scst.epochs}"
+    return f"epoch {state.epoch + 1}/{state.config.training.epochs}"
+
+
+def _train_batch(run: _Run, inputs, targets) -> int:
     """One optimizer step on a batch (none when all its images were bad) and one schedule step;
-    returns the number of captions trained on."""
+    returns the number of captions trained on. `targets` are captions (XE) or image indices (SCST)."""
     state, config = run.state, run.config
     count = 0
     if inputs is not None:
         inputs = inputs.to(state.device, non_blocking=True)
-        captions = captions.to(state.device, non_blocking=True)
         clip, amp = config.training.grad_clip, _amp(config, state.device)
-        state.loss = train_step(state.model, inputs, captions, state.optimizer, state.scaler, clip, amp)
+        if state.phase == "scst":
+            state.loss, rewards = scst_step(state, _scst_data(run).reward, inputs, targets.tolist(), amp)
+            state.epoch_reward_sum += float(rewards.sum())
+            count = rewards.numel()
+        else:
+            captions = targets.to(state.device, non_blocking=True)
+            state.loss = train_step(state.model, inputs, captions, state.optimizer, state.scaler, clip, amp)
+            count = len(captions)
         check_finite_loss(state, run.last_path, run.best_path)
-        count = len(captions)
         state.epoch_loss_sum += state.loss * count
         state.epoch_captions += count
     _step_schedule(state.scheduler, first=state.global_step == 0)
@@ -806,9 +999,13 @@ def _end_epoch(run: _Run) -> None:
         # nan: the epoch's steps were all trained by an earlier call
         "captions_per_s": seen / max(run.epoch_train_time, 1e-9) if seen else float("nan"),
     }
+    if state.phase == "scst":
+        record.update(phase="scst", scst_epoch=state.scst_epoch + 1,
+                      train_reward=state.epoch_reward_sum / max(state.epoch_captions, 1))
+        state.scst_epoch += 1
     state.history.append(record)
     state.epoch, state.step_in_epoch = state.epoch + 1, 0
-    state.epoch_loss_sum, state.epoch_captions = 0.0, 0
+    state.epoch_loss_sum, state.epoch_captions, state.epoch_reward_sum = 0.0, 0, 0.0
     improved = state.best_metrics is None or record["val_CIDEr"] > state.best_metrics["val_CIDEr"]
     if improved:
         state.best_metrics = {k: v for k, v in record.items() if k.startswith("val_")}
@@ -836,8 +1033,10 @@ def _print_pause(run: _Run) -> None:
 
 
 def _print_epoch(record: dict[str, float], improved: bool, state: TrainState) -> None:
+    reward = f", train CIDEr-D {record['train_reward']:.3f}" if "train_reward" in record else ""
     print(
-        f"epoch {record['epoch']}: train loss {record['train_loss']:.3f}, "
+        f"{'SCST ' if 'scst_epoch' in record else ''}epoch {record['epoch']}: "
+        f"train loss {record['train_loss']:.3f}{reward}, "
         f"val loss {record['val_loss']:.3f}, "
         f"BLEU-4 {as_printed(record['val_Bleu_4'])}, CIDEr {as_printed(record['val_CIDEr'])}"
         f"{' (best)' if improved else ''}, {record['captions_per_s']:.0f} captions/s, "
@@ -916,12 +1115,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument(
+        "--scst", action="store_true",
+        help="a self-critical (CIDEr-D) phase after the cross-entropy epochs (training.scst.enabled=true)",
+    )
+    parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="e.g. model.hidden_dim=256 training.epochs=3"
     )
     args = parser.parse_intermixed_args(argv)  # key=value overrides may come before or after options
     try:
         files = config_layers(args.config, args.preset, demo=args.demo)
-        config = load_config(files, args.overrides)
+        config = load_config(files, args.overrides + (["training.scst.enabled=true"] if args.scst else []))
         print(config.to_yaml())
         result = train(config, progress=not args.quiet, resume=args.resume)
     except USER_ERRORS as error:

@@ -27,6 +27,7 @@ SECTIONS = [  # (YAML section, dataclass); "" is the top level
     ("embeddings", config_module.EmbeddingsConfig),
     ("data", config_module.DataConfig),
     ("training", config_module.TrainingConfig),
+    ("training.scst", config_module.ScstConfig),
 ]
 
 
@@ -101,11 +102,13 @@ def render() -> str:
         "there and rerun.",
     ]
     for section, cls in SECTIONS:
-        values = getattr(defaults, section) if section else defaults
+        values = defaults
+        for part in section.split(".") if section else []:
+            values = getattr(values, part)
         out += ["", f"## `{section}:`" if section else "## Top level", "", cls.__doc__.strip(), ""]
         out += ["| key | type | default | meaning |", "|---|---|---|---|"]
         for item in dataclasses.fields(cls):
-            if dataclasses.is_dataclass(item.type) or item.name in {s for s, _ in SECTIONS}:
+            if dataclasses.is_dataclass(item.type) or f"{section}.{item.name}".lstrip(".") in dict(SECTIONS):
                 continue
             meaning = meanings.get((cls.__name__, item.name), "")
             if not meaning:

@@ -202,11 +202,15 @@ for name, (config_name, title, story, attention) in DECODERS.items():
 Training reads the feature store of stage 02 (the CNN stays frozen and never runs), resumes from the
 last checkpoint if this run was interrupted, stops early when the validation CIDEr stops improving,
 and is then scored on the test split with greedy and beam search (pycocoevalcap BLEU, ROUGE-L,
-CIDEr-D, METEOR when Java is present).
+CIDEr-D, METEOR when Java is present). With `SCST = True` a self-critical phase follows: the best
+weights sample captions and learn from their CIDEr-D against the training references.
 
 {DEMO_NOTE}"""),
         ("md", "## Parameters"),
         params_cell("RESUME = True              # continue from the last checkpoint when there is one\n"
+                    "# True: after the cross-entropy epochs, self-critical training on CIDEr-D (training.scst.*);\n"
+                    "# its run folder is another (-scst-) and starts from this config's finished run when there is one\n"
+                    "SCST = False\n"
                     "SESSION_HOURS = 11.0       # training pauses (last.pt saved) after this; Kaggle stops at 12 h\n"
                     "# Beam sizes to score the test split with (1 = greedy)\nBEAM_SIZES = [1, 3]\n"
                     "SAMPLES = 6                # test images shown with their captions"),

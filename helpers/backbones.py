@@ -45,9 +45,12 @@ def patch_then_padded_side(image_size: int) -> int:
 
 @dataclass(frozen=True)
 class BackboneInfo:
-    """What a user wants to know before choosing a backbone (see BACKBONE_GUIDE.md). Parameters and
-    image sizes come from torchvision's weights enum; channels are checked against the networks by
-    the tests; batch sizes are the original project's recommendations, not measured on a T4."""
+    """What a user wants to know before choosing a backbone (see BACKBONE_GUIDE.md). Parameters,
+    GFLOPs, ImageNet accuracy and image sizes come from torchvision's weights enum; channels and
+    feature-map sides are checked against the networks by the tests. Batch sizes are the original
+    project's recommendations for ResNet50/101 and RegNet; ConvNeXt and Swin take ResNet50's, since
+    fine-tuning keeps about as much per image for backward (bench/bench_features.py). None was
+    measured on a T4."""
 
     name: str
     out_channels: int  # channels of the last feature map
@@ -111,8 +114,8 @@ class BackboneInfo:
         return self.weights_enum.url.rsplit("/", 1)[-1]
 
     def feature_bytes(self, image_size: int | None = None, dtype_bytes: int = 2) -> int:
-        """Bytes of one image's stored feature map (float16 by default; 1 for uint8 codes, whose
-        per-channel ranges add 4 bytes a channel)."""
+        """Bytes of one image's feature values (float16 by default), without the ranges the uint8 store
+        adds (`store_bytes` counts those)."""
         side = self.feature_side(image_size)
         return self.out_channels * side * side * dtype_bytes
 
@@ -142,12 +145,12 @@ BACKBONES: dict[str, BackboneInfo] = {
     # Registered before swin_t: the course's input_dim=768 selects the first backbone with 768 channels.
     "convnext_tiny": BackboneInfo(
         name="convnext_tiny", out_channels=768, batch_size=128, weights="ConvNeXt_Tiny_Weights.IMAGENET1K_V1",
-        description="Modern CNN (2022): ResNet50's cost, higher ImageNet accuracy; 768 channels.",
+        description="Modern CNN: ResNet50's cost, higher ImageNet accuracy; 768 channels.",
         side_rule=unpadded_side,
     ),
     "swin_t": BackboneInfo(
         name="swin_t", out_channels=768, batch_size=128, weights="Swin_T_Weights.IMAGENET1K_V1",
-        description="Vision transformer with shifted windows (2021); 768 channels, bicubic resize.",
+        description="Vision transformer with shifted windows; 768 channels, bicubic resize.",
         side_rule=patch_then_padded_side,
     ),
 }

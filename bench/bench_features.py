@@ -5,6 +5,9 @@
    autocast and channels_last). On CUDA a batched float32 row isolates what fp16 adds. An
    end-to-end `extract_features` row (JPEG decoding, loader workers and disk writes included)
    follows for each backbone.
+   Then, per backbone, what fine-tuning keeps for the backward pass: bytes per image of the tensors
+   autograd saves at 224 px in float32, with only the last stage training (`training.mode: finetune`,
+   `finetune_stages: 1`) and with the whole trunk training; it scales the memory a training batch needs.
 2. Memory: peak RSS of a fresh process that reads every row of a fake ResNet50 store of 500 and
    of 2000 images, with `CaptionFeatureDataset` (row reads) against indexing `np.load(mmap_mode="r")`
    and against `np.load` of the whole array.
@@ -34,6 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_images import make_photos  # noqa: E402
 
+from helpers.backbones import BACKBONES as REGISTRY  # noqa: E402
 from helpers.backbones import ImageEncoder  # noqa: E402
 from helpers.features import (  # noqa: E402
     CaptionFeatureDataset,
@@ -44,7 +48,7 @@ from helpers.features import (  # noqa: E402
     extract_features,
 )
 
-BACKBONES = ("resnet50", "resnet101", "regnet_x_400mf")
+BACKBONES = tuple(REGISTRY)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -93,6 +97,36 @@ def throughput_table(device: torch.device, count: int, batch_size: int, naive_co
         rows.append(end_to_end(name, photos, batch_size, device, workers))
         for way, batch, speed in rows:
             lines.append(f"| {name} | {way} | {batch} | {speed:.1f} | {speed / naive:.1f}x |")
+    return lines
+
+
+def saved_for_backward_megabytes(name: str, trainable_stages: int | None, images: int = 2) -> float:
+    """MB per image of the tensors autograd keeps for the backward pass (224 px, float32, CPU) when the
+    last `trainable_stages` stages train (None: all), the encoder in eval mode as training keeps it."""
+    torch.manual_seed(0)
+    encoder = ImageEncoder(pretrained=False, backbone=name, verbose=False).eval()
+    stages = encoder.trainable_stages()
+    encoder.requires_grad_(False)
+    for stage in stages[-(trainable_stages or len(stages)):]:
+        stage.requires_grad_(True)
+    saved = 0
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        saved += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        encoder(torch.rand(images, 3, 224, 224))
+    return saved / images / 1e6
+
+
+def finetune_memory_table(backbones: list[str]) -> list[str]:
+    lines = ["| backbone | last stage training, MB/image | whole trunk training, MB/image "
+             "| recommended batch |", "|---|---|---|---|"]
+    for name in backbones:
+        last, whole = (saved_for_backward_megabytes(name, stages) for stages in (1, None))
+        lines.append(f"| {name} | {last:.1f} | {whole:.1f} | {REGISTRY[name].batch_size} |")
     return lines
 
 
@@ -234,6 +268,8 @@ def main() -> None:
                                          args.workers, args.backbones)))
         if device.type == "cuda":
             print("\nStore extracted on CUDA against the CPU store: " + cuda_agrees_with_cpu(photos[:32]))
+    print("\n## Fine-tuning: tensors saved for the backward pass, 224 px, float32\n")
+    print("\n".join(finetune_memory_table(args.backbones)))
     if not args.skip_memory:
         print("\n## Peak RSS while reading every row of a ResNet50 store once (fresh process each)\n")
         print("\n".join(memory_table(args.store_sizes)))

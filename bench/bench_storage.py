@@ -25,6 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from helpers.backbones import BACKBONES as REGISTRY  # noqa: E402
 from helpers.checkpoints import model_state  # noqa: E402
 from helpers.config import load_config  # noqa: E402
 from helpers.features import FEATURE_LAYOUTS, feature_store_bytes  # noqa: E402
@@ -34,7 +35,7 @@ from helpers.train import TrainState, make_optimizer  # noqa: E402
 
 DECODERS = ("Vanilla_RNN", "LSTM", "Attention_LSTM", "Transformer")
 DATASETS = {"Flickr8k": 8091, "Flickr30k": 31783, "COCO": 123287}
-BACKBONES = ("resnet50", "resnet101", "regnet_x_400mf")
+BACKBONES = tuple(REGISTRY)
 REALDATA = ROOT.parent.parent / "shared" / "realdata" / "flickr8k_kaggle" / "captions.txt"
 
 

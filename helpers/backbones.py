@@ -1,5 +1,6 @@
 """CNN backbones: a registry of the choices with their facts, the one image transform per backbone,
-and `ImageEncoder`, the course module's encoder extended to ResNet50/101 and RegNet-X-400MF.
+and `ImageEncoder`, the course module's encoder extended to ResNet50/101, RegNet-X-400MF, ConvNeXt-Tiny
+and Swin-T (all give a spatial feature map (N, C, h, w) that the attention decoders attend over).
 
 Weights come from torchvision's `weights=` enums: a file in `$TORCH_HOME/hub/checkpoints` or attached
 to the Kaggle notebook (under torchvision's file name, or renamed and matched by the sha256 prefix in
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -23,25 +25,43 @@ from helpers.inputs import DOWNLOAD_TIMEOUT, find_attached, input_root, run_with
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-BACKBONE_STRIDE = 32  # every backbone here halves the image side five times
+BACKBONE_STRIDE = 32  # every backbone here shrinks the image side 32 times
 
 
-def feature_side(image_size: int) -> int:
-    """Spatial side of a backbone's last feature map for a square `image_size` input (7 at 224)."""
+def padded_side(image_size: int) -> int:
+    """ResNet, RegNet: padded strided convolutions round up at each halving (224 -> 7, 225 -> 8)."""
     return math.ceil(image_size / BACKBONE_STRIDE)
+
+
+def unpadded_side(image_size: int) -> int:
+    """ConvNeXt: a 4x4 patch stem and 2x2 downsampling, no padding, round down (200 -> 6)."""
+    return image_size // BACKBONE_STRIDE
+
+
+def patch_then_padded_side(image_size: int) -> int:
+    """Swin: a 4x4 patch stem rounds down, then patch merging pads odd sides and rounds up (200 -> 7)."""
+    return math.ceil(image_size // 4 / 8)
 
 
 @dataclass(frozen=True)
 class BackboneInfo:
-    """What a user wants to know before choosing a backbone (see BACKBONE_GUIDE.md). Parameters and
-    image sizes come from torchvision's weights enum; channels are checked against the networks by
-    the tests; batch sizes are the original project's recommendations, not measured on a T4."""
+    """What a user wants to know before choosing a backbone (see BACKBONE_GUIDE.md). Parameters,
+    GFLOPs, ImageNet accuracy and image sizes come from torchvision's weights enum; channels and
+    feature-map sides are checked against the networks by the tests. Batch sizes are the original
+    project's recommendations for ResNet50/101 and RegNet; ConvNeXt and Swin take ResNet50's, since
+    fine-tuning keeps about as much per image for backward (bench/bench_features.py). None was
+    measured on a T4."""
 
     name: str
     out_channels: int  # channels of the last feature map
     batch_size: int  # recommended training batch on a 16 GB T4 when fine-tuning
     weights: str  # torchvision enum member used for pretrained=True
     description: str
+    side_rule: Callable[[int], int] = padded_side  # image side -> feature-map side
+
+    def feature_side(self, image_size: int | None = None) -> int:
+        """Spatial side of the feature map for a square input (default: the weights' own crop)."""
+        return self.side_rule(image_size or self.image_size)
 
     @property
     def weights_enum(self) -> torchvision.models.WeightsEnum:
@@ -54,19 +74,39 @@ class BackboneInfo:
         return self.weights_enum.meta["num_params"]
 
     @property
+    def gflops(self) -> float:
+        """Multiply-adds of one image at `image_size`, in billions, as torchvision's weights record them."""
+        return self.weights_enum.meta["_ops"]
+
+    @property
+    def imagenet_top1(self) -> float:
+        """ImageNet-1K top-1 accuracy (%) of the pretrained weights, as torchvision records it."""
+        return self.weights_enum.meta["_metrics"]["ImageNet-1K"]["acc@1"]
+
+    @property
+    def preset(self):
+        """The weights' own evaluation transform (torchvision's ImageClassification preset)."""
+        return self.weights_enum.transforms()
+
+    @property
     def image_size(self) -> int:
         """Centre-crop side the weights were trained with (their own transform's crop_size)."""
-        return self.weights_enum.transforms.keywords["crop_size"]
+        return self.preset.crop_size[0]
 
     @property
     def resize_size(self) -> int:
         """Short side before the crop (the weights' own transform's resize_size)."""
-        return self.weights_enum.transforms.keywords["resize_size"]
+        return self.preset.resize_size[0]
+
+    @property
+    def interpolation(self) -> transforms.InterpolationMode:
+        """Resize interpolation of the weights' own transform (bilinear; bicubic for Swin)."""
+        return self.preset.interpolation
 
     @property
     def feature_size(self) -> int:
         """Spatial side of the feature map at `image_size`."""
-        return feature_side(self.image_size)
+        return self.feature_side()
 
     @property
     def weights_file(self) -> str:
@@ -74,9 +114,18 @@ class BackboneInfo:
         return self.weights_enum.url.rsplit("/", 1)[-1]
 
     def feature_bytes(self, image_size: int | None = None, dtype_bytes: int = 2) -> int:
-        """Bytes of one image's stored feature map (float16 by default)."""
-        side = feature_side(image_size or self.image_size)
+        """Bytes of one image's feature values (float16 by default), without the ranges the uint8 store
+        adds (`store_bytes` counts those)."""
+        side = self.feature_side(image_size)
         return self.out_channels * side * side * dtype_bytes
+
+    def store_bytes(self, image_size: int | None = None, layout: str = "uint8") -> int:
+        """Bytes of one image in the feature store (helpers.features): float16 values, or uint8 codes
+        plus a float16 offset and step per channel."""
+        side = self.feature_side(image_size)
+        if layout == "float16":
+            return self.out_channels * side * side * 2
+        return self.out_channels * (side * side + 2 * 2)
 
 
 BACKBONES: dict[str, BackboneInfo] = {
@@ -93,8 +142,24 @@ BACKBONES: dict[str, BackboneInfo] = {
         weights="RegNet_X_400MF_Weights.IMAGENET1K_V2",
         description="The course module's backbone: small and fast; 400 channels (not 1280).",
     ),
+    # Registered before swin_t: the course's input_dim=768 selects the first backbone with 768 channels.
+    "convnext_tiny": BackboneInfo(
+        name="convnext_tiny", out_channels=768, batch_size=128, weights="ConvNeXt_Tiny_Weights.IMAGENET1K_V1",
+        description="Modern CNN: ResNet50's cost, higher ImageNet accuracy; 768 channels.",
+        side_rule=unpadded_side,
+    ),
+    "swin_t": BackboneInfo(
+        name="swin_t", out_channels=768, batch_size=128, weights="Swin_T_Weights.IMAGENET1K_V1",
+        description="Vision transformer with shifted windows; 768 channels, bicubic resize.",
+        side_rule=patch_then_padded_side,
+    ),
 }
 DEFAULT_BACKBONE = "resnet50"
+
+
+def feature_side(image_size: int, backbone: str = DEFAULT_BACKBONE) -> int:
+    """Spatial side of `backbone`'s last feature map for a square `image_size` input (7 at 224)."""
+    return get_backbone(backbone).feature_side(image_size)
 
 
 def get_backbone(name: str) -> BackboneInfo:
@@ -115,7 +180,8 @@ def image_transform(
     values times 255 (the resize works on bytes either way): a quarter of the data to pass from
     loader workers and to the GPU, which the loaders use. Not normalised: `ImageEncoder` scales
     bytes and applies the ImageNet normalisation, as the course module does. The resize/crop ratio
-    follows the backbone's weights (232/224 for all three here).
+    and the interpolation are the backbone's weights' own (232/224 bilinear for the ResNets and
+    RegNet, 236/224 bilinear for ConvNeXt, 232/224 bicubic for Swin).
     """
     if dtype not in (torch.float32, torch.uint8):
         raise ValueError(f"image_transform: dtype must be torch.float32 or torch.uint8, got {dtype}.")
@@ -124,7 +190,7 @@ def image_transform(
     resize = round(size * info.resize_size / info.image_size)
     steps = [
         transforms.ToImage(),
-        transforms.Resize(resize, interpolation=transforms.InterpolationMode.BILINEAR, antialias=True),
+        transforms.Resize(resize, interpolation=info.interpolation, antialias=True),
         transforms.CenterCrop(size),
     ]
     if dtype == torch.float32:
@@ -208,9 +274,14 @@ def _load_weights(info: BackboneInfo) -> dict[str, torch.Tensor]:
 
 
 def _trunk(name: str, network: nn.Module) -> nn.Sequential:
-    """The network without its pooling and classifier: images -> last spatial feature map."""
+    """The network without its pooling and classifier: images -> last spatial feature map (N, C, h, w).
+    Swin's stages work channels-last: its trunk ends with the final norm and the permute to NCHW."""
     if name.startswith("resnet"):
         return nn.Sequential(*list(network.children())[:-2])
+    if name.startswith("convnext"):
+        return nn.Sequential(network.features)
+    if name.startswith("swin"):
+        return nn.Sequential(network.features, network.norm, network.permute)
     return nn.Sequential(network.stem, network.trunk_output)
 
 
@@ -293,9 +364,17 @@ class ImageEncoder(nn.Module):
         return self.cnn(self.normalize(images))
 
     def trainable_stages(self) -> list[nn.Module]:
-        """The trunk's stages from input to output, for fine-tuning the last few."""
+        """The trunk's stages from input to output, for fine-tuning the last few. ConvNeXt and Swin
+        give five like RegNet: the patch stem, then four stages, each with the downsampling (patch
+        merging) before it; Swin's final norm goes with its last stage."""
         if self.backbone.startswith("resnet"):
             return list(self.cnn.children())
+        if self.backbone.startswith(("convnext", "swin")):
+            features, *after = self.cnn.children()
+            stem, first, *rest = features.children()
+            pairs = [nn.ModuleList(rest[i : i + 2]) for i in range(0, len(rest), 2)]
+            pairs[-1].extend(after)
+            return [stem, first, *pairs]
         stem, trunk = self.cnn
         return [stem, *trunk.children()]
 

@@ -60,7 +60,7 @@ class ModelConfig:
     cell_type: str = "lstm"  # the decoder: rnn | lstm | attn | transformer (aliases: vanilla_rnn, attention)
     wordvec_dim: int = 300  # word vector size; must equal the GloVe file's dimension when use_glove
     hidden_dim: int = 512  # the decoder's hidden state size (the transformer's d_model)
-    backbone: str = DEFAULT_BACKBONE  # the CNN: resnet50 | resnet101 | regnet_x_400mf
+    backbone: str = DEFAULT_BACKBONE  # the CNN: resnet50|resnet101|regnet_x_400mf|convnext_tiny|swin_t
     attn_dim: int | None = None  # channels of the feature map; inferred from the backbone when omitted
     pretrained_backbone: bool = True  # ImageNet weights for the CNN (False: random, for tests and demos)
     num_heads: int = 4  # transformer only; must divide hidden_dim (the transformer's d_model)

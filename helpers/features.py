@@ -101,11 +101,7 @@ def feature_store_bytes(num_images: int, backbone: str = "resnet50", image_size:
     """Disk size of the features of `num_images` images (Flickr8k, ResNet50, 224: ~1.6 GB in float16,
     0.88 GB in uint8)."""
     _check_layout(layout)
-    info = get_backbone(backbone)
-    side = feature_side(image_size)
-    if layout == "float16":
-        return num_images * info.out_channels * side * side * np.dtype(np.float16).itemsize
-    return num_images * info.out_channels * (side * side + 2 * np.dtype(np.float16).itemsize)
+    return num_images * get_backbone(backbone).store_bytes(image_size, layout)
 
 
 def quantize(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -552,7 +548,7 @@ def extract_features(
     if store.is_complete():
         return store
     total_images = sum(len(names) for names in prepared.splits.values())
-    side = feature_side(image_size)
+    side = feature_side(image_size, backbone)
     report = BadImageReport(total_images, max_bad_images)
     writers, starts, paths, remaining = _pending_rows(store, prepared, report)
     run_device = _resolve_device(device)
@@ -596,7 +592,7 @@ def _store_to_fill(prepared, backbone: str, image_size: int, pretrained: bool,
     if work_dir is None:
         work_dir = Path(prepared.root).parent.parent / "features"
     directory = store_directory(work_dir, prepared.key, backbone, image_size, pretrained, layout)
-    side = feature_side(image_size)
+    side = feature_side(image_size, backbone)
     index = _store_index(prepared, backbone, image_size, pretrained, info.out_channels, side, layout)
     attached = _attached_store(directory, index, allow_reextract)
     if attached is not None:

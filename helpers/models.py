@@ -48,8 +48,9 @@ RNN_CELL_TYPES = ("rnn", "lstm", "attn")  # the CELL_TYPES that CaptioningRNN bu
 
 
 def backbone_for(input_dim: int | None, backbone: str | None) -> str:
-    """The backbone a model uses: the one named, else the first whose channels equal ``input_dim``
-    (the course's ``input_dim=400`` is regnet_x_400mf, 2048 is resnet50), else resnet50."""
+    """The backbone a model uses: the one named, else the first in the registry's order whose channels
+    equal ``input_dim`` (the course's ``input_dim=400`` is regnet_x_400mf, 2048 is resnet50, 768 is
+    convnext_tiny: name ``backbone='swin_t'`` for Swin-T, which has 768 channels too), else resnet50."""
     if backbone is not None:
         return backbone
     if input_dim is None or BACKBONES[DEFAULT_BACKBONE].out_channels == input_dim:

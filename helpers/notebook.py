@@ -254,9 +254,8 @@ def _registry(registry: Mapping[str, Any] | None) -> Mapping[str, Any]:
 
 
 def feature_map(info, image_size: int | None = None) -> str:
-    """'2048 x 7 x 7': the backbone's feature map at `image_size` (default: its own); the CNN halves the
-    side five times, rounding up."""
-    side = math.ceil((image_size or info.image_size) / 32)
+    """'2048 x 7 x 7': the backbone's feature map at `image_size` (default: its own)."""
+    side = info.feature_side(image_size)
     return f"{info.out_channels} x {side} x {side}"
 
 
@@ -277,8 +276,11 @@ def backbone_table(registry: Mapping[str, Any] | None = None):
         {
             "backbone": info.name,
             "parameters (M)": round(info.parameters / 1e6, 2),
+            "GFLOPs": info.gflops,
+            "ImageNet top-1 (%)": info.imagenet_top1,
             "channels": info.out_channels,
-            "feature map": f"{info.out_channels} x {info.feature_size} x {info.feature_size}",
+            "feature map": feature_map(info),
+            "store per image (uint8, bytes)": info.store_bytes(layout="uint8"),
             "image size": info.image_size,
             "batch size": info.batch_size,
             "weights": info.weights,

@@ -24,13 +24,13 @@ PRESET = None              # None | 'beginner' | 'kaggle_small_gpu' | 'research'
 # Layers, later ones winning: the decoder config, DEMO's settings, the PRESET, then each setting below
 # that is not None (None keeps the value of the layers before), then the widgets, then OVERRIDES.
 DATASET = None             # 'flickr8k' (the config's) | 'flickr30k' | 'coco'
-BACKBONE = None            # 'resnet50' (the config's) | 'resnet101' | 'regnet_x_400mf'
+BACKBONE = None            # 'resnet50' (the config's) | 'resnet101' | 'regnet_x_400mf' | 'convnext_tiny' | 'swin_t'
 PRETRAINED = None          # ImageNet weights for the backbone (True; DEMO: False, no download)
 USE_GLOVE = None           # GloVe word vectors instead of random ones (True)
 GLOVE_PATH = None          # glove.6B.300d.txt from the attached dataset, else kagglehub (DEMO: a generated file)
 FREEZE_EMBEDDINGS = None   # keep the word vectors fixed while training (False)
 EPOCHS = None              # the config's 10 (DEMO: 8)
-BATCH_SIZE = None          # the backbone's recommended batch (resnet50 128, resnet101 64, regnet 256; DEMO: 50)
+BATCH_SIZE = None          # the backbone's recommended batch (resnet101 64, regnet 256, others 128; DEMO: 50)
 # Extra config settings applied last, e.g. ["training.lr=5e-4", "model.hidden_dim=256"]
 OVERRIDES = []'''
 
@@ -159,13 +159,17 @@ Extraction is resumable: if the session ends, rerun and it continues where it st
 
 {DEMO_NOTE}"""),
     ("md", "## Parameters"),
-    params_cell('# Backbones to measure\nCOMPARE = ["resnet50", "resnet101", "regnet_x_400mf"]\n'
+    params_cell('# Backbones to measure\nCOMPARE = ["resnet50", "resnet101", "regnet_x_400mf", "convnext_tiny", "swin_t"]\n'
                 "MEASURE_BATCHES = 3         # timed batches per backbone\n"
                 "COMPARE_EPOCHS = 0          # > 0: also train a short LSTM on each compared backbone and score it"),
     ("md", SETUP_MD),
     ("code", SETUP),
     ("md", "## The data (from stage 00, or rebuilt now)"),
     ("code", 'config = stages.stage_config("LSTM", params, env)\nprepared = stages.prepare(config)'),
+    ("md", "## The registry\nFrom torchvision's weights: parameters, GFLOPs per image and ImageNet top-1 accuracy of the "
+           "pretrained weights; the feature map and the bytes one image takes in the default uint8 store "
+           "(C x h x w codes plus a float16 offset and step per channel) at the weights' own image size."),
+    ("code", "nb.backbone_table()"),
     ("md", "## Pick the backbones to measure and the one to extract\nThe defaults come from the parameters, so *Run All* needs no clicks."),
     ("code", "compare = nb.choose_backbones(COMPARE)\n"
              "chosen = nb.choose_backbone(config.model.backbone, image_size=config.image_size)"),

@@ -32,7 +32,8 @@ to_float = {"dtype": torch.float32, "device": "cpu"}
 NULL_index = 0
 IMAGE_SHAPE = (112, 112)
 COURSE_VOCAB = {"<NULL>": 0, "cat": 2, "dog": 3}  # the course's sanity-check vocabulary, as it is
-BACKBONE_CHANNELS = {"regnet_x_400mf": 400, "resnet50": 2048}  # FACTS.md, measured with torchvision
+# measured with torchvision (FACTS.md; tests/test_backbones.py)
+BACKBONE_CHANNELS = {"regnet_x_400mf": 400, "resnet50": 2048, "convnext_tiny": 768, "swin_t": 768}
 
 
 def rel_error(x, y, eps=1e-10):
@@ -385,12 +386,22 @@ def test_sampling_with_the_course_vocabulary_says_what_is_missing():
 
 
 @pytest.mark.parametrize(
-    "input_dim, backbone", [(400, "regnet_x_400mf"), (2048, "resnet50"), (None, "resnet50")]
+    "input_dim, backbone",
+    [(400, "regnet_x_400mf"), (2048, "resnet50"), (None, "resnet50"), (768, "convnext_tiny")],
 )
 def test_the_backbone_is_inferred_from_input_dim(input_dim, backbone):
+    """768 channels are ConvNeXt-Tiny's and Swin-T's: the first registered, convnext_tiny, is chosen."""
     model = CaptioningRNN(dict(COURSE_VOCAB), input_dim=input_dim, wordvec_dim=8, hidden_dim=8,
                           image_encoder_pretrained=False)
     assert model.backbone == backbone and model.input_dim == BACKBONE_CHANNELS[backbone]
+
+
+def test_input_dim_768_with_swin_named_builds_swin():
+    model = CaptioningRNN(dict(COURSE_VOCAB), input_dim=768, wordvec_dim=8, hidden_dim=8, backbone="swin_t",
+                          image_encoder_pretrained=False)
+    assert model.backbone == "swin_t" and model.input_dim == BACKBONE_CHANNELS["swin_t"]
+    with torch.no_grad():
+        assert model.image_encoder.eval()(torch.rand(1, 3, 64, 64)).shape == (1, 768, 2, 2)
 
 
 def test_an_input_dim_no_backbone_gives_is_explained():

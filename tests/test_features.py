@@ -86,11 +86,11 @@ def extract(prepared, **overrides):
     return extract_features(prepared, **settings)
 
 
-def reference_features(prepared, names):
+def reference_features(prepared, names, backbone=BACKBONE, size=SIZE):
     """Direct ImageEncoder output (same random weights as `extract`) for the named images, in float32."""
     torch.manual_seed(features_module.RANDOM_WEIGHTS_SEED)
-    encoder = ImageEncoder(pretrained=False, backbone=BACKBONE, verbose=False).eval()
-    transform = image_transform(BACKBONE, SIZE)
+    encoder = ImageEncoder(pretrained=False, backbone=backbone, verbose=False).eval()
+    transform = image_transform(backbone, size)
     images = torch.stack([transform(load_image(prepared.image_path(name))) for name in names])
     with torch.no_grad():
         return encoder(images).numpy()
@@ -102,6 +102,23 @@ def clean(tmp_path_factory):
     prepared = make_prepared(tmp_path_factory.mktemp("clean"))
     store = extract(prepared, num_workers=2)
     return prepared, store
+
+
+@pytest.mark.parametrize("backbone, side", [("convnext_tiny", 2), ("swin_t", 3)])
+def test_modern_backbone_stores_hold_their_spatial_maps(tmp_path, backbone, side):
+    """At 72 px ConvNeXt rounds its map down (2 x 2) and Swin up (3 x 3): the store takes each one's
+    shape and holds what the encoder gives, in the default uint8 layout, at the computed size."""
+    prepared = make_prepared(tmp_path)
+    store = extract(prepared, backbone=backbone, image_size=72, layout="uint8")
+    assert (store.channels, store.feature_size) == (768, side)
+    for split, names in prepared.splits.items():
+        stored = store.features(split)
+        assert stored.shape == (len(names), 768, side, side)
+        wanted = reference_features(prepared, names, backbone, 72)
+        scale = np.abs(wanted).max()
+        np.testing.assert_allclose(stored[:], wanted, atol=0.01 * scale)
+    headers = 6 * 128  # one .npy header per split for the codes and for the ranges
+    assert store.size_bytes == feature_store_bytes(10, backbone, 72, "uint8") + headers
 
 
 def test_store_equals_direct_encoder_output_within_fp16(clean):

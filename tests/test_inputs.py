@@ -296,3 +296,30 @@ def test_the_readme_names_every_backbone_weights_file():
     for handle in ("adityajn105/flickr8k", "thanakomsn/glove6b300dtxt", "shtvkumar/karpathy-splits",
                    "captioning-helpers"):
         assert handle in step_by_step
+
+
+@pytest.mark.parametrize("name", ["convnext_tiny", "swin_t"])
+def test_modern_backbone_weights_attached_by_name_or_renamed_load_in_place(name, kaggle_input, torch_home,
+                                                                           monkeypatch, capsys):
+    """ConvNeXt-Tiny and Swin-T weights are found like the others: under torchvision's file name, or
+    renamed and matched by the sha256 prefix of that name; read in place, TORCH_HOME left empty."""
+    info = BACKBONES[name]
+    state = getattr(torchvision.models, name)(weights=None).state_dict()
+    first_key = next(iter(state))
+    state[first_key] = torch.full_like(state[first_key], 0.25)
+    by_name = kaggle_input / "datasets" / "jane" / "weights" / info.weights_file
+    by_name.parent.mkdir(parents=True)
+    torch.save(state, by_name)
+    encoder = ImageEncoder(pretrained=True, backbone=name, verbose=False)
+    assert torch.equal(encoder.cnn.state_dict()[f"0.{first_key.removeprefix('features.')}"], state[first_key])
+    assert f"{name} weights: {by_name} (attached)" in capsys.readouterr().out
+
+    renamed = kaggle_input / "datasets" / "jane" / "backbone-weights" / f"my-{name}.pth"
+    renamed.parent.mkdir(parents=True)
+    by_name.rename(renamed)
+    digest = hashlib.sha256(renamed.read_bytes()).hexdigest()
+    monkeypatch.setattr(info.weights_enum.value, "url", f"https://download.pytorch.org/models/{name}-{digest[:8]}.pth")
+    encoder = ImageEncoder(pretrained=True, backbone=name, verbose=False)
+    assert torch.equal(encoder.cnn.state_dict()[f"0.{first_key.removeprefix('features.')}"], state[first_key])
+    assert f"{name} weights: {renamed} (attached)" in capsys.readouterr().out
+    assert list((torch_home / "hub" / "checkpoints").iterdir()) == []

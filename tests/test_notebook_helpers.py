@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import torchvision  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from helpers import notebook as nb  # noqa: E402
@@ -160,6 +161,10 @@ FAKE_REGISTRY = {
         parameters=params,
         out_channels=channels,
         feature_size=7,
+        feature_side=lambda image_size=None: -(-(image_size or 224) // 32),
+        store_bytes=lambda image_size=None, layout="uint8", channels=channels: channels * (49 + 4),
+        gflops=4.09,
+        imagenet_top1=80.858,
         image_size=224,
         resize_size=232,
         batch_size=batch,
@@ -184,6 +189,7 @@ def test_choose_backbone_defaults_labels_and_echo(capsys):
     assert dropdown.echo.value == "<code>BACKBONE = &#x27;big&#x27;</code>"
     table = nb.backbone_table(FAKE_REGISTRY)
     assert table.loc["small", "channels"] == 400 and table.loc["big", "parameters (M)"] == 25.56
+    assert table.loc["big", "store per image (uint8, bytes)"] == 2048 * 53
     with pytest.raises(ValueError, match="Unknown backbone 'vit'; choose from big, small"):
         nb.choose_backbone("vit", registry=FAKE_REGISTRY)
 
@@ -196,6 +202,12 @@ def test_choose_backbone_with_the_real_registry():
     assert [value for _, value in dropdown.options] == list(BACKBONES)
     label = dict((value, label) for label, value in dropdown.options)["regnet_x_400mf"]
     assert "400 x 7 x 7 features" in label and f"batch {BACKBONES['regnet_x_400mf'].batch_size}" in label
+    table = nb.backbone_table()
+    convnext = torchvision.models.ConvNeXt_Tiny_Weights.IMAGENET1K_V1.meta
+    assert table.loc["convnext_tiny", "GFLOPs"] == convnext["_ops"]
+    assert table.loc["convnext_tiny", "ImageNet top-1 (%)"] == convnext["_metrics"]["ImageNet-1K"]["acc@1"]
+    assert table.loc["swin_t", "feature map"] == "768 x 7 x 7"
+    assert table.loc["swin_t", "store per image (uint8, bytes)"] == 768 * 7 * 7 + 768 * 4  # codes, ranges
 
 
 def test_choose_backbones_and_options(capsys):

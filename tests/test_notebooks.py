@@ -109,12 +109,15 @@ def test_glove_notebook_reports_coverage_and_neighbours(suite):
 def test_backbones_notebook_measures_and_extracts(suite):
     out, executed = suite
     path = executed["02_backbones"]
+    registry = text_of(output_of(path, "nb.backbone_table()"))
+    for column in ("GFLOPs", "ImageNet top-1 (%)", "store per image (uint8, bytes)", "40704", "swin_t"):
+        assert column in registry  # 40704: 768 x 7 x 7 codes + 768 x 4 range bytes, ConvNeXt and Swin
     table = text_of(output_of(path, "compare_backbones"))
-    for column in ("images/s", "channels", "feature store (GB)", "resnet101", "regnet_x_400mf"):
+    for column in ("images/s", "channels", "feature store (GB)", "regnet_x_400mf", "convnext_tiny", "swin_t"):
         assert column in table
     assert "feature store" in text_of(output_of(path, "describe_store"))
     quality = text_of(output_of(path, "compare_decoding"))
-    for row in ("resnet50", "resnet101", "regnet_x_400mf", "val BLEU-4"):
+    for row in ("resnet50", "resnet101", "regnet_x_400mf", "convnext_tiny", "swin_t", "val BLEU-4"):
         assert row in quality
     assert list((out / "work" / "features").glob("*/*/index.json"))
     widgets = nbformat.read(path, as_version=4).metadata.get("widgets", {})

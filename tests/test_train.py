@@ -419,19 +419,21 @@ def test_a_run_writes_its_files_and_evaluate_run_scores_it(small_demo):
 
 
 @pytest.mark.slow
-def test_finetune_trains_only_the_last_backbone_stages(small_demo):
+@pytest.mark.parametrize("backbone", ["regnet_x_400mf", "swin_t"])
+def test_finetune_trains_only_the_last_backbone_stages(small_demo, backbone):
     work, prepared, _ = small_demo
     config = demo_config(
         "LSTM",
         work,
         batch_size=60,
         **{
+            "model.backbone": backbone,
             "training.mode": "finetune",
             "training.finetune_stages": 1,
             "training.epochs": 1,
             "data.image_size": 64,
             "training.eval_splits": [],
-            "training.run_name": "finetune",
+            "training.run_name": f"finetune-{backbone}",
         },
     )
     torch.manual_seed(config.training.seed)

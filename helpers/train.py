@@ -26,6 +26,7 @@ only when it trains (finetune mode): a frozen one is rebuilt from its name and w
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import sys
@@ -42,12 +43,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from helpers import distributed
 from helpers.backbones import image_transform
 from helpers.checkpoints import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     load_checkpoint,
     load_model_state,
+    load_run,
     model_state,
     rebuild_frozen_encoder,
     save_atomic,
@@ -512,12 +515,14 @@ def _validate(state: TrainState, val_data: Dataset, prepared, source, config: Co
     return {"val_loss": total / max(count, 1), **{f"val_{k}": v for k, v in scores.items()}}
 
 
-def train_step(model, inputs, captions, optimizer, scaler, grad_clip: float | None, amp: bool) -> float:
-    """One teacher-forced step (fp16 autocast and loss scaling when `amp`); returns the batch loss."""
+def train_step(model, inputs, captions, optimizer, scaler, grad_clip: float | None, amp: bool,
+               weight: float = 1.0) -> float:
+    """One teacher-forced step (fp16 autocast and loss scaling when `amp`); returns the batch loss.
+    `weight` scales the loss before backward (a rank's share of a global batch, helpers.distributed)."""
     with torch.autocast(inputs.device.type, dtype=torch.float16, enabled=amp):
         loss = model(inputs, captions)
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    scaler.scale(loss * weight if weight != 1.0 else loss).backward()
     if grad_clip:
         scaler.unscale_(optimizer)
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
@@ -561,7 +566,8 @@ def _warn_if_schedule_changed(checkpoint: dict, config: Config, scheduler, step:
 
 
 def _out_of_time(deadline: float | None) -> bool:
-    return deadline is not None and time.perf_counter() >= deadline
+    """Whether training.max_hours ran out (on any rank: all ranks pause at the same step)."""
+    return deadline is not None and distributed.any_rank(time.perf_counter() >= deadline)
 
 
 def _amp(config: Config, device: torch.device) -> bool:
@@ -588,7 +594,14 @@ def train(
     and the live `TrainState`. `resume` (default: when last.pt exists) continues a killed run;
     `resume=False` starts over in the same folder. The run folder is locked while training: a second
     training into it raises RunFolderBusyError naming the first.
+
+    With `training.devices` above 1 it launches one process per device (helpers.distributed), which
+    read the data and feature store from the config's caches (`prepared` and `store` are prepared
+    here first) and call `callbacks` on every rank, so callbacks must be picklable functions then.
     """
+    processes = distributed.device_count(config.training.devices, resolve_device(config.training.device))
+    if processes > 1 and distributed.world_size() == 1:
+        return _train_on_devices(config, processes, progress, callbacks, resume)
     lock = RunLock(config.run_path)
     try:
         return _train(config, lock, prepared, store, progress, callbacks, resume)
@@ -600,11 +613,13 @@ def _train(config: Config, lock: RunLock, prepared, store, progress, callbacks, 
     """`train` with the run folder's lock, which it takes once the config is known to be usable."""
     max_hours = config.training.max_hours  # the budget counts preparing data and extracting features too
     deadline = time.perf_counter() + max_hours * 3600 if max_hours else None
-    device = resolve_device(config.training.device)
+    device = distributed.rank_device(resolve_device(config.training.device))
+    progress = progress and distributed.is_main()
     if config.training.eval_splits and config.training.eval_beam_sizes:
         resolve_tokenizer(config.training.metric_tokenizer)  # "ptb" without Java fails now, not at the end
-    resume = _take_run_folder(config.run_path, lock, resume, progress)
+    resume = distributed.from_main(lambda: _take_run_folder(config.run_path, lock, resume, progress))
     run = _start_run(config, device, prepared, store, resume, progress, callbacks, deadline)
+    run.replica = distributed.replicate(run.state.model, device)
     paused = False
     while not run.state.finished and not paused:
         paused = _train_epoch(run)
@@ -613,7 +628,30 @@ def _train(config: Config, lock: RunLock, prepared, store, progress, callbacks, 
             paused = _out_of_time(run.deadline) and not run.state.finished
     if paused and progress:
         _print_pause(run)
+    if not distributed.is_main():
+        return None  # rank 0 scores best.pt into results.json
     return _score_best(run, paused)
+
+
+def _train_on_devices(config: Config, processes: int, progress: bool, callbacks, resume) -> TrainResult:
+    """`train` on `processes` devices: the data and feature store made once here, then one training
+    process per device; what rank 0 wrote is read back into the TrainResult."""
+    device = resolve_device(config.training.device)
+    if config.training.eval_splits and config.training.eval_beam_sizes:
+        resolve_tokenizer(config.training.metric_tokenizer)
+    make_source(config, device=device, progress=progress)
+    args = (config, None, None, progress, list(callbacks or []), resume)
+    distributed.launch(train, args, processes, device)
+    run_dir = config.run_path
+    last = load_checkpoint(run_dir / "last.pt", "cpu")
+    model, _, _ = load_run(run_dir, device, "best" if (run_dir / "best.pt").is_file() else "last")
+    results_path = run_dir / "results.json"
+    scored = config.training.eval_splits and config.training.eval_beam_sizes and results_path.is_file()
+    finished = last["stopped_early"] or last["epoch"] >= config.training.epochs
+    return TrainResult(
+        run_dir, model, last["history"], last["best_epoch"], last["best_metrics"], last["stopped_early"],
+        last["wall_time_s"], json.loads(results_path.read_text()) if scored else None, paused=not finished,
+    )
 
 
 @dataclass
@@ -628,6 +666,7 @@ class _Run:
     callbacks: list[Callback]
     progress: bool
     deadline: float | None  # time.perf_counter() at which training.max_hours runs out
+    replica: nn.Module | None = None  # the model that trains: `state.model`, or DDP around it
     started: float = field(default_factory=time.perf_counter)  # this call's clock starts
     wall_before: float = 0.0  # training time of earlier calls (resumed runs)
     epoch_started: float = 0.0  # the epoch in progress: when its steps began,
@@ -651,7 +690,8 @@ class _Run:
         return self.state.run_dir / "best.pt"
 
     def save(self, path: Path, resumable: bool = True) -> None:
-        save_atomic(self.state.checkpoint(self.prepared.vocab, resumable), path)
+        if distributed.is_main():  # one writer however many devices train
+            save_atomic(self.state.checkpoint(self.prepared.vocab, resumable), path)
 
     def update_wall_time(self) -> None:
         self.state.wall_time_s = self.wall_before + time.perf_counter() - self.started
@@ -693,8 +733,9 @@ def _start_run(config: Config, device, prepared, store, resume: bool, progress: 
         _warn_if_schedule_changed(checkpoint, config, state.scheduler, state.global_step)
     run = _Run(state, prepared, store, train_data, val_data, list(callbacks or []), progress, deadline,
                wall_before=state.wall_time_s)
-    config.run_path.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(config.run_path / "config.yaml", config.to_yaml().encode("utf-8"))
+    if distributed.is_main():
+        config.run_path.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(config.run_path / "config.yaml", config.to_yaml().encode("utf-8"))
     if progress:
         _print_start(run, resumed=checkpoint is not None)
     return run
@@ -728,6 +769,7 @@ def _print_start(run: _Run, resumed: bool) -> None:
         f"{len(run.train_data):,} training captions, {run.steps_per_epoch} steps/epoch, device "
         f"{state.device}, {trainable:,} trainable parameters"
     )
+    print(distributed.batch_split(config.batch_size, distributed.world_size()))
 
 
 def _train_epoch(run: _Run) -> bool:
@@ -737,14 +779,15 @@ def _train_epoch(run: _Run) -> bool:
     state.model.train()
     state.model.image_encoder.eval()  # BatchNorm keeps its ImageNet statistics, also when fine-tuning
     batches = epoch_batches(len(run.train_data), config.batch_size, config.training.seed, state.epoch)
-    loader = _loader(run.train_data, batches[state.step_in_epoch :], config, state.device,
+    shares = [distributed.share(batch) for batch in batches[state.step_in_epoch :]]  # all: one device
+    loader = _loader(run.train_data, [share.indices for share in shares], config, state.device,
                      seed=config.training.seed + state.epoch)
     bar = tqdm(loader, total=len(batches), initial=state.step_in_epoch, disable=not run.progress,
                desc=f"epoch {state.epoch + 1}/{config.training.epochs}", unit="batch", leave=False)
     seen, bad_images, paused = 0, 0, False
-    for inputs, captions, bad in bar:
+    for (inputs, captions, bad), share in zip(bar, shares):
         bad_images += len(bad)
-        seen += _train_batch(run, inputs, captions)
+        seen += _train_batch(run, inputs, captions, share.counted)
         speed = seen / max(time.perf_counter() - run.epoch_started, 1e-9)
         bar.set_postfix(loss=f"{state.loss:.3f}", captions_s=f"{speed:.0f}")
         every = config.training.checkpoint_every_steps
@@ -769,18 +812,20 @@ def _train_epoch(run: _Run) -> bool:
     return paused
 
 
-def _train_batch(run: _Run, inputs, captions) -> int:
+def _train_batch(run: _Run, inputs, captions, counted: bool = True) -> int:
     """One optimizer step on a batch (none when all its images were bad) and one schedule step;
-    returns the number of captions trained on."""
+    returns the number of captions trained on (of the global batch, on several devices)."""
     state, config = run.state, run.config
     count = 0
     if inputs is not None:
         inputs = inputs.to(state.device, non_blocking=True)
         captions = captions.to(state.device, non_blocking=True)
         clip, amp = config.training.grad_clip, _amp(config, state.device)
-        state.loss = train_step(state.model, inputs, captions, state.optimizer, state.scaler, clip, amp)
+        local = len(captions) if counted else 0
+        count, weight = distributed.batch_weight(local)
+        loss = train_step(run.replica, inputs, captions, state.optimizer, state.scaler, clip, amp, weight)
+        state.loss = distributed.global_mean(loss, local, count)
         check_finite_loss(state, run.last_path, run.best_path)
-        count = len(captions)
         state.epoch_loss_sum += state.loss * count
         state.epoch_captions += count
     _step_schedule(state.scheduler, first=state.global_step == 0)
@@ -820,7 +865,8 @@ def _end_epoch(run: _Run) -> None:
         patience = config.training.patience
         state.stopped_early = patience is not None and state.epochs_without_improvement >= patience
     run.save(run.last_path)
-    write_json_atomic(state.run_dir / "history.json", state.history)
+    if distributed.is_main():
+        write_json_atomic(state.run_dir / "history.json", state.history)
     if run.progress:
         _print_epoch(record, improved, state)
     _call(run.callbacks, "epoch_end", state)
@@ -916,12 +962,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument(
+        "--devices", help="devices that train: auto (every visible GPU) or a number (training.devices)"
+    )
+    parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="e.g. model.hidden_dim=256 training.epochs=3"
     )
     args = parser.parse_intermixed_args(argv)  # key=value overrides may come before or after options
     try:
         files = config_layers(args.config, args.preset, demo=args.demo)
-        config = load_config(files, args.overrides)
+        devices = [f"training.devices={args.devices}"] if args.devices else []
+        config = load_config(files, [*args.overrides, *devices])
         print(config.to_yaml())
         result = train(config, progress=not args.quiet, resume=args.resume)
     except USER_ERRORS as error:

@@ -98,6 +98,21 @@ def any_rank(flag: bool) -> bool:
     return bool(value.item())
 
 
+def barrier() -> None:
+    """Wait until every rank gets here (e.g. before reading a file rank 0 has just written)."""
+    if world_size() > 1:
+        dist.barrier()
+
+
+def sum_over_ranks(*values: float) -> tuple[float, ...]:
+    """Each value summed over all ranks (float64), on every rank."""
+    if world_size() == 1:
+        return values
+    total = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(total)
+    return tuple(total.tolist())
+
+
 def gather(items: list) -> list:
     """Every rank's `items`, concatenated in rank order, on every rank."""
     if world_size() == 1:

@@ -31,6 +31,7 @@ PARAMETER_KEYS = {
     "EPOCHS": "training.epochs",
     "BATCH_SIZE": "batch_size",
     "BEAM_SIZES": "training.eval_beam_sizes",
+    "DEVICES": "training.devices",
 }
 # Widget choice -> config key (the widgets of notebook.py: backbone dropdown, option checkboxes).
 CHOICE_KEYS = {

@@ -482,14 +482,15 @@ def _checkpoint_position(path: Path) -> dict | None:
 
 
 def _validate(state: TrainState, val_data: Dataset, prepared, source, config: Config) -> dict[str, float]:
-    """Val loss (teacher forced) and greedy-decoded BLEU/CIDEr on the val split."""
+    """Val loss (teacher forced) and greedy-decoded BLEU/CIDEr on the val split (each device takes
+    its share of the batches and images)."""
     model, device = state.model, state.device
     model.eval()
     total, count = 0.0, 0
     batches = [
         list(range(i, min(i + config.batch_size, len(val_data))))
         for i in range(0, len(val_data), config.batch_size)
-    ]
+    ][distributed.rank() :: distributed.world_size()]
     with torch.no_grad():
         for inputs, captions, _ in _loader(val_data, batches, config, device, seed=0):
             if inputs is None:
@@ -498,6 +499,7 @@ def _validate(state: TrainState, val_data: Dataset, prepared, source, config: Co
                 loss = model(inputs.to(device, non_blocking=True), captions.to(device, non_blocking=True))
             total += float(loss) * len(captions)
             count += len(captions)
+    total, count = distributed.sum_over_ranks(total, count)
     hypotheses = decode_split(
         model,
         source,
@@ -628,8 +630,6 @@ def _train(config: Config, lock: RunLock, prepared, store, progress, callbacks, 
             paused = _out_of_time(run.deadline) and not run.state.finished
     if paused and progress:
         _print_pause(run)
-    if not distributed.is_main():
-        return None  # rank 0 scores best.pt into results.json
     return _score_best(run, paused)
 
 
@@ -897,6 +897,7 @@ def _score_best(run: _Run, paused: bool) -> TrainResult:
     """Load best.pt into the model and score it on training.eval_splits into results.json."""
     state, config = run.state, run.config
     model, device = state.model, state.device
+    distributed.barrier()  # best.pt as rank 0 wrote it
     if paused and not run.best_path.is_file():  # paused before the first epoch ended: nothing to score
         return TrainResult(
             state.run_dir, model, state.history, None, None, False, state.wall_time_s, paused=True
@@ -923,9 +924,10 @@ def _score_best(run: _Run, paused: bool) -> TrainResult:
         )
         checkpoint = best | {"wall_time_s": state.wall_time_s, "history": state.history}
         status = "paused" if paused else "finished"
-        results = write_results(
-            state.run_dir, model, config, checkpoint, metrics, captions, device, scoring, status=status
-        )
+        if distributed.is_main():
+            results = write_results(
+                state.run_dir, model, config, checkpoint, metrics, captions, device, scoring, status=status
+            )
     return TrainResult(
         state.run_dir, model, state.history, state.best_epoch, state.best_metrics, state.stopped_early,
         state.wall_time_s, results, paused,

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 import torch
+from torch.multiprocessing.spawn import ProcessExitedException
 
 from helpers import distributed
 from helpers.checkpoints import load_checkpoint
@@ -187,3 +190,43 @@ def test_a_run_resumes_on_another_number_of_devices(demo_work, one_device, first
               callbacks=[kill_after_first_epoch])
     result = train(tiny_config(work, demo_dir, name, **{"training.devices": then}), progress=False)
     _assert_same_run(result, one_device)
+
+
+def scores_of_a_run(run_dir, out) -> None:
+    """Greedy and beam-3 captions and scores of val and test for a run's best.pt, under this group."""
+    from helpers.checkpoints import load_run
+    from helpers.evaluate import score_model
+
+    model, _, config = load_run(run_dir)
+    prepared, store = make_source(config, progress=False)
+    scored = score_model(model, prepared, store, ["val", "test"], [1, 3], meteor=False, progress=False,
+                         tokenizer="project")
+    if distributed.is_main():
+        out.write_text(json.dumps(scored[:2]))
+
+
+def test_two_ranks_decode_and_score_val_and_test_as_one(one_device, tmp_path):
+    scores_of_a_run(one_device.run_dir, tmp_path / "one.json")
+    distributed.launch(scores_of_a_run, (one_device.run_dir, tmp_path / "two.json"), 2, torch.device("cpu"))
+    one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
+    assert two == one  # the same captions, in the same order, and the same scores
+    assert len(one[1]["val"]["beam3"]) == 12 and len(one[1]["test"]["beam1"]) == 12
+
+
+def kill_rank_1_in_epoch_2(event: str, state) -> None:
+    """SIGKILL on rank 1 three steps into the second epoch (after epoch 1's checkpoints)."""
+    if event == "step_end" and distributed.rank() == 1 and state.global_step == 13:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_rank_ends_the_group_and_the_run_resumes_from_the_last_checkpoint(demo_work, one_device):
+    work, demo_dir = demo_work
+    config = tiny_config(work, demo_dir, "killed-rank", **{"training.devices": 2})
+    with pytest.raises(ProcessExitedException, match="process 1 terminated with signal SIGKILL"):
+        train(config, progress=False, callbacks=[kill_rank_1_in_epoch_2])
+    last = load_checkpoint(config.run_path / "last.pt")  # whole, as written at the end of epoch 1
+    assert (last["epoch"], last["step_in_epoch"]) == (1, 0)
+    assert len(json.loads((config.run_path / "history.json").read_text())) == 1
+    result = train(tiny_config(work, demo_dir, "killed-rank", **{"training.devices": 1}), progress=False)
+    _assert_same_run(result, one_device)
+    assert not [p.name for p in config.run_path.iterdir() if p.name.endswith(".tmp")]

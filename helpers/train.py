@@ -640,10 +640,16 @@ def _train_on_devices(config: Config, processes: int, progress: bool, callbacks,
     if config.training.eval_splits and config.training.eval_beam_sizes:
         resolve_tokenizer(config.training.metric_tokenizer)
     make_source(config, device=device, progress=progress)
+    if progress:  # the ranks print to the process's output, which a notebook cell does not show
+        print(f"{config.run_name}: training on {processes} {device.type} devices, "
+              f"{distributed.batch_split(config.batch_size, processes)}")
     args = (config, None, None, progress, list(callbacks or []), resume)
     distributed.launch(train, args, processes, device)
     run_dir = config.run_path
     last = load_checkpoint(run_dir / "last.pt", "cpu")
+    if progress:
+        for record in last["history"]:
+            _print_epoch(record, record["epoch"] == last["best_epoch"], None)
     model, _, _ = load_run(run_dir, device, "best" if (run_dir / "best.pt").is_file() else "last")
     results_path = run_dir / "results.json"
     scored = config.training.eval_splits and config.training.eval_beam_sizes and results_path.is_file()
@@ -881,7 +887,7 @@ def _print_pause(run: _Run) -> None:
     )
 
 
-def _print_epoch(record: dict[str, float], improved: bool, state: TrainState) -> None:
+def _print_epoch(record: dict[str, float], improved: bool, state: TrainState | None) -> None:
     print(
         f"epoch {record['epoch']}: train loss {record['train_loss']:.3f}, "
         f"val loss {record['val_loss']:.3f}, "
@@ -889,7 +895,7 @@ def _print_epoch(record: dict[str, float], improved: bool, state: TrainState) ->
         f"{' (best)' if improved else ''}, {record['captions_per_s']:.0f} captions/s, "
         f"{record['time_s']:.0f} s"
     )
-    if state.stopped_early:
+    if state is not None and state.stopped_early:
         print(f"Stopping early: no better val CIDEr for {state.epochs_without_improvement} epochs.")
 
 

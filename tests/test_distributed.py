@@ -259,3 +259,10 @@ def test_fine_tuning_the_cnn_on_two_processes_trains_as_one(demo_work):
     assert _losses(runs[2].history) == pytest.approx(_losses(runs[1].history), rel=1e-4)
     saved = load_checkpoint(runs[2].run_dir / "best.pt")["model"]
     assert any(name.startswith("image_encoder.") for name in saved)  # the trained stage is in it
+
+
+def test_the_command_line_takes_devices(capsys):
+    from helpers.train import main
+
+    assert main(["--config", "LSTM", "--devices", "none", "--quiet"]) == 2
+    assert "training.devices='none' is not valid: 'auto'" in capsys.readouterr().err

@@ -552,7 +552,6 @@ def extract_features(
     `devices`-th batch and rank 0 writes them all in row order, so the store, its progress files and
     a resume (on any number of devices) are exactly those of one device.
     """
-    info = get_backbone(backbone)
     store = _store_to_fill(prepared, backbone, image_size, pretrained, work_dir, layout, allow_reextract)
     if store.is_complete():
         return store
@@ -561,6 +560,15 @@ def extract_features(
                      max_bad_images, progress, layout, allow_reextract, decoder, devices)
         distributed.launch(extract_features, arguments, devices, _resolve_device(device))
         return _store_to_fill(prepared, backbone, image_size, pretrained, work_dir, layout, allow_reextract)
+    return _extract_rows(store, prepared, backbone, image_size, pretrained, batch_size, num_workers, device,
+                         max_bad_images, progress, decoder)
+
+
+def _extract_rows(store: FeatureStore, prepared, backbone: str, image_size: int, pretrained: bool,
+                  batch_size: int | None, num_workers: int | None, device, max_bad_images, progress: bool,
+                  decoder: str | None) -> FeatureStore:
+    """Encode the rows `store` still lacks (this rank's batches of them) and write them (rank 0)."""
+    info = get_backbone(backbone)
     total_images = sum(len(names) for names in prepared.splits.values())
     side = feature_side(image_size)
     report = BadImageReport(total_images, max_bad_images)

@@ -134,6 +134,10 @@ class TrainingConfig:
     num_workers: int | None = None  # DataLoader workers; None: helpers.images.default_num_workers()
     amp: bool = True  # fp16 autocast + gradient scaler on CUDA (ignored on the CPU)
     device: str = "auto"  # where training runs: auto (cuda when available) | cpu | cuda
+    # How many devices train (DistributedDataParallel, one process each; batch_size stays the global
+    # batch, shared between them): auto = every visible GPU (1 on the CPU), or a number (on the CPU:
+    # that many gloo processes)
+    devices: str = "auto"
     checkpoint_every_steps: int = 0  # also save last.pt every N steps (0: only at epoch ends)
     max_hours: float | None = None  # stop cleanly after this long (last.pt saved; run again to go on)
     val_max_images: int | None = None  # validate on the first N val images (None: all)
@@ -212,6 +216,7 @@ RUN_FREE_KEYS = frozenset(
                 "eval_splits",
                 "eval_beam_sizes",
                 "device",
+                "devices",
                 "checkpoint_every_steps",
                 "max_hours",
                 "meteor",
@@ -484,6 +489,11 @@ def _check_choices(config: Config, source: str) -> None:
         raise _choice_error(source, "training.device", training.device, DEVICES)
     if training.scst.baseline not in SCST_BASELINES:
         raise _choice_error(source, "training.scst.baseline", training.scst.baseline, SCST_BASELINES)
+    if training.devices != "auto" and not (training.devices.isdigit() and int(training.devices) >= 1):
+        raise ConfigError(
+            f"{source}: training.devices={training.devices!r} is not valid: 'auto' (every visible GPU, "
+            "one process on the CPU) or a number of devices >= 1, e.g. training.devices=2."
+        )
 
 
 def _check_ranges(config: Config, source: str) -> None:

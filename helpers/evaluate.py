@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from helpers import distributed
 from helpers.backbones import image_transform
 from helpers.checkpoints import load_run
 from helpers.config import DATA_SPLITS, ConfigError
@@ -304,7 +305,8 @@ def decode_split(
     image_size: int | None = None,
     num_workers: int | None = None,
 ) -> dict[str, str]:
-    """Caption every image of `split`: {filename: caption}.
+    """Caption every image of `split`: {filename: caption}. Under several devices
+    (helpers.distributed) each captions its share and every one gets all captions.
 
     `source` is a FeatureStore (the decoder reads the stored features; `vocab` then comes from the
     model's idx_to_word unless given) or a PreparedDataset (images pass through the model's CNN, as
@@ -314,11 +316,14 @@ def decode_split(
     """
     device = _model_device(model)
     if hasattr(source, "features"):  # a FeatureStore
-        dataset = ImageFeatureDataset(source, split)
-        loader = DataLoader(_first(dataset, max_images), batch_size=batch_size, shuffle=False)
+        dataset = _first(ImageFeatureDataset(source, split), max_images)
+        shard = torch.utils.data.Subset(dataset, distributed.shard_range(len(dataset)))  # all on one device
+        loader = DataLoader(shard, batch_size=batch_size, shuffle=False)
         batches = ((inputs, list(names)) for inputs, names in loader)
     else:  # a PreparedDataset: run the CNN on the images
         names_all = list(source.splits[split])[: max_images or None]
+        part = distributed.shard_range(len(names_all))  # this device's images (all on one device)
+        names_all = names_all[part.start : part.stop]
         transform = image_transform(model.backbone, image_size, torch.uint8)
         dataset = ImageDataset(names_all, transform, image_dir=source.image_dir)
         loader = image_loader(dataset, batch_size=batch_size, num_workers=num_workers, device=device)
@@ -345,7 +350,7 @@ def decode_split(
                 if idx not in skipped:
                     words.append(idx_to_word[idx])
             captions[name] = " ".join(words)
-    return captions
+    return dict(distributed.gather(list(captions.items())))  # every device's, in split order
 
 
 def _first(dataset, count: int | None):

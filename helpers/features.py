@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
+from helpers import distributed
 from helpers.backbones import BACKBONE_STRIDE, ImageEncoder, feature_side, get_backbone, image_transform
 from helpers.files import write_json_atomic
 from helpers.images import BadImage, BadImageReport, ImageDataset, default_decoder, image_loader
@@ -526,6 +527,7 @@ def extract_features(
     layout: str = DEFAULT_FEATURE_LAYOUT,
     allow_reextract: bool = False,
     decoder: str | None = None,
+    devices: int = 1,
 ) -> FeatureStore:
     """Run the backbone once over every image of every split and store its features on disk.
 
@@ -542,26 +544,45 @@ def extract_features(
     keeping the rows already written. `batch_size` defaults to the backbone's recommendation.
     `decoder` (see `helpers.images.DECODERS`) defaults to the fastest exact one for the device:
     nvJPEG on the GPU with resize and crop there, torchvision's libjpeg-turbo decoder on the CPU.
+    `devices` above 1 runs one process per device (helpers.distributed): each encodes every
+    `devices`-th batch and rank 0 writes them all in row order, so the store, its progress files and
+    a resume (on any number of devices) are exactly those of one device.
     """
-    info = get_backbone(backbone)
     store = _store_to_fill(prepared, backbone, image_size, pretrained, work_dir, layout, allow_reextract)
     if store.is_complete():
         return store
+    if devices > 1 and distributed.world_size() == 1:
+        arguments = (prepared, backbone, image_size, pretrained, batch_size, num_workers, device, work_dir,
+                     max_bad_images, progress, layout, allow_reextract, decoder, devices)
+        distributed.launch(extract_features, arguments, devices, _resolve_device(device))
+        return _store_to_fill(prepared, backbone, image_size, pretrained, work_dir, layout, allow_reextract)
+    return _extract_rows(store, prepared, backbone, image_size, pretrained, batch_size, num_workers, device,
+                         max_bad_images, progress, decoder)
+
+
+def _extract_rows(store: FeatureStore, prepared, backbone: str, image_size: int, pretrained: bool,
+                  batch_size: int | None, num_workers: int | None, device, max_bad_images, progress: bool,
+                  decoder: str | None) -> FeatureStore:
+    """Encode the rows `store` still lacks (this rank's batches of them) and write them (rank 0)."""
+    info = get_backbone(backbone)
     total_images = sum(len(names) for names in prepared.splits.values())
     side = feature_side(image_size, backbone)
     report = BadImageReport(total_images, max_bad_images)
     writers, starts, paths, remaining = _pending_rows(store, prepared, report)
-    run_device = _resolve_device(device)
+    run_device = distributed.rank_device(_resolve_device(device))
     encoder = store_encoder(backbone, pretrained, verbose=progress).eval().to(run_device)
     if run_device.type == "cuda":
         encoder = encoder.to(memory_format=torch.channels_last)
-    loader = _image_batches(paths, remaining, backbone, image_size, batch_size or info.batch_size,
-                            num_workers, run_device, report, decoder or default_decoder(run_device))
-    bar = ProgressLine(len(remaining), f"{backbone} features", unit="img", enabled=progress)
+    batch_size = batch_size or info.batch_size
+    rows, steps = _rows_of_this_rank(remaining, batch_size)
+    loader = _image_batches(paths, rows, backbone, image_size, batch_size, num_workers, run_device, report,
+                            decoder or default_decoder(run_device))
+    bar = ProgressLine(len(remaining), f"{backbone} features", unit="img",
+                       enabled=progress and distributed.is_main())
     try:
         with torch.inference_mode(), bar:
-            peak = _encode_into(writers, starts, loader, encoder, run_device, (info.out_channels, side, side),
-                                bar, f"{backbone} at {image_size}px")
+            peak = _encode_into(writers, starts, (loader, steps), encoder, run_device,
+                                (info.out_channels, side, side), bar, f"{backbone} at {image_size}px")
     finally:
         for writer in writers.values():
             writer.close()
@@ -631,29 +652,57 @@ def _pending_rows(store: FeatureStore, prepared, report: BadImageReport):
     return writers, starts, paths, remaining
 
 
-def _encode_into(writers: dict, starts: list[int], loader, encoder: torch.nn.Module,
+def _rows_of_this_rank(rows: list[int], batch_size: int) -> tuple[list[int], int]:
+    """This rank's rows (the batches rank, rank + ranks, ...: all of them on one device) and how many
+    batches each rank takes in turn (every rank joins each turn's gather)."""
+    batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    ranks = distributed.world_size()
+    mine = batches[distributed.rank() :: ranks]
+    return [row for batch in mine for row in batch], -(-len(batches) // ranks)
+
+
+def _encode_into(writers: dict, starts: list[int], batches, encoder: torch.nn.Module,
                  device: torch.device, row_shape: tuple[int, int, int], bar, what: str) -> float:
-    """Encode every batch of `loader` and write its rows (zero rows for bad images); returns the
-    largest feature magnitude met in float32, to warn about float16 saturation."""
-    splits = list(writers)
+    """Encode every batch of the loader and write its rows (zero rows for bad images); returns the
+    largest feature magnitude met in float32, to warn about float16 saturation. `batches` is (loader,
+    turns): on several devices each turn gathers one batch of every rank, which rank 0 writes in order."""
+    loader, turns = batches
     peak = 0.0
     for batch in loader:
-        rows = sorted([*batch.indices.tolist(), *(item.index for item in batch.bad)])
-        features = None
-        if batch.images is not None:
-            features, batch_peak = _encode(encoder, batch.images, device)
-            if features.shape[1:] != row_shape:
-                raise RuntimeError(f"{what} gave features {features.shape[1:]}, the store wants {row_shape}")
-            peak = max(peak, batch_peak)
-        if features is not None and not batch.bad:
-            block = features
-        else:  # bad images keep zero rows
-            block = np.zeros((len(rows), *row_shape), dtype=FEATURE_DTYPE)
-            if features is not None:
-                block[np.searchsorted(rows, batch.indices.numpy())] = features
-        _write_block(writers, splits, starts, rows, block, batch.bad)
-        bar.update(len(rows))
+        encoded = _encoded_rows(batch, encoder, device, row_shape, what)
+        peak = max(peak, _write_turn(writers, starts, [encoded], bar))
+        turns -= 1
+    for _ in range(turns):  # this rank's batches ran out a turn before the others'
+        peak = max(peak, _write_turn(writers, starts, [], bar))
     return peak
+
+
+def _write_turn(writers: dict, starts: list[int], encoded: list, bar) -> float:
+    """Write every rank's batch of this turn (rank 0 alone writes); returns their largest magnitude."""
+    peak = 0.0
+    for rows, block, bad, batch_peak in distributed.gather(encoded):
+        if distributed.is_main():
+            _write_block(writers, list(writers), starts, rows, block, bad)
+        bar.update(len(rows))
+        peak = max(peak, batch_peak)
+    return peak
+
+
+def _encoded_rows(batch, encoder, device, row_shape: tuple[int, int, int], what: str):
+    """(global rows, their features with zero rows for bad images, the bad images, largest magnitude)."""
+    rows = sorted([*batch.indices.tolist(), *(item.index for item in batch.bad)])
+    features, peak = None, 0.0
+    if batch.images is not None:
+        features, peak = _encode(encoder, batch.images, device)
+        if features.shape[1:] != row_shape:
+            raise RuntimeError(f"{what} gave features {features.shape[1:]}, the store wants {row_shape}")
+    if features is not None and not batch.bad:
+        block = features
+    else:  # bad images keep zero rows
+        block = np.zeros((len(rows), *row_shape), dtype=FEATURE_DTYPE)
+        if features is not None:
+            block[np.searchsorted(rows, batch.indices.numpy())] = features
+    return rows, block, list(batch.bad), peak
 
 
 def _image_batches(paths: list[str], rows: list[int], backbone: str, image_size: int, batch_size: int,

@@ -51,6 +51,7 @@ PARAMETER_KEYS = {
     "BATCH_SIZE": "batch_size",
     "BEAM_SIZES": "training.eval_beam_sizes",
     "SCST": "training.scst.enabled",
+    "DEVICES": "training.devices",
 }
 # Widget choice -> config key (the widgets of notebook.py: backbone dropdown, option checkboxes).
 CHOICE_KEYS = {

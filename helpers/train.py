@@ -38,6 +38,7 @@ cross-entropy epochs itself first.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import sys
@@ -53,12 +54,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from helpers import distributed
 from helpers.backbones import image_transform
 from helpers.checkpoints import (
     CHECKPOINT_FORMAT,
     CheckpointError,
     load_checkpoint,
     load_model_state,
+    load_run,
     model_state,
     rebuild_frozen_encoder,
     save_atomic,
@@ -614,14 +617,15 @@ def scst_step(state: TrainState, reward: CiderD, inputs: torch.Tensor, images: l
 
 
 def _validate(state: TrainState, val_data: Dataset, prepared, source, config: Config) -> dict[str, float]:
-    """Val loss (teacher forced) and greedy-decoded BLEU/CIDEr on the val split."""
+    """Val loss (teacher forced) and greedy-decoded BLEU/CIDEr on the val split (each device takes
+    its share of the batches and images)."""
     model, device = state.model, state.device
     model.eval()
     total, count = 0.0, 0
     batches = [
         list(range(i, min(i + config.batch_size, len(val_data))))
         for i in range(0, len(val_data), config.batch_size)
-    ]
+    ][distributed.rank() :: distributed.world_size()]
     with torch.no_grad():
         for inputs, captions, _ in _loader(val_data, batches, config, device, seed=0):
             if inputs is None:
@@ -630,6 +634,7 @@ def _validate(state: TrainState, val_data: Dataset, prepared, source, config: Co
                 loss = model(inputs.to(device, non_blocking=True), captions.to(device, non_blocking=True))
             total += float(loss) * len(captions)
             count += len(captions)
+    total, count = distributed.sum_over_ranks(total, count)
     hypotheses = decode_split(
         model,
         source,
@@ -647,12 +652,14 @@ def _validate(state: TrainState, val_data: Dataset, prepared, source, config: Co
     return {"val_loss": total / max(count, 1), **{f"val_{k}": v for k, v in scores.items()}}
 
 
-def train_step(model, inputs, captions, optimizer, scaler, grad_clip: float | None, amp: bool) -> float:
-    """One teacher-forced step (fp16 autocast and loss scaling when `amp`); returns the batch loss."""
+def train_step(model, inputs, captions, optimizer, scaler, grad_clip: float | None, amp: bool,
+               weight: float = 1.0) -> float:
+    """One teacher-forced step (fp16 autocast and loss scaling when `amp`); returns the batch loss.
+    `weight` scales the loss before backward (a rank's share of a global batch, helpers.distributed)."""
     with torch.autocast(inputs.device.type, dtype=torch.float16, enabled=amp):
         loss = model(inputs, captions)
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    scaler.scale(loss * weight if weight != 1.0 else loss).backward()
     if grad_clip:
         scaler.unscale_(optimizer)
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
@@ -696,7 +703,8 @@ def _warn_if_schedule_changed(checkpoint: dict, config: Config, scheduler, step:
 
 
 def _out_of_time(deadline: float | None) -> bool:
-    return deadline is not None and time.perf_counter() >= deadline
+    """Whether training.max_hours ran out (on any rank: all ranks pause at the same step)."""
+    return deadline is not None and distributed.any_rank(time.perf_counter() >= deadline)
 
 
 def _amp(config: Config, device: torch.device) -> bool:
@@ -723,7 +731,20 @@ def train(
     and the live `TrainState`. `resume` (default: when last.pt exists) continues a killed run;
     `resume=False` starts over in the same folder. The run folder is locked while training: a second
     training into it raises RunFolderBusyError naming the first.
+
+    With `training.devices` above 1 it launches one process per device (helpers.distributed), which
+    read the data and feature store from the config's caches (`prepared` and `store` are prepared
+    here first) and call `callbacks` on every rank, so callbacks must be picklable functions then.
     """
+    processes = distributed.device_count(config.training.devices, resolve_device(config.training.device))
+    if processes > 1 and config.training.scst.enabled:
+        raise ConfigError(
+            f"training.scst.enabled with training.devices={config.training.devices!r} ({processes} devices): "
+            "the SCST phase trains on one device. Set training.devices=1 (notebooks: DEVICES = 1) or "
+            "turn SCST off."
+        )
+    if processes > 1 and distributed.world_size() == 1:
+        return _train_on_devices(config, processes, progress, callbacks, resume)
     lock = RunLock(config.run_path)
     try:
         return _train(config, lock, prepared, store, progress, callbacks, resume)
@@ -735,11 +756,13 @@ def _train(config: Config, lock: RunLock, prepared, store, progress, callbacks, 
     """`train` with the run folder's lock, which it takes once the config is known to be usable."""
     max_hours = config.training.max_hours  # the budget counts preparing data and extracting features too
     deadline = time.perf_counter() + max_hours * 3600 if max_hours else None
-    device = resolve_device(config.training.device)
+    device = distributed.rank_device(resolve_device(config.training.device))
+    progress = progress and distributed.is_main()
     if config.training.eval_splits and config.training.eval_beam_sizes:
         resolve_tokenizer(config.training.metric_tokenizer)  # "ptb" without Java fails now, not at the end
-    resume = _take_run_folder(config.run_path, lock, resume, progress)
+    resume = distributed.from_main(lambda: _take_run_folder(config.run_path, lock, resume, progress))
     run = _start_run(config, device, prepared, store, resume, progress, callbacks, deadline)
+    run.replica = distributed.replicate(run.state.model, device)
     paused = False
     while not run.state.finished and not paused:
         if run.state.phase == "xe" and run.state.cross_entropy_done:
@@ -751,6 +774,33 @@ def _train(config: Config, lock: RunLock, prepared, store, progress, callbacks, 
     if paused and progress:
         _print_pause(run)
     return _score_best(run, paused)
+
+
+def _train_on_devices(config: Config, processes: int, progress: bool, callbacks, resume) -> TrainResult:
+    """`train` on `processes` devices: the data and feature store made once here, then one training
+    process per device; what rank 0 wrote is read back into the TrainResult."""
+    device = resolve_device(config.training.device)
+    if config.training.eval_splits and config.training.eval_beam_sizes:
+        resolve_tokenizer(config.training.metric_tokenizer)
+    make_source(config, device=device, progress=progress)
+    if progress:  # the ranks print to the process's output, which a notebook cell does not show
+        print(f"{config.run_name}: training on {processes} {device.type} devices, "
+              f"{distributed.batch_split(config.batch_size, processes)}")
+    args = (config, None, None, progress, list(callbacks or []), resume)
+    distributed.launch(train, args, processes, device)
+    run_dir = config.run_path
+    last = load_checkpoint(run_dir / "last.pt", "cpu")
+    if progress:
+        for record in last["history"]:
+            _print_epoch(record, record["epoch"] == last["best_epoch"], None)
+    model, _, _ = load_run(run_dir, device, "best" if (run_dir / "best.pt").is_file() else "last")
+    results_path = run_dir / "results.json"
+    scored = config.training.eval_splits and config.training.eval_beam_sizes and results_path.is_file()
+    finished = last["stopped_early"] or last["epoch"] >= config.training.epochs
+    return TrainResult(
+        run_dir, model, last["history"], last["best_epoch"], last["best_metrics"], last["stopped_early"],
+        last["wall_time_s"], json.loads(results_path.read_text()) if scored else None, paused=not finished,
+    )
 
 
 @dataclass
@@ -765,6 +815,7 @@ class _Run:
     callbacks: list[Callback]
     progress: bool
     deadline: float | None  # time.perf_counter() at which training.max_hours runs out
+    replica: nn.Module | None = None  # the model that trains: `state.model`, or DDP around it
     started: float = field(default_factory=time.perf_counter)  # this call's clock starts
     wall_before: float = 0.0  # training time of earlier calls (resumed runs)
     scst: _ScstData | None = None  # the SCST phase's images and reward, built when the phase runs
@@ -801,7 +852,8 @@ class _Run:
         return self.state.run_dir / "best.pt"
 
     def save(self, path: Path, resumable: bool = True) -> None:
-        save_atomic(self.state.checkpoint(self.prepared.vocab, resumable), path)
+        if distributed.is_main():  # one writer however many devices train
+            save_atomic(self.state.checkpoint(self.prepared.vocab, resumable), path)
 
     def update_wall_time(self) -> None:
         self.state.wall_time_s = self.wall_before + time.perf_counter() - self.started
@@ -847,8 +899,9 @@ def _start_run(config: Config, device, prepared, store, resume: bool, progress: 
             _warn_if_schedule_changed(checkpoint, config, state.scheduler, state.global_step)
     run = _Run(state, prepared, store, train_data, val_data, list(callbacks or []), progress, deadline,
                wall_before=state.wall_time_s)
-    config.run_path.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(config.run_path / "config.yaml", config.to_yaml().encode("utf-8"))
+    if distributed.is_main():
+        config.run_path.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(config.run_path / "config.yaml", config.to_yaml().encode("utf-8"))
     if progress:
         _print_start(run, resumed=checkpoint is not None)
     return run
@@ -910,6 +963,7 @@ def _print_start(run: _Run, resumed: bool) -> None:
         f"{len(run.train_data):,} training captions, {run.steps_per_epoch} steps/epoch, device "
         f"{state.device}, {trainable:,} trainable parameters"
     )
+    print(distributed.batch_split(config.batch_size, distributed.world_size()))
 
 
 def _train_epoch(run: _Run) -> bool:
@@ -919,14 +973,15 @@ def _train_epoch(run: _Run) -> bool:
     state.model.train()
     state.model.image_encoder.eval()  # BatchNorm keeps its ImageNet statistics, also when fine-tuning
     batches = epoch_batches(len(run.epoch_data), run.batch_size, config.training.seed, state.epoch)
-    loader = _loader(run.epoch_data, batches[state.step_in_epoch :], config, state.device,
+    shares = [distributed.share(batch) for batch in batches[state.step_in_epoch :]]  # all: one device
+    loader = _loader(run.epoch_data, [share.indices for share in shares], config, state.device,
                      seed=config.training.seed + state.epoch)
     bar = ProgressLine(len(batches), _epoch_label(state), unit="batch", initial=state.step_in_epoch,
                        enabled=run.progress)
     seen, bad_images, paused = 0, 0, False
-    for inputs, captions, bad in loader:
+    for (inputs, targets, bad), share in zip(loader, shares):
         bad_images += len(bad)
-        seen += _train_batch(run, inputs, captions)
+        seen += _train_batch(run, inputs, targets, share.counted)
         speed = seen / max(time.perf_counter() - run.epoch_started, 1e-9)
         bar.update(loss=f"{state.loss:.3f}", captions_s=f"{speed:.0f}")
         every = config.training.checkpoint_every_steps
@@ -957,9 +1012,10 @@ def _epoch_label(state: TrainState) -> str:
     return f"epoch {state.epoch + 1}/{state.config.training.epochs}"
 
 
-def _train_batch(run: _Run, inputs, targets) -> int:
+def _train_batch(run: _Run, inputs, targets, counted: bool = True) -> int:
     """One optimizer step on a batch (none when all its images were bad) and one schedule step;
-    returns the number of captions trained on. `targets` are captions (XE) or image indices (SCST)."""
+    returns the number of captions trained on (of the global batch, on several devices). `targets`
+    are captions (XE) or image indices (SCST); `counted` is false for a rank's zero-weight filler."""
     state, config = run.state, run.config
     count = 0
     if inputs is not None:
@@ -971,8 +1027,10 @@ def _train_batch(run: _Run, inputs, targets) -> int:
             count = rewards.numel()
         else:
             captions = targets.to(state.device, non_blocking=True)
-            state.loss = train_step(state.model, inputs, captions, state.optimizer, state.scaler, clip, amp)
-            count = len(captions)
+            local = len(captions) if counted else 0
+            count, weight = distributed.batch_weight(local)
+            loss = train_step(run.replica, inputs, captions, state.optimizer, state.scaler, clip, amp, weight)
+            state.loss = distributed.global_mean(loss, local, count)
         check_finite_loss(state, run.last_path, run.best_path)
         state.epoch_loss_sum += state.loss * count
         state.epoch_captions += count
@@ -1017,7 +1075,8 @@ def _end_epoch(run: _Run) -> None:
         patience = config.training.patience
         state.stopped_early = patience is not None and state.epochs_without_improvement >= patience
     run.save(run.last_path)
-    write_json_atomic(state.run_dir / "history.json", state.history)
+    if distributed.is_main():
+        write_json_atomic(state.run_dir / "history.json", state.history)
     if run.progress:
         _print_epoch(record, improved, state)
     _call(run.callbacks, "epoch_end", state)
@@ -1032,7 +1091,7 @@ def _print_pause(run: _Run) -> None:
     )
 
 
-def _print_epoch(record: dict[str, float], improved: bool, state: TrainState) -> None:
+def _print_epoch(record: dict[str, float], improved: bool, state: TrainState | None) -> None:
     reward = f", train CIDEr-D {record['train_reward']:.3f}" if "train_reward" in record else ""
     print(
         f"{'SCST ' if 'scst_epoch' in record else ''}epoch {record['epoch']}: "
@@ -1042,7 +1101,7 @@ def _print_epoch(record: dict[str, float], improved: bool, state: TrainState) ->
         f"{' (best)' if improved else ''}, {record['captions_per_s']:.0f} captions/s, "
         f"{record['time_s']:.0f} s"
     )
-    if state.stopped_early:
+    if state is not None and state.stopped_early:
         print(f"Stopping early: no better val CIDEr for {state.epochs_without_improvement} epochs.")
 
 
@@ -1050,6 +1109,7 @@ def _score_best(run: _Run, paused: bool) -> TrainResult:
     """Load best.pt into the model and score it on training.eval_splits into results.json."""
     state, config = run.state, run.config
     model, device = state.model, state.device
+    distributed.barrier()  # best.pt as rank 0 wrote it
     if paused and not run.best_path.is_file():  # paused before the first epoch ended: nothing to score
         return TrainResult(
             state.run_dir, model, state.history, None, None, False, state.wall_time_s, paused=True
@@ -1076,9 +1136,10 @@ def _score_best(run: _Run, paused: bool) -> TrainResult:
         )
         checkpoint = best | {"wall_time_s": state.wall_time_s, "history": state.history}
         status = "paused" if paused else "finished"
-        results = write_results(
-            state.run_dir, model, config, checkpoint, metrics, captions, device, scoring, status=status
-        )
+        if distributed.is_main():
+            results = write_results(
+                state.run_dir, model, config, checkpoint, metrics, captions, device, scoring, status=status
+            )
     return TrainResult(
         state.run_dir, model, state.history, state.best_epoch, state.best_metrics, state.stopped_early,
         state.wall_time_s, results, paused,
@@ -1119,17 +1180,28 @@ def main(argv: list[str] | None = None) -> int:
         help="a self-critical (CIDEr-D) phase after the cross-entropy epochs (training.scst.enabled=true)",
     )
     parser.add_argument(
+        "--devices", help="devices that train: auto (every visible GPU) or a number (training.devices)"
+    )
+    parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="e.g. model.hidden_dim=256 training.epochs=3"
     )
     args = parser.parse_intermixed_args(argv)  # key=value overrides may come before or after options
     try:
         files = config_layers(args.config, args.preset, demo=args.demo)
-        config = load_config(files, args.overrides + (["training.scst.enabled=true"] if args.scst else []))
+        devices = [f"training.devices={args.devices}"] if args.devices else []
+        scst = ["training.scst.enabled=true"] if args.scst else []
+        config = load_config(files, [*args.overrides, *devices, *scst])
         print(config.to_yaml())
         result = train(config, progress=not args.quiet, resume=args.resume)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    _print_result(result, config)
+    return 0
+
+
+def _print_result(result: TrainResult, config: Config) -> None:
+    """The command line's closing summary: run folder, epochs, best val scores, the test table."""
     print(f"\nRun folder: {result.run_dir}")
     ending = " (stopped early)" if result.stopped_early else ""
     if result.paused:
@@ -1150,7 +1222,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     if result.results:
         print(format_metrics_table(result.results["metrics"]))
-    return 0
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ them through here)."""
 
 from __future__ import annotations
 
+import torch
+
+from helpers import distributed
 from helpers.config import Config, ConfigError, bad_image_limit
 from helpers.features import extract_features
 from helpers.images import TooManyBadImagesError
@@ -42,6 +45,7 @@ def features_for(config: Config, prepared, device=None, progress: bool = True, a
             progress=progress,
             layout=config.data.feature_layout,
             allow_reextract=allow_reextract,
+            devices=distributed.device_count(config.training.devices, _device_or_default(device)),
         )
     except TooManyBadImagesError as error:
         raise TooManyBadImagesError(
@@ -49,6 +53,13 @@ def features_for(config: Config, prepared, device=None, progress: bool = True, a
             f"data.max_bad_images (now {config.data.max_bad_images}; a fraction below 1 or a count) in "
             "the config, on the command line (data.max_bad_images=0.05) or in a notebook's OVERRIDES."
         ) from None
+
+
+def _device_or_default(device) -> torch.device:
+    """The device extraction runs on: the one given, else the GPU when there is one."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def make_source(config: Config, prepared=None, store=None, device=None, progress: bool = True):

@@ -216,6 +216,8 @@ weights sample captions and learn from their CIDEr-D against the training refere
                     "# its run folder is another (-scst-) and starts from this config's finished run when there is one\n"
                     "SCST = False\n"
                     "SESSION_HOURS = 11.0       # training pauses (last.pt saved) after this; Kaggle stops at 12 h\n"
+                    "DEVICES = None             # None: every visible GPU (both T4s of \"GPU T4 x2\"); 1: one; "
+                    "on the CPU, N processes\n"
                     "# Beam sizes to score the test split with (1 = greedy)\nBEAM_SIZES = [1, 3]\n"
                     "SAMPLES = 6                # test images shown with their captions"),
         ("md", SETUP_MD),

@@ -438,3 +438,33 @@ def test_nvjpeg_extraction_on_the_gpu_stays_close_to_the_cpu_store(clean, tmp_pa
         cpu = store.features(split).astype(np.float32)
         gpu = on_gpu.features(split).astype(np.float32)
         assert np.linalg.norm(gpu - cpu) <= 0.05 * np.linalg.norm(cpu)
+
+
+def test_two_devices_extract_the_store_of_one_device_and_resume_one_devices_partial_store(
+    clean, tmp_path, monkeypatch
+):
+    """Two gloo processes encode alternate batches and rank 0 writes them in row order: the same rows,
+    progress files and bad-image lists as one device, also when resuming what one device began."""
+    _, one_device = clean
+    prepared = make_prepared(tmp_path / "two")
+    two_devices = extract(prepared, devices=2)  # 3 batches of 4: rank 0 takes two, rank 1 one
+    partial = make_prepared(tmp_path / "resumed")
+    original_forward = ImageEncoder.forward
+    calls = []
+
+    def interrupted_forward(self, images):
+        if calls:
+            raise KeyboardInterrupt("simulated interruption")
+        calls.append(len(images))
+        return original_forward(self, images)
+
+    monkeypatch.setattr(ImageEncoder, "forward", interrupted_forward)
+    with pytest.raises(KeyboardInterrupt):
+        extract(partial)  # one device, one batch written
+    monkeypatch.setattr(ImageEncoder, "forward", original_forward)
+    resumed = extract(partial, devices=2)
+    for store in (two_devices, resumed):
+        assert store.is_complete()
+        for split in prepared.splits:
+            np.testing.assert_array_equal(store.features(split), one_device.features(split))
+            assert store.progress_path(split).read_text() == one_device.progress_path(split).read_text()

@@ -166,3 +166,16 @@ def test_lstm_notebook_runs_alone_in_an_empty_work_dir(tmp_path):
     assert images_in(output_of(path, "sample_captions")) == 1
     assert list((tmp_path / "work" / "runs").glob("LSTM*/best.pt"))
     assert list((tmp_path / "work" / "runs").glob("LSTM*/results.json"))
+
+
+def test_a_training_notebook_trains_on_two_processes_with_devices_2(tmp_path):
+    """DEVICES = 2 launches two gloo processes from the notebook's kernel (spawned, as on two T4s)."""
+    parameters = {"DEMO": True, "WORK_DIR": str(tmp_path / "work"), "DEVICES": 2,
+                  "OVERRIDES": ["training.epochs=1"]}
+    path = run_notebook("04_train_lstm", tmp_path / "notebooks", parameters)
+    shown = text_of(output_of(path, "stages.train("))
+    assert "training on 2 cpu devices, batch 50 captions per step (global) = 2 devices x 25" in shown
+    assert "epoch 1: train loss" in shown
+    runs = list((tmp_path / "work" / "runs").glob("LSTM*"))
+    assert len(runs) == 1 and len(json.loads((runs[0] / "history.json").read_text())) == 1
+    assert json.loads((runs[0] / "results.json").read_text())["metrics"]["test"]["beam1"]["CIDEr"] >= 0

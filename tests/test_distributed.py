@@ -1,0 +1,268 @@
+"""Training on N devices (DistributedDataParallel, gloo on the CPU): shares, the devices key, and
+2-process runs against one process (same losses, weights, files; resume across device counts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from torch.multiprocessing.spawn import ProcessExitedException
+
+from helpers import distributed
+from helpers.checkpoints import load_checkpoint
+from helpers.config import ConfigError, load_config
+from helpers.distributed import DevicesUnavailableError, device_count
+from helpers.train import train
+from helpers.workdir import make_source
+
+
+def tiny_config(work, demo_dir, name: str, **overrides):
+    """The demo LSTM, small enough that a 2-process run takes seconds; no dropout (ranks would draw
+    other masks than one process does)."""
+    values = {
+        "data.work_dir": str(work / "work"),
+        "data.dataset": "flickr8k",
+        "data.data_dir": str(demo_dir),
+        "training.run_dir": str(work / "runs"),
+        "training.run_name": name,
+        "training.meteor": False,
+        "training.epochs": 2,
+        "training.val_max_images": 8,
+        "training.eval_splits": ["test"],
+        "training.eval_beam_sizes": [1],
+        "model.hidden_dim": 32,
+        "batch_size": 45,  # uneven shares on 2 devices (23 + 22), and a shorter last batch
+        **overrides,
+    }
+    return load_config(["LSTM", "demo"], values)
+
+
+@pytest.fixture(scope="module")
+def demo_work(demo_dir, tmp_path_factory):
+    """Prepared data and feature store of the 120-image demo, made once for this module's runs."""
+    work = tmp_path_factory.mktemp("distributed")
+    make_source(tiny_config(work, demo_dir, "prepare"), progress=False)
+    return work, demo_dir
+
+
+# ------------------------------------------------------------------------------------------- units
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_the_ranks_shares_make_up_each_global_batch_exactly(monkeypatch, ranks):
+    monkeypatch.setattr(distributed, "world_size", lambda: ranks)
+    for size in range(1, 12):
+        batch = list(range(100, 100 + size))
+        shares = []
+        for rank in range(ranks):
+            monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
+            shares.append(distributed.share(batch))
+        counted = [share.indices for share in shares if share.counted]
+        assert [i for part in counted for i in part] == batch  # in order, each item once
+        assert max(map(len, counted)) - min(map(len, counted)) <= 1
+        # a rank left without items still runs the step, on an item it weighs zero
+        assert all(share.indices == batch[:1] for share in shares if not share.counted)
+        assert len(counted) == min(size, ranks)
+
+
+def test_the_devices_key_takes_auto_or_a_count():
+    assert load_config("LSTM").training.devices == "auto"
+    assert load_config("LSTM", ["training.devices=2"]).training.devices == "2"
+    for bad in ("0", "two", "-1"):
+        with pytest.raises(ConfigError, match=rf"training.devices='{bad}' is not valid: 'auto'"):
+            load_config("LSTM", [f"training.devices={bad}"])
+
+
+def test_more_gpus_than_visible_are_refused_naming_the_key_and_the_fix(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(DevicesUnavailableError) as info:
+        device_count("2", torch.device("cuda"))
+    message = str(info.value)
+    assert "training.devices=2 but this machine shows 1 GPU(s)" in message
+    assert "--devices 1" in message and "DEVICES = 1" in message and "GPU T4 x2" in message
+    assert device_count("auto", torch.device("cuda")) == 1
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert device_count("auto", torch.device("cpu")) == 1 and device_count("3", torch.device("cpu")) == 3
+
+
+def test_the_printed_batch_states_global_and_per_device_sizes():
+    assert distributed.batch_split(128, 2) == (
+        "batch 128 captions per step (global) = 2 devices x 64 per device"
+    )
+    assert distributed.batch_split(45, 2).endswith("2 devices x 22-23 per device")
+    assert distributed.batch_split(64, 1) == "batch 64 captions per step on 1 device"
+
+
+# -------------------------------------------------------------------------------------- 2 processes
+
+
+def gradients_of_one_global_batch(inputs: str, out) -> None:
+    """The gradients of one global batch of 7 captions (uneven shares) under this process group: the
+    feature-store path, or images through a CNN whose last stage trains (fine-tuning)."""
+    from helpers.models import CaptioningRNN
+
+    torch.manual_seed(0)
+    words = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, "red": 4, "square": 5, "circle": 6}
+    model = CaptioningRNN(words, wordvec_dim=8, hidden_dim=16, cell_type="lstm", backbone="regnet_x_400mf",
+                          image_encoder_pretrained=False, normalize_features=True)
+    model.image_encoder.requires_grad_(inputs == "images")
+    model.image_encoder.eval()  # as training keeps it: ImageNet statistics
+    batch = torch.rand(7, 3, 64, 64) if inputs == "images" else torch.randn(7, 400, 2, 2) * 3 + 1
+    captions = torch.randint(1, 7, (7, 6))
+    captions[:, 0], captions[3:, 4:] = 1, 0
+    part = distributed.share(list(range(7)))
+    count, weight = distributed.batch_weight(len(part.indices) if part.counted else 0)
+    replica = distributed.replicate(model, torch.device("cpu"))
+    (replica(batch[part.indices], captions[part.indices]) * weight).backward()
+    if distributed.is_main():
+        torch.save({name: p.grad for name, p in model.named_parameters() if p.grad is not None}, out)
+
+
+@pytest.mark.parametrize("inputs", ["features", "images"])
+def test_two_ranks_compute_the_gradient_of_the_global_batch(tmp_path, inputs):
+    gradients_of_one_global_batch(inputs, tmp_path / "one.pt")
+    distributed.launch(gradients_of_one_global_batch, (inputs, tmp_path / "two.pt"), 2, torch.device("cpu"))
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert one.keys() == two.keys() and any(name.startswith("image_encoder.") for name in one) == (
+        inputs == "images"
+    )
+    for name, gradient in one.items():
+        assert torch.allclose(two[name], gradient, rtol=1e-4, atol=1e-6), name
+
+
+def _losses(history):
+    return [record[key] for record in history for key in ("train_loss", "val_loss")]
+
+
+def _assert_same_run(a, b):
+    """Same loss history within float tolerance and the same weights within a tenth of one step of
+    the learning rate (3e-3): only the order of float sums differs, which AdamW's first steps
+    (update ~ lr * sign of the gradient) turn into differences of that size where a gradient is ~0."""
+    assert [r["epoch"] for r in a.history] == [r["epoch"] for r in b.history]
+    assert _losses(a.history) == pytest.approx(_losses(b.history), rel=1e-4)
+    for (name, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.allclose(x.float(), y.float(), atol=3e-4), (name, (x.float() - y.float()).abs().max())
+
+
+@pytest.fixture(scope="module")
+def one_device(demo_work):
+    work, demo_dir = demo_work
+    return train(tiny_config(work, demo_dir, "one-device", **{"training.devices": 1}), progress=False)
+
+
+def test_two_processes_train_as_one_and_rank_0_alone_writes(demo_work, one_device):
+    work, demo_dir = demo_work
+    config = tiny_config(work, demo_dir, "two-devices", **{"training.devices": 2})
+    result = train(config, progress=False)
+    _assert_same_run(result, one_device)
+    assert json.loads((config.run_path / "history.json").read_text()) == result.history
+    results = json.loads((config.run_path / "results.json").read_text())
+    for beam, metrics in one_device.results["metrics"]["test"].items():
+        assert results["metrics"]["test"][beam] == pytest.approx(metrics, abs=1e-6)
+    assert sorted(p.name for p in config.run_path.iterdir()) == [
+        "best.pt", "config.yaml", "history.json", "last.pt", "results.json"
+    ]  # no lock left, no temporary of a second writer
+    assert load_checkpoint(config.run_path / "last.pt")["global_step"] == one_device_steps(one_device)
+
+
+def one_device_steps(result) -> int:
+    return load_checkpoint(result.run_dir / "last.pt")["global_step"]
+
+
+class Killed(Exception):
+    """What `kill_after_first_epoch` raises (module level: spawned ranks unpickle the callback)."""
+
+
+def kill_after_first_epoch(event: str, state) -> None:
+    if event == "epoch_end" and state.epoch == 1:
+        raise Killed(f"rank {distributed.rank()} killed after epoch 1")
+
+
+@pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
+def test_a_run_resumes_on_another_number_of_devices(demo_work, one_device, first, then):
+    work, demo_dir = demo_work
+    name = f"{first}-then-{then}"
+    with pytest.raises(Killed, match="killed after epoch 1"):  # raised by a rank, raised again here
+        train(tiny_config(work, demo_dir, name, **{"training.devices": first}), progress=False,
+              callbacks=[kill_after_first_epoch])
+    result = train(tiny_config(work, demo_dir, name, **{"training.devices": then}), progress=False)
+    _assert_same_run(result, one_device)
+
+
+def scores_of_a_run(run_dir, out) -> None:
+    """Greedy and beam-3 captions and scores of val and test for a run's best.pt, under this group."""
+    from helpers.checkpoints import load_run
+    from helpers.evaluate import score_model
+
+    model, _, config = load_run(run_dir)
+    prepared, store = make_source(config, progress=False)
+    scored = score_model(model, prepared, store, ["val", "test"], [1, 3], meteor=False, progress=False,
+                         tokenizer="project")
+    if distributed.is_main():
+        out.write_text(json.dumps(scored[:2]))
+
+
+def test_two_ranks_decode_and_score_val_and_test_as_one(one_device, tmp_path):
+    scores_of_a_run(one_device.run_dir, tmp_path / "one.json")
+    distributed.launch(scores_of_a_run, (one_device.run_dir, tmp_path / "two.json"), 2, torch.device("cpu"))
+    one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
+    assert two == one  # the same captions, in the same order, and the same scores
+    assert len(one[1]["val"]["beam3"]) == 12 and len(one[1]["test"]["beam1"]) == 12
+
+
+def kill_rank_1_in_epoch_2(event: str, state) -> None:
+    """SIGKILL on rank 1 three steps into the second epoch (after epoch 1's checkpoints)."""
+    if event == "step_end" and distributed.rank() == 1 and state.global_step == 13:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_rank_ends_the_group_and_the_run_resumes_from_the_last_checkpoint(demo_work, one_device):
+    work, demo_dir = demo_work
+    config = tiny_config(work, demo_dir, "killed-rank", **{"training.devices": 2})
+    with pytest.raises(ProcessExitedException, match="process 1 terminated with signal SIGKILL"):
+        train(config, progress=False, callbacks=[kill_rank_1_in_epoch_2])
+    last = load_checkpoint(config.run_path / "last.pt")  # whole, as written at the end of epoch 1
+    assert (last["epoch"], last["step_in_epoch"]) == (1, 0)
+    assert len(json.loads((config.run_path / "history.json").read_text())) == 1
+    result = train(tiny_config(work, demo_dir, "killed-rank", **{"training.devices": 1}), progress=False)
+    _assert_same_run(result, one_device)
+    assert not [p.name for p in config.run_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def record_step_loss(event: str, state) -> None:
+    """Rank 0 appends each step's (global batch) loss to <run folder>.losses beside the run folder."""
+    if event == "step_end" and distributed.is_main():
+        with open(state.run_dir.parent / f"{state.run_dir.name}.losses", "a") as losses:
+            losses.write(f"{state.loss!r}\n")
+
+
+def test_fine_tuning_the_cnn_on_two_processes_trains_as_one(demo_work):
+    """Finetune mode: images through the CNN, whose last stage trains under DDP. The first steps'
+    losses agree to float precision; later the CNN's near-zero gradients let AdamW's sign-like
+    updates grow the float noise of the summation order (about 3x a step), so the epoch's losses are
+    compared to 1e-4 and the weights are not compared (the gradients are, in
+    test_two_ranks_compute_the_gradient_of_the_global_batch[images])."""
+    work, demo_dir = demo_work
+    runs = {}
+    for devices in (1, 2):
+        settings = {"training.mode": "finetune", "training.epochs": 1, "training.devices": devices}
+        config = tiny_config(work, demo_dir, f"finetune-{devices}", **settings)
+        runs[devices] = train(config, progress=False, callbacks=[record_step_loss])
+    one, two = ([float(line) for line in (work / "runs" / f"finetune-{d}.losses").read_text().split()]
+                for d in (1, 2))
+    assert len(one) == len(two) == 11
+    assert two[:3] == pytest.approx(one[:3], rel=1e-6)
+    assert two == pytest.approx(one, rel=1e-4)
+    assert _losses(runs[2].history) == pytest.approx(_losses(runs[1].history), rel=1e-4)
+    saved = load_checkpoint(runs[2].run_dir / "best.pt")["model"]
+    assert any(name.startswith("image_encoder.") for name in saved)  # the trained stage is in it
+
+
+def test_the_command_line_takes_devices(capsys):
+    from helpers.train import main
+
+    assert main(["--config", "LSTM", "--devices", "none", "--quiet"]) == 2
+    assert "training.devices='none' is not valid: 'auto'" in capsys.readouterr().err

@@ -42,6 +42,7 @@ SPLITS = ("karpathy", "seeded")
 METRIC_TOKENIZERS = ("auto", "ptb", "project")  # helpers.evaluate.resolve_tokenizer
 DEVICES = ("auto", "cpu", "cuda")
 DATA_SPLITS = ("train", "val", "test")  # helpers.prepare.SPLITS
+DEFAULT_DROPOUT = {"recurrent": 0.5, "transformer": 0.1}  # model.dropout when null
 
 
 class ConfigError(ValueError):
@@ -60,7 +61,9 @@ class ModelConfig:
     pretrained_backbone: bool = True  # ImageNet weights for the CNN (False: random, for tests and demos)
     num_heads: int = 4  # transformer only; must divide hidden_dim (the transformer's d_model)
     num_layers: int = 2  # transformer only
-    dropout: float = 0.1  # transformer only
+    # Dropout; null: the decoder's own default, 0.5 for rnn/lstm/attn (on the hidden states before the
+    # output layer, as Show, Attend and Tell) and 0.1 inside the transformer's layers.
+    dropout: float | None = None
 
 
 @dataclass
@@ -102,6 +105,8 @@ class TrainingConfig:
     schedule: str = "cosine"  # decay after warmup: cosine | linear | constant
     min_lr_ratio: float = 0.01  # final learning rate as a fraction of lr
     grad_clip: float | None = 5.0  # max gradient norm; None: no clipping
+    label_smoothing: float = 0.1  # cross-entropy target: this much of the mass spread over all words
+    alpha_c: float = 1.0  # attn only: weight of Show-Attend-Tell's doubly-stochastic attention penalty
     patience: int | None = 3  # epochs without a better val CIDEr before stopping; None: never stop early
     mode: str = "features"  # features: frozen CNN on the feature store; finetune: images end to end
     finetune_stages: int = 1  # finetune mode: how many of the backbone's last stages train
@@ -115,6 +120,11 @@ class TrainingConfig:
     val_max_images: int | None = None  # validate on the first N val images (None: all)
     eval_splits: list[str] = field(default_factory=lambda: ["val", "test"])  # splits scored into results.json
     eval_beam_sizes: list[int] = field(default_factory=lambda: [1, 3])  # decodings scored (1: greedy)
+    # Beam length penalty: finalists rank by log-probability / length ** this (0: the summed
+    # log-probability, as sgrvinod's and ruotianluo's beam searches; 1: the mean per word).
+    eval_length_penalty: float = 0.0
+    eval_no_repeat_ngram_size: int = 3  # decoding never repeats an n-gram of this size (0: off)
+    eval_mask_unk: bool = True  # decoding never emits <UNK>
     meteor: bool = True  # also METEOR in results.json when Java is available (its JVM takes ~10 s to start)
     metric_tokenizer: str = "auto"  # results.json scores: ptb (Java, as papers) | project | auto: ptb if Java
     run_dir: str = "runs"  # runs are written to <run_dir>/<run_name>/
@@ -150,6 +160,15 @@ class Config:
     @property
     def run_path(self) -> Path:
         return Path(self.training.run_dir) / self.run_name
+
+    @property
+    def decoding(self) -> dict[str, Any]:
+        """The decoding options (training.eval_*) as keyword arguments of a model's sample()."""
+        return {
+            "alpha": self.training.eval_length_penalty,
+            "no_repeat_ngram_size": self.training.eval_no_repeat_ngram_size,
+            "mask_unk": self.training.eval_mask_unk,
+        }
 
     @property
     def image_size(self) -> int:
@@ -368,6 +387,8 @@ def _check_choices(config: Config, source: str) -> None:
     if cell not in CELL_TYPES:
         raise _choice_error(source, "model.cell_type", model.cell_type, CELL_TYPES + tuple(CELL_TYPE_ALIASES))
     model.cell_type = cell
+    if model.dropout is None:
+        model.dropout = DEFAULT_DROPOUT["transformer" if cell == "transformer" else "recurrent"]
     if model.backbone not in BACKBONES:
         raise _choice_error(source, "model.backbone", model.backbone, BACKBONES)
     channels = BACKBONES[model.backbone].out_channels
@@ -427,6 +448,9 @@ def _check_ranges(config: Config, source: str) -> None:
         "training.weight_decay": training.weight_decay,
         "training.checkpoint_every_steps": training.checkpoint_every_steps,
         "training.encoder_lr_scale": training.encoder_lr_scale,
+        "training.alpha_c": training.alpha_c,
+        "training.eval_length_penalty": training.eval_length_penalty,
+        "training.eval_no_repeat_ngram_size": training.eval_no_repeat_ngram_size,
     }.items():
         if value < 0:
             raise ConfigError(f"{source}: {key}={value} must not be negative.")
@@ -434,6 +458,7 @@ def _check_ranges(config: Config, source: str) -> None:
         ("training.warmup_fraction", training.warmup_fraction, "1)"),
         ("training.min_lr_ratio", training.min_lr_ratio, "1]"),
         ("model.dropout", model.dropout, "1)"),
+        ("training.label_smoothing", training.label_smoothing, "1)"),
     ):
         if value < 0 or value > 1 or (value == 1 and upper == "1)"):
             raise ConfigError(f"{source}: {key}={value} must be in [0, {upper}.")

@@ -266,6 +266,7 @@ def decode_split(
     max_images: int | None = None,
     image_size: int | None = None,
     num_workers: int | None = None,
+    decoding: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """Caption every image of `split`: {filename: caption}.
 
@@ -274,6 +275,7 @@ def decode_split(
     in fine-tuned runs). `max_length` defaults to the prepared max caption length, or 20.
     `max_images` decodes only the first N images (quick validation); `image_size` is the crop side
     for images (default: the backbone's); `num_workers` image-decoding workers (default: by CPU count).
+    `decoding`: further options of the model's sample() (a config's `decoding`).
     """
     device = _model_device(model)
     if hasattr(source, "features"):  # a FeatureStore
@@ -298,7 +300,9 @@ def decode_split(
     max_length = max_length or 20
     captions: dict[str, str] = {}
     for inputs, names in batches:
-        output = model.sample(inputs.to(device), max_length=max_length, beam_size=beam_size)
+        output = model.sample(
+            inputs.to(device), max_length=max_length, beam_size=beam_size, **(decoding or {})
+        )
         tokens = output[0] if isinstance(output, tuple) else output
         for name, row in zip(names, tokens.tolist()):
             words = []
@@ -340,12 +344,14 @@ def score_model(
     progress: bool = True,
     image_size: int | None = None,
     tokenizer: str = "auto",
+    decoding: Mapping[str, Any] | None = None,
 ) -> tuple[dict, dict, dict]:
     """Metrics {split: {"beam<k>": metrics}}, the captions {split: {"beam<k>": {file: caption}}} and
     how each was scored {split: {"beam<k>": {"tokenizer": ..., "images": n}}}.
 
     Without a feature store the images pass through the model's CNN at `image_size`. `tokenizer`:
-    "auto" (PTB when Java is on PATH, as papers score), "ptb" or "project".
+    "auto" (PTB when Java is on PATH, as papers score), "ptb" or "project". `decoding`: the options of
+    the model's sample() (a config's `decoding`: length penalty, n-gram blocking, <UNK> masking).
     """
     source = store if store is not None else prepared
     tokenizer = resolve_tokenizer(tokenizer)
@@ -362,6 +368,7 @@ def score_model(
                 source,
                 split,
                 beam_size=beam,
+                decoding=decoding,
                 batch_size=batch_size,
                 vocab=prepared.vocab,
                 max_length=max_length or prepared.max_caption_length,
@@ -429,6 +436,7 @@ def evaluate_run(
         progress=progress,
         image_size=config.image_size,
         tokenizer=tokenizer,
+        decoding=config.decoding,
     )
     return write_results(run_dir, model, config, checkpoint, metrics, captions, device, scoring)
 

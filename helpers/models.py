@@ -29,10 +29,11 @@ from helpers.decoders import (
     TransformerDecoder,
     canonical_cell_type,
     dot_product_attention,
+    doubly_stochastic_penalty,
     temporal_softmax_loss,
 )
 from helpers.embeddings import WordEmbedding, load_glove_embeddings
-from helpers.text import END, NULL, START, check_word_to_idx, require_tokens
+from helpers.text import END, NULL, START, UNK, check_word_to_idx, require_tokens
 
 __all__ = [
     "CELL_TYPES",
@@ -63,19 +64,51 @@ def backbone_for(input_dim: int | None, backbone: str | None) -> str:
     return matching[0]
 
 
-def beam_search(model, features: Tensor, max_length: int, beam_size: int = 1, alpha: float = 0.7):
+def _repeated_ngram_ban(tokens: Tensor, t: int, n: int, vocab_size: int) -> Tensor:
+    """(N, k, V) True for each word that would repeat an n-gram already in the hypothesis tokens[:, :, :t]."""
+    N, k, _ = tokens.shape
+    grams = tokens[:, :, :t].unfold(2, n, 1)  # (N, k, t - n + 1, n)
+    prefix = tokens[:, :, t - n + 1 : t].unsqueeze(2)  # the last n - 1 words
+    match = (grams[..., :-1] == prefix).all(dim=3).float()
+    hits = torch.zeros(N, k, vocab_size, device=tokens.device).scatter_add_(2, grams[..., -1], match)
+    return hits > 0
+
+
+def beam_search(
+    model,
+    features: Tensor,
+    max_length: int,
+    beam_size: int = 1,
+    alpha: float = 0.7,
+    no_repeat_ngram_size: int = 0,
+    mask_unk: bool = False,
+    n_best: int | None = None,
+):
     """Decode a batch with beam search, all images and beams at once (batch * beam_size rows).
 
-    Hypotheses are ranked by their summed log-probability while searching; a hypothesis that emits
+    Hypotheses are ranked by their summed log-probability while searching, except that the first
+    beam always extends greedily: greedy decoding's caption stays among the finalists, so a wider
+    beam never ends with a worse normalised score than greedy (without it, prefixes that put off
+    their uncertain words, like "there are two shapes ...", crowd greedy's path out of a small beam
+    and the search ends below greedy in likelihood and in CIDEr). A hypothesis that emits
     ``<END>`` is finished and keeps its place, extended only by ``<NULL>`` at no cost. At the end
     each image keeps the hypothesis with the best ``score / length ** alpha`` (length counts the
-    words up to and including ``<END>``). ``beam_size=1`` is greedy decoding.
+    words up to and including ``<END>``; alpha is the length penalty: 0 ranks by summed
+    log-probability, which favours short captions, 1 by the mean per word). ``beam_size=1`` is greedy
+    decoding. ``no_repeat_ngram_size=n`` (n >= 1; 0: off) forbids any n-gram to occur twice in a
+    caption; ``mask_unk`` never emits ``<UNK>``.
 
     Returns ``(tokens (N, max_length), attention (N, max_length, H'*W') or None)``; tokens after
-    ``<END>`` are ``<NULL>`` and so is their attention (zeros).
+    ``<END>`` are ``<NULL>`` and so is their attention (zeros). With ``n_best`` (1 to beam_size) it
+    returns the n best hypotheses of each image, best first, with their length-normalised scores:
+    ``(tokens (N, n, max_length), scores (N, n), attention (N, n, max_length, H'*W') or None)``.
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be at least 1, got {beam_size}")
+    if n_best is not None and not 1 <= n_best <= beam_size:
+        raise ValueError(f"n_best must be between 1 and beam_size={beam_size}, got {n_best}")
+    if no_repeat_ngram_size < 0:
+        raise ValueError(f"no_repeat_ngram_size must be 0 (off) or positive, got {no_repeat_ngram_size}")
     N, k = features.shape[0], beam_size
     device = features.device
     state = tuple(s.repeat_interleave(k, dim=0) for s in model.init_state(features))
@@ -87,14 +120,28 @@ def beam_search(model, features: Tensor, max_length: int, beam_size: int = 1, al
     tokens = torch.full((N, k, max_length), model._null, dtype=torch.long, device=device)
     attention_history = None
     row_offsets = torch.arange(N, device=device).unsqueeze(1) * k
+    unk = model.word_to_idx.get(UNK) if mask_unk else None
     for t in range(max_length):
         log_probs, state, attention = model.step(state, words)
         vocab_size = log_probs.shape[1]
         log_probs = log_probs.float().view(N, k, vocab_size)
+        if unk is not None:
+            log_probs[:, :, unk] = -math.inf
+        if no_repeat_ngram_size and t >= no_repeat_ngram_size:
+            ban = _repeated_ngram_ban(tokens, t, no_repeat_ngram_size, vocab_size)
+            log_probs = log_probs.masked_fill(ban, -math.inf)
         null_only = torch.full((vocab_size,), -math.inf, device=device)
         null_only[model._null] = 0.0
         log_probs = torch.where(finished.unsqueeze(2), null_only, log_probs)
-        scores, flat_choice = (scores.unsqueeze(2) + log_probs).view(N, k * vocab_size).topk(k, dim=1)
+        candidates = scores.unsqueeze(2) + log_probs  # (N, k, V)
+        # Slot 0 follows the greedy path (the best word after slot 0, which began as greedy's), so
+        # the search never ends worse than greedy decoding; the other slots take the best of the rest.
+        greedy_word = candidates[:, 0].argmax(dim=1, keepdim=True)
+        greedy_score = candidates[:, 0].gather(1, greedy_word)
+        candidates[:, 0].scatter_(1, greedy_word, -math.inf)
+        rest_scores, rest_choice = candidates.view(N, k * vocab_size).topk(k - 1, dim=1)
+        scores = torch.cat([greedy_score, rest_scores], dim=1)
+        flat_choice = torch.cat([greedy_word, rest_choice], dim=1)
         parent = flat_choice // vocab_size
         word = flat_choice % vocab_size
         tokens = tokens.gather(1, parent.unsqueeze(2).expand(N, k, max_length))
@@ -118,10 +165,16 @@ def beam_search(model, features: Tensor, max_length: int, beam_size: int = 1, al
         words = word.view(-1)
         if bool(finished.all()):
             break
-    best = (scores / lengths.clamp(min=1).float() ** alpha).argmax(dim=1)
+    normalised = scores / lengths.clamp(min=1).float() ** alpha
     batch = torch.arange(N, device=device)
-    best_attention = None if attention_history is None else attention_history[batch, best]
-    return tokens[batch, best], best_attention
+    if n_best is None:
+        best = normalised.argmax(dim=1)
+        best_attention = None if attention_history is None else attention_history[batch, best]
+        return tokens[batch, best], best_attention
+    top_scores, top = normalised.topk(n_best, dim=1)
+    rows = batch.unsqueeze(1)
+    top_attention = None if attention_history is None else attention_history[rows, top]
+    return tokens[rows, top], top_scores, top_attention
 
 
 class CaptioningModel(nn.Module):
@@ -207,38 +260,77 @@ class CaptioningModel(nn.Module):
             f"got shape {tuple(x.shape)}"
         )
 
-    def forward(self, images: Tensor, captions: Tensor) -> Tensor:
+    def forward(
+        self, images: Tensor, captions: Tensor, label_smoothing: float = 0.0, alpha_c: float = 0.0
+    ) -> Tensor:
         """Teacher-forced loss: summed over time, averaged over the batch, ``<NULL>`` targets ignored.
 
         captions (N, T + 1) start with ``<START>``; the model reads ``captions[:, :-1]`` and predicts
-        ``captions[:, 1:]``.
+        ``captions[:, 1:]``. Training passes ``label_smoothing`` (see :func:`temporal_softmax_loss`)
+        and, for the attention LSTM, ``alpha_c`` times the doubly-stochastic attention penalty; with
+        both 0 (the default, and what validation uses) the loss is the course's cross-entropy.
         """
         captions_in, captions_out = captions[:, :-1], captions[:, 1:]
-        scores = self.scores(self.features_from(images), captions_in)
-        return temporal_softmax_loss(scores, captions_out, ignore_index=self.ignore_index)
+        features = self.features_from(images)
+        if alpha_c and getattr(self, "cell_type", None) == "attn":
+            scores, attention = self.scores(features, captions_in, return_attention=True)
+            penalty = doubly_stochastic_penalty(attention, captions_out != self.ignore_index)
+        else:
+            scores, penalty = self.scores(features, captions_in), 0.0
+        loss = temporal_softmax_loss(
+            scores, captions_out, ignore_index=self.ignore_index, label_smoothing=label_smoothing
+        )
+        return loss + alpha_c * penalty
 
     @torch.no_grad()
-    def sample(self, images: Tensor, max_length: int = 15, beam_size: int = 1, alpha: float = 0.7):
+    def sample(
+        self,
+        images: Tensor,
+        max_length: int = 15,
+        beam_size: int = 1,
+        alpha: float = 0.7,
+        no_repeat_ngram_size: int = 0,
+        mask_unk: bool = False,
+    ):
         """Caption a batch: token ids (N, max_length), starting with the first word after ``<START>``.
 
         ``beam_size=1`` is greedy decoding; larger values run :func:`beam_search` over the whole batch
-        with length normalisation ``score / length ** alpha``. Positions after ``<END>`` hold
-        ``<NULL>``. Models with attention also return the attention maps (N, max_length, H', W'),
-        on the CPU like the course module. Runs in eval mode (no dropout) and then gives every
-        submodule back its own mode (a frozen encoder kept in eval stays in eval).
+        with length normalisation ``score / length ** alpha``; ``no_repeat_ngram_size`` and
+        ``mask_unk`` are as there. Positions after ``<END>`` hold ``<NULL>``. Models with attention
+        also return the attention maps (N, max_length, H', W'), on the CPU like the course module.
         """
+        features, (captions, attention) = self._decode(
+            images, max_length, beam_size, alpha=alpha, no_repeat_ngram_size=no_repeat_ngram_size,
+            mask_unk=mask_unk,
+        )
+        if not self.returns_attention:
+            return captions
+        return captions, attention.reshape(*captions.shape, *features.shape[2:]).cpu()
+
+    @torch.no_grad()
+    def sample_n_best(
+        self, images: Tensor, n: int, max_length: int = 15, beam_size: int | None = None, **options
+    ):
+        """The n best captions of each image and their scores: (tokens (N, n, max_length), scores (N, n)).
+
+        Best first; scores are the length-normalised log-probabilities beam search ranks by.
+        ``beam_size`` defaults to n; ``options`` (alpha, no_repeat_ngram_size, mask_unk) as :meth:`sample`.
+        """
+        _, (tokens, scores, _) = self._decode(images, max_length, beam_size or n, n_best=n, **options)
+        return tokens, scores
+
+    def _decode(self, images: Tensor, max_length: int, beam_size: int, **options):
+        """(features, beam_search's output) in eval mode (no dropout); then every submodule gets its
+        own mode back (a frozen encoder kept in eval stays in eval)."""
         require_tokens(self.word_to_idx, [START, END], "sampling")
         modes = [(module, module.training) for module in self.modules()]
         self.eval()
         try:
             features = self.features_from(images)
-            captions, attention = beam_search(self, features, max_length, beam_size, alpha)
+            return features, beam_search(self, features, max_length, beam_size, **options)
         finally:
             for module, training in modes:
                 module.training = training
-        if not self.returns_attention:
-            return captions
-        return captions, attention.reshape(*captions.shape, *features.shape[2:]).cpu()
 
     def log_probs(self, hidden: Tensor) -> Tensor:
         """Hidden states (..., H) -> log-probabilities (..., V) in float32."""
@@ -269,6 +361,7 @@ class CaptioningRNN(CaptioningModel):
         glove_path: str | None = None,
         freeze_embeddings: bool = False,
         normalize_features: bool = False,
+        dropout: float = 0.0,
     ):
         if canonical_cell_type(cell_type) not in RNN_CELL_TYPES:
             aliases = [alias for alias, cell in CELL_TYPE_ALIASES.items() if cell in RNN_CELL_TYPES]
@@ -287,16 +380,23 @@ class CaptioningRNN(CaptioningModel):
         else:
             self.feat_proj = nn.Linear(self.input_dim, hidden_dim)
             self.decoder = (RNN if self.cell_type == "rnn" else LSTM)(wordvec_dim, hidden_dim)
+        # On the hidden states before the output layer, as Show, Attend and Tell (the course had none).
+        self.dropout = nn.Dropout(dropout)
         self.output_proj = nn.Linear(hidden_dim, len(word_to_idx))
 
-    def scores(self, features: Tensor, captions_in: Tensor) -> Tensor:
-        """Teacher-forced vocabulary scores (N, T, V); RNN and LSTM run torch's fused kernels."""
+    def scores(self, features: Tensor, captions_in: Tensor, return_attention: bool = False):
+        """Teacher-forced vocabulary scores (N, T, V); RNN and LSTM run torch's fused kernels.
+
+        ``return_attention`` (attn only) also gives the attention weights (N, T, H', W').
+        """
         word_embeds = self.word_embed(captions_in)
+        attention = None
         if self.cell_type == "attn":
-            hidden = self.decoder(word_embeds, self.feat_proj(features))
+            hidden, attention = self.decoder(word_embeds, self.feat_proj(features), return_attention=True)
         else:
             hidden = self.decoder(word_embeds, self.feat_proj(features.mean(dim=(2, 3))))
-        return self.output_proj(hidden)
+        scores = self.output_proj(self.dropout(hidden))
+        return (scores, attention) if return_attention else scores
 
     def init_state(self, features: Tensor) -> tuple[Tensor, ...]:
         """(h,) for rnn, (h, c) for lstm with c = 0, (h, c, A) for attn with h = c = mean of A."""
@@ -383,14 +483,14 @@ class CaptioningTransformer(CaptioningModel):
         state = tuple(t for pair in pairs[:layers] + past_kv for t in pair)
         return self.log_probs(hidden), state, weights
 
-    def sample(self, images: Tensor, max_length: int = 15, beam_size: int = 1, alpha: float = 0.7):
-        """As :meth:`CaptioningModel.sample`; max_length may not exceed the model's ``max_length``."""
+    def _decode(self, images: Tensor, max_length: int, beam_size: int, **options):
+        """As :meth:`CaptioningModel._decode`; max_length may not exceed the model's ``max_length``."""
         if max_length > self.max_length:
             raise ValueError(
                 f"max_length={max_length} exceeds the model's max_length={self.max_length}; "
                 f"build CaptioningTransformer with max_length >= {max_length}"
             )
-        return super().sample(images, max_length=max_length, beam_size=beam_size, alpha=alpha)
+        return super()._decode(images, max_length, beam_size, **options)
 
 
 def build_model(config: Config, vocab: Any, load_glove: bool = True):
@@ -422,5 +522,7 @@ def build_model(config: Config, vocab: Any, load_glove: bool = True):
             max_length=max(50, config.data.max_caption_length + 2),
             **common,
         )
-    return CaptioningRNN(word_to_idx, cell_type=config.model.cell_type, **common)
+    return CaptioningRNN(
+        word_to_idx, cell_type=config.model.cell_type, dropout=config.model.dropout, **common
+    )
 

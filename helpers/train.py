@@ -374,6 +374,9 @@ def _check_resumable(checkpoint: dict, config: Config, path: Path) -> None:
             "num_workers",
             "eval_splits",
             "eval_beam_sizes",
+            "eval_length_penalty",
+            "eval_no_repeat_ngram_size",
+            "eval_mask_unk",
             "device",
             "checkpoint_every_steps",
             "max_hours",
@@ -523,6 +526,7 @@ def _validate(state: TrainState, val_data: Dataset, prepared, source, config: Co
         source,
         "val",
         beam_size=1,
+        decoding=config.decoding,
         max_length=config.data.max_caption_length,
         batch_size=config.batch_size,
         vocab=prepared.vocab,
@@ -535,10 +539,16 @@ def _validate(state: TrainState, val_data: Dataset, prepared, source, config: Co
     return {"val_loss": total / max(count, 1), **{f"val_{k}": v for k, v in scores.items()}}
 
 
-def train_step(model, inputs, captions, optimizer, scaler, grad_clip: float | None, amp: bool) -> float:
-    """One teacher-forced step (fp16 autocast and loss scaling when `amp`); returns the batch loss."""
+def train_step(
+    model, inputs, captions, optimizer, scaler, grad_clip: float | None, amp: bool,
+    label_smoothing: float = 0.0, alpha_c: float = 0.0,
+) -> float:
+    """One teacher-forced step (fp16 autocast and loss scaling when `amp`); returns the batch loss.
+
+    `label_smoothing` and `alpha_c` shape the training loss (see CaptioningModel.forward).
+    """
     with torch.autocast(inputs.device.type, dtype=torch.float16, enabled=amp):
-        loss = model(inputs, captions)
+        loss = model(inputs, captions, label_smoothing=label_smoothing, alpha_c=alpha_c)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if grad_clip:
@@ -799,7 +809,10 @@ def _train_batch(run: _Run, inputs, captions) -> int:
         inputs = inputs.to(state.device, non_blocking=True)
         captions = captions.to(state.device, non_blocking=True)
         clip, amp = config.training.grad_clip, _amp(config, state.device)
-        state.loss = train_step(state.model, inputs, captions, state.optimizer, state.scaler, clip, amp)
+        state.loss = train_step(
+            state.model, inputs, captions, state.optimizer, state.scaler, clip, amp,
+            label_smoothing=config.training.label_smoothing, alpha_c=config.training.alpha_c,
+        )
         check_finite_loss(state, run.last_path, run.best_path)
         count = len(captions)
         state.epoch_loss_sum += state.loss * count
@@ -889,6 +902,7 @@ def _score_best(run: _Run, paused: bool) -> TrainResult:
             run.store,
             config.training.eval_splits,
             config.training.eval_beam_sizes,
+            decoding=config.decoding,
             max_length=config.data.max_caption_length,
             batch_size=config.batch_size,
             meteor="auto" if config.training.meteor else False,

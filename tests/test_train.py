@@ -574,3 +574,37 @@ def test_resume_accepts_moved_folders_but_not_another_model():
     _check_resumable(checkpoint, moved, Path("last.pt"))  # accepted
     with pytest.raises(ConfigError, match=r"model.hidden_dim: 512 -> 256.*--no-resume"):
         _check_resumable(checkpoint, load_config("LSTM", ["model.hidden_dim=256"]), Path("last.pt"))
+    for changed, message in (
+        ("training.label_smoothing=0.2", r"training.label_smoothing: 0.1 -> 0.2"),
+        ("model.dropout=0.3", r"model.dropout: 0.5 -> 0.3"),
+        ("training.alpha_c=0.5", r"training.alpha_c: 1.0 -> 0.5"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            _check_resumable(checkpoint, load_config("LSTM", [changed]), Path("last.pt"))
+    decoding = ["training.eval_length_penalty=0.7", "training.eval_no_repeat_ngram_size=0"]
+    _check_resumable(checkpoint, load_config("LSTM", decoding), Path("last.pt"))  # evaluation only
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["LSTM"])
+def test_beam_search_at_its_defaults_scores_at_least_greedy(name, learning_demo):
+    """Val CIDEr of beam 3 >= greedy, both with the config's decoding defaults (training.eval_*).
+
+    Measured (8 epochs of configs/demo.yaml, 30 val images): LSTM greedy 1.664, beam 3 1.708;
+    before the first beam followed the greedy path, beam 3 scored 1.362 against greedy 1.614
+    ("there are two shapes ..." prefixes crowded greedy's path out of the beam).
+    """
+    work, prepared, store, _ = learning_demo
+    config = demo_config(name, work, **{"training.eval_splits": [], "training.run_name": f"{name}-beam"})
+    model = train(config, prepared=prepared, store=store, progress=False).model
+    references = prepared.references("val")
+    cider = {}
+    for beam in (1, 3):
+        hypotheses = decode_split(
+            model, store, "val", beam_size=beam, vocab=prepared.vocab, max_length=16, decoding=config.decoding
+        )
+        cider[beam] = compute_metrics(
+            {k: references[k] for k in hypotheses}, hypotheses, meteor=False
+        )["CIDEr"]
+    print(f"{name}: val CIDEr greedy {cider[1]:.3f}, beam 3 {cider[3]:.3f}")
+    assert cider[3] >= cider[1], (name, cider)

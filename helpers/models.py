@@ -272,7 +272,7 @@ class CaptioningModel(nn.Module):
         """
         captions_in, captions_out = captions[:, :-1], captions[:, 1:]
         features = self.features_from(images)
-        if alpha_c and getattr(self, "cell_type", None) == "attn":
+        if alpha_c and self.cell_type == "attn":
             scores, attention = self.scores(features, captions_in, return_attention=True)
             penalty = doubly_stochastic_penalty(attention, captions_out != self.ignore_index)
         else:

@@ -454,3 +454,17 @@ def test_the_attention_penalty_is_added_for_the_attention_lstm():
     loss = temporal_softmax_loss(scores, captions[:, 1:], ignore_index=NULL, label_smoothing=0.1)
     combined = model(features, captions, label_smoothing=0.1, alpha_c=2.0)
     assert combined.item() == pytest.approx((loss + 2.0 * expected_penalty).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize(("name", "dropout"), [("LSTM", 0.5), ("Attention_LSTM", 0.5), ("Transformer", 0.1)])
+def test_build_model_gives_each_decoder_the_configs_dropout(name, dropout):
+    from helpers.config import ConfigError, load_config
+    from helpers.models import build_model
+
+    assert load_config([name, "demo"]).model.dropout == dropout, "null picks the decoder's own default"
+    for chosen, overrides in ((dropout, []), (0.2, ["model.dropout=0.2"])):
+        model = build_model(load_config([name, "demo"], overrides), WORD_TO_IDX, load_glove=False)
+        layers = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+        assert layers and set(layers) == {chosen}
+    with pytest.raises(ConfigError, match=r"training.label_smoothing=1.0 must be in \[0, 1\)"):
+        load_config([name, "demo"], ["training.label_smoothing=1.0"])

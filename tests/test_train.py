@@ -481,7 +481,8 @@ def image_blind_bleu4(learning_demo):
     """The better of two image-blind baselines on the same 30 test images.
 
     Measured: the most common training caption for every image 0.274; the LSTM trained on
-    all-zero features 0.264 to 0.271 (8 epochs, batch 50, lr 3e-3, as configs/demo.yaml).
+    all-zero features 0.264 to 0.271 (8 epochs, batch 50, lr 3e-3, as configs/demo.yaml), 0.298 with
+    label smoothing 0.1 and dropout 0.5.
     """
     work, prepared, _, blind_store = learning_demo
     encoded, _ = prepared.captions("train")
@@ -500,9 +501,10 @@ def test_each_decoder_learns_from_the_image(name, learning_demo, image_blind_ble
 
     Measured (2-core CPU, 8 epochs, 2-12 s per decoder) with the models' BatchNorm over the feature
     channels (CaptioningModel.feature_norm): Vanilla_RNN 0.605, LSTM 0.565, Attention_LSTM 0.617,
-    Transformer 0.663, against 0.274 image-blind. Without that normalisation every decoder emitted
-    about one caption for all images (0.259-0.288): the random CNN's features differ between images
-    by only ~7% of their mean (cosine 0.998 between images).
+    Transformer 0.663, against 0.274 image-blind; with label smoothing 0.1, dropout 0.5 in the
+    recurrent decoders and alpha_c 1.0: 0.529, 0.521, 0.611, 0.733 against 0.298. Without that
+    normalisation every decoder emitted about one caption for all images (0.259-0.288): the random
+    CNN's features differ between images by only ~7% of their mean (cosine 0.998 between images).
     """
     work, prepared, store, _ = learning_demo
     bleu4 = _test_bleu4(name, work, prepared, store, name)

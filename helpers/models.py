@@ -74,6 +74,43 @@ def _repeated_ngram_ban(tokens: Tensor, t: int, n: int, vocab_size: int) -> Tens
     return hits > 0
 
 
+def _check_beam_arguments(beam_size: int, no_repeat_ngram_size: int, n_best: int | None) -> None:
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be at least 1, got {beam_size}")
+    if n_best is not None and not 1 <= n_best <= beam_size:
+        raise ValueError(f"n_best must be between 1 and beam_size={beam_size}, got {n_best}")
+    if no_repeat_ngram_size < 0:
+        raise ValueError(f"no_repeat_ngram_size must be 0 (off) or positive, got {no_repeat_ngram_size}")
+
+
+def _extend_attention(history, attention: Tensor, parent: Tensor, parent_finished: Tensor, t: int, length):
+    """The attention maps (N, k, length, S) of the kept hypotheses, step t's (B, S) added (zeros once
+    a hypothesis has finished)."""
+    N, k = parent.shape
+    positions = attention.shape[1]
+    if history is None:
+        history = attention.new_zeros(N, k, length, positions)
+    history = history.gather(1, parent.view(N, k, 1, 1).expand(N, k, length, positions))
+    step = attention.view(N, k, positions).gather(1, parent.unsqueeze(2).expand(N, k, positions))
+    history[:, :, t] = step * (~parent_finished).unsqueeze(2)
+    return history
+
+
+def _best_extensions(candidates: Tensor) -> tuple[Tensor, Tensor]:
+    """The k extensions (scores (N, k), flat indices into k * V) kept from candidates (N, k, V).
+
+    Slot 0 follows the greedy path (the best word after slot 0, which began as greedy's), so the
+    search never ends worse than greedy decoding; the other slots take the best of the rest.
+    """
+    N, k, vocab_size = candidates.shape
+    candidates = candidates.clone()
+    greedy_word = candidates[:, 0].argmax(dim=1, keepdim=True)
+    greedy_score = candidates[:, 0].gather(1, greedy_word)
+    candidates[:, 0].scatter_(1, greedy_word, -math.inf)
+    rest_scores, rest_choice = candidates.view(N, k * vocab_size).topk(k - 1, dim=1)
+    return torch.cat([greedy_score, rest_scores], dim=1), torch.cat([greedy_word, rest_choice], dim=1)
+
+
 def beam_search(
     model,
     features: Tensor,
@@ -86,29 +123,18 @@ def beam_search(
 ):
     """Decode a batch with beam search, all images and beams at once (batch * beam_size rows).
 
-    Hypotheses are ranked by their summed log-probability while searching, except that the first
-    beam always extends greedily: greedy decoding's caption stays among the finalists, so a wider
-    beam never ends with a worse normalised score than greedy (without it, prefixes that put off
-    their uncertain words, like "there are two shapes ...", crowd greedy's path out of a small beam
-    and the search ends below greedy in likelihood and in CIDEr). A hypothesis that emits
+    Hypotheses rank by summed log-probability while searching, but the first beam always extends
+    greedily, so greedy's caption stays a finalist (else prefixes that put off their uncertain words,
+    "there are two shapes ...", crowd it out and the search ends below greedy). A hypothesis that emits
     ``<END>`` is finished and keeps its place, extended only by ``<NULL>`` at no cost. At the end
-    each image keeps the hypothesis with the best ``score / length ** alpha`` (length counts the
-    words up to and including ``<END>``; alpha is the length penalty: 0 ranks by summed
-    log-probability, which favours short captions, 1 by the mean per word). ``beam_size=1`` is greedy
-    decoding. ``no_repeat_ngram_size=n`` (n >= 1; 0: off) forbids any n-gram to occur twice in a
-    caption; ``mask_unk`` never emits ``<UNK>``.
-
-    Returns ``(tokens (N, max_length), attention (N, max_length, H'*W') or None)``; tokens after
-    ``<END>`` are ``<NULL>`` and so is their attention (zeros). With ``n_best`` (1 to beam_size) it
-    returns the n best hypotheses of each image, best first, with their length-normalised scores:
-    ``(tokens (N, n, max_length), scores (N, n), attention (N, n, max_length, H'*W') or None)``.
+    each image keeps the best ``score / length ** alpha`` (length: words up to and including ``<END>``;
+    alpha, the length penalty: 0 ranks by summed log-probability, 1 by the mean per word).
+    ``beam_size=1`` is greedy. ``no_repeat_ngram_size=n`` (0: off) forbids any n-gram twice in a
+    caption; ``mask_unk`` never emits ``<UNK>``. Returns ``(tokens (N, max_length), attention (N,
+    max_length, H'*W') or None)``, ``<NULL>`` (attention zeros) after ``<END>``; with ``n_best`` the n
+    best of each image, best first: ``(tokens (N, n, max_length), scores (N, n), attention or None)``.
     """
-    if beam_size < 1:
-        raise ValueError(f"beam_size must be at least 1, got {beam_size}")
-    if n_best is not None and not 1 <= n_best <= beam_size:
-        raise ValueError(f"n_best must be between 1 and beam_size={beam_size}, got {n_best}")
-    if no_repeat_ngram_size < 0:
-        raise ValueError(f"no_repeat_ngram_size must be 0 (off) or positive, got {no_repeat_ngram_size}")
+    _check_beam_arguments(beam_size, no_repeat_ngram_size, n_best)
     N, k = features.shape[0], beam_size
     device = features.device
     state = tuple(s.repeat_interleave(k, dim=0) for s in model.init_state(features))
@@ -124,24 +150,9 @@ def beam_search(
     for t in range(max_length):
         log_probs, state, attention = model.step(state, words)
         vocab_size = log_probs.shape[1]
-        log_probs = log_probs.float().view(N, k, vocab_size)
-        if unk is not None:
-            log_probs[:, :, unk] = -math.inf
-        if no_repeat_ngram_size and t >= no_repeat_ngram_size:
-            ban = _repeated_ngram_ban(tokens, t, no_repeat_ngram_size, vocab_size)
-            log_probs = log_probs.masked_fill(ban, -math.inf)
-        null_only = torch.full((vocab_size,), -math.inf, device=device)
-        null_only[model._null] = 0.0
-        log_probs = torch.where(finished.unsqueeze(2), null_only, log_probs)
-        candidates = scores.unsqueeze(2) + log_probs  # (N, k, V)
-        # Slot 0 follows the greedy path (the best word after slot 0, which began as greedy's), so
-        # the search never ends worse than greedy decoding; the other slots take the best of the rest.
-        greedy_word = candidates[:, 0].argmax(dim=1, keepdim=True)
-        greedy_score = candidates[:, 0].gather(1, greedy_word)
-        candidates[:, 0].scatter_(1, greedy_word, -math.inf)
-        rest_scores, rest_choice = candidates.view(N, k * vocab_size).topk(k - 1, dim=1)
-        scores = torch.cat([greedy_score, rest_scores], dim=1)
-        flat_choice = torch.cat([greedy_word, rest_choice], dim=1)
+        log_probs = _allowed(log_probs.float().view(N, k, vocab_size), model, tokens, finished, t, unk,
+                             no_repeat_ngram_size)
+        scores, flat_choice = _best_extensions(scores.unsqueeze(2) + log_probs)
         parent = flat_choice // vocab_size
         word = flat_choice % vocab_size
         tokens = tokens.gather(1, parent.unsqueeze(2).expand(N, k, max_length))
@@ -150,31 +161,38 @@ def beam_search(
         lengths = lengths.gather(1, parent) + (~parent_finished).long()
         finished = parent_finished | (word == model._end)
         if attention is not None:
-            positions = attention.shape[1]
-            if attention_history is None:
-                attention_history = attention.new_zeros(N, k, max_length, positions)
-            attention_history = attention_history.gather(
-                1, parent.view(N, k, 1, 1).expand(N, k, max_length, positions)
+            attention_history = _extend_attention(
+                attention_history, attention, parent, parent_finished, t, max_length
             )
-            step_attention = attention.view(N, k, positions).gather(
-                1, parent.unsqueeze(2).expand(N, k, positions)
-            )
-            attention_history[:, :, t] = step_attention * (~parent_finished).unsqueeze(2)
         rows = (row_offsets + parent).view(-1)
         state = tuple(s.index_select(0, rows) for s in state)
         words = word.view(-1)
         if bool(finished.all()):
             break
-    normalised = scores / lengths.clamp(min=1).float() ** alpha
-    batch = torch.arange(N, device=device)
-    if n_best is None:
-        best = normalised.argmax(dim=1)
-        best_attention = None if attention_history is None else attention_history[batch, best]
-        return tokens[batch, best], best_attention
-    top_scores, top = normalised.topk(n_best, dim=1)
-    rows = batch.unsqueeze(1)
+    return _finalists(tokens, scores / lengths.clamp(min=1).float() ** alpha, attention_history, n_best)
+
+
+def _finalists(tokens: Tensor, normalised: Tensor, attention_history, n_best: int | None):
+    """beam_search's return value: the best hypothesis of each image, or its n best with scores."""
+    rows = torch.arange(tokens.shape[0], device=tokens.device).unsqueeze(1)
+    top_scores, top = normalised.topk(n_best or 1, dim=1)
     top_attention = None if attention_history is None else attention_history[rows, top]
+    if n_best is None:
+        return tokens[rows, top][:, 0], None if top_attention is None else top_attention[:, 0]
     return tokens[rows, top], top_scores, top_attention
+
+
+def _allowed(log_probs: Tensor, model, tokens: Tensor, finished: Tensor, t: int, unk, ngram: int) -> Tensor:
+    """Step t's log-probabilities (N, k, V) with the banned words at -inf: <UNK> (when ``unk`` is its
+    id), words repeating an n-gram, and all but <NULL> (at no cost) after <END>."""
+    if unk is not None:
+        log_probs[:, :, unk] = -math.inf
+    if ngram and t >= ngram:
+        banned = _repeated_ngram_ban(tokens, t, ngram, log_probs.shape[2])
+        log_probs = log_probs.masked_fill(banned, -math.inf)
+    null_only = torch.full((log_probs.shape[2],), -math.inf, device=log_probs.device)
+    null_only[model._null] = 0.0
+    return torch.where(finished.unsqueeze(2), null_only, log_probs)
 
 
 class CaptioningModel(nn.Module):

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import json
 import math
 import re
 import types
@@ -42,6 +44,7 @@ SPLITS = ("karpathy", "seeded")
 METRIC_TOKENIZERS = ("auto", "ptb", "project")  # helpers.evaluate.resolve_tokenizer
 DEVICES = ("auto", "cpu", "cuda")
 DATA_SPLITS = ("train", "val", "test")  # helpers.prepare.SPLITS
+VOCAB_SOURCES = ("train", "all")  # helpers.prepare.VOCAB_SOURCES
 DEFAULT_DROPOUT = {"recurrent": 0.5, "transformer": 0.1}  # model.dropout when null
 
 
@@ -82,7 +85,12 @@ class DataConfig:
     dataset: str = "flickr8k"  # flickr8k | flickr30k | coco | demo (see helpers.prepare)
     data_dir: str | None = None  # the dataset folder; None: the attached Kaggle dataset, else kagglehub
     work_dir: str = "work"  # prepared data and feature stores live here
-    min_word_count: int = 5  # training-caption words seen fewer times become <UNK>
+    # Words seen at least (>=) this many times in the vocab_from captions are the vocabulary; the rest
+    # become <UNK>. sgrvinod's tutorial keeps words seen more than (>) 5 times: min_word_count: 6.
+    min_word_count: int = 5
+    # Whose captions the vocabulary counts: train (the training split's) | all (every split's, as
+    # neuraltalk2 and sgrvinod's tutorial do; the references are never changed by it).
+    vocab_from: str = "train"
     max_caption_length: int = 20  # words kept per caption (longer ones are cut)
     image_size: int | None = None  # CNN input side in pixels; None: the backbone's own size (224)
     feature_layout: str = DEFAULT_FEATURE_LAYOUT  # feature store: uint8 (8-bit, COCO fits 20 GB) | float16
@@ -128,7 +136,7 @@ class TrainingConfig:
     meteor: bool = True  # also METEOR in results.json when Java is available (its JVM takes ~10 s to start)
     metric_tokenizer: str = "auto"  # results.json scores: ptb (Java, as papers) | project | auto: ptb if Java
     run_dir: str = "runs"  # runs are written to <run_dir>/<run_name>/
-    run_name: str | None = None  # the run's folder name; None: <config name>-<backbone>
+    run_name: str | None = None  # None: readable choices plus a hash of the run's identity (see run_name)
 
 
 @dataclass
@@ -136,7 +144,7 @@ class Config:
     """A whole, validated experiment configuration."""
 
     name: str = "experiment"  # set by load_config to the first file's stem (LSTM, Transformer...)
-    batch_size: int = 128  # training batch size (captions per step)
+    batch_size: int | None = None  # captions per training step; None: the backbone's recommended batch
     model: ModelConfig = field(default_factory=ModelConfig)
     embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -155,7 +163,17 @@ class Config:
 
     @property
     def run_name(self) -> str:
-        return self.training.run_name or f"{self.name}-{self.model.backbone}"
+        """training.run_name, else the choices a reader compares plus a hash of everything else that
+        changes what is trained, e.g. `LSTM-resnet50-glove-frozen-224-3f9a2c`: two configs share a
+        run folder exactly when one may resume the other's checkpoint."""
+        if self.training.run_name:
+            return self.training.run_name
+        model, embeddings = self.model, self.embeddings
+        parts = [self.name, model.backbone if model.pretrained_backbone else f"{model.backbone}_untrained"]
+        parts += ["glove" if embeddings.use_glove else "random"] + (["frozen"] if embeddings.freeze else [])
+        parts += [str(self.image_size)] + (["finetune"] if self.training.mode == "finetune" else [])
+        digest = hashlib.sha256(json.dumps(run_identity(self), sort_keys=True, default=str).encode())
+        return "-".join([*parts, digest.hexdigest()[:6]])
 
     @property
     def run_path(self) -> Path:
@@ -173,6 +191,57 @@ class Config:
     @property
     def image_size(self) -> int:
         return self.data.image_size or BACKBONES[self.model.backbone].image_size
+
+
+# Settings that may change between sessions without changing what a run trains: where things live (a
+# run folder brought in from an attached Kaggle output), how long it trains and how it is scored, the
+# device. Every other setting is part of the run's identity: it names the run folder (Config.run_name)
+# and must match for a run to be resumed (helpers.train).
+RUN_FREE_KEYS = frozenset(
+    {
+        "name",
+        "sources",
+        "data.work_dir",
+        "data.data_dir",
+        *(
+            f"training.{key}"
+            for key in (
+                "epochs",
+                "patience",
+                "num_workers",
+                "eval_splits",
+                "eval_beam_sizes",
+                "eval_length_penalty",
+                "eval_no_repeat_ngram_size",
+                "eval_mask_unk",
+                "device",
+                "checkpoint_every_steps",
+                "max_hours",
+                "meteor",
+                "metric_tokenizer",
+                "val_max_images",
+                "run_dir",
+                "run_name",
+            )
+        ),
+    }
+)
+
+
+def run_identity(config: Config) -> dict[str, Any]:
+    """Dotted key -> value of every setting that changes what a run trains (all but RUN_FREE_KEYS),
+    with inferred values filled in (the image size a backbone uses when data.image_size is null)."""
+    identity = {key: value for key, value in _flatten(config.to_dict()) if key not in RUN_FREE_KEYS}
+    identity["data.image_size"] = config.image_size
+    return identity
+
+
+def config_layers(config: str | Path, presets: Sequence[str | Path] = (), demo: bool = False) -> list:
+    """The YAML files of a run in the one order notebooks and the command line merge them: the decoder
+    config, then configs/demo.yaml in DEMO mode (generated data and GloVe file, random CNN weights, a
+    small CPU-sized model), then the presets (backbone and sizes), so a preset also applies in DEMO
+    mode. Explicit parameters and `key=value` overrides come after all files."""
+    return [config, *(["demo"] if demo else []), *presets]
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -383,6 +452,8 @@ def validate(config: Config, source: str = "config") -> Config:
 def _check_choices(config: Config, source: str) -> None:
     """Names from a fixed list (decoder, backbone, modes...), canonicalised; attn_dim from the backbone."""
     model, training, data = config.model, config.training, config.data
+    if model.backbone in BACKBONES and config.batch_size is None:
+        config.batch_size = BACKBONES[model.backbone].batch_size
     cell = canonical_cell_type(model.cell_type)
     if cell not in CELL_TYPES:
         raise _choice_error(source, "model.cell_type", model.cell_type, CELL_TYPES + tuple(CELL_TYPE_ALIASES))
@@ -407,6 +478,8 @@ def _check_choices(config: Config, source: str) -> None:
         raise _choice_error(source, "training.metric_tokenizer", training.metric_tokenizer, METRIC_TOKENIZERS)
     if data.split is not None and data.split not in SPLITS:
         raise _choice_error(source, "data.split", data.split, SPLITS)
+    if data.vocab_from not in VOCAB_SOURCES:
+        raise _choice_error(source, "data.vocab_from", data.vocab_from, VOCAB_SOURCES)
     if data.feature_layout not in FEATURE_LAYOUTS:
         raise _choice_error(source, "data.feature_layout", data.feature_layout, FEATURE_LAYOUTS)
     if training.device not in DEVICES and not str(training.device).startswith("cuda:"):

@@ -4,8 +4,8 @@
 ROUGE-L and CIDEr-D (CIDEr over the whole split in one call, since its document frequencies come
 from the set being scored), plus METEOR when Java is on PATH. Captions are tokenized either with
 the project's one tokenizer (`helpers.text.tokenize`, no Java) or, as the COCO caption evaluation
-that papers report does, with pycocoevalcap's Java PTBTokenizer. The two differ on clitics ("dog 's"
-vs "dogs"), hyphenated words and decimal numbers. `evaluate_run` decodes a trained run's best
+that papers report does, with pycocoevalcap's Java PTBTokenizer. Both split clitics ("dog 's");
+they differ on hyphenated words, decimal numbers and times. `evaluate_run` decodes a trained run's best
 checkpoint and writes results.json, recording which tokenizer scored each figure.
 """
 
@@ -43,6 +43,21 @@ from helpers.text import END, NULL, START, tokenize
 from helpers.workdir import make_source
 
 METRIC_NAMES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr")
+# How every log, plot and table shows a metric: the papers' name, scores x 100 (BLEU-4 25.00).
+METRIC_LABELS = {
+    "Bleu_1": "BLEU-1",
+    "Bleu_2": "BLEU-2",
+    "Bleu_3": "BLEU-3",
+    "Bleu_4": "BLEU-4",
+    "METEOR": "METEOR",
+    "ROUGE_L": "ROUGE-L",
+    "CIDEr": "CIDEr",
+}
+
+
+def as_printed(score: float) -> str:
+    """A score as papers print it: x 100, two decimals (0.2345 -> '23.45')."""
+    return f"{100 * score:.2f}"
 TOKENIZERS = ("project", "ptb")  # compute_metrics; configs and the command line also accept "auto"
 METEOR_TIMEOUT_S = 600
 _java_notices_shown: set[str] = set()
@@ -109,6 +124,26 @@ def resolve_tokenizer(name: str) -> str:
     return "ptb"
 
 
+@contextlib.contextmanager
+def _stderr_to_file():
+    """Point file descriptor 2 at a temporary file while a child process (the JVM) inherits it, so
+    its chatter never reaches the terminal or notebook; yields a list that gets what it wrote."""
+    import tempfile
+
+    said: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            said.append(captured.read().decode("utf-8", "replace").strip())
+
+
 def _tokenized(gts: dict, res: dict, tokenizer: str) -> tuple[dict, dict]:
     """Both sides tokenized the same way and space-joined, as pycocoevalcap's scorers expect."""
     if tokenizer == "project":
@@ -130,11 +165,13 @@ def _tokenized(gts: dict, res: dict, tokenizer: str) -> tuple[dict, dict]:
     tokenized = []
     for captions_by_id in (gts, res):
         try:
-            output = PTBTokenizer().tokenize(entries(captions_by_id))
+            with _stderr_to_file() as java_said:  # the JVM's "PTBTokenizer tokenized N tokens" lines
+                output = PTBTokenizer().tokenize(entries(captions_by_id))
         except (OSError, subprocess.SubprocessError) as error:
             raise RuntimeError(
-                f"pycocoevalcap's PTBTokenizer failed ({error}); it writes a temporary file next to its "
-                "jar, so the pycocoevalcap install must be writable. Use tokenizer='project' otherwise."
+                f"pycocoevalcap's PTBTokenizer failed ({error}; Java said: {' '.join(java_said)!r}); it "
+                "writes a temporary file next to its jar, so the pycocoevalcap install must be writable. "
+                "Use tokenizer='project' otherwise."
             ) from error
         counts = [len(output.get(k, ())) for k in captions_by_id]
         if counts != [len(v) for v in captions_by_id.values()]:
@@ -382,7 +419,8 @@ def score_model(
             scoring[split][f"beam{beam}"] = {"tokenizer": tokenizer, "images": len(hypotheses)}
             if progress:
                 print(
-                    f"{split} beam {beam}: BLEU-4 {scores['Bleu_4']:.4f}  CIDEr {scores['CIDEr']:.4f}  "
+                    f"{split} beam {beam}: BLEU-4 {as_printed(scores['Bleu_4'])}  "
+                    f"CIDEr {as_printed(scores['CIDEr'])}  "
                     f"({len(hypotheses)} images, {tokenizer} tokenizer, "
                     f"{time.perf_counter() - started:.1f} s)"
                 )
@@ -509,14 +547,15 @@ def _device_name(device) -> str:
 
 
 def format_metrics_table(metrics: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
-    """A small markdown table: one row per split and beam size."""
+    """A small markdown table: one row per split and beam size, scores as papers print them."""
     names = [
         n for n in (*METRIC_NAMES, "METEOR") if any(n in m for b in metrics.values() for m in b.values())
     ]
-    lines = ["| split | beam | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    labels = [METRIC_LABELS[n] for n in names]
+    lines = ["| split | beam | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(names)]
     for split, by_beam in metrics.items():
         for beam, scores in by_beam.items():
-            cells = " | ".join(f"{scores[n]:.4f}" if n in scores else "-" for n in names)
+            cells = " | ".join(as_printed(scores[n]) if n in scores else "-" for n in names)
             lines.append(f"| {split} | {beam.removeprefix('beam')} | {cells} |")
     return "\n".join(lines)
 

@@ -483,12 +483,19 @@ class ImageLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[ImageBatch]:
-        for batch in self.loader:
-            if self.finish is not None:
-                batch = self.finish(batch)
-            self.report.add(batch.bad)
-            self.report.check()
-            yield batch
+        batches = iter(self.loader)
+        try:
+            for batch in batches:
+                if self.finish is not None:
+                    batch = self.finish(batch)
+                self.report.add(batch.bad)
+                self.report.check()
+                yield batch
+        finally:
+            # Stop the workers here, also when the consumer stops early or the threshold is hit: an
+            # iterator left for the garbage collector can be copied into the next loader's forked
+            # workers, whose collector then tries to stop workers that are not its children.
+            del batches
         self.report.warn()
 
 
@@ -525,7 +532,6 @@ def image_loader(
         num_workers=workers,
         collate_fn=collate_skip_bad if finish is None else collate_jpegs,
         pin_memory=device is not None and device.type == "cuda",
-        persistent_workers=workers > 0,
     )
     report = report if report is not None else BadImageReport(len(dataset), max_bad)
     return ImageLoader(loader, report, finish)

@@ -26,25 +26,23 @@ from typing import Any
 import numpy as np
 
 from helpers.devices import MIN_COMPUTE_CAPABILITY, capability_supported
+from helpers.evaluate import METRIC_LABELS
 from helpers.inputs import input_root
-
-KAGGLE_WORKING = Path("/kaggle/working")
+from helpers.space import KAGGLE_WORKING
 
 DECODER_NAMES = {"rnn": "Vanilla RNN", "lstm": "LSTM", "attn": "Attention LSTM", "transformer": "Transformer"}
-METRIC_COLUMNS = {  # normalised pycocoevalcap name -> column
-    "bleu1": "BLEU-1",
-    "bleu2": "BLEU-2",
-    "bleu3": "BLEU-3",
-    "bleu4": "BLEU-4",
-    "meteor": "METEOR",
-    "rougel": "ROUGE-L",
-    "cider": "CIDEr",
-}
+# normalised pycocoevalcap name (bleu4) -> column (BLEU-4): the papers' names, as every log shows them
+METRIC_COLUMNS = {re.sub(r"[^a-z0-9]", "", name.lower()): label for name, label in METRIC_LABELS.items()}
 RESULT_COLUMNS = [
     "run",
     "decoder",
     "backbone",
+    "weights",
     "embeddings",
+    "image_size",
+    "hidden",
+    "dataset",
+    "mode",
     "split",
     "beam",
     "tokenizer",
@@ -56,6 +54,20 @@ RESULT_COLUMNS = [
     "device",
     "path",
 ]
+# The choices a run is compared on (helpers.config.run_identity words them): side_by_side puts runs that
+# differ in one of them, and agree on the rest, next to each other.
+COMPARED_CHOICES = (
+    "decoder",
+    "backbone",
+    "weights",
+    "embeddings",
+    "image_size",
+    "hidden",
+    "dataset",
+    "mode",
+    "epochs",
+    "beam",
+)
 OPTION_LABELS = {
     "use_glove": "GloVe word vectors",
     "freeze": "freeze the word vectors",
@@ -124,8 +136,9 @@ def setup(
 
     On Kaggle (KAGGLE_KERNEL_RUN_TYPE is set) the work dir is /kaggle/working, or a relative
     `work_dir` below it, and the inputs are read from `kaggle_input` (default $KAGGLE_INPUT_DIR, else
-    /kaggle/input); elsewhere `work_dir` (default ./work). A GPU below compute capability 7.0
-    (Kaggle's P100) is reported and not used: torch's first CUDA operation would fail on it.
+    /kaggle/input); elsewhere `work_dir`, by default the main job's runs/demo/work when it exists
+    (helpers.suite.MAIN_JOB_WORK_DIR: its artifacts are reused), else ./work. A GPU below compute
+    capability 7.0 (Kaggle's P100) is reported and not used: torch's first CUDA operation would fail on it.
     """
     from helpers.deps import ensure_requirements
 
@@ -140,7 +153,12 @@ def setup(
         )
         inputs = (Path(kaggle_input) if kaggle_input is not None else input_root(),)
     else:
-        work = Path(work_dir if work_dir is not None else "work").resolve()
+        from helpers.suite import MAIN_JOB_WORK_DIR
+
+        main_job = work_dir is None and MAIN_JOB_WORK_DIR.is_dir()
+        work = MAIN_JOB_WORK_DIR if main_job else Path(work_dir if work_dir is not None else "work").resolve()
+        if main_job:
+            print(f"Using the main job's work dir {work} (its data, features, runs); WORK_DIR sets another.")
         inputs = ()
     work.mkdir(parents=True, exist_ok=True)
     if on_kaggle:  # ~/.cache is lost with the session; the work dir is saved with the notebook's output
@@ -221,12 +239,19 @@ def _registry(registry: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return BACKBONES
 
 
-def backbone_label(info) -> str:
-    """'resnet50: 25.6 M params, 2048 x 7 x 7 features, batch 128'."""
-    side = info.feature_size
+def feature_map(info, image_size: int | None = None) -> str:
+    """'2048 x 7 x 7': the backbone's feature map at `image_size` (default: its own); the CNN halves the
+    side five times, rounding up."""
+    side = math.ceil((image_size or info.image_size) / 32)
+    return f"{info.out_channels} x {side} x {side}"
+
+
+def backbone_label(info, image_size: int | None = None) -> str:
+    """'resnet50: 25.6 M params, 2048 x 7 x 7 features at 224 px, recommended batch 128'."""
+    size = image_size or info.image_size
     return (
-        f"{info.name}: {info.parameters / 1e6:.1f} M params, {info.out_channels} x {side} x {side} features, "
-        f"batch {info.batch_size}"
+        f"{info.name}: {info.parameters / 1e6:.1f} M params, {feature_map(info, size)} features "
+        f"at {size} px, recommended batch {info.batch_size}"
     )
 
 
@@ -256,21 +281,25 @@ def _check_choices(given: Iterable[str], valid: Sequence[str], what: str) -> Non
         raise ValueError(f"Unknown {what} {', '.join(map(repr, unknown))}; choose from {', '.join(valid)}.")
 
 
-def choose_backbone(default: str, registry: Mapping[str, Any] | None = None):
-    """A Dropdown of the backbones (each option shows its parameters, channels and batch size) under
-    an HTML table of the registry. Returns the Dropdown; `.value` is the backbone name."""
+def choose_backbone(
+    default: str, registry: Mapping[str, Any] | None = None, image_size: int | None = None, show: bool = True
+):
+    """A Dropdown of the backbones (each option shows its parameters, its feature map at `image_size`
+    and its recommended batch) under an HTML table of the registry. Returns the Dropdown; `.value` is
+    the backbone name. `show=False` leaves displaying (and the echo) to the caller."""
     import ipywidgets
 
     backbones = _registry(registry)
     _check_choices([default], list(backbones), "backbone")
     dropdown = ipywidgets.Dropdown(
-        options=[(backbone_label(info), name) for name, info in backbones.items()],
+        options=[(backbone_label(info, image_size), name) for name, info in backbones.items()],
         value=default,
         description="Backbone",
         layout=ipywidgets.Layout(width="max-content"),
     )
-    table = ipywidgets.HTML(backbone_table(backbones).to_html())
-    _show(ipywidgets.VBox([table, dropdown, _echoing(dropdown, "BACKBONE")]))
+    dropdown.table = ipywidgets.HTML(backbone_table(backbones).to_html())
+    if show:
+        _show(ipywidgets.VBox([dropdown.table, dropdown, _echoing(dropdown, "BACKBONE")]))
     return dropdown
 
 
@@ -295,7 +324,7 @@ def choose_backbones(defaults: Sequence[str], registry: Mapping[str, Any] | None
 class Options:
     """Checkboxes for on/off choices; `.value` is {name: bool}, `options[name]` one of them."""
 
-    def __init__(self, flags: Mapping[str, bool]):
+    def __init__(self, flags: Mapping[str, bool], echo: bool = True):
         import ipywidgets
 
         self.boxes = {
@@ -308,8 +337,9 @@ class Options:
         for box in self.boxes.values():
             box.observe(lambda _: self._update_echo(), "value")
         self._update_echo()
-        print(self._describe())
-        self.widget = ipywidgets.VBox([*self.boxes.values(), self.echo])
+        if echo:
+            print(self._describe())
+        self.widget = ipywidgets.VBox([*self.boxes.values(), *([self.echo] if echo else [])])
 
     def _describe(self) -> str:
         return ", ".join(f"{name.upper()} = {value}" for name, value in self.value.items())
@@ -355,24 +385,91 @@ def preset_choices(configs_dir: str | Path | None = None) -> dict[str, str]:
     return choices
 
 
-def choose_preset(default: str | None, options: Mapping[str, str] | Sequence[str] | None = None):
+NO_PRESET = ""  # the '(none)' entry's value (a None value would show as a blank dropdown)
+
+
+def choose_preset(
+    default: str | None, options: Mapping[str, str] | Sequence[str] | None = None, show: bool = True
+):
     """A Dropdown of presets (default: those in configs/presets) plus '(none)'; `.value` is the preset
-    name, or None for the decoder config alone."""
+    name, or NO_PRESET ('') for the decoder config alone."""
     import ipywidgets
 
     if options is None:
         options = preset_choices()
     labels = dict(options) if isinstance(options, Mapping) else {name: name for name in options}
-    if default is not None:
+    if default:
         _check_choices([default], list(labels), "preset")
     dropdown = ipywidgets.Dropdown(
-        options=[("(none)", None), *((label, name) for name, label in labels.items())],
-        value=default,
+        options=[("(none)", NO_PRESET), *((label, name) for name, label in labels.items())],
+        value=default or NO_PRESET,
         description="Preset",
         layout=ipywidgets.Layout(width="max-content"),
     )
-    _show(ipywidgets.VBox([dropdown, _echoing(dropdown, "PRESET")]))
+    if show:
+        _show(ipywidgets.VBox([dropdown, _echoing(dropdown, "PRESET", lambda value: repr(value or None))]))
     return dropdown
+
+
+class RunChoice:
+    """The choices that make a training run, as widgets that follow each other: picking a preset sets
+    the backbone and the word-vector boxes to the preset's; every change shows the resulting config
+    (run folder, batch, feature map) at once, without running a cell again.
+
+    `make_config(preset, backbone, options)` builds the config (helpers.stages.stage_config);
+    `describe(config)` words it. `.config` is the config of the current choices.
+    """
+
+    def __init__(self, make_config, describe, preset: str | None, registry: Mapping[str, Any] | None = None):
+        import ipywidgets
+
+        self._make_config, self._describe = make_config, describe
+        self.preset = choose_preset(preset, show=False)
+        base = make_config(self.preset.value or None, None, {})
+        self.backbone = choose_backbone(base.model.backbone, registry, base.image_size, show=False)
+        self.options = Options(
+            {
+                "use_glove": base.embeddings.use_glove,
+                "freeze": base.embeddings.freeze,
+                "pretrained": base.model.pretrained_backbone,
+            },
+            echo=False,
+        )
+        self.summary = ipywidgets.HTML()
+        self._following = False
+        self.preset.observe(self._follow_preset, "value")
+        for widget in (self.backbone, *self.options.boxes.values()):
+            widget.observe(lambda _: self._refresh(), "value")
+        text = self._refresh()
+        print(text)
+        widgets = [self.backbone.table, self.preset, self.backbone, self.options.widget, self.summary]
+        _show(ipywidgets.VBox(widgets))
+
+    @property
+    def config(self):
+        return self._make_config(self.preset.value or None, self.backbone.value, self.options.value)
+
+    def _follow_preset(self, change) -> None:
+        base = self._make_config(change["new"] or None, None, {})
+        self._following = True  # one refresh after all widgets moved, not one per widget
+        try:
+            self.backbone.value = base.model.backbone
+            self.options.boxes["use_glove"].value = base.embeddings.use_glove
+            self.options.boxes["freeze"].value = base.embeddings.freeze
+            self.options.boxes["pretrained"].value = base.model.pretrained_backbone
+        finally:
+            self._following = False
+        self._refresh()
+
+    def _refresh(self) -> str:
+        if self._following:
+            return ""
+        try:
+            text = self._describe(self.config)
+        except ValueError as error:  # ConfigError: a combination the config refuses, said where it shows
+            text = f"not usable: {error}"
+        self.summary.value = f"<pre>{html.escape(text)}</pre>"
+        return text
 
 
 def choose_dataset(default: str):
@@ -394,12 +491,29 @@ def choose_dataset(default: str):
     return dropdown
 
 
-def upload_widget():
-    """A FileUpload for 'caption your own image'; read it with `uploaded_images(widget)`."""
+def upload_widget(on_upload=None):
+    """A FileUpload for 'caption your own image' (its button shows how many files it holds). Each
+    upload calls `on_upload([(file name, RGB PIL image), ...])` at once, its output shown under the
+    button (e.g. helpers.stages.caption_uploads); `uploaded_images(widget)` reads it later too."""
     import ipywidgets
 
-    upload = ipywidgets.FileUpload(accept="image/*", multiple=True, description="Upload images")
-    _show(upload)
+    upload = ipywidgets.FileUpload(
+        accept="image/*", multiple=True, description="Upload images", layout=ipywidgets.Layout(width="auto")
+    )
+    upload.output = ipywidgets.Output()
+
+    def handle(change) -> None:
+        if not change["new"] or on_upload is None:
+            return
+        upload.output.clear_output(wait=True)
+        with upload.output:
+            try:
+                on_upload(uploaded_images(change["new"]))
+            except Exception as error:  # a widget callback's error is otherwise lost in the server log
+                print(f"{type(error).__name__}: {error}")
+
+    upload.observe(handle, "value")
+    _show(ipywidgets.VBox([upload, upload.output]))
     return upload
 
 
@@ -461,6 +575,10 @@ def _wrap(text: str, width: int) -> str:
     return "\n".join(textwrap.wrap(text, width=width)) or text
 
 
+_CELL_WIDTH, _IMAGE_HEIGHT = 4.0, 3.0  # inches per caption-grid cell
+_FONT_POINTS, _LINE_POINTS, _GAP_POINTS = 8.5, 11.5, 3.0
+
+
 def show_captions(
     images: Sequence[Any],
     references: Sequence[Sequence[str]] | None = None,
@@ -468,12 +586,13 @@ def show_captions(
     ncols: int = 3,
     max_references: int = 2,
     titles: Sequence[str] | None = None,
-    wrap: int = 60,
 ):
     """A grid of images, each with its reference captions (grey) and each decoder's caption underneath.
 
-    `generated` maps a label to one caption per image, e.g. {'greedy': [...], 'beam 3': [...]}.
-    Returns the figure, whose axes are exactly one per image.
+    `generated` maps a label to one caption per image, e.g. {'greedy': [...], 'beam 3': [...]}. Every
+    cell has the same size whatever the images' aspect ratios (an image is fitted into its box), and
+    its captions are wrapped to the cell's width in a text box of their own, so no text runs into the
+    next column or row. Returns the figure: one image axes per image, then one text axes per image.
     """
     import matplotlib.pyplot as plt
 
@@ -486,8 +605,33 @@ def show_captions(
             raise ValueError(
                 f"{len(captions)} {label} captions for {count} images; give one entry per image."
             )
+    blocks = _caption_blocks(count, references, generated, max_references)
+    text_lines = max(sum(text.count("\n") + 1 for text, _ in block) for block in blocks)
+    entries = max(len(block) for block in blocks)
+    ncols = max(1, min(ncols, count))
+    nrows = math.ceil(count / ncols)
+    title_height = 0.25 if titles is not None else 0.0
+    text_height = (_LINE_POINTS * text_lines + _GAP_POINTS * (entries + 1)) / 72 + 0.15
+    fig = plt.figure(figsize=(_CELL_WIDTH * ncols, nrows * (_IMAGE_HEIGHT + title_height + text_height)))
+    grid = fig.add_gridspec(
+        2 * nrows, ncols, height_ratios=[_IMAGE_HEIGHT + title_height, text_height] * nrows,
+        hspace=0.0, wspace=0.06, left=0.01, right=0.99, top=1.0, bottom=0.0,
+    )  # fmt: skip
+    for index in range(count):
+        ax = fig.add_subplot(grid[2 * (index // ncols), index % ncols])
+        ax.imshow(as_image_array(images[index]))  # aspect 'equal': the image fits its fixed box
+        ax.set_axis_off()
+        if titles is not None:
+            ax.set_title(str(titles[index]), fontsize=9)
+    for index, block in enumerate(blocks):
+        _draw_caption_block(fig.add_subplot(grid[2 * (index // ncols) + 1, index % ncols]), block)
+    return _finish(fig)
 
-    blocks = []  # per image: list of (text, colour)
+
+def _caption_blocks(count, references, generated, max_references) -> list[list[tuple[str, str]]]:
+    """Per image: (wrapped text, colour) for its references (grey) and each decoder's caption."""
+    wrap = int(_CELL_WIDTH * 72 * 0.92 / (_FONT_POINTS * 0.6))  # characters per line in a cell
+    blocks = []
     for index in range(count):
         lines = [
             (_wrap(f"ref: {ref}", wrap), "0.35")
@@ -498,48 +642,19 @@ def show_captions(
             for k, (label, captions) in enumerate(generated.items())
         ]
         blocks.append(lines)
-    text_lines = max(sum(text.count("\n") + 1 for text, _ in block) for block in blocks)
+    return blocks
 
-    ncols = max(1, min(ncols, count))
-    nrows = math.ceil(count / ncols)
-    cell_width, image_height = 4.0, 3.0  # inches
-    line_points, gap_points = 11.5, 3.0  # one text line at fontsize 8.5, and the gap between captions
-    title_height = 0.25 if titles is not None else 0.0
-    text_height = (line_points * text_lines + gap_points * (len(blocks[0]) + 1)) / 72 + 0.2 + title_height
-    fig_height = nrows * (image_height + text_height) + title_height
-    fig = plt.figure(figsize=(cell_width * ncols, fig_height))
-    grid = fig.add_gridspec(
-        2 * nrows,
-        ncols,
-        height_ratios=[image_height, text_height] * nrows,
-        hspace=0.02,
-        wspace=0.05,
-        left=0.01,
-        right=0.99,
-        top=1 - (title_height + 0.05) / fig_height,
-        bottom=0.0,
-    )
-    for index, block in enumerate(blocks):
-        ax = fig.add_subplot(grid[2 * (index // ncols), index % ncols])
-        ax.imshow(as_image_array(images[index]))
-        ax.set_axis_off()
-        if titles is not None:
-            ax.set_title(str(titles[index]), fontsize=9)
-        offset = gap_points
-        for text, colour in block:
-            ax.annotate(
-                text,
-                xy=(0, 0),
-                xycoords="axes fraction",
-                xytext=(0, -offset),
-                textcoords="offset points",
-                va="top",
-                ha="left",
-                fontsize=8.5,
-                color=colour,
-            )
-            offset += (text.count("\n") + 1) * line_points + gap_points
-    return _finish(fig)
+
+def _draw_caption_block(ax, block: list[tuple[str, str]]) -> None:
+    """The captions of one image, top down, in their own axes below it."""
+    ax.set_axis_off()
+    offset = _GAP_POINTS
+    for text, colour in block:
+        ax.annotate(
+            text, xy=(0, 1), xycoords="axes fraction", xytext=(0, -offset), textcoords="offset points",
+            va="top", ha="left", fontsize=_FONT_POINTS, color=colour, annotation_clip=False,
+        )  # fmt: skip
+        offset += (text.count("\n") + 1) * _LINE_POINTS + _GAP_POINTS
 
 
 def attention_overlay(attention_map, size: tuple[int, int]) -> np.ndarray:
@@ -625,8 +740,9 @@ def _is_number(value: Any) -> bool:
 
 
 def plot_history(history: Sequence[Mapping[str, Any]] | str | Path):
-    """Loss curves (left) and validation BLEU-4 / CIDEr / METEOR / ROUGE-L (right) per epoch, from a
-    history list, a history.json, or a results.json holding 'history'."""
+    """Loss curves (left) and validation BLEU-4 / CIDEr / METEOR / ROUGE-L x 100 (right, as papers and
+    the results table print them) per epoch, from a history list, a history.json, or a results.json
+    holding 'history'."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -647,10 +763,19 @@ def plot_history(history: Sequence[Mapping[str, Any]] | str | Path):
     loss_keys = [key for key in keys if "loss" in key.lower()]
     metric_keys = [key for key in keys if re.search(r"bleu_?4|cider|meteor|rouge", key, re.IGNORECASE)]
 
+    def label(key: str) -> str:  # val_Bleu_4 -> val BLEU-4, as papers and the results table name it
+        split, _, name = key.partition("_")
+        column = METRIC_COLUMNS.get(re.sub(r"[^a-z0-9]", "", name.lower()))
+        return f"{split} {column}" if column else key.replace("_", " ")
+
     fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
-    for axis, chosen, title in ((loss_ax, loss_keys, "loss"), (metric_ax, metric_keys, "validation metrics")):
+    for axis, chosen, title, scale in (
+        (loss_ax, loss_keys, "loss", 1),
+        (metric_ax, metric_keys, "validation metrics (x 100)", 100),
+    ):
         for key in chosen:
-            axis.plot(epochs, [record.get(key, np.nan) for record in records], marker="o", label=key)
+            values = [scale * record.get(key, np.nan) for record in records]
+            axis.plot(epochs, values, marker="o", label=label(key))
         axis.set_title(title)
         axis.set_xlabel("epoch")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -684,6 +809,11 @@ def _embeddings(config: Mapping[str, Any]) -> Any:
     return "GloVe (frozen)" if _get(embeddings, "freeze", default=False) else "GloVe"
 
 
+def _weights(config: Mapping[str, Any]) -> Any:
+    pretrained = _get(config, "model", "pretrained_backbone")
+    return ("ImageNet" if pretrained else "random") if isinstance(pretrained, bool) else np.nan
+
+
 def _result_rows(path: Path) -> list[dict[str, Any]]:
     results = _read_json(path)
     if not isinstance(results, Mapping):
@@ -695,7 +825,12 @@ def _result_rows(path: Path) -> list[dict[str, Any]]:
         "run": _get(results, "run_name", default=path.parent.name),
         "decoder": DECODER_NAMES.get(cell_type, cell_type) if isinstance(cell_type, str) else np.nan,
         "backbone": _get(config, "model", "backbone"),
+        "weights": _weights(config),
         "embeddings": _embeddings(config),
+        "image_size": _get(config, "data", "image_size"),
+        "hidden": _get(config, "model", "hidden_dim"),
+        "dataset": _get(config, "data", "dataset"),
+        "mode": _get(config, "training", "mode"),
         "epochs": _get(results, "epochs"),
         "best_epoch": _get(results, "best_epoch"),
         "status": _get(results, "status"),
@@ -721,8 +856,8 @@ def _result_rows(path: Path) -> list[dict[str, Any]]:
 def results_table(roots: str | Path | Iterable[str | Path], split: str | None = None):
     """Every results.json below `roots` (the work dir, and on Kaggle /kaggle/input) as one DataFrame:
     a row per run, split and beam size, best CIDEr first within each split; metrics x 100 (BLEU-4
-    25.0), as papers print them. Missing figures are NaN; a run name found twice keeps its first
-    root's copy."""
+    25.0), as papers print them. Missing figures are NaN; a run found twice (the same runs folder and
+    run name: a copy brought into the work dir) keeps its first root's copy."""
     import pandas as pd
 
     roots = [roots] if isinstance(roots, (str, os.PathLike)) else list(roots)
@@ -730,10 +865,10 @@ def results_table(roots: str | Path | Iterable[str | Path], split: str | None = 
     for root in map(Path, roots):
         if not root.is_dir():
             continue
-        runs: dict[str, list[dict[str, Any]]] = {}
+        runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for path in sorted(root.glob("**/results.json")):
-            result_rows = _result_rows(path)
-            runs.setdefault(result_rows[0]["run"], result_rows)
+            result_rows = _result_rows(path)  # keyed by the runs folder too: runs/ and comparisons/
+            runs.setdefault((path.parent.parent.name, result_rows[0]["run"]), result_rows)
         for run, result_rows in runs.items():
             if run not in seen_runs:
                 seen_runs.add(run)
@@ -746,6 +881,35 @@ def results_table(roots: str | Path | Iterable[str | Path], split: str | None = 
     )
     rounded = {column: 2 for column in [*METRIC_COLUMNS.values(), "train_time_min"]}
     return table.round(rounded).dropna(axis=1, how="all").reset_index(drop=True)
+
+
+def side_by_side(table, by: str, metric: str = "CIDEr"):
+    """Runs that differ only in `by` (e.g. 'backbone', 'embeddings', 'decoder') next to each other: a
+    row per combination of the other COMPARED_CHOICES (and split) that was run with two or more values
+    of `by`, a column per value, `metric` in the cells. Empty when no such pair of runs exists."""
+    if by not in COMPARED_CHOICES:
+        raise ValueError(f"Unknown choice {by!r}; compare by one of {', '.join(COMPARED_CHOICES)}.")
+    if table.empty or metric not in table.columns or by not in table.columns:
+        import pandas as pd
+
+        return pd.DataFrame()
+    others = [name for name in ("split", *COMPARED_CHOICES) if name in table.columns and name != by]
+    rows = table.dropna(subset=[by, metric]).astype({name: str for name in others})
+    pivot = rows.pivot_table(index=others, columns=by, values=metric, aggfunc="max")
+    pivot = pivot[pivot.notna().sum(axis=1) >= 2]
+    pivot.columns.name = f"{metric} by {by}"
+    return pivot.reset_index(level=[n for n in others if rows[n].nunique() == 1], drop=True)
+
+
+def show_side_by_side(table, by: str, metric: str = "CIDEr") -> None:
+    """Display `side_by_side(table, by, metric)` under a heading, or say that no two runs differ only
+    in `by` (and so what to train for it)."""
+    pairs = side_by_side(table, by, metric)
+    if pairs.empty:
+        print(f"{by}: no two runs differ in the {by} only; train one more with another {by} to compare.")
+        return
+    print(f"{by}: {metric} of runs that differ only in the {by}")
+    _show(pairs)
 
 
 def plot_results(table, split: str | None = None, metrics: Sequence[str] = ("BLEU-4", "CIDEr")):

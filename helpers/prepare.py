@@ -3,20 +3,25 @@
 ``prepare_dataset`` writes ``work_dir/data/<key>/``, ``key`` being the dataset name and a hash of
 every setting and of the caption files' contents, so different settings never share artifacts:
 
-* ``vocab.json``: the vocabulary, built from the training split only;
+* ``vocab.json``: the vocabulary: the words of the training captions (``vocab_from='train'``) or
+  of every split's captions (``'all'``, as neuraltalk2 and sgrvinod's tutorial do) seen at least
+  ``min_word_count`` times (``>=``; their "more than 5" is ``min_word_count=6``);
 * ``captions.npy`` (M, max_caption_length + 2) int32 and ``caption_image.npy`` (M,) int32: the
   encoded captions, grouped by split (train, val, test; ranges in the manifest), each with the
   index of its image in that split's list;
 * ``splits.json``: split -> sorted image file names (relative to the image folder);
-* ``references.json``: split -> {image: [every caption, tokenized and space-joined]} for metrics;
+* ``references.json``: split -> {image: [every caption, tokenized and space-joined]} for metrics:
+  every caption of the image, repeated ones included, as papers score against all of them;
 * ``manifest.json``: source, counts, hashes, settings, truncated captions and dropped rows.
 
 A second call with the same settings reuses the folder (it is trusted when its manifest says
 complete and every file it lists has the recorded size). The folder is built aside and renamed into
 place, so an interrupted call leaves nothing that a later call would trust.
 
-Bad rows (empty captions, duplicates, images missing or empty on disk) are dropped and reported by
-file and row; images on disk without captions are reported and left out. Broken files (missing,
+Bad rows (empty captions, images missing or empty on disk, images outside the standard split) are
+dropped and reported by file and row, and counted as caption rows; a caption repeating another of
+the same image (up to case and punctuation) is left out of the training captions only. Images on
+disk without captions are reported (as images) and left out. Broken files (missing,
 wrong header, invalid json, a Karpathy split that does not fit the images) are errors.
 """
 
@@ -52,13 +57,22 @@ from .sources import (
     image_key,
     read_split,
 )
-from .text import Vocabulary, tokenize
+from .text import SPECIAL_TOKENS, Vocabulary, tokenize
 
-FORMAT_VERSION = 1
+# 2: PTB clitics ("do n't"), repeated captions kept as references, vocab_from. A new version makes
+# a new key, so data prepared under other rules is rebuilt rather than reused.
+FORMAT_VERSION = 2
 SPLITS = ("train", "val", "test")
+VOCAB_SOURCES = ("train", "all")  # the captions the vocabulary counts: the training split's, or every split's
+# Reported in ``manifest['dropped']`` but counted in images, not caption rows.
+IMAGES_WITHOUT_CAPTIONS = "image without captions"
+REPEATED_TRAINING_CAPTION = "repeats a training caption of the same image (kept as a reference)"
 DEMO_IMAGES = 300
 _EXAMPLES_PER_REASON = 20
 _FILES = ("vocab.json", "captions.npy", "caption_image.npy", "splits.json", "references.json")
+
+
+_VOCAB_RULE = {"train": "training captions", "all": "captions of every split"}
 
 
 class PreparedDataset:
@@ -116,13 +130,19 @@ class PreparedDataset:
         counts = self.manifest["counts"]
         images = " / ".join(f"{s} {counts['images'][s]:,}" for s in SPLITS)
         captions = " / ".join(f"{counts['captions'][s]:,}" for s in SPLITS)
-        dropped = sum(entry["count"] for entry in self.manifest["dropped"].values())
-        min_count = self.manifest["settings"]["min_word_count"]
+        dropped = self.manifest["dropped"]
+        rows = sum(entry["count"] for reason, entry in dropped.items() if reason != IMAGES_WITHOUT_CAPTIONS)
+        without = dropped.get(IMAGES_WITHOUT_CAPTIONS, {}).get("count", 0)
+        settings = self.manifest["settings"]
+        words = len(self.vocab) - len(SPECIAL_TOKENS)
         return (
             f"{self.dataset} ({self.manifest['split_method']} split): images {images}; captions {captions}; "
-            f"vocabulary {len(self.vocab):,} words (min count {min_count}); "
+            f"vocabulary {words:,} words + {len(SPECIAL_TOKENS)} special tokens (words seen >= "
+            f"{settings['min_word_count']} times in the {_VOCAB_RULE[settings['vocab_from']]}); "
             f"{counts['truncated_captions']:,} captions cut to {self.max_caption_length} words; "
-            f"{dropped:,} rows dropped -> {self.root}"
+            f"{rows:,} caption rows left out"
+            + (f", {without:,} images without captions" if without else "")
+            + f" -> {self.root}"
         )
 
     def __repr__(self) -> str:
@@ -135,12 +155,13 @@ def prepare_dataset(
     work_dir: str | os.PathLike = "work",
     min_word_count: int = 5,
     max_caption_length: int = 20,
+    vocab_from: str = "train",
     split: str | None = None,
     val_size: int | float = 0.1,
     test_size: int | float = 0.1,
     seed: int = 0,
     karpathy_json: str | os.PathLike | None = None,
-    max_bad_images: int | None = None,
+    max_bad_images: int | float | None = None,
     download_timeout: float = DOWNLOAD_TIMEOUT,
     verbose: bool = True,
 ) -> PreparedDataset:
@@ -151,13 +172,12 @@ def prepare_dataset(
     (a split by image from ``seed``, ``val_size``/``test_size`` as fractions or image counts), or
     None: Karpathy when a split file is given (``karpathy_json``: a Karpathy json, or a folder of
     the Flickr8k split lists), found next to the data or attached, or (when downloading) shipped
-    or on Kaggle, else seeded. ``max_bad_images`` (default 1% of the images, at least 10) is how many
-    images may be missing or empty on disk before this fails instead of dropping them.
+    or on Kaggle, else seeded. ``max_bad_images`` (a fraction below 1 or a count; default 1% of the
+    images, at least 10) is how many images may be missing or empty on disk before this fails instead
+    of dropping them. The vocabulary holds the words seen at least ``min_word_count`` times in the
+    training captions (``vocab_from='train'``) or in every split's (``'all'``).
     """
-    if split not in (None, "karpathy", "seeded"):
-        raise ValueError(f"split must be None, 'karpathy' or 'seeded', got {split!r}")
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", dataset):
-        raise ValueError(f"dataset name {dataset!r} may only use letters, digits, '_', '.', '-'")
+    _check_arguments(dataset, split, vocab_from)
     work_dir = Path(work_dir)
     if dataset == "demo" and data_dir is None:
         data_dir = make_demo_dataset(work_dir / "sources" / "demo", num_images=DEMO_IMAGES)
@@ -166,7 +186,8 @@ def prepare_dataset(
                                verbose=verbose)
     karpathy = read_split(split_path) if split_path else None
     settings = {
-        "dataset": dataset, "min_word_count": min_word_count, "max_caption_length": max_caption_length,
+        "dataset": dataset, "min_word_count": min_word_count, "vocab_from": vocab_from,
+        "max_caption_length": max_caption_length,
         "split": "karpathy" if karpathy else "seeded", "val_size": None if karpathy else val_size,
         "test_size": None if karpathy else test_size, "seed": None if karpathy else seed,
         "max_bad_images": max_bad_images,
@@ -183,10 +204,25 @@ def prepare_dataset(
         _write_json(root / "manifest.json", manifest)
     prepared = PreparedDataset.load(root)
     if verbose:
-        print(("prepared " if manifest is None else "reusing ") + prepared.summary())
-        for reason, entry in prepared.manifest["dropped"].items():
-            print(f"  dropped {entry['count']:,} x {reason}, e.g. {'; '.join(entry['examples'][:3])}")
+        _print_report(prepared, reused=manifest is not None)
     return prepared
+
+
+def _check_arguments(dataset: str, split: str | None, vocab_from: str) -> None:
+    if vocab_from not in VOCAB_SOURCES:
+        raise ValueError(f"vocab_from must be one of {', '.join(VOCAB_SOURCES)}, got {vocab_from!r}")
+    if split not in (None, "karpathy", "seeded"):
+        raise ValueError(f"split must be None, 'karpathy' or 'seeded', got {split!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", dataset):
+        raise ValueError(f"dataset name {dataset!r} may only use letters, digits, '_', '.', '-'")
+
+
+def _print_report(prepared: PreparedDataset, reused: bool) -> None:
+    """The summary line, then what was left out and why, with examples."""
+    print(("reusing " if reused else "prepared ") + prepared.summary())
+    for reason, entry in prepared.manifest["dropped"].items():
+        unit = "images" if reason == IMAGES_WITHOUT_CAPTIONS else "caption rows"
+        print(f"  left out {entry['count']:,} {unit}: {reason}, e.g. {'; '.join(entry['examples'][:3])}")
 
 
 def _source_record(layout: DatasetLayout, karpathy: KarpathySplit | None) -> dict:
@@ -334,9 +370,11 @@ def _seeded_split(images: list[str], val_size, test_size, seed: int) -> dict[str
     }
 
 
-def _karpathy_splits(karpathy: KarpathySplit, images: list[str], caption_file: Path,
+def _karpathy_splits(karpathy: KarpathySplit, rows_per_image: Counter, caption_file: Path,
                      dropped: dict) -> dict[str, list[str]]:
-    """Our images in the Karpathy split; fails when the split file does not fit the images."""
+    """Our images in the Karpathy split; fails when the split file does not fit the images. The
+    caption rows of images outside the split are counted as dropped."""
+    images = sorted(rows_per_image)
     splits: dict[str, list[str]] = {name: [] for name in SPLITS}
     outside = []
     for image in sorted(images):
@@ -356,7 +394,7 @@ def _karpathy_splits(karpathy: KarpathySplit, images: list[str], caption_file: P
             f"from the captions: {sorted(images)[:3]}. Use the split file of this dataset, or split='seeded'."
         )
     for image in outside:
-        _drop(dropped, "image not in the Karpathy split", image)
+        _drop(dropped, "image not in the Karpathy split", image, rows_per_image[image])
     return splits
 
 
@@ -364,9 +402,10 @@ def _karpathy_splits(karpathy: KarpathySplit, images: list[str], caption_file: P
 # Building
 
 
-def _drop(dropped: dict, reason: str, where: str) -> None:
+def _drop(dropped: dict, reason: str, where: str, count: int = 1) -> None:
+    """Count ``count`` caption rows (images, for ``IMAGES_WITHOUT_CAPTIONS``) dropped for ``reason``."""
     entry = dropped.setdefault(reason, {"count": 0, "examples": []})
-    entry["count"] += 1
+    entry["count"] += count
     if len(entry["examples"]) < _EXAMPLES_PER_REASON:
         entry["examples"].append(where)
 
@@ -384,8 +423,17 @@ def _images_on_disk(layout: DatasetLayout) -> dict[str, int]:
     return sizes
 
 
-def _clean_rows(layout: DatasetLayout, max_bad_images: int | None, dropped: dict):
-    """Rows worth keeping as (image, tokens, where); reports the rest into ``dropped``."""
+def _bad_image_count(max_bad_images: int | float | None, images: int) -> int:
+    """How many missing or empty images may be dropped: a fraction below 1 of `images`, a count, or
+    (None) 1% of them but at least 10."""
+    if max_bad_images is None:
+        return max(10, images // 100)
+    return int(max_bad_images * images) if max_bad_images < 1 else int(max_bad_images)
+
+
+def _clean_rows(layout: DatasetLayout, max_bad_images: int | float | None, dropped: dict):
+    """Rows worth keeping as (image, tokens, where, repeats), ``repeats`` naming the earlier row of
+    the same image with the same tokens (else None); reports the rest into ``dropped``."""
     table = layout.read()
     for row in table.dropped:
         _drop(dropped, row.reason, f"{row.where}: {row.detail}" if row.detail else row.where)
@@ -403,24 +451,24 @@ def _clean_rows(layout: DatasetLayout, max_bad_images: int | None, dropped: dict
             reason = "image file not found" if size is None else "image file is empty (0 bytes)"
             bad_images.setdefault(row.image, f"{row.image} ({row.where}: {reason})")
             _drop(dropped, reason, f"{row.where}: {row.image}")
-        elif tokens_key in first_seen:
-            _drop(dropped, "duplicate row", f"{row.where} repeats {first_seen[tokens_key]}")
         else:
-            first_seen[tokens_key] = row.where
-            kept.append((row.image, tokens, row.where))
+            kept.append((row.image, tokens, row.where, first_seen.get(tokens_key)))
+            first_seen.setdefault(tokens_key, row.where)
     named = {row.image for row in table.rows}
-    limit = max_bad_images if max_bad_images is not None else max(10, len(named) // 100)
+    limit = _bad_image_count(max_bad_images, len(named))
     if len(bad_images) > limit:
         examples = "; ".join(list(bad_images.values())[:5])
         raise DatasetFormatError(
             f"{len(bad_images):,} of the {len(named):,} images named in {layout.caption_files[0]} are "
-            f"missing or empty in {layout.image_dir} (more than max_bad_images={limit}), e.g. {examples}. "
-            f"Check that the image folder is complete, or raise max_bad_images to drop them."
+            f"missing or empty in {layout.image_dir} (more than the {limit:,} that data.max_bad_images="
+            f"{max_bad_images} allows), e.g. {examples}. Check that the image folder is complete, or raise "
+            "data.max_bad_images (a fraction below 1 or a count) to drop them: in the config, on the command "
+            "line (data.max_bad_images=0.05) or in a notebook's OVERRIDES."
         )
     if not kept:
         raise DatasetFormatError(f"no usable caption rows in {', '.join(map(str, layout.caption_files))}")
     for image in sorted(set(on_disk) - named):
-        _drop(dropped, "image without captions", image)
+        _drop(dropped, IMAGES_WITHOUT_CAPTIONS, image)
     return kept
 
 
@@ -445,22 +493,40 @@ def _check_space(folder: Path, encoded: list, references: dict, splits: dict) ->
     ])
 
 
+def _captions_and_references(rows: list, splits: dict[str, list[str]], dropped: dict) -> tuple[dict, dict]:
+    """image -> the token lists it is trained on, and image -> its references (every caption).
+
+    A caption repeating another of the same image is left out of the training captions only: papers
+    score against every reference, repeats included."""
+    split_of = {image: split for split in SPLITS for image in splits[split]}
+    captions_by_image, references_by_image = defaultdict(list), defaultdict(list)
+    for image, tokens, where, repeats in rows:
+        references_by_image[image].append(tokens)
+        if repeats is not None and split_of.get(image) == "train":
+            _drop(dropped, REPEATED_TRAINING_CAPTION, f"{where} repeats {repeats}")
+        else:
+            captions_by_image[image].append(tokens)
+    return captions_by_image, references_by_image
+
+
 def _write_artifacts(folder: Path, layout: DatasetLayout, karpathy: KarpathySplit | None, settings: dict,
                      source: dict, key: str) -> None:
     dropped: dict = {}
     rows = _clean_rows(layout, settings["max_bad_images"], dropped)
-    images = sorted({image for image, _, _ in rows})
+    rows_per_image = Counter(image for image, *_ in rows)
     if karpathy is not None:
-        splits = _karpathy_splits(karpathy, images, layout.caption_files[0], dropped)
+        splits = _karpathy_splits(karpathy, rows_per_image, layout.caption_files[0], dropped)
     else:
-        splits = _seeded_split(images, settings["val_size"], settings["test_size"], settings["seed"])
+        splits = _seeded_split(list(rows_per_image), settings["val_size"], settings["test_size"],
+                               settings["seed"])
 
-    tokens_by_image = defaultdict(list)
-    for image, tokens, _ in rows:
-        tokens_by_image[image].append(tokens)
-    vocab = Vocabulary.build(
-        (tokens for image in splits["train"] for tokens in tokens_by_image[image]), settings["min_word_count"]
+    captions_by_image, references_by_image = _captions_and_references(rows, splits, dropped)
+    counted = (
+        (tokens for image in splits["train"] for tokens in captions_by_image[image])
+        if settings["vocab_from"] == "train"
+        else (tokens for split in SPLITS for image in splits[split] for tokens in references_by_image[image])
     )
+    vocab = Vocabulary.build(counted, settings["min_word_count"])
     max_length = settings["max_caption_length"]
     encoded, caption_image, ranges, references = [], [], {}, {}
     truncated: Counter = Counter()
@@ -468,8 +534,8 @@ def _write_artifacts(folder: Path, layout: DatasetLayout, karpathy: KarpathySpli
         start = len(encoded)
         references[split] = {}
         for index, image in enumerate(splits[split]):
-            references[split][image] = [" ".join(tokens) for tokens in tokens_by_image[image]]
-            for tokens in tokens_by_image[image]:
+            references[split][image] = [" ".join(tokens) for tokens in references_by_image[image]]
+            for tokens in captions_by_image[image]:
                 encoded.append(vocab.encode(tokens, max_length))
                 caption_image.append(index)
                 truncated[split] += len(tokens) > max_length
@@ -484,7 +550,8 @@ def _write_artifacts(folder: Path, layout: DatasetLayout, karpathy: KarpathySpli
     counts = {
         "images": {split: len(splits[split]) for split in SPLITS},
         "captions": {split: ranges[split][1] - ranges[split][0] for split in SPLITS},
-        "vocabulary": len(vocab),
+        "vocabulary": len(vocab),  # ids, the special tokens included
+        "vocabulary_words": len(vocab) - len(SPECIAL_TOKENS),
         "truncated_captions": sum(truncated.values()),
         "truncated_by_split": {split: truncated[split] for split in SPLITS},
     }

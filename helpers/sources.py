@@ -5,6 +5,8 @@ a path relative to the layout's image folder:
 
 * Flickr8k / Flickr30k as published by ``adityajn105``: ``Images/`` and ``captions.txt`` (CSV with
   the header ``image,caption``; captions holding commas are double-quoted).
+* The original Flickr8k release: ``Flickr8k.token.txt`` (``<image>#<n><TAB><caption>`` lines) with
+  the split lists beside it, and the images in ``Flicker8k_Dataset/`` next to it or one level up.
 * The older Flickr30k (``hsankesara/flickr-image-dataset``): ``flickr30k_images/results.csv``,
   ``|``-separated with padded spaces (``image_name| comment_number| comment``).
 * MS-COCO 2017: ``coco2017/{train2017,val2017}/`` and ``coco2017/annotations/captions_*.json``.
@@ -60,15 +62,21 @@ SHIPPED_FLICKR8K_SPLIT = Path(__file__).resolve().parent / "data" / "flickr8k"
 
 LAYOUT_HELP = {
     "flickr_csv": "captions.txt (CSV, header 'image,caption') next to an Images/ folder",
+    "flickr8k_token": "Flickr8k.token.txt ('<image>#<n><TAB><caption>') near a Flicker8k_Dataset/ folder",
     "flickr30k_results": "results.csv ('image_name| comment_number| comment') next to a folder of images",
     "coco": "annotations/captions_train2017.json (and/or captions_val2017.json) next to train2017/, val2017/",
 }
 DATASET_LAYOUTS = {
-    "flickr8k": ("flickr_csv",),
+    "flickr8k": ("flickr_csv", "flickr8k_token"),
     "flickr30k": ("flickr_csv", "flickr30k_results"),
     "coco": ("coco",),
 }
-ALL_LAYOUTS = ("flickr_csv", "flickr30k_results", "coco")
+ALL_LAYOUTS = ("flickr_csv", "flickr8k_token", "flickr30k_results", "coco")
+# Caption file (lower case) -> layout kind, for the Flickr layouts.
+_FLICKR_CAPTION_FILES = {"captions.txt": "flickr_csv", "flickr8k.token.txt": "flickr8k_token",
+                         "results.csv": "flickr30k_results"}
+# Image folder names looked for first beside a Flickr caption file (lower case).
+_IMAGE_FOLDER_NAMES = ("images", "flicker8k_dataset", "flickr8k_dataset")
 
 _SEARCH_DEPTH = 3
 _MAX_UNDECODABLE_FRACTION = 0.1
@@ -130,6 +138,8 @@ class DatasetLayout:
         """Parse the caption files into rows."""
         if self.kind == "flickr_csv":
             return read_flickr_csv(self.caption_files[0])
+        if self.kind == "flickr8k_token":
+            return read_flickr8k_token(self.caption_files[0])
         if self.kind == "flickr30k_results":
             return read_flickr30k_results(self.caption_files[0])
         return read_coco_captions(self.caption_files)
@@ -214,6 +224,31 @@ def read_flickr_csv(path: str | os.PathLike) -> CaptionTable:
             table.rows.append(CaptionRow(fields[0].strip(), ",".join(fields[1:]).strip(), where))
     if not header_seen:
         raise DatasetFormatError(f"{path} is empty: expected the header 'image,caption' and caption rows")
+    return table
+
+
+def read_flickr8k_token(path: str | os.PathLike) -> CaptionTable:
+    """Read the original release's ``Flickr8k.token.txt``: ``<image>#<n><TAB><caption>`` a line."""
+    path = Path(path)
+    lines, undecodable = _decode_lines(path)
+    table = CaptionTable()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path.name} line {number}"
+        name, tab, caption = line.rstrip("\r\n").partition("\t")
+        image, hash_sign, index = name.strip().rpartition("#")
+        if number in undecodable:
+            table.dropped.append(DroppedRow(where, "not valid UTF-8", repr(undecodable[number])))
+        elif not tab or not hash_sign or not index.isdigit():
+            reason = "expected '<image>#<n><TAB><caption>'"
+            table.dropped.append(DroppedRow(where, reason, repr(line.strip()[:80])))
+        elif not image:
+            table.dropped.append(DroppedRow(where, "empty image name"))
+        else:
+            table.rows.append(CaptionRow(image, caption.strip(), where))
+    if not table.rows and not table.dropped:
+        raise DatasetFormatError(f"{path} is empty: expected '<image>#<n><TAB><caption>' lines")
     return table
 
 
@@ -393,25 +428,35 @@ def _count_images(folder: Path) -> int:
         return 0
 
 
-def _image_folder_next_to(caption_file: Path) -> Path | None:
-    """The ``Images`` folder beside a Flickr captions file, else the neighbour with the most images."""
-    parent = caption_file.parent
+def _image_folder_in(parent: Path) -> Path | None:
+    """The ``Images`` (or ``Flicker8k_Dataset``) folder in ``parent``, else the folder there (itself
+    included) with the most images."""
     folders = sorted((p for p in parent.iterdir() if p.is_dir()), key=lambda p: p.name)
-    for folder in folders:
-        if folder.name.lower() == "images":
-            return folder
+    for name in _IMAGE_FOLDER_NAMES:
+        for folder in folders:
+            if folder.name.lower() == name:
+                return folder
     counts = [(_count_images(folder), folder) for folder in [*folders, parent]]
     best_count, best = max(counts, key=lambda item: item[0], default=(0, None))
     return best if best_count else None
+
+
+def _image_folder_next_to(caption_file: Path, kind: str) -> Path | None:
+    """The image folder beside a Flickr captions file; for the original Flickr8k release, whose
+    text files and images come as two folders, also one level up."""
+    found = _image_folder_in(caption_file.parent)
+    if found is None and kind == "flickr8k_token":
+        found = _image_folder_in(caption_file.parent.parent)
+    return found
 
 
 def _layout_candidates(root: Path):
     """(depth, layout) for every dataset layout under ``root``."""
     for folder, depth, files in walk(root, _SEARCH_DEPTH):
         names = {name.lower(): folder / name for name in files}
-        for file_name, kind in (("captions.txt", "flickr_csv"), ("results.csv", "flickr30k_results")):
+        for file_name, kind in _FLICKR_CAPTION_FILES.items():
             if file_name in names:
-                image_dir = _image_folder_next_to(names[file_name])
+                image_dir = _image_folder_next_to(names[file_name], kind)
                 if image_dir is None:
                     raise DatasetFormatError(
                         f"{names[file_name]} has no image folder next to it: expected "

@@ -5,16 +5,18 @@ the samples the notebooks show (captions under images, attention per word, your 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import shutil
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from helpers.config import Config, find_config, load_config, parse_overrides, read_yaml
+from helpers.config import Config, ConfigError, config_layers, find_config, load_config, parse_overrides
 
 # Notebook parameter -> config key. A parameter set to None keeps the config's value.
 PARAMETER_KEYS = {
@@ -47,26 +49,30 @@ def parameters(namespace: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def stage_config(decoder: str, params: Mapping[str, Any], env, **choices: Any) -> Config:
-    """The config a notebook stage runs with.
+    """The config a notebook stage runs with, layered as on the command line (helpers.train), later
+    layers winning:
 
-    Layers, later ones winning: configs/<decoder>.yaml, the parameters cell, the preset (PRESET, a
-    deliberate choice of backbone and sizes), configs/demo.yaml when DEMO is true (CPU-sized, no
-    downloads: random backbone weights and the generated GloVe file) except for an EPOCHS that is
-    not None, the widget choices, then
-    OVERRIDES (`key=value` strings, e.g. "training.lr=5e-4", for anything the other knobs miss). Paths
-    follow the session: data, features and runs under the work dir, training on `env.device`.
+    1. configs/<decoder>.yaml, then configs/demo.yaml when DEMO is true (generated data and GloVe
+       file, random CNN weights, CPU-sized), then the preset PRESET (backbone and sizes): the files
+       of helpers.config.config_layers, as `--config <decoder> --demo --preset PRESET`;
+    2. every parameter that is not None (BACKBONE, EPOCHS, BATCH_SIZE, ...: a value you set is used,
+       also in DEMO mode and over a preset);
+    3. the session: data and runs under the work dir, training on `env.device`;
+    4. the widget choices (`choices`: backbone=..., use_glove=...);
+    5. OVERRIDES (`key=value` strings, e.g. "training.lr=5e-4", for anything the other knobs miss).
+
+    DEMO generates its own data, so a DATA_DIR with DEMO is refused.
     """
+    if params.get("DEMO") and params.get("DATA_DIR") is not None:
+        raise ConfigError(
+            f"DEMO = True generates its own data but DATA_DIR = {params['DATA_DIR']!r} is set too: "
+            "set DATA_DIR = None for the demo, or DEMO = False to train on that folder."
+        )
+    files = config_layers(find_config(decoder), [params["PRESET"]] if params.get("PRESET") else [],
+                          demo=bool(params.get("DEMO")))
     overrides: dict[str, Any] = {
         key: params[name] for name, key in PARAMETER_KEYS.items() if params.get(name) is not None
     }
-    overlays = [params["PRESET"]] if params.get("PRESET") else []
-    if params.get("DEMO"):
-        overlays.append("demo")
-        overrides.pop("data.data_dir", None)
-    for overlay in overlays:
-        overrides.update({key: value for key, value, _ in parse_overrides(read_yaml(find_config(overlay)))})
-    if params.get("EPOCHS") is not None:  # asked for explicitly: wins over the demo's epochs
-        overrides["training.epochs"] = params["EPOCHS"]
     work_dir = Path(env.work_dir)
     overrides["data.work_dir"] = str(work_dir)
     overrides["training.run_dir"] = str(work_dir / "runs")
@@ -76,25 +82,65 @@ def stage_config(decoder: str, params: Mapping[str, Any], env, **choices: Any) -
             raise ValueError(f"Unknown choice {name!r}; the widgets set {', '.join(CHOICE_KEYS)}.")
         overrides[CHOICE_KEYS[name]] = value
     overrides.update({key: value for key, value, _ in parse_overrides(params.get("OVERRIDES") or [])})
-    return load_config(find_config(decoder), overrides)
+    return load_config(files, overrides)
 
 
 def describe(config: Config) -> str:
     """One line per choice that later cells use."""
+    from helpers.backbones import BACKBONES
+    from helpers.notebook import feature_map
+
     m, e, d, t = config.model, config.embeddings, config.data, config.training
     weights = "ImageNet weights" if m.pretrained_backbone else "random weights"
     glove = f"GloVe {e.glove_path} ({'frozen' if e.freeze else 'trainable'})" if e.use_glove else "random"
     return "\n".join(
         [
             f"decoder     {m.cell_type} (wordvec {m.wordvec_dim}, hidden {m.hidden_dim})",
-            f"backbone    {m.backbone} ({weights}), {config.image_size} px, {m.attn_dim} channels",
+            f"backbone    {m.backbone} ({weights}), {config.image_size} px -> "
+            f"{feature_map(BACKBONES[m.backbone], config.image_size)} features",
             f"embeddings  {glove}",
-            f"data        {d.dataset} (data_dir {d.data_dir}), work dir {d.work_dir}",
+            f"data        {d.dataset} (data_dir {d.data_dir}, split {d.split or 'auto'}), "
+            f"work dir {d.work_dir}",
             f"training    {t.epochs} epochs, batch {config.batch_size}, lr {t.lr}, mode {t.mode}, "
             f"device {t.device}",
             f"run folder  {config.run_path}",
+            *([f"NOTE        {note}"] if (note := cannot_learn(config)) else []),
         ]
     )
+
+
+def cannot_learn(config: Config) -> str | None:
+    """Why a choice will train a model that learns nothing, or None. Random-weight ResNets (DEMO has no
+    weights to download) grow activations beyond the float16 range: their saturated features carry
+    almost nothing a decoder can use (val loss stalls, BLEU-4 near 0)."""
+    if config.model.pretrained_backbone or not config.model.backbone.startswith("resnet"):
+        return None
+    return (
+        f"{config.model.backbone} with random weights gives saturated features that a decoder cannot "
+        "learn from; pick regnet_x_400mf (it learns with random weights too), or ImageNet weights "
+        "(PRETRAINED = True, with Internet or the weights attached)."
+    )
+
+
+@contextlib.contextmanager
+def _said_already(config: Config):
+    """Silence helpers.features' float16-range warning where `cannot_learn` already told the reader."""
+    with warnings.catch_warnings():
+        if cannot_learn(config):
+            warnings.filterwarnings("ignore", message="Feature values reached", category=UserWarning)
+        yield
+
+
+def choose_run(decoder: str, params: Mapping[str, Any], env):
+    """The training notebooks' choices (preset, backbone, word vectors, backbone weights) as widgets
+    that follow each other and show the config they make; `.config` is that config."""
+    from helpers.notebook import RunChoice
+
+    def make_config(preset, backbone, options):
+        choices = {**({"backbone": backbone} if backbone else {}), **options}
+        return stage_config(decoder, {**params, "PRESET": preset}, env, **choices)
+
+    return RunChoice(make_config, describe, params.get("PRESET"))
 
 
 def reuse_earlier_outputs(env, runs: str | None = None) -> list[str]:
@@ -226,14 +272,16 @@ def features(config: Config, prepared):
     stage's job)."""
     from helpers.workdir import features_for
 
-    return features_for(config, prepared, allow_reextract=True)
+    with _said_already(config):
+        return features_for(config, prepared, allow_reextract=True)
 
 
 def data_for(config: Config):
     """(prepared dataset, feature store or None in finetune mode), reusing both when present."""
     from helpers.workdir import make_source
 
-    return make_source(config)
+    with _said_already(config):
+        return make_source(config)
 
 
 def describe_store(store) -> str:
@@ -339,11 +387,16 @@ def train(config: Config, prepared, store, resume: bool | None = None, hours_lef
 
 
 def metrics_frame(results: Mapping[str, Any]):
-    """results.json metrics as a table: one row per split and beam size, metrics x 100."""
+    """results.json metrics as a table: one row per split and beam size, metrics x 100 under the
+    papers' names (BLEU-4, CIDEr), as every table and log of the suite shows them."""
     import pandas as pd
 
+    from helpers.evaluate import METRIC_LABELS
+
     rows = {
-        f"{split} {beam.replace('beam', 'beam ')}": {name: 100 * value for name, value in metrics.items()}
+        f"{split} {beam.replace('beam', 'beam ')}": {
+            METRIC_LABELS.get(name, name): 100 * value for name, value in metrics.items()
+        }
         for split, by_beam in results.get("metrics", {}).items()
         for beam, metrics in sorted(by_beam.items())
     }
@@ -379,35 +432,51 @@ def best_run(table) -> Path:
     return Path(table.sort_values("CIDEr", ascending=False).iloc[0]["path"]).parent
 
 
-def test_images(run_dir, count: int = 3, split: str = "test", work_dir=None):
-    """A few images of the run's own test split (PIL), for captioning when nothing was uploaded. The
-    run folder is read where it is (an attached output too); its prepared data is looked up in
-    `work_dir` (this session's; default: the run's own)."""
+def test_images(run_dir, count: int = 3, split: str = "test", work_dir=None) -> list[tuple[str, Any]]:
+    """(file name, PIL image) of a few images of the run's own test split, for captioning. The run
+    folder is read where it is (an attached output too); its prepared data is looked up in `work_dir`
+    (this session's; default: the run's own)."""
     from helpers.images import load_image
 
     config = _run_config(run_dir)
     if work_dir is not None:
         config.data.work_dir = str(work_dir)
     prepared = prepare(config)
-    return [load_image(prepared.image_path(name)) for name in prepared.splits[split][:count]]
+    return [(name, load_image(prepared.image_path(name))) for name in prepared.splits[split][:count]]
 
 
-def caption_samples(run_dir, images, beam_size: int = 3) -> dict[str, Any]:
-    """Caption PIL images with the run's best model, for `notebook.show_captions(**samples)`."""
+def caption_samples(run_dir, named_images, beam_size: int = 3) -> dict[str, Any]:
+    """Caption (file name, PIL image) pairs with the run's best model, greedy and with beam search,
+    for `notebook.show_captions(**samples)`: each image titled with its file name."""
     from helpers.checkpoints import load_run
     from helpers.text import Vocabulary
 
+    names, images = [name for name, _ in named_images], [image for _, image in named_images]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, checkpoint, config = load_run(run_dir, device=device)
     vocab = Vocabulary(checkpoint["vocab"])
     greedy = caption_images(model, images, vocab, config.image_size, 1, config.data.max_caption_length)
     beam = caption_images(model, images, vocab, config.image_size, beam_size, config.data.max_caption_length)
     return {
-        "images": list(images),
+        "images": images,
         "references": [[] for _ in images],
         "generated": {"greedy": [c for c, _, _ in greedy], f"beam {beam_size}": [c for c, _, _ in beam]},
-        "titles": [f"{Path(run_dir).name}" for _ in images],
+        "titles": names,
     }
+
+
+def caption_uploads(run_dir, beam_size: int = 3):
+    """What `notebook.upload_widget` does with uploaded images: caption them with the run's best model,
+    print each file name with its beam-search caption, and show them captioned under their names."""
+    from helpers.notebook import show_captions
+
+    def caption(named_images) -> None:
+        samples = caption_samples(run_dir, named_images, beam_size=beam_size)
+        for name, text in zip(samples["titles"], samples["generated"][f"beam {beam_size}"]):
+            print(f"{name}: {text}")
+        show_captions(**samples)
+
+    return caption
 
 
 def _run_config(run_dir) -> Config:
@@ -417,18 +486,19 @@ def _run_config(run_dir) -> Config:
     return config_from_dict(json.loads(results.read_text(encoding="utf-8"))["config"], source=str(results))
 
 
-# The word-vector choices the course compares: label -> (run folder suffix, widget choices).
+# The word-vector choices the course compares: label -> widget choices.
 EMBEDDING_VARIANTS = {
-    "random": ("random", {"use_glove": False}),
-    "GloVe, frozen": ("glove-frozen", {"use_glove": True, "freeze": True}),
-    "GloVe, trainable": ("glove-trainable", {"use_glove": True, "freeze": False}),
+    "random": {"use_glove": False},
+    "GloVe, frozen": {"use_glove": True, "freeze": True},
+    "GloVe, trainable": {"use_glove": True, "freeze": False},
 }
+COMPARISONS_DIR = "comparisons"  # the short comparison runs of 01 and 02, below the work dir
 
 
 def compare_decoding(names, params: Mapping[str, Any], env, epochs: int = 2, decoder: str = "LSTM"):
     """Caption quality per backbone: a short run of the same decoder on each backbone's features
     (extracted first where missing), scored greedily on the val split."""
-    variants = {name: (name, {"backbone": name}) for name in names}
+    variants = {name: {"backbone": name} for name in names}
     return _compare_runs(variants, "backbone", params, env, epochs, decoder)
 
 
@@ -438,27 +508,31 @@ def compare_embeddings(
     """Caption quality per word-vector choice (random, GloVe frozen, GloVe trainable): the same short
     run of one decoder on the same features, scored greedily on the val split. `choices` (e.g. the
     dataset widget's) apply to every run."""
-    variants = {label: (key, {**choices, **variant}) for label, (key, variant) in EMBEDDING_VARIANTS.items()}
+    variants = {label: {**choices, **variant} for label, variant in EMBEDDING_VARIANTS.items()}
     return _compare_runs(variants, "embeddings", params, env, epochs, decoder)
 
 
 def _compare_runs(variants, label: str, params, env, epochs: int, decoder: str):
-    """One short run per variant (`{label: (run folder suffix, widget choices)}`) and a table of its
-    best epoch's val BLEU-4 and CIDEr (x 100, greedy, as the training loop validates), epochs and
-    training time."""
+    """One short run per variant (`{label: widget choices}`) and a table of its best epoch's val BLEU-4
+    and CIDEr (x 100, greedy, as the training loop validates), epochs, training time and run folder
+    (below <work dir>/comparisons)."""
     import pandas as pd
 
     rows = []
-    for name, (key, choices) in variants.items():
-        short = [
+    for name, choices in variants.items():
+        short = [  # run folders named by their choices like any run, kept apart from the full runs
             f"training.epochs={epochs}",
-            f"training.run_name=compare-{decoder}-{key}",
-            "training.eval_splits=[]",
+            f"training.run_dir={Path(env.work_dir) / COMPARISONS_DIR}",
+            "training.eval_splits=[test]",  # greedy test scores: notebook 07 sets them side by side
+            "training.eval_beam_sizes=[1]",
+            "training.meteor=false",
             "training.patience=null",
         ]
         config = stage_config(
             decoder, {**params, "OVERRIDES": [*(params.get("OVERRIDES") or []), *short]}, env, **choices
         )
+        if note := cannot_learn(config):
+            print(f"{name}: {note}")
         prepared, store = data_for(config)
         result = train(config, prepared, store)
         rows.append(
@@ -468,6 +542,7 @@ def _compare_runs(variants, label: str, params, env, epochs: int, decoder: str):
                 "val BLEU-4": round(100 * result.best_metrics["val_Bleu_4"], 2),
                 "val CIDEr": round(100 * result.best_metrics["val_CIDEr"], 2),
                 "train time (s)": round(result.wall_time_s, 1),
+                "run": result.run_dir.name,
             }
         )
     return pd.DataFrame(rows).set_index(label)

@@ -1,7 +1,10 @@
 """Run the numbered notebooks in order with papermill: the README's main job and the notebook tests.
 
-`python -m helpers.suite --demo --out runs/demo` executes 00 to 07 in DEMO mode (generated data, no
-downloads) and leaves the executed notebooks in runs/demo/notebooks/ and their artifacts in runs/demo/work/.
+`python -m helpers.suite --demo` executes 00 to 07 in DEMO mode (generated data, no downloads) and
+leaves the executed notebooks in runs/demo/notebooks/ and their artifacts in runs/demo/work/ (below
+the repository). The executed notebooks are signed, so JupyterLab trusts them and draws their saved
+widgets at once; the clean notebooks in notebooks/ use runs/demo/work/ as their default work dir
+when it exists, so they reuse the main job's data, features and runs.
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+MAIN_JOB_OUT = REPO_ROOT / "runs" / "demo"  # the main job's folder (scripts/run_demo.sh)
+MAIN_JOB_WORK_DIR = MAIN_JOB_OUT / "work"  # the clean notebooks' default work dir when it exists
 SUITE = (
     "00_data_prep",
     "01_glove",
@@ -53,7 +59,18 @@ def run_notebook(
         progress_bar=False,
         execution_timeout=timeout,
     )
+    sign(target)
     return target
+
+
+def sign(path: Path) -> None:
+    """Sign an executed notebook for this user (Jupyter's notary), so JupyterLab trusts its outputs
+    and renders its saved widgets instead of their text (`VBox(children=...`) until 'Trust'."""
+    import nbformat
+    from nbformat.sign import NotebookNotary
+
+    notebook = nbformat.read(path, as_version=4)
+    NotebookNotary().sign(notebook)
 
 
 def run_suite(
@@ -80,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--out", type=Path, default=Path("runs/demo"), help="folder for notebooks and work dir"
+        "--out", type=Path, default=MAIN_JOB_OUT, help="folder for notebooks and work dir (%(default)s)"
     )
     parser.add_argument(
         "--demo", action=argparse.BooleanOptionalAction, default=True, help="DEMO mode (default)"

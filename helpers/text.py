@@ -19,16 +19,19 @@ from helpers.files import write_json_atomic
 NULL, START, END, UNK = "<NULL>", "<START>", "<END>", "<UNK>"
 SPECIAL_TOKENS = [NULL, START, END, UNK]
 
-# Apostrophes are deleted ("dog's" -> "dogs", "don't" -> "dont") so a word is never split in two;
-# every other non-word character (hyphens, commas, full stops, quotes...) separates words.
-_APOSTROPHES = re.compile(r"['\u2019\u2018`]")
-_NON_WORD = re.compile(r"[^\w\s]|_")
+# Clitics are split off the way the Penn Treebank tokenizer (and so pycocoevalcap's PTBTokenizer and
+# Karpathy's split files) does: "don't" -> "do n't", "dog's" -> "dog 's", "they're" -> "they 're";
+# GloVe has the tokens "n't" and "'s". Any other apostrophe, hyphens, commas, full stops, quotes...
+# separate words and are not tokens themselves.
+_APOSTROPHES = re.compile(r"[\u2019\u2018`]")
+_CLITIC = re.compile(r"(?<=[^\W_])(n't|'(?:s|m|d|ll|re|ve))(?![^\W_])")
+_TOKEN = re.compile(r"n't|'(?:s|m|d|ll|re|ve)(?![^\W_])|[^\W_]+")
 
 
 def tokenize(text: str) -> list[str]:
-    """Lowercase, strip punctuation and split on whitespace: the one tokenizer of the project."""
-    text = _APOSTROPHES.sub("", text.lower())
-    return _NON_WORD.sub(" ", text).split()
+    """Lowercase, split off PTB clitics, drop punctuation: the one tokenizer of the project."""
+    text = _CLITIC.sub(r" \1", _APOSTROPHES.sub("'", text.lower()))
+    return _TOKEN.findall(text)
 
 
 def require_tokens(word_to_idx: Mapping[str, int], tokens: Sequence[str], purpose: str) -> None:
@@ -62,7 +65,8 @@ def _as_tokens(caption: str | Sequence[str]) -> list[str]:
 
 
 class Vocabulary:
-    """Words <-> ids with the four special tokens first; built from training captions only."""
+    """Words <-> ids with the four special tokens first; helpers.prepare builds it from the training
+    captions (or every split's, ``data.vocab_from: all``)."""
 
     def __init__(self, idx_to_word: Sequence[str]):
         if list(idx_to_word[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:

@@ -52,11 +52,13 @@ from helpers.checkpoints import (
     rebuild_frozen_encoder,
     save_atomic,
 )
-from helpers.config import Config, ConfigError, config_from_dict, load_config
+from helpers.config import Config, ConfigError, config_from_dict, config_layers, load_config, run_identity
 from helpers.devices import resolve_device
 from helpers.errors import INPUT_ERRORS
 from helpers.evaluate import (
+    METRIC_LABELS,
     JavaUnavailableError,
+    as_printed,
     compute_metrics,
     decode_split,
     format_metrics_table,
@@ -362,40 +364,12 @@ class TrainResult:
 
 def _check_resumable(checkpoint: dict, config: Config, path: Path) -> None:
     """A run folder may only be resumed with the config (and data) it was started with."""
-    saved = config_from_dict(checkpoint["config"], source=str(path)).to_dict()
-    current = config.to_dict()
-    ignored = {"sources", "name"}
-    # What may change between sessions without changing what is being trained: where things live
-    # (a run folder copied from an attached Kaggle output), evaluation and bookkeeping, the device.
-    free = {
-        "training": {
-            "epochs",
-            "patience",
-            "num_workers",
-            "eval_splits",
-            "eval_beam_sizes",
-            "eval_length_penalty",
-            "eval_no_repeat_ngram_size",
-            "eval_mask_unk",
-            "device",
-            "checkpoint_every_steps",
-            "max_hours",
-            "meteor",
-            "metric_tokenizer",
-            "val_max_images",
-            "run_dir",
-        },
-        "data": {"work_dir", "data_dir"},
-    }
+    saved = run_identity(config_from_dict(checkpoint["config"], source=str(path)))
     differences = [
-        f"{section}.{key}: {saved[section][key]!r} -> {value!r}"
-        for section, values in current.items()
-        if section not in ignored and isinstance(values, dict)
-        for key, value in values.items()
-        if saved[section].get(key) != value and key not in free.get(section, ())
+        f"{key}: {saved.get(key)!r} -> {value!r}"
+        for key, value in run_identity(config).items()
+        if saved.get(key) != value
     ]
-    if saved["batch_size"] != current["batch_size"]:
-        differences.append(f"batch_size: {saved['batch_size']} -> {current['batch_size']}")
     if differences:
         raise ConfigError(
             f"{path} was written with a different config ({'; '.join(differences)}). Resume with the "
@@ -747,11 +721,13 @@ def _new_state(config: Config, prepared, device: torch.device, steps_per_epoch: 
 
 def _print_start(run: _Run, resumed: bool) -> None:
     state, config = run.state, run.config
-    if resumed:
+    if resumed and not state.finished:
         print(
             f"Resuming {state.run_dir} at epoch {state.epoch + 1}, "
             f"step {state.step_in_epoch} of {run.steps_per_epoch}"
         )
+    elif resumed:
+        print(f"{state.run_dir} already finished its {state.epoch} epochs: nothing to train")
     trainable = sum(p.numel() for p in state.model.parameters() if p.requires_grad)
     print(
         f"{config.run_name}: {config.model.cell_type} decoder, "
@@ -873,7 +849,7 @@ def _print_epoch(record: dict[str, float], improved: bool, state: TrainState) ->
     print(
         f"epoch {record['epoch']}: train loss {record['train_loss']:.3f}, "
         f"val loss {record['val_loss']:.3f}, "
-        f"BLEU-4 {record['val_Bleu_4']:.4f}, CIDEr {record['val_CIDEr']:.4f}"
+        f"BLEU-4 {as_printed(record['val_Bleu_4'])}, CIDEr {as_printed(record['val_CIDEr'])}"
         f"{' (best)' if improved else ''}, {record['captions_per_s']:.0f} captions/s, "
         f"{record['time_s']:.0f} s"
     )
@@ -924,9 +900,6 @@ def _score_best(run: _Run, paused: bool) -> TrainResult:
 # ---------------------------------------------------------------------------------------- command line
 
 
-DEMO_CONFIG = "demo"
-
-
 USER_ERRORS = (*INPUT_ERRORS, NonFiniteLossError, JavaUnavailableError)  # one message, no traceback
 
 
@@ -958,7 +931,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_intermixed_args(argv)  # key=value overrides may come before or after options
     try:
-        files = [args.config, *([DEMO_CONFIG] if args.demo else []), *args.preset]
+        files = config_layers(args.config, args.preset, demo=args.demo)
         config = load_config(files, args.overrides)
         print(config.to_yaml())
         result = train(config, progress=not args.quiet, resume=args.resume)
@@ -977,7 +950,11 @@ def main(argv: list[str] | None = None) -> int:
     if result.best_metrics:
         print(
             "Best val: "
-            + ", ".join(f"{k.removeprefix('val_')} {v:.4f}" for k, v in result.best_metrics.items())
+            + ", ".join(
+                f"{METRIC_LABELS.get(k.removeprefix('val_'), k)} {as_printed(v)}"
+                for k, v in result.best_metrics.items()
+                if k.removeprefix("val_") in METRIC_LABELS
+            )
         )
     if result.results:
         print(format_metrics_table(result.results["metrics"]))

@@ -17,9 +17,11 @@ def prepare_for(config: Config, progress: bool = True):
         data_dir=config.data.data_dir,
         work_dir=config.data.work_dir,
         min_word_count=config.data.min_word_count,
+        vocab_from=config.data.vocab_from,
         max_caption_length=config.data.max_caption_length,
         split=config.data.split,
         seed=config.data.split_seed,
+        max_bad_images=config.data.max_bad_images,
         verbose=progress,
     )
 

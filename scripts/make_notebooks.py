@@ -19,16 +19,18 @@ OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "notebooks"  # another 
 COMMON_PARAMS = '''\
 DEMO = False               # True: generated shapes data and GloVe file, random CNN weights, CPU-sized; no downloads
 DATA_DIR = None            # a folder in the Flickr8k layout; None: the attached Kaggle dataset, else kagglehub
-WORK_DIR = None            # None: /kaggle/working on Kaggle, ./work elsewhere
-DATASET = "flickr8k"       # 'flickr8k' | 'flickr30k' | 'coco'
-PRESET = None              # None | 'beginner' | 'kaggle_small_gpu' | 'research' (wins over the values below)
-BACKBONE = "resnet50"      # 'resnet50' | 'resnet101' | 'regnet_x_400mf'
-PRETRAINED = True          # ImageNet weights for the backbone (Internet on, or the weights attached)
-USE_GLOVE = True           # GloVe word vectors instead of random ones
-GLOVE_PATH = None          # None: glove.6B.300d.txt from the attached dataset, else kagglehub
-FREEZE_EMBEDDINGS = False  # keep the word vectors fixed while training
-EPOCHS = None              # None: the config's (10; 8 in DEMO mode); a number wins in DEMO mode too
-BATCH_SIZE = 128
+WORK_DIR = None            # None: /kaggle/working on Kaggle; else the main job's runs/demo/work if it exists, else ./work
+PRESET = None              # None | 'beginner' | 'kaggle_small_gpu' | 'research': backbone and model sizes
+# Layers, later ones winning: the decoder config, DEMO's settings, the PRESET, then each setting below
+# that is not None (None keeps the value of the layers before), then the widgets, then OVERRIDES.
+DATASET = None             # 'flickr8k' (the config's) | 'flickr30k' | 'coco'
+BACKBONE = None            # 'resnet50' (the config's) | 'resnet101' | 'regnet_x_400mf'
+PRETRAINED = None          # ImageNet weights for the backbone (True; DEMO: False, no download)
+USE_GLOVE = None           # GloVe word vectors instead of random ones (True)
+GLOVE_PATH = None          # glove.6B.300d.txt from the attached dataset, else kagglehub (DEMO: a generated file)
+FREEZE_EMBEDDINGS = None   # keep the word vectors fixed while training (False)
+EPOCHS = None              # the config's 10 (DEMO: 8)
+BATCH_SIZE = None          # the backbone's recommended batch (resnet50 128, resnet101 64, regnet 256; DEMO: 50)
 # Extra config settings applied last, e.g. ["training.lr=5e-4", "model.hidden_dim=256"]
 OVERRIDES = []'''
 
@@ -164,8 +166,8 @@ Extraction is resumable: if the session ends, rerun and it continues where it st
     ("md", "## The data (from stage 00, or rebuilt now)"),
     ("code", 'config = stages.stage_config("LSTM", params, env)\nprepared = stages.prepare(config)'),
     ("md", "## Pick the backbones to measure and the one to extract\nThe defaults come from the parameters, so *Run All* needs no clicks."),
-    ("code", "nb.backbone_table()"),
-    ("code", "compare = nb.choose_backbones(COMPARE)\nchosen = nb.choose_backbone(config.model.backbone)"),
+    ("code", "compare = nb.choose_backbones(COMPARE)\n"
+             "chosen = nb.choose_backbone(config.model.backbone, image_size=config.image_size)"),
     ("md", "## Measured on this machine"),
     ("code", "stages.compare_backbones(compare.value, config, prepared, batches=MEASURE_BATCHES)"),
     ("md", "## Extract the feature store for the chosen backbone"),
@@ -209,15 +211,14 @@ CIDEr-D, METEOR when Java is present).
                     "SAMPLES = 6                # test images shown with their captions"),
         ("md", SETUP_MD),
         ("code", setup_code(runs=f"{config_name}-*")),
-        ("md", "## Choose\nA preset (the original project's recommended sizes), then the backbone (with its "
-               "measured facts) and the word-vector options. The defaults come from the parameters; after "
-               "changing the preset, rerun the next cell so the other widgets follow it."),
-        ("code", "preset = nb.choose_preset(PRESET)"),
-        ("code", f'params["PRESET"] = preset.value\nbase = stages.stage_config("{config_name}", params, env)\n'
-                 "backbone = nb.choose_backbone(base.model.backbone)\n"
-                 "options = nb.choose_options(use_glove=base.embeddings.use_glove, freeze=base.embeddings.freeze)"),
-        ("code", f'config = stages.stage_config("{config_name}", params, env, backbone=backbone.value, **options.value)\n'
-                 "print(stages.describe(config))"),
+        ("md", "## Choose\nA preset (the original project's recommended sizes), the backbone (with its "
+               "measured facts) and the word-vector options, with their defaults from the parameters. The "
+               "widgets follow each other (a preset sets the backbone and options) and show the config and "
+               "run folder they make; every choice that changes what is trained has its own run folder, so "
+               "runs with other choices are kept for notebook 07 to compare. After a change, run the cells "
+               "below again."),
+        ("code", f'choice = stages.choose_run("{config_name}", params, env)'),
+        ("code", "config = choice.config"),
         ("md", "## Data and features (reused from stages 00 and 02 when present)"),
         ("code", "prepared, store = stages.data_for(config)"),
         ("md", "## Train\nCheckpoints (`last.pt` every epoch and every few hundred steps, `best.pt` by val "
@@ -260,10 +261,17 @@ runs scored the same way, or rescore with `python -m helpers.evaluate RUN_DIR --
 A `status` of `paused` marks a run whose session budget ran out: run its notebook again to finish it."""),
     ("code", "table = nb.results_table([env.work_dir, *env.input_dirs], split=SPLIT)\ntable"),
     ("code", "nb.plot_results(table);"),
-    ("md", "## Caption your own image\nUpload one or more images; without an upload (Run All) a few test images are used."),
-    ("code", "upload = nb.upload_widget()"),
+    ("md", """## Side by side
+Runs that differ in one choice only, next to each other (CIDEr): backbone against backbone, random
+against GloVe against frozen GloVe word vectors, decoder against decoder. Each row is one setting of
+all other choices; a choice with no such pair of runs says so. The short runs of notebooks 01 and 02
+(`COMPARE_EPOCHS`) pair with each other."""),
+    ("code", 'for choice in ("backbone", "embeddings", "decoder"):\n    nb.show_side_by_side(table, choice)'),
+    ("md", "## The best model on a few test images"),
     ("code", "best = stages.best_run(table)\n"
-             "images = [image for _, image in nb.uploaded_images(upload)]\n"
-             "images = images or stages.test_images(best, count=3, work_dir=env.work_dir)\n"
-             "nb.show_captions(**stages.caption_samples(best, images, beam_size=BEAM_SIZE));"),
+             "nb.show_captions(**stages.caption_samples(best, stages.test_images(best, count=3, work_dir=env.work_dir),\n"
+             "                                         beam_size=BEAM_SIZE));"),
+    ("md", "## Caption your own image\nUpload one or more images: each is captioned by the best model at once, "
+           "under its file name."),
+    ("code", "upload = nb.upload_widget(stages.caption_uploads(best, beam_size=BEAM_SIZE))"),
 ])

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from helpers.deps import KAGGLE_LACKS  # what Kaggle's image has not: hidden from the session's Python
+
 MOUNT_POINT = Path("/kaggle")
-KAGGLE_LACKS = ("pycocoevalcap",)  # what Kaggle's image has not: hidden from the session's Python
 
 
 def namespaces_available() -> str | None:

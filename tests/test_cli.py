@@ -46,7 +46,8 @@ def test_train_then_evaluate_from_the_command_line(demo_dir, tmp_path):
     ]
     trained = run("helpers.train", "--config", "configs/LSTM.yaml", "--demo", "--quiet", *overrides)
     assert trained.returncode == 0, trained.stdout + trained.stderr
-    run_dir = tmp_path / "runs" / "LSTM-regnet_x_400mf"
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert run_dir.name.startswith("LSTM-regnet_x_400mf_untrained-glove-96-")  # the demo's choices
     assert f"Run folder: {run_dir}" in trained.stdout
     assert "| test | 1 |" in trained.stdout
     results = json.loads((run_dir / "results.json").read_text())

@@ -10,6 +10,7 @@ import yaml
 
 from helpers.config import (
     CONFIG_DIR,
+    VOCAB_SOURCES,
     Config,
     ConfigError,
     config_from_dict,
@@ -35,7 +36,8 @@ def test_decoder_configs_load_in_the_original_layout(name, cell):
     assert (config.model.wordvec_dim, config.model.hidden_dim) == (300, 512)
     assert config.embeddings.use_glove and config.embeddings.glove_path == "glove.6B.300d.txt"
     assert config.training.mode == "features"
-    assert config.run_name == f"{name}-resnet50"
+    assert config.run_name.startswith(f"{name}-resnet50-glove-224-")  # then a 6-digit hash of the rest
+    assert len(config.run_name) == len(f"{name}-resnet50-glove-224-") + 6
 
 
 @pytest.mark.parametrize(
@@ -348,3 +350,19 @@ def test_split_is_explicit_and_checked():
     assert load_config("LSTM", ["data.split=null"]).data.split is None
     with pytest.raises(ConfigError, match="data.split.*'random'.*karpathy.*seeded"):
         load_config("LSTM", ["data.split=random"])
+
+
+def test_vocab_from_is_checked_and_reaches_prepare_dataset(monkeypatch):
+    import helpers.prepare
+    import helpers.workdir
+
+
+    assert load_config("LSTM").data.vocab_from == "train"
+    with pytest.raises(ConfigError, match=r"data.vocab_from='val' is not valid.*'train', 'all'"):
+        load_config("LSTM", ["data.vocab_from=val"])
+    assert VOCAB_SOURCES == helpers.prepare.VOCAB_SOURCES
+    seen = {}
+    monkeypatch.setattr(helpers.workdir, "prepare_dataset", lambda **kwargs: seen.update(kwargs))
+    config = load_config("LSTM", ["data.vocab_from=all", "data.min_word_count=6"])
+    helpers.workdir.prepare_for(config, progress=False)
+    assert (seen["vocab_from"], seen["min_word_count"]) == ("all", 6)

@@ -354,6 +354,20 @@ def test_the_bad_image_threshold_is_a_config_key(tmp_path, demo_dir):
     assert store.is_complete()
 
 
+def test_the_bad_image_threshold_also_governs_missing_images_when_preparing(tmp_path, demo_dir):
+    data = tmp_path / "incomplete"
+    shutil.copytree(demo_dir, data)
+    for image in sorted((data / "Images").iterdir())[:3]:
+        image.unlink()
+    with pytest.raises(DatasetFormatError) as stopped:
+        make_source(demo_config(tmp_path / "strict", data, **{"training.num_workers": 0}), progress=False)
+    assert "3 of the 120 images" in str(stopped.value) and "data.max_bad_images=0.05" in str(stopped.value)
+    assert not list((tmp_path / "strict").glob("**/captions.npy"))  # nothing prepared
+    tolerant = demo_config(tmp_path / "ok", data, **{"training.num_workers": 0, "data.max_bad_images": 3})
+    prepared, store = make_source(tolerant, progress=False)
+    assert sum(len(names) for names in prepared.splits.values()) == 117 and store.is_complete()
+
+
 def test_a_utf16_captions_file_gets_an_encoding_hint(tmp_path):
     path = tmp_path / "captions.txt"
     path.write_text("image,caption\na.jpg,A dog runs .\n", encoding="utf-16")
@@ -444,31 +458,36 @@ def test_command_line_typos_end_in_one_message(tmp_path):
 
 @pytest.mark.slow
 def test_kill_9_mid_training_then_a_second_run_refuses_and_a_third_resumes(tmp_path, demo_dir):
-    """The real thing: command-line trainings, a SIGKILL, the run folder's lock and the resume."""
+    """The real thing: command-line trainings, a SIGKILL, the run folder's lock and the resume. The
+    first run is planned far longer than the test waits, so it is surely still running when the
+    second one tries the folder, whatever the machine's speed; the third resumes it and stops one
+    epoch after the kill (a changed epochs count keeps the run)."""
     args = [
         "helpers.train", "--config", "LSTM", "--demo",
         f"data.work_dir={tmp_path / 'work'}", "data.dataset=flickr8k", f"data.data_dir={demo_dir}",
-        f"training.run_dir={tmp_path / 'runs'}", "training.epochs=2", "training.meteor=false",
+        f"training.run_dir={tmp_path / 'runs'}", "training.meteor=false",
         "training.eval_splits=[test]", "training.eval_beam_sizes=[1]", "training.checkpoint_every_steps=1",
-        "batch_size=20",
+        "batch_size=20", "training.run_name=LSTM-regnet_x_400mf",
     ]
     run_dir = tmp_path / "runs" / "LSTM-regnet_x_400mf"
-    first = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    first = subprocess.Popen([sys.executable, "-m", *args, "training.epochs=1000"], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not (run_dir / "last.pt").exists() and time.time() < deadline and first.poll() is None:
         time.sleep(0.2)
     assert (run_dir / "last.pt").exists() and first.poll() is None
 
-    second = run_cli(*args, "--quiet")
+    second = run_cli(*args, "training.epochs=1000", "--quiet")
     assert_clean_failure(second, f"is in use by process {first.pid}", "-m helpers.train --config LSTM")
 
     sigkill(first)
-    killed_at = load_checkpoint(run_dir / "last.pt")["global_step"]
-    third = run_cli(*args)
+    killed = load_checkpoint(run_dir / "last.pt")
+    assert killed["global_step"] >= 1
+    epochs = killed["epoch"] + 1
+    third = run_cli(*args, f"training.epochs={epochs}")
     assert third.returncode == 0, third.stdout + third.stderr
     assert "ended without releasing it (killed?)" in third.stdout
-    assert f"Resuming {run_dir}" in third.stdout and killed_at >= 1
+    assert f"Resuming {run_dir}" in third.stdout
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["epochs"] == 2 and results["status"] == "finished"
+    assert results["epochs"] == epochs and results["status"] == "finished"
     assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp") or p.name == "run.lock"]

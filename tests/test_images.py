@@ -195,6 +195,24 @@ def test_collate_drops_bad_samples_and_handles_an_all_bad_batch():
     assert only_bad.images is None and only_bad.indices.tolist() == [] and only_bad.bad == [bad]
 
 
+def test_a_loader_left_early_stops_its_workers_at_once(mixed_folder):
+    """Workers must not outlive a loop that stops early (a break, the bad-image threshold): a loader
+    left to the garbage collector can be copied into the next loader's forked workers, whose own
+    collector then fails on processes that are not its children ('can only test a child process')."""
+    import multiprocessing
+
+    folder, names = mixed_folder
+    loader = image_loader(ImageDataset(names, small_tensor, folder), batch_size=2, num_workers=2, max_bad=99)
+    batches = iter(loader)
+    next(batches)
+    assert len(multiprocessing.active_children()) == 2
+    batches.close()  # what a `break` out of a for loop does
+    assert multiprocessing.active_children() == []
+    for _ in loader:  # a complete pass ends its workers too
+        pass
+    assert multiprocessing.active_children() == []
+
+
 def test_multi_worker_loader_skips_and_lists_bad_files_then_warns(mixed_folder):
     folder, names = mixed_folder
     loader = image_loader(ImageDataset(names, small_tensor, folder), batch_size=4, num_workers=2, max_bad=3)

@@ -171,6 +171,20 @@ def test_training_reads_the_attached_store_in_place_and_keeps_small_checkpoints(
         assert best.stat().st_size < 40e6
 
 
+def test_each_output_holds_only_what_its_stage_made(readme_chain):
+    """Sizes follow README's table: data alone for 00; the store in 02's; a run folder and a store
+    record in the training outputs; no runs and no store in 07's."""
+    data_bytes = sizes(readme_chain["00_data_prep"])["data"]
+    assert set(sizes(readme_chain["00_data_prep"])) == {"data"} and data_bytes < 1e6
+    store = sizes(readme_chain["02_backbones"])["features"]
+    assert 60 * 2048 * 49 * 0.9 < store < 60 * 2048 * 49 * 1.2  # 60 images x 2048 x 7 x 7 uint8 + ranges
+    for stem in ("04_train_lstm", "05_train_attention_lstm"):
+        held = sizes(readme_chain[stem])
+        assert held["features"] < 10_000 and held["data"] == data_bytes, held  # a record, 00's data
+        assert held["runs"] < 2 * 40e6, held  # best.pt + last.pt, no CNN
+    assert "runs" not in sizes(readme_chain["07_results"])
+
+
 def test_results_reads_the_runs_where_they_are(readme_chain):
     session = readme_chain["07_results"]
     assert "runs" not in sizes(session)

@@ -29,11 +29,11 @@ HYPOTHESES = {
     "bike.jpg": "a man riding a bike on the street",
     "cat.jpg": "A cat is sleeping on a couch",
 }
-# ... and the same captions tokenized by hand (lowercase, punctuation removed, apostrophes deleted).
+# ... and the same captions tokenized by hand (lowercase, punctuation removed, clitics split as PTB does).
 TOKENIZED_REFERENCES = {
     "dog.jpg": ["a black dog runs across the grass", "the dog is running on a lawn", "a dog running"],
     "beach.jpg": ["two children play on the beach", "kids playing in the sand near the sea"],
-    "bike.jpg": ["a man rides a red bike down the street", "a cyclist on a city road", "mans bike is red"],
+    "bike.jpg": ["a man rides a red bike down the street", "a cyclist on a city road", "man 's bike is red"],
     "cat.jpg": ["a cat sleeps on a sofa", "a grey cat is sleeping on the couch"],
 }
 TOKENIZED_HYPOTHESES = {
@@ -122,7 +122,8 @@ def test_meteor_with_java():
     assert compute_metrics({"x": ["a cat sat on the mat"]}, {"x": "a cat sat on the mat"})["METEOR"] > 0.9
 
 
-# Clitics, hyphens, decimals and brackets: where the papers' PTB tokenizer and the project's differ.
+# Hyphens, decimals and brackets: where the papers' PTB tokenizer and the project's differ. Both split
+# clitics ("dog 's", "do n't"), so the hypotheses' "dogs" and "dont" match under neither.
 PTB_REFERENCES = {
     "dog.jpg": ["A dog's ball is red-and-white.", "The black-and-white dog runs", "a dog, running"],
     "kids.jpg": ["Two kids don't play in the snow", "Kids (wearing hats) stand on a 3.5 ft. wall"],
@@ -151,7 +152,7 @@ def test_ptb_tokenizer_scores_like_the_coco_caption_evaluation():
     assert [ptb[f"Bleu_{n + 1}"] for n in range(4)] == bleu
     assert (ptb["ROUGE_L"], ptb["CIDEr"]) == (rouge, cider)
     project = compute_metrics(PTB_REFERENCES, PTB_HYPOTHESES, meteor=False)
-    assert project["Bleu_1"] > ptb["Bleu_1"] + 0.05  # "dogs" matches "dogs" only when apostrophes go
+    assert project["Bleu_1"] > ptb["Bleu_1"] + 0.05  # "red and white" matches only when hyphens separate
     # plain captions tokenize alike; an empty caption (a model that ends at once), last, keeps its id
     plain_refs, plain_hyps = {"a": ["a dog runs", "dog"], "b": ["a cat"]}, {"a": "a dog", "b": ""}
     assert compute_metrics(plain_refs, plain_hyps, meteor=False, tokenizer="ptb") == compute_metrics(
@@ -200,5 +201,5 @@ def test_metrics_table_lists_each_split_and_beam():
         {"test": {"beam1": {"Bleu_4": 0.25, "CIDEr": 1.5}, "beam3": {"Bleu_4": 0.3}}}
     )
     lines = table.splitlines()
-    assert lines[0] == "| split | beam | Bleu_4 | CIDEr |"
-    assert lines[2] == "| test | 1 | 0.2500 | 1.5000 |" and lines[3] == "| test | 3 | 0.3000 | - |"
+    assert lines[0] == "| split | beam | BLEU-4 | CIDEr |"  # as papers print them: x 100
+    assert lines[2] == "| test | 1 | 25.00 | 150.00 |" and lines[3] == "| test | 3 | 30.00 | - |"

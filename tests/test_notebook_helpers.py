@@ -6,6 +6,7 @@ import io
 import json
 import math
 import os
+import shutil
 from types import SimpleNamespace
 
 import matplotlib
@@ -120,6 +121,37 @@ def test_find_earlier_output_in_both_kaggle_layouts(tmp_path, monkeypatch, no_gp
     assert local.input_dirs == () and nb.find_earlier_outputs("data/*/manifest.json", local) == []
 
 
+def test_the_clean_notebooks_default_to_the_main_jobs_work_dir(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    main_job = tmp_path / "runs" / "demo" / "work"
+    monkeypatch.setattr("helpers.suite.MAIN_JOB_WORK_DIR", main_job)
+    assert nb.setup().work_dir == tmp_path / "work"  # no main job yet: ./work
+    main_job.mkdir(parents=True)
+    assert nb.setup().work_dir == main_job
+    assert f"Using the main job's work dir {main_job}" in capsys.readouterr().out
+    assert nb.setup(tmp_path / "mine").work_dir == tmp_path / "mine"  # WORK_DIR set: that one
+
+
+def test_executed_notebooks_are_signed_for_jupyterlab(tmp_path, monkeypatch):
+    import nbformat
+    from nbformat.sign import NotebookNotary
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    (tmp_path / "jupyter").mkdir()
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter"))  # this test's own notary secret
+    from helpers.suite import sign
+
+    output = new_output("execute_result", {"text/html": "<b>1</b>"}, execution_count=1)
+    notebook = new_notebook(cells=[new_code_cell("1", outputs=[output])])
+    path = tmp_path / "executed.ipynb"
+    nbformat.write(notebook, path)
+    notary = NotebookNotary(data_dir=str(tmp_path / "jupyter"))
+    assert not notary.check_signature(nbformat.read(path, as_version=4))
+    sign(path)
+    assert notary.check_signature(nbformat.read(path, as_version=4))
+
+
 # ----------------------------------------------------------------------------------------- widgets
 
 FAKE_REGISTRY = {
@@ -143,9 +175,11 @@ def test_choose_backbone_defaults_labels_and_echo(capsys):
     assert dropdown.value == "small"
     assert capsys.readouterr().out == "BACKBONE = 'small'\n"
     assert dict(dropdown.options) == {
-        "big: 25.6 M params, 2048 x 7 x 7 features, batch 128": "big",
-        "small: 5.5 M params, 400 x 7 x 7 features, batch 256": "small",
+        "big: 25.6 M params, 2048 x 7 x 7 features at 224 px, recommended batch 128": "big",
+        "small: 5.5 M params, 400 x 7 x 7 features at 224 px, recommended batch 256": "small",
     }
+    at_96 = nb.choose_backbone("small", registry=FAKE_REGISTRY, image_size=96)
+    assert at_96.options[1][0] == "small: 5.5 M params, 400 x 3 x 3 features at 96 px, recommended batch 256"
     dropdown.value = "big"
     assert dropdown.echo.value == "<code>BACKBONE = &#x27;big&#x27;</code>"
     table = nb.backbone_table(FAKE_REGISTRY)
@@ -187,9 +221,34 @@ def test_choose_preset_reads_the_presets():
     assert presets["kaggle_small_gpu"].startswith("kaggle_small_gpu: regnet_x_400mf, hidden 256")
     dropdown = nb.choose_preset("research")
     assert dropdown.value == "research"
-    assert nb.choose_preset(None, ["a", "b"]).value is None
+    none = nb.choose_preset(None, ["a", "b"])
+    assert none.value == nb.NO_PRESET and none.label == "(none)"  # shown, not a blank dropdown
     with pytest.raises(ValueError, match="Unknown preset 'expert'"):
         nb.choose_preset("expert")
+
+
+def test_run_choice_widgets_follow_each_other_and_show_the_config(tmp_path, capsys):
+    """A preset moves the backbone and word-vector boxes; every change shows the new config (batch,
+    feature map, run folder) at once, as helpers.stages.choose_run wires it."""
+    from helpers.notebook import Env
+    from helpers.stages import choose_run
+
+    env = Env(False, "cpu", None, None, tmp_path, ())
+    choice = choose_run("LSTM", {"DEMO": True, "PRESET": None, "OVERRIDES": []}, env)
+    printed = capsys.readouterr().out
+    assert choice.preset.label == "(none)" and choice.backbone.value == "regnet_x_400mf"
+    assert choice.config.run_path.name in printed and "batch 50" in printed and "400 x 3 x 3" in printed
+    assert choice.options.value == {"use_glove": True, "freeze": False, "pretrained": False}
+
+    choice.preset.value = "research"
+    assert choice.backbone.value == "resnet101" and choice.config.model.hidden_dim == 1024
+    assert "resnet101" in choice.summary.value and str(choice.config.run_path) in choice.summary.value
+    before = choice.config.run_path
+    choice.options.boxes["freeze"].value = True
+    assert choice.config.run_path != before and "glove-frozen" in choice.config.run_name
+    assert str(choice.config.run_path) in choice.summary.value
+    choice.preset.value = nb.NO_PRESET
+    assert choice.backbone.value == "regnet_x_400mf" and choice.options["freeze"] is False
 
 
 def test_choose_dataset_offers_the_kaggle_datasets_and_the_demo(capsys):
@@ -247,19 +306,46 @@ def test_show_captions_grid_and_texts(tmp_path):
     long = "a dog runs through the tall green grass next to a small wooden fence on a sunny afternoon"
     generated = {"greedy": [long, "g1", "g2", "g3"], "beam 3": ["b0", "b1", "b2", "b3"]}
     fig = nb.show_captions(images, references, generated, ncols=3)
-    assert len(fig.axes) == 4
+    assert len(fig.axes) == 8  # an image and a text box per image
     text = _text_of(fig)
     for i in range(4):
         assert f"ref: reference {i} one" in text and f"ref: reference {i} two" in text
         assert f"reference {i} three" not in text  # max_references=2
         assert f"beam 3: b{i}" in text
     assert f"greedy: {long}" in text
-    wrapped = [t.get_text() for t in fig.axes[0].texts if t.get_text().startswith("greedy")]
+    wrapped = [t.get_text() for t in fig.axes[4].texts if t.get_text().startswith("greedy")]
     assert len(wrapped) == 1 and "\n" in wrapped[0]
-    shapes = [ax.images[0].get_array().shape for ax in fig.axes]
+    shapes = [ax.images[0].get_array().shape for ax in fig.axes[:4]]
     assert shapes == [(30, 40, 3), (30, 30, 3), (16, 24, 3), (24, 16, 3)]
     with pytest.raises(ValueError, match="3 greedy captions for 4 images"):
         nb.show_captions(images, references, {"greedy": ["x"] * 3})
+
+
+@pytest.mark.parametrize("size", [(20, 200), (200, 20), (60, 60)])  # portrait, landscape, square
+def test_show_captions_text_stays_in_its_cell_for_any_aspect_ratio(size):
+    long = "a man in a red jacket and a blue hat climbs a very steep snowy mountain ridge above the clouds"
+    images = [Image.new("RGB", size, (200, 10, 10)) for _ in range(5)]
+    references = [[long, "a climber on a mountain"] for _ in images]
+    fig = nb.show_captions(images, references, {"greedy": [long] * 5, "beam 3": ["a man"] * 5}, ncols=3,
+                           titles=[f"image_{i}.jpg" for i in range(5)])
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    image_axes, text_axes = fig.axes[:5], fig.axes[5:]
+    figure_box = fig.bbox
+    for index, ax in enumerate(text_axes):
+        cell = ax.get_window_extent(renderer)
+        boxes = [text.get_window_extent(renderer) for text in ax.texts]
+        assert len(boxes) == 4
+        for box in boxes:  # inside its column, below its image, above the next row, inside the figure
+            assert cell.x0 - 1 <= box.x0 and box.x1 <= cell.x1 + 1, (index, box, cell)
+            assert box.y1 <= image_axes[index].get_window_extent(renderer).y0 + 1
+            assert box.y0 >= figure_box.y0 - 1
+            below = index + 3
+            if below < len(image_axes):
+                title = image_axes[below].title.get_window_extent(renderer)
+                assert box.y0 >= title.y1 - 1, (index, box, title)
+        for first, second in zip(boxes, boxes[1:]):
+            assert second.y1 <= first.y0 + 1  # caption lines of one image do not overlap either
 
 
 def test_attention_overlay_is_smooth_and_image_sized():
@@ -303,13 +389,13 @@ def test_plot_history_from_list_and_files(tmp_path):
     fig = nb.plot_history(HISTORY)
     assert len(fig.axes) == 2
     curves = {line.get_label(): list(line.get_ydata()) for ax in fig.axes for line in ax.get_lines()}
-    assert curves == {
-        "train_loss": [4.0, 3.0],
-        "val_loss": [3.5, 3.1],
-        "val_Bleu_4": [0.05, 0.08],
-        "val_CIDEr": [0.10, 0.25],
+    assert curves == {  # the papers' names and scale, as in the results table
+        "train loss": [4.0, 3.0],
+        "val loss": [3.5, 3.1],
+        "val BLEU-4": pytest.approx([5.0, 8.0]),
+        "val CIDEr": pytest.approx([10.0, 25.0]),
     }
-    assert [line.get_label() for line in fig.axes[1].get_lines()] == ["val_Bleu_4", "val_CIDEr"]
+    assert [line.get_label() for line in fig.axes[1].get_lines()] == ["val BLEU-4", "val CIDEr"]
     assert list(fig.axes[0].get_lines()[0].get_xdata()) == [1, 2]
 
     results = tmp_path / "results.json"
@@ -417,3 +503,50 @@ def test_results_table_prints_scores_as_papers_do(tmp_path):
     )
     row = nb.results_table(tmp_path).iloc[0]
     assert (row["BLEU-1"], row["BLEU-4"], row["CIDEr"], row["train_time_min"]) == (71.23, 23.46, 109.88, 1.67)
+
+
+def test_side_by_side_pairs_runs_that_differ_in_one_choice(tmp_path):
+    """Backbone vs backbone and random vs GloVe vs frozen GloVe, from runs in different roots; a run
+    that differs in two choices pairs with nothing."""
+    runs = {
+        "a": ("lstm", "resnet50", True, False, 0.50),
+        "b": ("lstm", "resnet101", True, False, 0.60),
+        "c": ("lstm", "resnet50", False, False, 0.40),
+        "d": ("lstm", "resnet50", True, True, 0.45),
+        "e": ("attn", "resnet101", False, True, 0.90),
+    }
+    for index, (name, (cell, backbone, glove, freeze, cider)) in enumerate(runs.items()):
+        results = _results(cell, backbone, glove, freeze, {"test": {"beam1": _scores(0.6, 0.2, 0.4, cider)}})
+        results["run_name"] = name
+        _write(tmp_path / f"root{index % 2}" / "runs" / name / "results.json", results)
+    table = nb.results_table([tmp_path / "root0", tmp_path / "root1"], split="test")
+
+    backbones = nb.side_by_side(table, "backbone")
+    assert backbones.shape == (1, 2) and backbones.columns.name == "CIDEr by backbone"
+    assert backbones.iloc[0].to_dict() == {"resnet101": 60.0, "resnet50": 50.0}
+    embeddings = nb.side_by_side(table, "embeddings", metric="BLEU-4")
+    assert embeddings.shape == (1, 3) and set(embeddings.columns) == {"random", "GloVe", "GloVe (frozen)"}
+    assert nb.side_by_side(table, "decoder").empty  # e differs from every other run in more than one way
+    with pytest.raises(ValueError, match="Unknown choice 'colour'"):
+        nb.side_by_side(table, "colour")
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="the PTB tokenizer needs Java")
+def test_the_java_tokenizer_prints_nothing(capfd):
+    """pycocoevalcap's JVM writes 'PTBTokenizer tokenized N tokens...' to stderr: none of it shows."""
+    from helpers.evaluate import compute_metrics
+
+    references = {"a": ["a dog runs", "the dog is running"], "b": ["a cat sits", "a cat is sitting"]}
+    scores = compute_metrics(references, {"a": ["a dog runs"], "b": ["a cat sits"]}, meteor=False,
+                             tokenizer="ptb")
+    assert scores["Bleu_1"] == pytest.approx(1.0)
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""
+
+
+def test_metrics_frame_uses_the_papers_names_and_scale():
+    from helpers.stages import metrics_frame
+
+    scores = {"Bleu_4": 0.2345, "CIDEr": 1.6546, "ROUGE_L": 0.5}
+    frame = metrics_frame({"metrics": {"test": {"beam1": scores}}})
+    assert frame.loc["test beam 1"].to_dict() == {"BLEU-4": 23.45, "CIDEr": 165.46, "ROUGE-L": 50.0}

@@ -5,7 +5,7 @@ import csv
 import json
 import os
 import shutil
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +13,14 @@ import pytest
 from PIL import Image
 
 import helpers.prepare as prepare_module
-from helpers.prepare import PreparedDataset, prepare_dataset
+from helpers.prepare import SPLITS, PreparedDataset, prepare_dataset
 from helpers.sources import (
     FLICKR8K_SPLIT_FILES,
     SHIPPED_FLICKR8K_SPLIT,
     DatasetFormatError,
     read_split_lists,
 )
-from helpers.text import END, START, tokenize
+from helpers.text import END, SPECIAL_TOKENS, START, tokenize
 
 
 def write_image(path):
@@ -101,7 +101,7 @@ def test_bad_rows_are_dropped_and_reported_by_line(tmp_path):
     rows = [
         ("img0.jpg", "A red ball ."),  # line 2
         ("img0.jpg", "   "),  # line 3: whitespace only
-        ("img0.jpg", "A red ball ."),  # line 4: duplicate of line 2
+        ("img0.jpg", "a red ball"),  # line 4: repeats line 2 (kept: a reference)
         ("missing.jpg", "a ghost"),  # line 5: no such image
         ("zero.jpg", "a zero byte image"),  # line 6
         ("img1.jpg", ""),  # line 7: empty
@@ -123,20 +123,21 @@ def test_bad_rows_are_dropped_and_reported_by_line(tmp_path):
     dropped = {reason: entry["examples"] for reason, entry in prepared.manifest["dropped"].items()}
     assert dropped == {
         "empty or whitespace-only caption": ["captions.txt line 3", "captions.txt line 7"],
-        "duplicate row": ["captions.txt line 4 repeats captions.txt line 2"],
         "image file not found": ["captions.txt line 5: missing.jpg"],
         "image file is empty (0 bytes)": ["captions.txt line 6: zero.jpg"],
         "caption has no words": ["captions.txt line 8: '...'"],
         "image without captions": ["orphan.jpg"],
     }
     assert sorted(sum(prepared.splits.values(), [])) == ["img0.jpg", "img1.jpg", "img2.jpg"]
-    assert sum(prepared.manifest["counts"]["captions"].values()) == 3
+    in_train = "img0.jpg" in prepared.splits["train"]  # its repeated caption is left out of training only
+    assert sum(prepared.manifest["counts"]["captions"].values()) == 4 - in_train
+    assert f"{5 + in_train} caption rows left out, 1 images without captions" in prepared.summary()
 
     with pytest.raises(
         DatasetFormatError,
         match=r"2 of the 5 images named in .*captions.txt are missing or empty "
-        r"in .*Images \(more than max_bad_images=1\), e.g. missing.jpg "
-        r"\(captions.txt line 5: image file not found\); zero.jpg",
+        r"in .*Images \(more than the 1 that data.max_bad_images=1 allows\), e.g. missing.jpg "
+        r"\(captions.txt line 5: image file not found\); zero.jpg.*data.max_bad_images=0.05",
     ):
         prepare_dataset(
             "mine",
@@ -208,7 +209,7 @@ def test_karpathy_split_found_next_to_the_data(tmp_path):
         "test": ["img8.jpg"],
     }
     assert prepared.manifest["dropped"]["image not in the Karpathy split"] == {
-        "count": 1,
+        "count": 5,  # caption rows: img9.jpg has five
         "examples": ["img9.jpg"],
     }
 
@@ -239,6 +240,47 @@ def test_vocabulary_comes_from_the_training_split_only(tmp_path):
     assert "zebra zebra zebra zebra zebra" in prepared.references("test")["img8.jpg"]
     decoded = prepared.vocab.decode_batch(prepared.captions("test")[0])
     assert "<UNK> <UNK> <UNK> <UNK> <UNK>" in decoded
+    assert "(words seen >= 5 times in the training captions)" in prepared.summary()
+
+    def vocab_from_all(min_word_count):
+        return prepare_dataset("flickr8k", data_dir=data, work_dir=tmp_path / "work", karpathy_json=karpathy,
+                               vocab_from="all", min_word_count=min_word_count, verbose=False)
+
+    every_split = vocab_from_all(5)  # zebra: 5 times, all in the test split; >= 5 keeps it
+    assert "zebra" in every_split.vocab.word_to_idx and every_split.key != prepared.key
+    assert "(words seen >= 5 times in the captions of every split)" in every_split.summary()
+    assert every_split.references("test") == prepared.references("test")
+    assert "zebra" not in vocab_from_all(6).vocab.word_to_idx  # sgrvinod's "more than 5"
+    with pytest.raises(ValueError, match="vocab_from must be one of train, all, got 'val'"):
+        prepare_dataset("flickr8k", data_dir=data, work_dir=tmp_path / "work", vocab_from="val")
+
+
+def test_repeated_captions_stay_references_and_leave_the_training_captions_only(tmp_path):
+    data = ten_images(tmp_path / "data")
+    rows = list(csv.reader((data / "captions.txt").open()))[1:]
+    rows += [("img0.jpg", "A red dog number 0 running."), ("img6.jpg", "a RED dog number 0, running")]
+    make_flickr(data, rows, [])  # lines 52 and 53 repeat lines 2 (train) and 32 (val) up to case and stops
+    karpathy = write_karpathy(tmp_path / "split.json", KARPATHY)
+    prepared = prepare_dataset(
+        "flickr8k", data_dir=data, work_dir=tmp_path / "work", karpathy_json=karpathy, verbose=False
+    )
+    assert len(prepared.references("train")["img0.jpg"]) == len(prepared.references("val")["img6.jpg"]) == 6
+    assert prepared.references("val")["img6.jpg"].count("a red dog number 0 running") == 2
+    train, train_image = prepared.captions("train")
+    assert (train_image == prepared.splits["train"].index("img0.jpg")).sum() == 5
+    assert prepared.manifest["counts"]["captions"] == {"train": 30, "val": 11, "test": 5}
+    repeats = prepared.manifest["dropped"][prepare_module.REPEATED_TRAINING_CAPTION]
+    assert repeats == {"count": 1, "examples": ["captions.txt line 52 repeats captions.txt line 2"]}
+    assert "6 caption rows left out" in prepared.summary()  # img9's five, and the repeat
+
+
+def test_format_version_is_part_of_the_key(demo_dir, tmp_path, monkeypatch):
+    """Data prepared under other tokenisation or dedup rules (an older format) is never reused."""
+    first = prepare_dataset("flickr8k", data_dir=demo_dir, work_dir=tmp_path, verbose=False)
+    monkeypatch.setattr(prepare_module, "FORMAT_VERSION", prepare_module.FORMAT_VERSION + 1)
+    second = prepare_dataset("flickr8k", data_dir=demo_dir, work_dir=tmp_path, verbose=False)
+    assert second.key != first.key and second.manifest["format_version"] == prepare_module.FORMAT_VERSION
+    assert prepare_module._trusted_manifest(first.root) is None  # the old folder is not trusted either
 
 
 def test_karpathy_split_that_does_not_fit_the_images(tmp_path):
@@ -409,6 +451,7 @@ def test_different_settings_or_captions_never_share_a_key(demo_dir, tmp_path):
     base = key()
     variants = [
         key(min_word_count=4),
+        key(vocab_from="all"),
         key(max_caption_length=10),
         key(seed=3),
         key(val_size=0.2),
@@ -571,6 +614,36 @@ def test_shipped_flickr8k_split_lists_are_the_official_release():
         assert shipped == (REALDATA / "flickr8k_original" / name).read_bytes()
 
 
+def real_kaggle_captions():
+    """(image, caption) rows of the real Kaggle captions.txt."""
+    with open(REALDATA / "flickr8k_kaggle" / "captions.txt", encoding="utf-8", newline="") as f:
+        return [tuple(row) for row in list(csv.reader(f))[1:]]
+
+
+def official_split():
+    """image -> train / val / test, from the official release's lists."""
+    return {
+        image: split
+        for split, name in FLICKR8K_SPLIT_FILES.items()
+        for image in (REALDATA / "flickr8k_original" / name).read_text().split()
+    }
+
+
+def references_of(rows):
+    """image -> its captions, tokenized and space-joined, in file order (every one, repeats included)."""
+    references = defaultdict(list)
+    for image, caption in rows:
+        references[image].append(" ".join(tokenize(caption)))
+    return references
+
+
+def with_placeholder_images(folder, images):
+    """Placeholders: preparing checks that each image exists and is not empty, never decodes it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for image in images:
+        (folder / image).write_bytes(b"x")
+
+
 @needs_realdata
 def test_attached_real_flickr8k_gets_the_standard_split_without_a_split_file(tmp_path, monkeypatch, capsys):
     import kagglehub
@@ -582,19 +655,85 @@ def test_attached_real_flickr8k_gets_the_standard_split_without_a_split_file(tmp
     inputs = tmp_path / "input"
     monkeypatch.setenv("KAGGLE_INPUT_DIR", str(inputs))
     attached = inputs / "datasets" / "adityajn105" / "flickr8k"
-    (attached / "Images").mkdir(parents=True)
+    rows = real_kaggle_captions()
+    with_placeholder_images(attached / "Images", {image for image, _ in rows})
     shutil.copy(REALDATA / "flickr8k_kaggle" / "captions.txt", attached / "captions.txt")
-    with open(attached / "captions.txt", encoding="utf-8", newline="") as f:
-        named = {row[0] for row in list(csv.reader(f))[1:]}
-    for image in named:  # placeholders: preparing checks that each image exists and is not empty
-        (attached / "Images" / image).write_bytes(b"x")
 
     prepared = prepare_dataset("flickr8k", work_dir=tmp_path / "work", split="karpathy")
-    official = {
-        split: sorted((REALDATA / "flickr8k_original" / name).read_text().split())
-        for split, name in FLICKR8K_SPLIT_FILES.items()
-    }
-    assert [len(official[s]) for s in ("train", "val", "test")] == [6000, 1000, 1000]
+    split_of = official_split()
+    official = {split: sorted(i for i, s in split_of.items() if s == split) for split in SPLITS}
+    assert [len(official[s]) for s in SPLITS] == [6000, 1000, 1000]
     assert prepared.splits == official
-    assert prepared.manifest["dropped"]["image not in the Karpathy split"]["count"] == len(named) - 8000
-    assert "seeded" not in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "seeded" not in printed
+
+    # Every val/test image keeps all five references, repeats included, as papers score them.
+    expected = references_of(rows)
+    for split in ("val", "test"):
+        assert prepared.references(split) == {image: expected[image] for image in official[split]}
+        assert {len(refs) for refs in prepared.references(split).values()} == {5}
+    counts = prepared.manifest["counts"]["captions"]
+    assert counts["val"] == counts["test"] == 5000
+
+    # Left out, counted in caption rows: the rows of images outside the split, and training repeats.
+    outside = sum(1 for image, _ in rows if image not in split_of)
+    repeats = sum(len(refs) - len(set(refs)) for image, refs in expected.items()
+                  if split_of.get(image) == "train")
+    dropped = prepared.manifest["dropped"]
+    assert dropped["image not in the Karpathy split"]["count"] == outside == 455
+    assert dropped[prepare_module.REPEATED_TRAINING_CAPTION]["count"] == repeats == 17
+    assert counts["train"] == 30000 - repeats
+    assert f"; {outside + repeats} caption rows left out -> " in prepared.summary()
+    assert f"vocabulary {len(prepared.vocab) - len(SPECIAL_TOKENS):,} words + 4 special tokens" in printed
+    assert f"  left out {outside} caption rows: image not in the Karpathy split, e.g. " in printed
+
+
+@needs_realdata
+def test_real_flickr8k_vocabulary_rules(tmp_path):
+    """Ours (training captions, count >= 5) and neuraltalk2's / sgrvinod's (every split, count > 5,
+    i.e. min_word_count=6), each against a count made here from the file."""
+    data = tmp_path / "flickr8k"
+    rows = real_kaggle_captions()
+    with_placeholder_images(data / "Images", {image for image, _ in rows})
+    shutil.copy(REALDATA / "flickr8k_kaggle" / "captions.txt", data / "captions.txt")
+    split_of = official_split()
+    train_counts, all_counts = Counter(), Counter()
+    for image, refs in references_of(rows).items():
+        if image in split_of:
+            all_counts.update(word for ref in refs for word in ref.split())
+        if split_of.get(image) == "train":  # training captions: each distinct caption once
+            train_counts.update(word for ref in dict.fromkeys(refs) for word in ref.split())
+
+    def words(**settings):
+        prepared = prepare_dataset("flickr8k", data_dir=data, work_dir=tmp_path / "work", split="karpathy",
+                                   verbose=False, **settings)
+        assert prepared.manifest["counts"]["vocabulary_words"] == len(prepared.vocab) - len(SPECIAL_TOKENS)
+        return set(prepared.vocab.idx_to_word[len(SPECIAL_TOKENS):])
+
+    ours = words()
+    assert ours == {word for word, n in train_counts.items() if n >= 5} and len(ours) == 2533
+    sgrvinod = words(vocab_from="all", min_word_count=6)
+    assert sgrvinod == {word for word, n in all_counts.items() if n > 5} and len(sgrvinod) == 2626
+    assert "'s" in ours  # a word of its own now (GloVe has it too)
+
+
+@needs_realdata
+def test_original_flickr8k_release_layout_gives_the_kaggle_data(tmp_path):
+    """Flickr8k.token.txt and the split lists in Flickr8k_text/, images in Flicker8k_Dataset/ beside it."""
+    release = tmp_path / "Flickr8k"
+    text = release / "Flickr8k_text"
+    text.mkdir(parents=True)
+    for name in ["Flickr8k.token.txt", *FLICKR8K_SPLIT_FILES.values()]:
+        shutil.copy(REALDATA / "flickr8k_original" / name, text / name)
+    rows = real_kaggle_captions()
+    with_placeholder_images(release / "Flicker8k_Dataset", {image for image, _ in rows})
+
+    prepared = prepare_dataset("flickr8k", data_dir=release, work_dir=tmp_path / "work", verbose=False)
+    assert prepared.manifest["source"]["kind"] == "flickr8k_token"
+    assert prepared.manifest["split_method"] == "karpathy"
+    assert [len(prepared.splits[s]) for s in SPLITS] == [6000, 1000, 1000]
+    expected = references_of(rows)
+    for split in SPLITS:
+        assert prepared.references(split) == {image: expected[image] for image in prepared.splits[split]}
+    # The release's stray name (2258277193_586949ec62.jpg.1, five rows) has no image.
+    assert prepared.manifest["dropped"]["image file not found"]["count"] == 5

@@ -18,6 +18,7 @@ from helpers.sources import (
     find_layout,
     image_key,
     read_coco_captions,
+    read_flickr8k_token,
     read_flickr30k_results,
     read_flickr_csv,
     read_karpathy_split,
@@ -264,6 +265,52 @@ def test_find_layout_old_flickr30k_uses_the_folder_holding_the_images(tmp_path):
     assert (layout.kind, layout.image_dir) == ("flickr30k_results", outer / "flickr30k_images")
     with pytest.raises(DatasetFormatError, match="no flickr8k dataset found"):
         find_layout(tmp_path, "flickr8k")  # results.csv is a Flickr30k-only layout
+
+
+FLICKR8K_TOKEN = (
+    "1000268201_693b08cb0e.jpg#0\tA child in a pink dress is climbing up a set of stairs .\n"
+    "1000268201_693b08cb0e.jpg#1\tA girl going into a wooden building .\n"
+    "\n"
+    "1001773457_577c3a7d70.jpg#0\tA black dog and a spotted dog are fighting\r\n"
+    "1001773457_577c3a7d70.jpg no tab and no number\n"
+    "#2\tno image name\n"
+    "2258277193_586949ec62.jpg.1#0\tpeople waiting for the subway\n"
+)
+
+
+def test_flickr8k_token_file_rows_and_bad_lines(tmp_path):
+    path = tmp_path / "Flickr8k.token.txt"
+    path.write_text(FLICKR8K_TOKEN)
+    table = read_flickr8k_token(path)
+    assert [(row.image, row.caption) for row in table.rows] == [
+        ("1000268201_693b08cb0e.jpg", "A child in a pink dress is climbing up a set of stairs ."),
+        ("1000268201_693b08cb0e.jpg", "A girl going into a wooden building ."),
+        ("1001773457_577c3a7d70.jpg", "A black dog and a spotted dog are fighting"),
+        # the published file's stray name: kept here, reported later as an image not on disk
+        ("2258277193_586949ec62.jpg.1", "people waiting for the subway"),
+    ]
+    assert [row.where for row in table.rows] == [f"Flickr8k.token.txt line {n}" for n in (1, 2, 4, 7)]
+    assert [(row.where, row.reason) for row in table.dropped] == [
+        ("Flickr8k.token.txt line 5", "expected '<image>#<n><TAB><caption>'"),
+        ("Flickr8k.token.txt line 6", "empty image name"),
+    ]
+    path.write_text("\n")
+    with pytest.raises(DatasetFormatError, match="Flickr8k.token.txt is empty"):
+        read_flickr8k_token(path)
+
+
+def test_find_layout_original_flickr8k_release_with_the_images_one_level_up(tmp_path):
+    text = tmp_path / "Flickr8k_text"
+    text.mkdir()
+    (text / "Flickr8k.token.txt").write_text(FLICKR8K_TOKEN)
+    for name in ("1000268201_693b08cb0e.jpg", "1001773457_577c3a7d70.jpg"):
+        write_image(tmp_path / "Flicker8k_Dataset" / name)
+    layout = find_layout(tmp_path, "flickr8k")
+    assert (layout.kind, layout.image_dir) == ("flickr8k_token", tmp_path / "Flicker8k_Dataset")
+    assert layout.caption_files == (text / "Flickr8k.token.txt",)
+    assert len(layout.read().rows) == 4
+    with pytest.raises(DatasetFormatError, match="no flickr30k dataset found"):
+        find_layout(tmp_path, "flickr30k")  # the token file is Flickr8k's own
 
 
 def test_find_layout_missing_captions_file(tmp_path):

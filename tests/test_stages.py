@@ -27,18 +27,18 @@ from helpers.stages import (
 from helpers.stages import train as stages_train
 from helpers.train import seed_everything
 
-NOTEBOOK_DEFAULTS = {
+NOTEBOOK_DEFAULTS = {  # the parameters cell as generated: None keeps the config's value
     "DEMO": False,
     "DATA_DIR": None,
-    "DATASET": "flickr8k",
+    "DATASET": None,
     "PRESET": None,
-    "BACKBONE": "resnet50",
-    "PRETRAINED": True,
-    "USE_GLOVE": True,
+    "BACKBONE": None,
+    "PRETRAINED": None,
+    "USE_GLOVE": None,
     "GLOVE_PATH": None,
-    "FREEZE_EMBEDDINGS": False,
+    "FREEZE_EMBEDDINGS": None,
     "EPOCHS": None,
-    "BATCH_SIZE": 128,
+    "BATCH_SIZE": None,
     "OVERRIDES": [],
 }
 
@@ -47,7 +47,7 @@ def env_for(work_dir: Path, inputs=()) -> Env:
     return Env(False, "cpu", None, None, Path(work_dir), tuple(Path(p) for p in inputs))
 
 
-def test_parameters_then_preset_then_demo_then_widgets_then_overrides(tmp_path):
+def test_config_then_demo_then_preset_then_parameters_then_widgets_then_overrides(tmp_path):
     env = env_for(tmp_path)
     plain = stage_config("LSTM", NOTEBOOK_DEFAULTS, env)
     assert (plain.model.backbone, plain.training.epochs, plain.batch_size) == ("resnet50", 10, 128)
@@ -57,11 +57,25 @@ def test_parameters_then_preset_then_demo_then_widgets_then_overrides(tmp_path):
     assert scored.training.eval_beam_sizes == [1, 5]  # what the training loop scores its best model with
 
     preset = stage_config("LSTM", {**NOTEBOOK_DEFAULTS, "PRESET": "kaggle_small_gpu"}, env)
-    assert (preset.model.backbone, preset.model.hidden_dim) == ("regnet_x_400mf", 256)
+    assert (preset.model.backbone, preset.model.hidden_dim, preset.batch_size) == ("regnet_x_400mf", 256, 256)
 
-    demo = stage_config("Transformer", {**NOTEBOOK_DEFAULTS, "DEMO": True, "DATA_DIR": "/nowhere"}, env)
+    demo = stage_config("Transformer", {**NOTEBOOK_DEFAULTS, "DEMO": True}, env)
     assert (demo.data.dataset, demo.data.data_dir, demo.model.pretrained_backbone) == ("demo", None, False)
     assert demo.embeddings.glove_path == "demo" and demo.model.cell_type == "transformer"
+    assert (demo.training.epochs, demo.batch_size) == (8, 50)
+
+    # A preset applies in DEMO mode too (over the demo's sizes, keeping its generated data and GloVe).
+    both = stage_config("LSTM", {**NOTEBOOK_DEFAULTS, "DEMO": True, "PRESET": "research"}, env)
+    assert (both.model.backbone, both.model.hidden_dim, both.model.wordvec_dim) == ("resnet101", 1024, 300)
+    assert (both.data.dataset, both.embeddings.glove_path) == ("demo", "demo")
+    assert not both.model.pretrained_backbone
+
+    # Parameters that are set win over DEMO and the preset.
+    explicit = {"EPOCHS": 3, "BATCH_SIZE": 16, "BACKBONE": "resnet50", "USE_GLOVE": False,
+                "PRESET": "research"}
+    set_ = stage_config("LSTM", {**NOTEBOOK_DEFAULTS, "DEMO": True, **explicit}, env)
+    assert (set_.training.epochs, set_.batch_size, set_.model.backbone) == (3, 16, "resnet50")
+    assert not set_.embeddings.use_glove and set_.model.hidden_dim == 1024
 
     chosen = stage_config(
         "LSTM",
@@ -76,7 +90,53 @@ def test_parameters_then_preset_then_demo_then_widgets_then_overrides(tmp_path):
         False,
         True,
     )
-    assert chosen.training.epochs == 2 and chosen.run_path == tmp_path / "runs" / "LSTM-resnet101"
+    assert chosen.training.epochs == 2 and chosen.run_path.parent == tmp_path / "runs"
+    assert chosen.run_name.startswith("LSTM-resnet101_untrained-random-frozen-96-")
+
+
+def test_the_batch_size_follows_the_backbone_unless_set(tmp_path):
+    from helpers.backbones import BACKBONES
+
+    env = env_for(tmp_path)
+    for name, info in BACKBONES.items():
+        assert stage_config("LSTM", NOTEBOOK_DEFAULTS, env, backbone=name).batch_size == info.batch_size
+    explicit = stage_config("LSTM", {**NOTEBOOK_DEFAULTS, "BATCH_SIZE": 32}, env, backbone="resnet101")
+    assert explicit.batch_size == 32
+
+
+def test_demo_with_a_data_dir_is_refused_with_the_fix(tmp_path):
+    with pytest.raises(ConfigError, match="DEMO = True generates its own data but DATA_DIR = '/nowhere'"):
+        stage_config("LSTM", {**NOTEBOOK_DEFAULTS, "DEMO": True, "DATA_DIR": "/nowhere"}, env_for(tmp_path))
+
+
+def test_every_widget_choice_names_its_own_run_folder(tmp_path):
+    """Changing any choice that changes what is trained gives another run folder; the same choices
+    (also with another work dir, device or epoch count: a session resuming) give the same one."""
+    env = env_for(tmp_path)
+    demo = {**NOTEBOOK_DEFAULTS, "DEMO": True}
+    base = stage_config("LSTM", demo, env)
+    variants = {
+        "decoder": stage_config("Attention_LSTM", demo, env),
+        "backbone": stage_config("LSTM", demo, env, backbone="resnet50"),
+        "weights": stage_config("LSTM", demo, env, pretrained=True),
+        "glove": stage_config("LSTM", demo, env, use_glove=False),
+        "frozen": stage_config("LSTM", demo, env, freeze=True),
+        "preset": stage_config("LSTM", {**demo, "PRESET": "kaggle_small_gpu"}, env),
+        "image size": stage_config("LSTM", {**demo, "OVERRIDES": ["data.image_size=128"]}, env),
+        "split": stage_config("LSTM", {**demo, "OVERRIDES": ["data.split_seed=1"]}, env),
+        "mode": stage_config("LSTM", {**demo, "OVERRIDES": ["training.mode=finetune"]}, env),
+        "layout": stage_config("LSTM", {**demo, "OVERRIDES": ["data.feature_layout=float16"]}, env),
+        "batch": stage_config("LSTM", {**demo, "BATCH_SIZE": 10}, env),
+    }
+    names = {label: config.run_name for label, config in variants.items()}
+    assert len(set(names.values()) | {base.run_name}) == len(variants) + 1, names
+    assert base.run_name.startswith("LSTM-regnet_x_400mf_untrained-glove-96-")
+    assert names["frozen"].startswith("LSTM-regnet_x_400mf_untrained-glove-frozen-96-")
+    assert names["mode"].startswith("LSTM-regnet_x_400mf_untrained-glove-96-finetune-")
+    assert all(name.startswith(("LSTM-", "Attention_LSTM-")) for name in names.values())  # runs="LSTM-*"
+    elsewhere = Env(True, "cuda", None, None, tmp_path / "other", ())
+    resumed = stage_config("LSTM", {**demo, "EPOCHS": 20}, elsewhere)
+    assert resumed.run_name == base.run_name
 
 
 def test_bad_choices_and_overrides_are_named(tmp_path):
@@ -196,7 +256,8 @@ def test_compare_decoding_scores_each_backbone(earlier_session):
     assert list(table.index) == ["regnet_x_400mf"]
     assert table.loc["regnet_x_400mf", "epochs"] == 1
     # The table's score is the run's best model decoded on val and scored independently here.
-    model, _, config = load_run(work / "runs" / "compare-LSTM-regnet_x_400mf")
+    assert table.loc["regnet_x_400mf", "run"].startswith("LSTM-regnet_x_400mf_untrained-glove-96-")
+    model, _, config = load_run(work / "comparisons" / table.loc["regnet_x_400mf", "run"])
     hypotheses = decode_split(
         model, store, "val", vocab=prepared.vocab, max_length=config.data.max_caption_length
     )
@@ -210,8 +271,9 @@ def test_compare_embeddings_trains_each_word_vector_choice(earlier_session):
     table = compare_embeddings({**NOTEBOOK_DEFAULTS, "DEMO": True}, env_for(work), epochs=1)
     assert list(table.index) == ["random", "GloVe, frozen", "GloVe, trainable"]
     assert table["epochs"].tolist() == [1, 1, 1] and (table["train time (s)"] > 0).all()
-    runs = {name: load_run(work / "runs" / f"compare-LSTM-{name}") for name in
-            ("random", "glove-frozen", "glove-trainable")}
+    folders = dict(zip(("random", "glove-frozen", "glove-trainable"), table["run"]))
+    assert len(set(folders.values())) == 3
+    runs = {name: load_run(work / "comparisons" / folder) for name, folder in folders.items()}
     embeddings = {name: config.embeddings for name, (_, _, config) in runs.items()}
     assert not embeddings["random"].use_glove
     assert embeddings["glove-frozen"].use_glove and embeddings["glove-frozen"].freeze
@@ -270,3 +332,28 @@ def test_committed_notebooks_are_the_generator_output(tmp_path):
         assert (tmp_path / name).read_text(encoding="utf-8") == committed, (
             f"notebooks/{name} differs from scripts/make_notebooks.py's output: edit the script and rerun it"
         )
+
+
+def test_the_command_line_layers_files_as_the_notebooks_do(tmp_path):
+    """`python -m helpers.train --config LSTM --demo --preset kaggle_small_gpu` and a notebook with
+    DEMO = True, PRESET = 'kaggle_small_gpu' train the same run."""
+    from helpers.config import config_layers, load_config
+
+    env = env_for(tmp_path)
+    notebook = stage_config("LSTM", {**NOTEBOOK_DEFAULTS, "DEMO": True, "PRESET": "kaggle_small_gpu"}, env)
+    session = {"data.work_dir": str(tmp_path), "training.run_dir": str(tmp_path / "runs"),
+               "training.device": "cpu"}
+    command_line = load_config(config_layers("LSTM", ["kaggle_small_gpu"], demo=True), session)
+    assert command_line.run_path == notebook.run_path
+    assert (notebook.model.hidden_dim, notebook.data.dataset, notebook.batch_size) == (256, "demo", 50)
+
+
+def test_a_choice_that_cannot_learn_says_so_and_why(tmp_path):
+    from helpers.stages import describe
+
+    env = env_for(tmp_path)
+    demo = {**NOTEBOOK_DEFAULTS, "DEMO": True}
+    assert "NOTE" not in describe(stage_config("Attention_LSTM", demo, env))  # regnet learns untrained
+    assert "NOTE" not in describe(stage_config("Attention_LSTM", NOTEBOOK_DEFAULTS, env))  # ImageNet weights
+    note = describe(stage_config("Attention_LSTM", demo, env, backbone="resnet50")).splitlines()[-1]
+    assert note.startswith("NOTE        resnet50 with random weights") and "pick regnet_x_400mf" in note

@@ -326,13 +326,29 @@ def load_config(
     return config
 
 
+# Keys that change what is trained, added after runs had been saved without them, with the values that
+# reproduce how those runs trained (no label smoothing, no dropout, no attention penalty). A stored
+# config that lacks one is read with this value, not today's default, so resuming such a run compares
+# like with like (helpers.train names these keys when the current config differs).
+KEYS_ADDED_LATER = {"training.label_smoothing": 0.0, "model.dropout": 0.0, "training.alpha_c": 0.0}
+
+
+def missing_later_keys(data: Mapping[str, Any]) -> list[str]:
+    """The KEYS_ADDED_LATER a stored config (a `Config.to_dict()` mapping) lacks."""
+    present = {key for key, _ in _flatten(data)}
+    return [key for key in KEYS_ADDED_LATER if key not in present]
+
+
 def config_from_dict(data: Mapping[str, Any], source: str = "checkpoint") -> Config:
-    """Rebuild a Config from `Config.to_dict()` output (as stored in checkpoints and results.json)."""
+    """Rebuild a Config from `Config.to_dict()` output (as stored in checkpoints and results.json);
+    keys of KEYS_ADDED_LATER it lacks take the values its run was trained with."""
     data = dict(data)
     sources = list(data.pop("sources", []))
     config = Config()
     for key, value in _flatten(data):
         _assign(config, key, value, source=source)
+    for key in missing_later_keys(data):
+        _assign(config, key, KEYS_ADDED_LATER[key], source=source)
     config.sources = sources
     validate(config, source=source)
     return config

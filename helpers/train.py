@@ -52,7 +52,16 @@ from helpers.checkpoints import (
     rebuild_frozen_encoder,
     save_atomic,
 )
-from helpers.config import Config, ConfigError, config_from_dict, config_layers, load_config, run_identity
+from helpers.config import (
+    KEYS_ADDED_LATER,
+    Config,
+    ConfigError,
+    config_from_dict,
+    config_layers,
+    load_config,
+    missing_later_keys,
+    run_identity,
+)
 from helpers.devices import resolve_device
 from helpers.errors import INPUT_ERRORS
 from helpers.evaluate import (
@@ -373,8 +382,20 @@ def _check_resumable(checkpoint: dict, config: Config, path: Path) -> None:
     if differences:
         raise ConfigError(
             f"{path} was written with a different config ({'; '.join(differences)}). Resume with the "
-            f"original config, or {NEW_RUN_HINT}"
+            f"original config{_older_run_hint(checkpoint['config'])}, or {NEW_RUN_HINT}"
         )
+
+
+def _older_run_hint(stored: dict) -> str:
+    """How to resume a run saved before some of the keys that change training existed."""
+    missing = missing_later_keys(stored)
+    if not missing:
+        return ""
+    values = " ".join(f"{key}={KEYS_ADDED_LATER[key]}" for key in missing)
+    return (
+        f" (it was saved before {', '.join(missing)} existed and trained as with {values}: "
+        f"add these overrides to resume it)"
+    )
 
 
 NEW_RUN_HINT = (

@@ -587,6 +587,36 @@ def test_resume_accepts_moved_folders_but_not_another_model():
     _check_resumable(checkpoint, load_config("LSTM", decoding), Path("last.pt"))  # evaluation only
 
 
+def test_a_run_saved_before_the_recipe_keys_resumes_as_it_trained(small_demo):
+    """A last.pt whose stored config lacks label_smoothing, dropout and alpha_c (saved before they
+    existed) is read as trained without them: today's defaults are refused naming the keys and the
+    overrides that resume it, and with those overrides it resumes."""
+    from helpers.config import ConfigError
+
+    work = small_demo[0]
+    legacy = {"training.label_smoothing": 0.0, "model.dropout": 0.0, "training.alpha_c": 0.0}
+    settings = {"training.eval_splits": [], "training.run_name": "older", "training.epochs": 1}
+    train_on(small_demo, demo_config("LSTM", work, **settings, **legacy))
+    last_path = demo_config("LSTM", work, **settings).run_path / "last.pt"
+    checkpoint = load_checkpoint(last_path)
+    for section, key in (("training", "label_smoothing"), ("model", "dropout"), ("training", "alpha_c")):
+        del checkpoint["config"][section][key]
+    save_atomic(checkpoint, last_path)
+    recipe = {"training.label_smoothing": 0.1, "model.dropout": 0.5, "training.alpha_c": 1.0}
+    with pytest.raises(ConfigError) as refused:
+        train_on(small_demo, demo_config("LSTM", work, **{**settings, "training.epochs": 2}, **recipe))
+    for key, value in recipe.items():
+        assert f"{key}: 0.0 -> {value}" in str(refused.value)
+    assert (
+        "saved before training.label_smoothing, model.dropout, training.alpha_c existed and trained as with "
+        "training.label_smoothing=0.0 model.dropout=0.0 training.alpha_c=0.0: add these overrides"
+    ) in str(refused.value)
+    longer = demo_config("LSTM", work, **{**settings, "training.epochs": 2}, **legacy)
+    with pytest.warns(UserWarning, match="training.epochs 1 -> 2 on resume"):
+        resumed = train_on(small_demo, longer)
+    assert resumed.epochs == 2 and resumed.history[0] == checkpoint["history"][0]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["LSTM"])
 def test_beam_search_at_its_defaults_scores_at_least_greedy(name, learning_demo):

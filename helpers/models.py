@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from helpers.backbones import BACKBONES, DEFAULT_BACKBONE, ImageEncoder
-from helpers.config import Config, resolve_glove_path, word_index
+from helpers.config import Config, TrainingConfig, resolve_glove_path, word_index
 from helpers.decoders import (
     CELL_TYPE_ALIASES,
     CELL_TYPES,
@@ -62,6 +62,10 @@ def backbone_for(input_dim: int | None, backbone: str | None) -> str:
             "pass one of these input_dims or name the backbone"
         )
     return matching[0]
+
+
+# Beam search's length penalty unless given: the config's (training.eval_length_penalty), one default.
+DEFAULT_LENGTH_PENALTY = TrainingConfig.eval_length_penalty
 
 
 def _repeated_ngram_ban(tokens: Tensor, t: int, n: int, vocab_size: int) -> Tensor:
@@ -116,7 +120,7 @@ def beam_search(
     features: Tensor,
     max_length: int,
     beam_size: int = 1,
-    alpha: float = 0.7,
+    alpha: float = DEFAULT_LENGTH_PENALTY,
     no_repeat_ngram_size: int = 0,
     mask_unk: bool = False,
     n_best: int | None = None,
@@ -306,7 +310,7 @@ class CaptioningModel(nn.Module):
         images: Tensor,
         max_length: int = 15,
         beam_size: int = 1,
-        alpha: float = 0.7,
+        alpha: float = DEFAULT_LENGTH_PENALTY,
         no_repeat_ngram_size: int = 0,
         mask_unk: bool = False,
     ):

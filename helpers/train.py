@@ -59,7 +59,7 @@ from helpers.config import (
     config_from_dict,
     config_layers,
     load_config,
-    missing_later_keys,
+    older_run_values,
     run_identity,
 )
 from helpers.devices import resolve_device
@@ -388,12 +388,13 @@ def _check_resumable(checkpoint: dict, config: Config, path: Path) -> None:
 
 def _older_run_hint(stored: dict) -> str:
     """How to resume a run saved before some of the keys that change training existed."""
-    missing = missing_later_keys(stored)
-    if not missing:
+    values = older_run_values(stored)
+    if not values:
         return ""
-    values = " ".join(f"{key}={KEYS_ADDED_LATER[key]}" for key in missing)
+    missing = [key for key in KEYS_ADDED_LATER if key in values]
+    overrides = " ".join(f"{key}={value}" for key, value in values.items())
     return (
-        f" (it was saved before {', '.join(missing)} existed and trained as with {values}: "
+        f" (it was saved before {', '.join(missing)} existed and trained as with {overrides}: "
         f"add these overrides to resume it)"
     )
 

@@ -461,8 +461,9 @@ def test_build_model_gives_each_decoder_the_configs_dropout(name, dropout):
     from helpers.config import ConfigError, load_config
     from helpers.models import build_model
 
-    assert load_config([name, "demo"]).model.dropout == dropout, "null picks the decoder's own default"
-    for chosen, overrides in ((dropout, []), (0.2, ["model.dropout=0.2"])):
+    default = ["model.dropout=null"]  # configs/demo.yaml sets 0
+    assert load_config([name, "demo"], default).model.dropout == dropout, "null: the decoder's own default"
+    for chosen, overrides in ((dropout, default), (0.2, ["model.dropout=0.2"])):
         model = build_model(load_config([name, "demo"], overrides), WORD_TO_IDX, load_glove=False)
         layers = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
         assert layers and set(layers) == {chosen}

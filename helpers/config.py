@@ -47,6 +47,7 @@ DEVICES = ("auto", "cpu", "cuda")
 DATA_SPLITS = ("train", "val", "test")  # helpers.prepare.SPLITS
 VOCAB_SOURCES = ("train", "all")  # helpers.prepare.VOCAB_SOURCES
 SCST_BASELINES = ("greedy", "mean")  # helpers.train's SCST phase
+DEFAULT_DROPOUT = {"recurrent": 0.5, "transformer": 0.1}  # model.dropout when null
 
 
 class ConfigError(ValueError):
@@ -65,7 +66,9 @@ class ModelConfig:
     pretrained_backbone: bool = True  # ImageNet weights for the CNN (False: random, for tests and demos)
     num_heads: int = 4  # transformer only; must divide hidden_dim (the transformer's d_model)
     num_layers: int = 2  # transformer only
-    dropout: float = 0.1  # transformer only
+    # Dropout; null: the decoder's own default, 0.5 for rnn/lstm/attn (on the hidden states before the
+    # output layer, as Show, Attend and Tell) and 0.1 inside the transformer's layers.
+    dropout: float | None = None
 
 
 @dataclass
@@ -126,6 +129,9 @@ class TrainingConfig:
     schedule: str = "cosine"  # decay after warmup: cosine | linear | constant
     min_lr_ratio: float = 0.01  # final learning rate as a fraction of lr
     grad_clip: float | None = 5.0  # max gradient norm; None: no clipping
+    # Cross-entropy target: this much of the mass spread over all words (0.1 as the original project).
+    label_smoothing: float = 0.1
+    alpha_c: float = 1.0  # attn only: weight of Show-Attend-Tell's doubly-stochastic attention penalty
     patience: int | None = 3  # epochs without a better val CIDEr before stopping; None: never stop early
     mode: str = "features"  # features: frozen CNN on the feature store; finetune: images end to end
     finetune_stages: int = 1  # finetune mode: how many of the backbone's last stages train
@@ -143,6 +149,12 @@ class TrainingConfig:
     val_max_images: int | None = None  # validate on the first N val images (None: all)
     eval_splits: list[str] = field(default_factory=lambda: ["val", "test"])  # splits scored into results.json
     eval_beam_sizes: list[int] = field(default_factory=lambda: [1, 3])  # decodings scored (1: greedy)
+    # Beam length penalty: finalists rank by log-probability / length ** this (ruotianluo's avg form; 0:
+    # the summed log-probability, as sgrvinod's and ruotianluo's default beam searches; 1: the mean per
+    # word). Above 0 favours longer captions; on the demo it lowered CIDEr for three of four decoders.
+    eval_length_penalty: float = 0.0
+    eval_no_repeat_ngram_size: int = 3  # decoding never repeats an n-gram of this size (0: off)
+    eval_mask_unk: bool = True  # decoding never emits <UNK>
     meteor: bool = True  # also METEOR in results.json when Java is available (its JVM takes ~10 s to start)
     metric_tokenizer: str = "auto"  # results.json scores: ptb (Java, as papers) | project | auto: ptb if Java
     run_dir: str = "runs"  # runs are written to <run_dir>/<run_name>/
@@ -192,6 +204,15 @@ class Config:
         return Path(self.training.run_dir) / self.run_name
 
     @property
+    def decoding(self) -> dict[str, Any]:
+        """The decoding options (training.eval_*) as keyword arguments of a model's sample()."""
+        return {
+            "alpha": self.training.eval_length_penalty,
+            "no_repeat_ngram_size": self.training.eval_no_repeat_ngram_size,
+            "mask_unk": self.training.eval_mask_unk,
+        }
+
+    @property
     def image_size(self) -> int:
         return self.data.image_size or BACKBONES[self.model.backbone].image_size
 
@@ -215,6 +236,9 @@ RUN_FREE_KEYS = frozenset(
                 "num_workers",
                 "eval_splits",
                 "eval_beam_sizes",
+                "eval_length_penalty",
+                "eval_no_repeat_ngram_size",
+                "eval_mask_unk",
                 "device",
                 "devices",
                 "checkpoint_every_steps",
@@ -331,12 +355,34 @@ def load_config(
     return config
 
 
+# Keys that change what is trained, added after runs had been saved without them, with the values that
+# reproduce how those runs trained (no label smoothing, no attention penalty; and no dropout in the
+# recurrent decoders, which ignored model.dropout then). A stored config that lacks them is read with
+# these values, not today's defaults, so resuming such a run compares like with like (helpers.train
+# names these keys when the current config differs).
+KEYS_ADDED_LATER = {"training.label_smoothing": 0.0, "training.alpha_c": 0.0}
+
+
+def older_run_values(data: Mapping[str, Any]) -> dict[str, Any]:
+    """{dotted key: value} a stored config (`Config.to_dict()`) trained with but does not say: empty for
+    a config saved with KEYS_ADDED_LATER."""
+    present = {key for key, _ in _flatten(data)}
+    values = {key: value for key, value in KEYS_ADDED_LATER.items() if key not in present}
+    cell_type = canonical_cell_type(str(data.get("model", {}).get("cell_type", ModelConfig.cell_type)))
+    if values and cell_type != "transformer":
+        values["model.dropout"] = 0.0
+    return values
+
+
 def config_from_dict(data: Mapping[str, Any], source: str = "checkpoint") -> Config:
-    """Rebuild a Config from `Config.to_dict()` output (as stored in checkpoints and results.json)."""
+    """Rebuild a Config from `Config.to_dict()` output (as stored in checkpoints and results.json);
+    without KEYS_ADDED_LATER it gets the values its run was trained with (older_run_values)."""
     data = dict(data)
     sources = list(data.pop("sources", []))
     config = Config()
     for key, value in _flatten(data):
+        _assign(config, key, value, source=source)
+    for key, value in older_run_values(data).items():
         _assign(config, key, value, source=source)
     config.sources = sources
     validate(config, source=source)
@@ -463,6 +509,8 @@ def _check_choices(config: Config, source: str) -> None:
     if cell not in CELL_TYPES:
         raise _choice_error(source, "model.cell_type", model.cell_type, CELL_TYPES + tuple(CELL_TYPE_ALIASES))
     model.cell_type = cell
+    if model.dropout is None:
+        model.dropout = DEFAULT_DROPOUT["transformer" if cell == "transformer" else "recurrent"]
     if model.backbone not in BACKBONES:
         raise _choice_error(source, "model.backbone", model.backbone, BACKBONES)
     channels = BACKBONES[model.backbone].out_channels
@@ -534,6 +582,9 @@ def _check_ranges(config: Config, source: str) -> None:
         "training.weight_decay": training.weight_decay,
         "training.checkpoint_every_steps": training.checkpoint_every_steps,
         "training.encoder_lr_scale": training.encoder_lr_scale,
+        "training.alpha_c": training.alpha_c,
+        "training.eval_length_penalty": training.eval_length_penalty,
+        "training.eval_no_repeat_ngram_size": training.eval_no_repeat_ngram_size,
     }.items():
         if value < 0:
             raise ConfigError(f"{source}: {key}={value} must not be negative.")
@@ -541,6 +592,7 @@ def _check_ranges(config: Config, source: str) -> None:
         ("training.warmup_fraction", training.warmup_fraction, "1)"),
         ("training.min_lr_ratio", training.min_lr_ratio, "1]"),
         ("model.dropout", model.dropout, "1)"),
+        ("training.label_smoothing", training.label_smoothing, "1)"),
     ):
         if value < 0 or value > 1 or (value == 1 and upper == "1)"):
             raise ConfigError(f"{source}: {key}={value} must be in [0, {upper}.")

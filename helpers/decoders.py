@@ -27,6 +27,7 @@ __all__ = [
     "dot_product_attention",
     "AttentionLSTM",
     "temporal_softmax_loss",
+    "doubly_stochastic_penalty",
     "MultiHeadAttention",
     "TransformerDecoderLayer",
     "TransformerDecoder",
@@ -218,23 +219,34 @@ class AttentionLSTM(nn.Module):
         preactivation = torch.addmm(self.b, x, self.Wx) + prev_h.mm(self.Wh) + attn.mm(self.Wattn)
         return _lstm_update(preactivation, prev_c)
 
-    def forward(self, x: Tensor, A: Tensor) -> Tensor:
-        """Hidden states (N, T, H) for x (N, T, D) attending over A (N, H, H', W'); h0 = c0 = mean of A."""
+    def forward(self, x: Tensor, A: Tensor, return_attention: bool = False):
+        """Hidden states (N, T, H) for x (N, T, D) attending over A (N, H, H', W'); h0 = c0 = mean of A.
+
+        With ``return_attention`` also the attention weights of every step (N, T, H', W'), which the
+        doubly-stochastic regularisation of the loss needs.
+        """
         h = c = A.mean(dim=(2, 3))
         input_part = torch.matmul(x, self.Wx) + self.b
         recurrent_weights = torch.cat([self.Wh, self.Wattn], dim=0)
-        hidden_states = []
+        hidden_states, attention = [], []
         for t in range(x.shape[1]):
-            attn, _ = dot_product_attention(h, A)
+            attn, weights = dot_product_attention(h, A)
             h, c = _lstm_update(input_part[:, t] + torch.cat([h, attn], dim=1).mm(recurrent_weights), c)
             hidden_states.append(h)
-        return torch.stack(hidden_states, dim=1)
+            attention.append(weights)
+        hidden = torch.stack(hidden_states, dim=1)
+        return (hidden, torch.stack(attention, dim=1)) if return_attention else hidden
 
 
-def temporal_softmax_loss(x: Tensor, y: Tensor, ignore_index: int | None = None) -> Tensor:
+def temporal_softmax_loss(
+    x: Tensor, y: Tensor, ignore_index: int | None = None, label_smoothing: float = 0.0
+) -> Tensor:
     """Cross-entropy of scores x (N, T, V) against targets y (N, T), summed over time, averaged over N.
 
-    Targets equal to ``ignore_index`` contribute nothing (None ignores nothing).
+    Targets equal to ``ignore_index`` contribute nothing (None ignores nothing). ``label_smoothing``
+    (the course's loss has none) takes the target distribution as ``1 - label_smoothing`` on the
+    target word plus ``label_smoothing / V`` on every word, which keeps the decoder from growing
+    over-confident on the few captions of each image.
     """
     N, T, V = x.shape
     loss = F.cross_entropy(
@@ -242,8 +254,20 @@ def temporal_softmax_loss(x: Tensor, y: Tensor, ignore_index: int | None = None)
         y.reshape(N * T),
         ignore_index=-100 if ignore_index is None else ignore_index,
         reduction="sum",
+        label_smoothing=label_smoothing,
     )
     return loss / N
+
+
+def doubly_stochastic_penalty(attention: Tensor, mask: Tensor) -> Tensor:
+    """Show, Attend and Tell's attention regulariser: sum over locations of (1 - sum over time)^2.
+
+    attention (N, T, H', W') or (N, T, S); mask (N, T) is True at the steps that predict a word (not
+    padding). Pushes the decoder to look at every location over the caption instead of one spot.
+    Summed over the locations and averaged over the batch, like :func:`temporal_softmax_loss`.
+    """
+    weights = attention.flatten(2) * mask.unsqueeze(2).to(attention.dtype)
+    return ((1 - weights.sum(dim=1)) ** 2).sum(dim=1).mean()
 
 
 def sinusoidal_encoding(positions: Tensor, dim: int) -> Tensor:

@@ -304,6 +304,7 @@ def decode_split(
     max_images: int | None = None,
     image_size: int | None = None,
     num_workers: int | None = None,
+    decoding: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """Caption every image of `split`: {filename: caption}. Under several devices
     (helpers.distributed) each captions its share and every one gets all captions.
@@ -313,25 +314,11 @@ def decode_split(
     in fine-tuned runs). `max_length` defaults to the prepared max caption length, or 20.
     `max_images` decodes only the first N images (quick validation); `image_size` is the crop side
     for images (default: the backbone's); `num_workers` image-decoding workers (default: by CPU count).
+    `decoding`: further options of the model's sample() (a config's `decoding`).
     """
     device = _model_device(model)
-    if hasattr(source, "features"):  # a FeatureStore
-        dataset = _first(ImageFeatureDataset(source, split), max_images)
-        shard = torch.utils.data.Subset(dataset, distributed.shard_range(len(dataset)))  # all on one device
-        loader = DataLoader(shard, batch_size=batch_size, shuffle=False)
-        batches = ((inputs, list(names)) for inputs, names in loader)
-    else:  # a PreparedDataset: run the CNN on the images
-        names_all = list(source.splits[split])[: max_images or None]
-        part = distributed.shard_range(len(names_all))  # this device's images (all on one device)
-        names_all = names_all[part.start : part.stop]
-        transform = image_transform(model.backbone, image_size, torch.uint8)
-        dataset = ImageDataset(names_all, transform, image_dir=source.image_dir)
-        loader = image_loader(dataset, batch_size=batch_size, num_workers=num_workers, device=device)
-        batches = (
-            (batch.images, [names_all[i] for i in batch.indices.tolist()])
-            for batch in loader
-            if batch.images is not None
-        )
+    batches = _split_batches(model, source, split, batch_size, max_images, image_size, num_workers, device)
+    if not hasattr(source, "features"):  # a PreparedDataset
         vocab = vocab or source.vocab
         max_length = max_length or source.max_caption_length
     idx_to_word = vocab.idx_to_word if vocab is not None else model.idx_to_word
@@ -340,7 +327,9 @@ def decode_split(
     max_length = max_length or 20
     captions: dict[str, str] = {}
     for inputs, names in batches:
-        output = model.sample(inputs.to(device), max_length=max_length, beam_size=beam_size)
+        output = model.sample(
+            inputs.to(device), max_length=max_length, beam_size=beam_size, **(decoding or {})
+        )
         tokens = output[0] if isinstance(output, tuple) else output
         for name, row in zip(names, tokens.tolist()):
             words = []
@@ -351,6 +340,28 @@ def decode_split(
                     words.append(idx_to_word[idx])
             captions[name] = " ".join(words)
     return dict(distributed.gather(list(captions.items())))  # every device's, in split order
+
+
+def _split_batches(model, source, split: str, batch_size: int, max_images: int | None,
+                   image_size: int | None, num_workers: int | None, device: torch.device):
+    """(inputs, file names) batches of this device's share of `split` (all of it on one device):
+    stored features from a FeatureStore, else uint8 image crops for the model's CNN."""
+    if hasattr(source, "features"):  # a FeatureStore
+        dataset = _first(ImageFeatureDataset(source, split), max_images)
+        shard = torch.utils.data.Subset(dataset, distributed.shard_range(len(dataset)))
+        loader = DataLoader(shard, batch_size=batch_size, shuffle=False)
+        return ((inputs, list(names)) for inputs, names in loader)
+    names_all = list(source.splits[split])[: max_images or None]
+    part = distributed.shard_range(len(names_all))
+    names_all = names_all[part.start : part.stop]
+    transform = image_transform(model.backbone, image_size, torch.uint8)
+    dataset = ImageDataset(names_all, transform, image_dir=source.image_dir)
+    loader = image_loader(dataset, batch_size=batch_size, num_workers=num_workers, device=device)
+    return (
+        (batch.images, [names_all[i] for i in batch.indices.tolist()])
+        for batch in loader
+        if batch.images is not None
+    )
 
 
 def _first(dataset, count: int | None):
@@ -382,12 +393,14 @@ def score_model(
     progress: bool = True,
     image_size: int | None = None,
     tokenizer: str = "auto",
+    decoding: Mapping[str, Any] | None = None,
 ) -> tuple[dict, dict, dict]:
     """Metrics {split: {"beam<k>": metrics}}, the captions {split: {"beam<k>": {file: caption}}} and
     how each was scored {split: {"beam<k>": {"tokenizer": ..., "images": n}}}.
 
     Without a feature store the images pass through the model's CNN at `image_size`. `tokenizer`:
-    "auto" (PTB when Java is on PATH, as papers score), "ptb" or "project".
+    "auto" (PTB when Java is on PATH, as papers score), "ptb" or "project". `decoding`: the options of
+    the model's sample() (a config's `decoding`: length penalty, n-gram blocking, <UNK> masking).
     """
     source = store if store is not None else prepared
     tokenizer = resolve_tokenizer(tokenizer)
@@ -404,6 +417,7 @@ def score_model(
                 source,
                 split,
                 beam_size=beam,
+                decoding=decoding,
                 batch_size=batch_size,
                 vocab=prepared.vocab,
                 max_length=max_length or prepared.max_caption_length,
@@ -472,6 +486,7 @@ def evaluate_run(
         progress=progress,
         image_size=config.image_size,
         tokenizer=tokenizer,
+        decoding=config.decoding,
     )
     return write_results(run_dir, model, config, checkpoint, metrics, captions, device, scoring)
 

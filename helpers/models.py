@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from helpers.backbones import BACKBONES, DEFAULT_BACKBONE, ImageEncoder
-from helpers.config import Config, resolve_glove_path, word_index
+from helpers.config import Config, TrainingConfig, resolve_glove_path, word_index
 from helpers.decoders import (
     CELL_TYPE_ALIASES,
     CELL_TYPES,
@@ -29,10 +29,11 @@ from helpers.decoders import (
     TransformerDecoder,
     canonical_cell_type,
     dot_product_attention,
+    doubly_stochastic_penalty,
     temporal_softmax_loss,
 )
 from helpers.embeddings import WordEmbedding, load_glove_embeddings
-from helpers.text import END, NULL, START, check_word_to_idx, require_tokens
+from helpers.text import END, NULL, START, UNK, check_word_to_idx, require_tokens
 
 __all__ = [
     "CELL_TYPES",
@@ -65,19 +66,81 @@ def backbone_for(input_dim: int | None, backbone: str | None) -> str:
     return matching[0]
 
 
-def beam_search(model, features: Tensor, max_length: int, beam_size: int = 1, alpha: float = 0.7):
-    """Decode a batch with beam search, all images and beams at once (batch * beam_size rows).
+# Beam search's length penalty unless given: the config's (training.eval_length_penalty), one default.
+DEFAULT_LENGTH_PENALTY = TrainingConfig.eval_length_penalty
 
-    Hypotheses are ranked by their summed log-probability while searching; a hypothesis that emits
-    ``<END>`` is finished and keeps its place, extended only by ``<NULL>`` at no cost. At the end
-    each image keeps the hypothesis with the best ``score / length ** alpha`` (length counts the
-    words up to and including ``<END>``). ``beam_size=1`` is greedy decoding.
 
-    Returns ``(tokens (N, max_length), attention (N, max_length, H'*W') or None)``; tokens after
-    ``<END>`` are ``<NULL>`` and so is their attention (zeros).
-    """
+def _repeated_ngram_ban(tokens: Tensor, t: int, n: int, vocab_size: int) -> Tensor:
+    """(N, k, V) True for each word that would repeat an n-gram already in the hypothesis tokens[:, :, :t]."""
+    N, k, _ = tokens.shape
+    grams = tokens[:, :, :t].unfold(2, n, 1)  # (N, k, t - n + 1, n)
+    prefix = tokens[:, :, t - n + 1 : t].unsqueeze(2)  # the last n - 1 words
+    match = (grams[..., :-1] == prefix).all(dim=3).float()
+    hits = torch.zeros(N, k, vocab_size, device=tokens.device).scatter_add_(2, grams[..., -1], match)
+    return hits > 0
+
+
+def _check_beam_arguments(beam_size: int, no_repeat_ngram_size: int, n_best: int | None) -> None:
     if beam_size < 1:
         raise ValueError(f"beam_size must be at least 1, got {beam_size}")
+    if n_best is not None and not 1 <= n_best <= beam_size:
+        raise ValueError(f"n_best must be between 1 and beam_size={beam_size}, got {n_best}")
+    if no_repeat_ngram_size < 0:
+        raise ValueError(f"no_repeat_ngram_size must be 0 (off) or positive, got {no_repeat_ngram_size}")
+
+
+def _extend_attention(history, attention: Tensor, parent: Tensor, parent_finished: Tensor, t: int, length):
+    """The attention maps (N, k, length, S) of the kept hypotheses, step t's (B, S) added (zeros once
+    a hypothesis has finished)."""
+    N, k = parent.shape
+    positions = attention.shape[1]
+    if history is None:
+        history = attention.new_zeros(N, k, length, positions)
+    history = history.gather(1, parent.view(N, k, 1, 1).expand(N, k, length, positions))
+    step = attention.view(N, k, positions).gather(1, parent.unsqueeze(2).expand(N, k, positions))
+    history[:, :, t] = step * (~parent_finished).unsqueeze(2)
+    return history
+
+
+def _best_extensions(candidates: Tensor) -> tuple[Tensor, Tensor]:
+    """The k extensions (scores (N, k), flat indices into k * V) kept from candidates (N, k, V).
+
+    Slot 0 follows the greedy path (the best word after slot 0, which began as greedy's), so the
+    search never ends worse than greedy decoding; the other slots take the best of the rest.
+    """
+    N, k, vocab_size = candidates.shape
+    candidates = candidates.clone()
+    greedy_word = candidates[:, 0].argmax(dim=1, keepdim=True)
+    greedy_score = candidates[:, 0].gather(1, greedy_word)
+    candidates[:, 0].scatter_(1, greedy_word, -math.inf)
+    rest_scores, rest_choice = candidates.view(N, k * vocab_size).topk(k - 1, dim=1)
+    return torch.cat([greedy_score, rest_scores], dim=1), torch.cat([greedy_word, rest_choice], dim=1)
+
+
+def beam_search(
+    model,
+    features: Tensor,
+    max_length: int,
+    beam_size: int = 1,
+    alpha: float = DEFAULT_LENGTH_PENALTY,
+    no_repeat_ngram_size: int = 0,
+    mask_unk: bool = False,
+    n_best: int | None = None,
+):
+    """Decode a batch with beam search, all images and beams at once (batch * beam_size rows).
+
+    Hypotheses rank by summed log-probability while searching, but the first beam always extends
+    greedily, so greedy's caption stays a finalist (else prefixes that put off their uncertain words,
+    "there are two shapes ...", crowd it out and the search ends below greedy). A hypothesis that emits
+    ``<END>`` is finished and keeps its place, extended only by ``<NULL>`` at no cost. At the end
+    each image keeps the best ``score / length ** alpha`` (length: words up to and including ``<END>``;
+    alpha, the length penalty: 0 ranks by summed log-probability, 1 by the mean per word).
+    ``beam_size=1`` is greedy. ``no_repeat_ngram_size=n`` (0: off) forbids any n-gram twice in a
+    caption; ``mask_unk`` never emits ``<UNK>``. Returns ``(tokens (N, max_length), attention (N,
+    max_length, H'*W') or None)``, ``<NULL>`` (attention zeros) after ``<END>``; with ``n_best`` the n
+    best of each image, best first: ``(tokens (N, n, max_length), scores (N, n), attention or None)``.
+    """
+    _check_beam_arguments(beam_size, no_repeat_ngram_size, n_best)
     N, k = features.shape[0], beam_size
     device = features.device
     state = tuple(s.repeat_interleave(k, dim=0) for s in model.init_state(features))
@@ -89,14 +152,13 @@ def beam_search(model, features: Tensor, max_length: int, beam_size: int = 1, al
     tokens = torch.full((N, k, max_length), model._null, dtype=torch.long, device=device)
     attention_history = None
     row_offsets = torch.arange(N, device=device).unsqueeze(1) * k
+    unk = model.word_to_idx.get(UNK) if mask_unk else None
     for t in range(max_length):
         log_probs, state, attention = model.step(state, words)
         vocab_size = log_probs.shape[1]
-        log_probs = log_probs.float().view(N, k, vocab_size)
-        null_only = torch.full((vocab_size,), -math.inf, device=device)
-        null_only[model._null] = 0.0
-        log_probs = torch.where(finished.unsqueeze(2), null_only, log_probs)
-        scores, flat_choice = (scores.unsqueeze(2) + log_probs).view(N, k * vocab_size).topk(k, dim=1)
+        log_probs = _allowed(log_probs.float().view(N, k, vocab_size), model, tokens, finished, t, unk,
+                             no_repeat_ngram_size)
+        scores, flat_choice = _best_extensions(scores.unsqueeze(2) + log_probs)
         parent = flat_choice // vocab_size
         word = flat_choice % vocab_size
         tokens = tokens.gather(1, parent.unsqueeze(2).expand(N, k, max_length))
@@ -105,25 +167,38 @@ def beam_search(model, features: Tensor, max_length: int, beam_size: int = 1, al
         lengths = lengths.gather(1, parent) + (~parent_finished).long()
         finished = parent_finished | (word == model._end)
         if attention is not None:
-            positions = attention.shape[1]
-            if attention_history is None:
-                attention_history = attention.new_zeros(N, k, max_length, positions)
-            attention_history = attention_history.gather(
-                1, parent.view(N, k, 1, 1).expand(N, k, max_length, positions)
+            attention_history = _extend_attention(
+                attention_history, attention, parent, parent_finished, t, max_length
             )
-            step_attention = attention.view(N, k, positions).gather(
-                1, parent.unsqueeze(2).expand(N, k, positions)
-            )
-            attention_history[:, :, t] = step_attention * (~parent_finished).unsqueeze(2)
         rows = (row_offsets + parent).view(-1)
         state = tuple(s.index_select(0, rows) for s in state)
         words = word.view(-1)
         if bool(finished.all()):
             break
-    best = (scores / lengths.clamp(min=1).float() ** alpha).argmax(dim=1)
-    batch = torch.arange(N, device=device)
-    best_attention = None if attention_history is None else attention_history[batch, best]
-    return tokens[batch, best], best_attention
+    return _finalists(tokens, scores / lengths.clamp(min=1).float() ** alpha, attention_history, n_best)
+
+
+def _finalists(tokens: Tensor, normalised: Tensor, attention_history, n_best: int | None):
+    """beam_search's return value: the best hypothesis of each image, or its n best with scores."""
+    rows = torch.arange(tokens.shape[0], device=tokens.device).unsqueeze(1)
+    top_scores, top = normalised.topk(n_best or 1, dim=1)
+    top_attention = None if attention_history is None else attention_history[rows, top]
+    if n_best is None:
+        return tokens[rows, top][:, 0], None if top_attention is None else top_attention[:, 0]
+    return tokens[rows, top], top_scores, top_attention
+
+
+def _allowed(log_probs: Tensor, model, tokens: Tensor, finished: Tensor, t: int, unk, ngram: int) -> Tensor:
+    """Step t's log-probabilities (N, k, V) with the banned words at -inf: <UNK> (when ``unk`` is its
+    id), words repeating an n-gram, and all but <NULL> (at no cost) after <END>."""
+    if unk is not None:
+        log_probs[:, :, unk] = -math.inf
+    if ngram and t >= ngram:
+        banned = _repeated_ngram_ban(tokens, t, ngram, log_probs.shape[2])
+        log_probs = log_probs.masked_fill(banned, -math.inf)
+    null_only = torch.full((log_probs.shape[2],), -math.inf, device=log_probs.device)
+    null_only[model._null] = 0.0
+    return torch.where(finished.unsqueeze(2), null_only, log_probs)
 
 
 def multinomial_sample(model, features: Tensor, max_length: int, samples_per_image: int):
@@ -240,38 +315,77 @@ class CaptioningModel(nn.Module):
             f"got shape {tuple(x.shape)}"
         )
 
-    def forward(self, images: Tensor, captions: Tensor) -> Tensor:
+    def forward(
+        self, images: Tensor, captions: Tensor, label_smoothing: float = 0.0, alpha_c: float = 0.0
+    ) -> Tensor:
         """Teacher-forced loss: summed over time, averaged over the batch, ``<NULL>`` targets ignored.
 
         captions (N, T + 1) start with ``<START>``; the model reads ``captions[:, :-1]`` and predicts
-        ``captions[:, 1:]``.
+        ``captions[:, 1:]``. Training passes ``label_smoothing`` (see :func:`temporal_softmax_loss`)
+        and, for the attention LSTM, ``alpha_c`` times the doubly-stochastic attention penalty; with
+        both 0 (the default, and what validation uses) the loss is the course's cross-entropy.
         """
         captions_in, captions_out = captions[:, :-1], captions[:, 1:]
-        scores = self.scores(self.features_from(images), captions_in)
-        return temporal_softmax_loss(scores, captions_out, ignore_index=self.ignore_index)
+        features = self.features_from(images)
+        if alpha_c and self.cell_type == "attn":
+            scores, attention = self.scores(features, captions_in, return_attention=True)
+            penalty = doubly_stochastic_penalty(attention, captions_out != self.ignore_index)
+        else:
+            scores, penalty = self.scores(features, captions_in), 0.0
+        loss = temporal_softmax_loss(
+            scores, captions_out, ignore_index=self.ignore_index, label_smoothing=label_smoothing
+        )
+        return loss + alpha_c * penalty
 
     @torch.no_grad()
-    def sample(self, images: Tensor, max_length: int = 15, beam_size: int = 1, alpha: float = 0.7):
+    def sample(
+        self,
+        images: Tensor,
+        max_length: int = 15,
+        beam_size: int = 1,
+        alpha: float = DEFAULT_LENGTH_PENALTY,
+        no_repeat_ngram_size: int = 0,
+        mask_unk: bool = False,
+    ):
         """Caption a batch: token ids (N, max_length), starting with the first word after ``<START>``.
 
         ``beam_size=1`` is greedy decoding; larger values run :func:`beam_search` over the whole batch
-        with length normalisation ``score / length ** alpha``. Positions after ``<END>`` hold
-        ``<NULL>``. Models with attention also return the attention maps (N, max_length, H', W'),
-        on the CPU like the course module. Runs in eval mode (no dropout) and then gives every
-        submodule back its own mode (a frozen encoder kept in eval stays in eval).
+        with length normalisation ``score / length ** alpha``; ``no_repeat_ngram_size`` and
+        ``mask_unk`` are as there. Positions after ``<END>`` hold ``<NULL>``. Models with attention
+        also return the attention maps (N, max_length, H', W'), on the CPU like the course module.
         """
+        features, (captions, attention) = self._decode(
+            images, max_length, beam_size, alpha=alpha, no_repeat_ngram_size=no_repeat_ngram_size,
+            mask_unk=mask_unk,
+        )
+        if not self.returns_attention:
+            return captions
+        return captions, attention.reshape(*captions.shape, *features.shape[2:]).cpu()
+
+    @torch.no_grad()
+    def sample_n_best(
+        self, images: Tensor, n: int, max_length: int = 15, beam_size: int | None = None, **options
+    ):
+        """The n best captions of each image and their scores: (tokens (N, n, max_length), scores (N, n)).
+
+        Best first; scores are the length-normalised log-probabilities beam search ranks by.
+        ``beam_size`` defaults to n; ``options`` (alpha, no_repeat_ngram_size, mask_unk) as :meth:`sample`.
+        """
+        _, (tokens, scores, _) = self._decode(images, max_length, beam_size or n, n_best=n, **options)
+        return tokens, scores
+
+    def _decode(self, images: Tensor, max_length: int, beam_size: int, **options):
+        """(features, beam_search's output) in eval mode (no dropout); then every submodule gets its
+        own mode back (a frozen encoder kept in eval stays in eval)."""
         require_tokens(self.word_to_idx, [START, END], "sampling")
         modes = [(module, module.training) for module in self.modules()]
         self.eval()
         try:
             features = self.features_from(images)
-            captions, attention = beam_search(self, features, max_length, beam_size, alpha)
+            return features, beam_search(self, features, max_length, beam_size, **options)
         finally:
             for module, training in modes:
                 module.training = training
-        if not self.returns_attention:
-            return captions
-        return captions, attention.reshape(*captions.shape, *features.shape[2:]).cpu()
 
     def sample_multinomial(self, images: Tensor, samples_per_image: int, max_length: int = 15):
         """Sampled captions with their summed log-probabilities, differentiable: see
@@ -308,6 +422,7 @@ class CaptioningRNN(CaptioningModel):
         glove_path: str | None = None,
         freeze_embeddings: bool = False,
         normalize_features: bool = False,
+        dropout: float = 0.0,
     ):
         if canonical_cell_type(cell_type) not in RNN_CELL_TYPES:
             aliases = [alias for alias, cell in CELL_TYPE_ALIASES.items() if cell in RNN_CELL_TYPES]
@@ -326,16 +441,23 @@ class CaptioningRNN(CaptioningModel):
         else:
             self.feat_proj = nn.Linear(self.input_dim, hidden_dim)
             self.decoder = (RNN if self.cell_type == "rnn" else LSTM)(wordvec_dim, hidden_dim)
+        # On the hidden states before the output layer, as Show, Attend and Tell (the course had none).
+        self.dropout = nn.Dropout(dropout)
         self.output_proj = nn.Linear(hidden_dim, len(word_to_idx))
 
-    def scores(self, features: Tensor, captions_in: Tensor) -> Tensor:
-        """Teacher-forced vocabulary scores (N, T, V); RNN and LSTM run torch's fused kernels."""
+    def scores(self, features: Tensor, captions_in: Tensor, return_attention: bool = False):
+        """Teacher-forced vocabulary scores (N, T, V); RNN and LSTM run torch's fused kernels.
+
+        ``return_attention`` (attn only) also gives the attention weights (N, T, H', W').
+        """
         word_embeds = self.word_embed(captions_in)
+        attention = None
         if self.cell_type == "attn":
-            hidden = self.decoder(word_embeds, self.feat_proj(features))
+            hidden, attention = self.decoder(word_embeds, self.feat_proj(features), return_attention=True)
         else:
             hidden = self.decoder(word_embeds, self.feat_proj(features.mean(dim=(2, 3))))
-        return self.output_proj(hidden)
+        scores = self.output_proj(self.dropout(hidden))
+        return (scores, attention) if return_attention else scores
 
     def init_state(self, features: Tensor) -> tuple[Tensor, ...]:
         """(h,) for rnn, (h, c) for lstm with c = 0, (h, c, A) for attn with h = c = mean of A."""
@@ -422,14 +544,14 @@ class CaptioningTransformer(CaptioningModel):
         state = tuple(t for pair in pairs[:layers] + past_kv for t in pair)
         return self.log_probs(hidden), state, weights
 
-    def sample(self, images: Tensor, max_length: int = 15, beam_size: int = 1, alpha: float = 0.7):
-        """As :meth:`CaptioningModel.sample`; max_length may not exceed the model's ``max_length``."""
+    def _decode(self, images: Tensor, max_length: int, beam_size: int, **options):
+        """As :meth:`CaptioningModel._decode`; max_length may not exceed the model's ``max_length``."""
         if max_length > self.max_length:
             raise ValueError(
                 f"max_length={max_length} exceeds the model's max_length={self.max_length}; "
                 f"build CaptioningTransformer with max_length >= {max_length}"
             )
-        return super().sample(images, max_length=max_length, beam_size=beam_size, alpha=alpha)
+        return super()._decode(images, max_length, beam_size, **options)
 
 
 def build_model(config: Config, vocab: Any, load_glove: bool = True):
@@ -461,5 +583,7 @@ def build_model(config: Config, vocab: Any, load_glove: bool = True):
             max_length=max(50, config.data.max_caption_length + 2),
             **common,
         )
-    return CaptioningRNN(word_to_idx, cell_type=config.model.cell_type, **common)
+    return CaptioningRNN(
+        word_to_idx, cell_type=config.model.cell_type, dropout=config.model.dropout, **common
+    )
 

@@ -66,7 +66,16 @@ from helpers.checkpoints import (
     rebuild_frozen_encoder,
     save_atomic,
 )
-from helpers.config import Config, ConfigError, config_from_dict, config_layers, load_config, run_identity
+from helpers.config import (
+    KEYS_ADDED_LATER,
+    Config,
+    ConfigError,
+    config_from_dict,
+    config_layers,
+    load_config,
+    older_run_values,
+    run_identity,
+)
 from helpers.devices import resolve_device
 from helpers.errors import INPUT_ERRORS
 from helpers.evaluate import (
@@ -406,8 +415,21 @@ def _check_resumable(checkpoint: dict, config: Config, path: Path) -> None:
     if differences:
         raise ConfigError(
             f"{path} was written with a different config ({'; '.join(differences)}). Resume with the "
-            f"original config, or {NEW_RUN_HINT}"
+            f"original config{_older_run_hint(checkpoint['config'])}, or {NEW_RUN_HINT}"
         )
+
+
+def _older_run_hint(stored: dict) -> str:
+    """How to resume a run saved before some of the keys that change training existed."""
+    values = older_run_values(stored)
+    if not values:
+        return ""
+    missing = [key for key in KEYS_ADDED_LATER if key in values]
+    overrides = " ".join(f"{key}={value}" for key, value in values.items())
+    return (
+        f" (it was saved before {', '.join(missing)} existed and trained as with {overrides}: "
+        f"add these overrides to resume it)"
+    )
 
 
 NEW_RUN_HINT = (
@@ -640,6 +662,7 @@ def _validate(state: TrainState, val_data: Dataset, prepared, source, config: Co
         source,
         "val",
         beam_size=1,
+        decoding=config.decoding,
         max_length=config.data.max_caption_length,
         batch_size=config.batch_size,
         vocab=prepared.vocab,
@@ -652,12 +675,17 @@ def _validate(state: TrainState, val_data: Dataset, prepared, source, config: Co
     return {"val_loss": total / max(count, 1), **{f"val_{k}": v for k, v in scores.items()}}
 
 
-def train_step(model, inputs, captions, optimizer, scaler, grad_clip: float | None, amp: bool,
-               weight: float = 1.0) -> float:
+def train_step(
+    model, inputs, captions, optimizer, scaler, grad_clip: float | None, amp: bool,
+    label_smoothing: float = 0.0, alpha_c: float = 0.0, weight: float = 1.0,
+) -> float:
     """One teacher-forced step (fp16 autocast and loss scaling when `amp`); returns the batch loss.
-    `weight` scales the loss before backward (a rank's share of a global batch, helpers.distributed)."""
+
+    `label_smoothing` and `alpha_c` shape the training loss (see CaptioningModel.forward); `weight`
+    scales it before backward (a rank's share of a global batch, helpers.distributed).
+    """
     with torch.autocast(inputs.device.type, dtype=torch.float16, enabled=amp):
-        loss = model(inputs, captions)
+        loss = model(inputs, captions, label_smoothing=label_smoothing, alpha_c=alpha_c)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss * weight if weight != 1.0 else loss).backward()
     if grad_clip:
@@ -1029,7 +1057,9 @@ def _train_batch(run: _Run, inputs, targets, counted: bool = True) -> int:
             captions = targets.to(state.device, non_blocking=True)
             local = len(captions) if counted else 0
             count, weight = distributed.batch_weight(local)
-            loss = train_step(run.replica, inputs, captions, state.optimizer, state.scaler, clip, amp, weight)
+            recipe = {"label_smoothing": config.training.label_smoothing, "alpha_c": config.training.alpha_c}
+            loss = train_step(run.replica, inputs, captions, state.optimizer, state.scaler, clip, amp,
+                              **recipe, weight=weight)
             state.loss = distributed.global_mean(loss, local, count)
         check_finite_loss(state, run.last_path, run.best_path)
         state.epoch_loss_sum += state.loss * count
@@ -1127,6 +1157,7 @@ def _score_best(run: _Run, paused: bool) -> TrainResult:
             run.store,
             config.training.eval_splits,
             config.training.eval_beam_sizes,
+            decoding=config.decoding,
             max_length=config.data.max_caption_length,
             batch_size=config.batch_size,
             meteor="auto" if config.training.meteor else False,

@@ -27,11 +27,12 @@ EVERY_DECODER = {
     "data.image_size": 224,
     "training.checkpoint_every_steps": 500,
 }
+# model.dropout is inferred from the decoder (null: 0.5 recurrent, 0.1 transformer).
 DECODERS = {
-    "Vanilla_RNN": {"model.cell_type": "rnn"},
-    "LSTM": {"model.cell_type": "lstm"},
-    "Attention_LSTM": {"model.cell_type": "attn"},
-    "Transformer": {"model.cell_type": "transformer", "training.lr": 5e-4},
+    "Vanilla_RNN": {"model.cell_type": "rnn", "model.dropout": 0.5},
+    "LSTM": {"model.cell_type": "lstm", "model.dropout": 0.5},
+    "Attention_LSTM": {"model.cell_type": "attn", "model.dropout": 0.5},
+    "Transformer": {"model.cell_type": "transformer", "training.lr": 5e-4, "model.dropout": 0.1},
 }
 
 

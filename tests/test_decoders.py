@@ -341,3 +341,17 @@ def test_attention_weights_path_matches_the_fused_kernel_and_a_manual_softmax():
     torch.testing.assert_close(weights, manual)
     with pytest.raises(ValueError, match="only returned for non-causal"):
         attention.attend(query, keys, values, causal=True, need_weights=True)
+
+
+def test_label_smoothing_spreads_that_mass_uniformly_over_the_vocabulary():
+    torch.manual_seed(0)
+    N, T, V, smoothing = 3, 4, 6, 0.2
+    scores = torch.randn(N, T, V, dtype=torch.float64)
+    targets = torch.randint(1, V, (N, T))
+    targets[0, 2:] = 0
+    log_probs = scores.log_softmax(dim=2)
+    per_step = -(1 - smoothing) * log_probs.gather(2, targets.unsqueeze(2)).squeeze(2)
+    per_step = per_step - smoothing / V * log_probs.sum(dim=2)
+    expected = (per_step * (targets != 0)).sum() / N
+    loss = temporal_softmax_loss(scores, targets, ignore_index=0, label_smoothing=smoothing)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)

@@ -380,3 +380,92 @@ def test_a_pretrained_model_trains_from_features_offline(torch_home):
     loss = model(torch.randn(2, 400, 2, 2), torch.tensor([[1, 4, 2], [1, 4, 2]]))
     loss.backward()
     assert torch.isfinite(loss) and model.image_encoder.weights_pending
+
+
+# ---------------------------------------------------------------- decoding options and n-best
+
+
+def test_n_best_lists_the_beam_finalists_best_first_with_the_best_as_sample():
+    model = make_model("lstm", seed=21).eval()
+    features = random_features(4, seed=22)
+    tokens, scores = model.sample_n_best(features, 3, max_length=6, beam_size=4, alpha=0.7)
+    assert tokens.shape == (4, 3, 6) and scores.shape == (4, 3)
+    assert (scores[:, :-1] >= scores[:, 1:]).all()
+    assert torch.equal(tokens[:, 0], model.sample(features, max_length=6, beam_size=4, alpha=0.7))
+    log_prob, lengths = sequence_log_probs(model, features.repeat_interleave(3, 0), tokens.flatten(0, 1))
+    expected = (log_prob / lengths.double() ** 0.7).view(4, 3)
+    assert torch.allclose(scores.double(), expected, atol=1e-4)
+    assert len({tuple(row) for row in tokens[0].tolist()}) == 3, "the n best are distinct captions"
+    with pytest.raises(ValueError, match="n_best must be between 1 and beam_size=2"):
+        model.sample_n_best(features, 3, beam_size=2)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "attn", "transformer"])
+def test_blocked_ngrams_never_repeat_and_unk_is_never_emitted(kind):
+    model = make_model(kind, seed=23).eval()
+    with torch.no_grad():  # a decoder that loves <UNK>, "a" and "dog" and never ends
+        model.output_proj.bias[WORD_TO_IDX["<UNK>"]] += 8.0
+        model.output_proj.bias[WORD_TO_IDX["a"]] += 6.0
+        model.output_proj.bias[WORD_TO_IDX["dog"]] += 6.0
+        model.output_proj.bias[END] -= 20.0
+    features = random_features(3, seed=24)
+    for beam in (1, 3):
+        plain = model.sample(features, max_length=10, beam_size=beam)
+        plain = plain[0] if isinstance(plain, tuple) else plain
+        assert (plain == WORD_TO_IDX["<UNK>"]).any()
+        out = model.sample(features, max_length=10, beam_size=beam, no_repeat_ngram_size=2, mask_unk=True)
+        tokens = out[0] if isinstance(out, tuple) else out
+        assert not (tokens == WORD_TO_IDX["<UNK>"]).any()
+        for row in tokens.tolist():
+            bigrams = list(zip(row, row[1:]))
+            assert len(bigrams) == len(set(bigrams)), row
+
+
+def test_a_blocked_unigram_appears_at_most_once():
+    model = make_model("rnn", seed=25).eval()
+    with torch.no_grad():
+        model.output_proj.bias[END] -= 20.0
+    tokens = model.sample(random_features(2, seed=26), max_length=8, beam_size=2, no_repeat_ngram_size=1)
+    for row in tokens.tolist():
+        assert len(row) == len(set(row)), row
+
+
+def test_dropout_acts_on_the_decoder_output_in_training_only():
+    model = make_model("lstm", seed=27, dropout=0.5)
+    features, captions = random_features(2, seed=28), MEMORISE[:2]
+    assert model(features, captions).item() != model(features, captions).item()
+    model.eval()
+    assert model(features, captions).item() == model(features, captions).item()
+    assert make_model("lstm").dropout.p == 0.0, "the course's CaptioningRNN has no dropout"
+
+
+def test_the_attention_penalty_is_added_for_the_attention_lstm():
+    from helpers.decoders import doubly_stochastic_penalty, temporal_softmax_loss
+
+    model = make_model("attn", seed=29).eval()
+    features, captions = random_features(2, seed=30), MEMORISE[:2]
+    scores, attention = model.scores(model.features_from(features), captions[:, :-1], return_attention=True)
+    mask = captions[:, 1:] != NULL
+    expected_penalty = sum(
+        ((1 - attention[n][mask[n]].sum(dim=0)) ** 2).sum() for n in range(2)
+    ) / 2
+    penalty = doubly_stochastic_penalty(attention, mask)
+    assert penalty.item() == pytest.approx(expected_penalty.item(), rel=1e-5)
+    loss = temporal_softmax_loss(scores, captions[:, 1:], ignore_index=NULL, label_smoothing=0.1)
+    combined = model(features, captions, label_smoothing=0.1, alpha_c=2.0)
+    assert combined.item() == pytest.approx((loss + 2.0 * expected_penalty).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize(("name", "dropout"), [("LSTM", 0.5), ("Attention_LSTM", 0.5), ("Transformer", 0.1)])
+def test_build_model_gives_each_decoder_the_configs_dropout(name, dropout):
+    from helpers.config import ConfigError, load_config
+    from helpers.models import build_model
+
+    default = ["model.dropout=null"]  # configs/demo.yaml sets 0
+    assert load_config([name, "demo"], default).model.dropout == dropout, "null: the decoder's own default"
+    for chosen, overrides in ((dropout, default), (0.2, ["model.dropout=0.2"])):
+        model = build_model(load_config([name, "demo"], overrides), WORD_TO_IDX, load_glove=False)
+        layers = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+        assert layers and set(layers) == {chosen}
+    with pytest.raises(ConfigError, match=r"training.label_smoothing=1.0 must be in \[0, 1\)"):
+        load_config([name, "demo"], ["training.label_smoothing=1.0"])

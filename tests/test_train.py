@@ -471,11 +471,34 @@ def learning_demo(tmp_path_factory):
     return work, prepared, store, blind
 
 
-def _test_bleu4(name: str, work, prepared, store, run_name: str) -> float:
+LEARNING_DECODERS = ("Vanilla_RNN", "LSTM", "Attention_LSTM", "Transformer")
+
+
+def _train_demo(name: str, work, prepared, store, run_name: str):
+    """(config, model) of `name` trained with configs/demo.yaml on the learning demo."""
     config = demo_config(name, work, **{"training.eval_splits": [], "training.run_name": run_name})
-    result = train(config, prepared=prepared, store=store, progress=False)
-    hypotheses = decode_split(result.model, store, "test", vocab=prepared.vocab, max_length=16)
-    return compute_metrics(prepared.references("test"), hypotheses, meteor=False)["Bleu_4"]
+    return config, train(config, prepared=prepared, store=store, progress=False).model
+
+
+def _score(model, store, prepared, split: str, metric: str, beam_size: int = 1, decoding=None) -> float:
+    """`metric` of the model's captions of `split` against all their references."""
+    hypotheses = decode_split(
+        model, store, split, beam_size=beam_size, vocab=prepared.vocab, max_length=16, decoding=decoding
+    )
+    references = prepared.references(split)
+    return compute_metrics({key: references[key] for key in hypotheses}, hypotheses, meteor=False)[metric]
+
+
+def _test_bleu4(name: str, work, prepared, store, run_name: str) -> float:
+    _, model = _train_demo(name, work, prepared, store, run_name)
+    return _score(model, store, prepared, "test", "Bleu_4")
+
+
+@pytest.fixture(scope="module")
+def trained_decoders(learning_demo):
+    """{decoder: (config, model)}: each decoder trained once on the learning demo, for the tests below."""
+    work, prepared, store, _ = learning_demo
+    return {name: _train_demo(name, work, prepared, store, name) for name in LEARNING_DECODERS}
 
 
 @pytest.fixture(scope="module")
@@ -483,7 +506,8 @@ def image_blind_bleu4(learning_demo):
     """The better of two image-blind baselines on the same 30 test images.
 
     Measured: the most common training caption for every image 0.274; the LSTM trained on
-    all-zero features 0.264 to 0.271 (8 epochs, batch 50, lr 3e-3, as configs/demo.yaml).
+    all-zero features 0.264 to 0.271 (8 epochs, batch 50, lr 3e-3), 0.298 with configs/demo.yaml's
+    dropout 0.1.
     """
     work, prepared, _, blind_store = learning_demo
     encoded, _ = prepared.captions("train")
@@ -496,18 +520,20 @@ def image_blind_bleu4(learning_demo):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["Vanilla_RNN", "LSTM", "Attention_LSTM", "Transformer"])
-def test_each_decoder_learns_from_the_image(name, learning_demo, image_blind_bleu4):
+@pytest.mark.parametrize("name", LEARNING_DECODERS)
+def test_each_decoder_learns_from_the_image(name, learning_demo, trained_decoders, image_blind_bleu4):
     """Held-out BLEU-4 far above an image-blind model: at least blind + 0.15.
 
     Measured (2-core CPU, 8 epochs, 2-12 s per decoder) with the models' BatchNorm over the feature
     channels (CaptioningModel.feature_norm): Vanilla_RNN 0.605, LSTM 0.565, Attention_LSTM 0.617,
-    Transformer 0.663, against 0.274 image-blind. Without that normalisation every decoder emitted
-    about one caption for all images (0.259-0.288): the random CNN's features differ between images
-    by only ~7% of their mean (cosine 0.998 between images).
+    Transformer 0.663, against 0.274 image-blind; with configs/demo.yaml's dropout 0.1 and alpha_c 1.0:
+    0.570, 0.581, 0.582, 0.674 against 0.298 (with the real-data label smoothing 0.1 and dropout 0.5:
+    0.529, 0.521, 0.611, 0.733). Without that normalisation every decoder emitted about one caption for all
+    images (0.259-0.288): the random CNN's features differ between images by only ~7% of their mean
+    (cosine 0.998 between images).
     """
-    work, prepared, store, _ = learning_demo
-    bleu4 = _test_bleu4(name, work, prepared, store, name)
+    _, prepared, store, _ = learning_demo
+    bleu4 = _score(trained_decoders[name][1], store, prepared, "test", "Bleu_4")
     print(f"{name}: held-out BLEU-4 {bleu4:.3f}, image-blind {image_blind_bleu4:.3f}")
     assert bleu4 > image_blind_bleu4 + 0.15, (name, bleu4, image_blind_bleu4)
 
@@ -576,3 +602,78 @@ def test_resume_accepts_moved_folders_but_not_another_model():
     _check_resumable(checkpoint, moved, Path("last.pt"))  # accepted
     with pytest.raises(ConfigError, match=r"model.hidden_dim: 512 -> 256.*--no-resume"):
         _check_resumable(checkpoint, load_config("LSTM", ["model.hidden_dim=256"]), Path("last.pt"))
+    for changed, message in (
+        ("training.label_smoothing=0.2", r"training.label_smoothing: 0.1 -> 0.2"),
+        ("model.dropout=0.3", r"model.dropout: 0.5 -> 0.3"),
+        ("training.alpha_c=0.5", r"training.alpha_c: 1.0 -> 0.5"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            _check_resumable(checkpoint, load_config("LSTM", [changed]), Path("last.pt"))
+    decoding = ["training.eval_length_penalty=0.7", "training.eval_no_repeat_ngram_size=0"]
+    _check_resumable(checkpoint, load_config("LSTM", decoding), Path("last.pt"))  # evaluation only
+
+
+def test_a_run_saved_before_the_recipe_keys_resumes_as_it_trained(small_demo):
+    """A last.pt whose stored config lacks label_smoothing and alpha_c (saved before they existed, when
+    only the transformer read model.dropout) is read as trained without them and without dropout:
+    today's defaults are refused naming the keys and the overrides that resume it; with those it resumes."""
+    from helpers.config import ConfigError
+
+    work = small_demo[0]
+    legacy = {"training.label_smoothing": 0.0, "model.dropout": 0.0, "training.alpha_c": 0.0}
+    settings = {"training.eval_splits": [], "training.run_name": "older", "training.epochs": 1}
+    train_on(small_demo, demo_config("LSTM", work, **settings, **legacy))
+    last_path = demo_config("LSTM", work, **settings).run_path / "last.pt"
+    checkpoint = load_checkpoint(last_path)
+    for key in ("label_smoothing", "alpha_c"):
+        del checkpoint["config"]["training"][key]
+    checkpoint["config"]["model"]["dropout"] = 0.1  # the transformer's, which the LSTM ignored then
+    save_atomic(checkpoint, last_path)
+    recipe = {"training.label_smoothing": 0.1, "model.dropout": 0.5, "training.alpha_c": 1.0}
+    with pytest.raises(ConfigError) as refused:
+        train_on(small_demo, demo_config("LSTM", work, **{**settings, "training.epochs": 2}, **recipe))
+    for key, value in recipe.items():
+        assert f"{key}: 0.0 -> {value}" in str(refused.value)
+    assert (
+        "saved before training.label_smoothing, training.alpha_c existed and trained as with "
+        "training.label_smoothing=0.0 training.alpha_c=0.0 model.dropout=0.0: add these overrides"
+    ) in str(refused.value)
+    longer = demo_config("LSTM", work, **{**settings, "training.epochs": 2}, **legacy)
+    with pytest.warns(UserWarning, match="training.epochs 1 -> 2 on resume"):
+        resumed = train_on(small_demo, longer)
+    assert resumed.epochs == 2 and resumed.history[0] == checkpoint["history"][0]
+
+
+BEAM_BELOW_GREEDY = pytest.mark.xfail(
+    strict=True,
+    reason="open: beam search ranks by likelihood and prefers the demo's attribute-free template "
+    "('a picture of a single green circle') over greedy's specific caption, which CIDEr rewards; no beam "
+    "size (2, 3, 5), length penalty (-0.5, 0, 0.5) or blocking (0, 3) lifts all four decoders",
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("Vanilla_RNN", marks=BEAM_BELOW_GREEDY),
+        "LSTM",
+        pytest.param("Attention_LSTM", marks=BEAM_BELOW_GREEDY),
+        pytest.param("Transformer", marks=BEAM_BELOW_GREEDY),
+    ],
+)
+def test_beam_search_at_its_defaults_scores_at_least_greedy(name, learning_demo, trained_decoders):
+    """Val CIDEr of beam search at the config's defaults (the first of training.eval_beam_sizes above 1,
+    and training.eval_*: length penalty 0, trigram blocking, <UNK> masked) >= greedy's at the same.
+
+    Measured (configs/demo.yaml, 30 val images), greedy -> beam 3: Vanilla_RNN 1.875 -> 1.817, LSTM
+    1.667 -> 1.709, Attention_LSTM 1.878 -> 1.817, Transformer 2.730 -> 2.701. Length penalty 0.5 lifts
+    the attention LSTM's beam 3 to 1.995 but drops the LSTM's to 1.614.
+    """
+    _, prepared, store, _ = learning_demo
+    config, model = trained_decoders[name]
+    beam = min(size for size in config.training.eval_beam_sizes if size > 1)
+    greedy = _score(model, store, prepared, "val", "CIDEr", decoding=config.decoding)
+    searched = _score(model, store, prepared, "val", "CIDEr", beam, config.decoding)
+    print(f"{name}: val CIDEr greedy {greedy:.3f}, beam {beam} {searched:.3f}")
+    assert searched >= greedy, (name, greedy, searched)

@@ -1046,6 +1046,8 @@ def _train_batch(run: _Run, inputs, targets, counted: bool = True) -> int:
     are captions (XE) or image indices (SCST); `counted` is false for a rank's zero-weight filler."""
     state, config = run.state, run.config
     count = 0
+    if inputs is None and distributed.world_size() > 1:  # DDP waits for every rank's backward pass
+        inputs, targets, counted = _stand_in(config, run.prepared.vocab.word_to_idx[NULL])
     if inputs is not None:
         inputs = inputs.to(state.device, non_blocking=True)
         clip, amp = config.training.grad_clip, _amp(config, state.device)
@@ -1068,6 +1070,16 @@ def _train_batch(run: _Run, inputs, targets, counted: bool = True) -> int:
     state.step_in_epoch += 1
     state.global_step += 1
     return count
+
+
+def _stand_in(config: Config, null: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """What a rank trains on when every image of its share of a batch failed to decode (fine-tuning on
+    several devices): one black crop with an all-<NULL> caption, weighed zero, so the rank still joins
+    the step the others wait for."""
+    size = config.image_size
+    image = torch.zeros(1, 3, size, size, dtype=torch.uint8)
+    caption = torch.full((1, config.data.max_caption_length + 2), null, dtype=torch.long)
+    return image, caption, False
 
 
 def _end_epoch(run: _Run) -> None:

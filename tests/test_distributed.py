@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -15,14 +18,19 @@ from helpers import distributed
 from helpers.checkpoints import load_checkpoint
 from helpers.config import ConfigError, load_config
 from helpers.distributed import DevicesUnavailableError, device_count
-from helpers.train import train
-from helpers.workdir import make_source
+from helpers.train import epoch_batches, train
+from helpers.workdir import make_source, prepare_for
 
 
 def tiny_config(work, demo_dir, name: str, **overrides):
     """The demo LSTM, small enough that a 2-process run takes seconds; no dropout (ranks would draw
     other masks than one process does)."""
-    values = {
+    return load_config(["LSTM", "demo"], tiny_values(work, demo_dir, name, **overrides))
+
+
+def tiny_values(work, demo_dir, name: str, **overrides) -> dict:
+    """tiny_config's settings over the LSTM config and the demo overlay."""
+    return {
         "data.work_dir": str(work / "work"),
         "data.dataset": "flickr8k",
         "data.data_dir": str(demo_dir),
@@ -38,7 +46,6 @@ def tiny_config(work, demo_dir, name: str, **overrides):
         "batch_size": 45,  # uneven shares on 2 devices (23 + 22), and a shorter last batch
         **overrides,
     }
-    return load_config(["LSTM", "demo"], values)
 
 
 @pytest.fixture(scope="module")
@@ -267,3 +274,29 @@ def test_the_command_line_takes_devices(capsys):
 
     assert main(["--config", "LSTM", "--devices", "none", "--quiet"]) == 2
     assert "training.devices='none' is not valid: 'auto'" in capsys.readouterr().err
+
+
+def test_a_rank_whose_images_all_fail_to_decode_still_joins_the_step(demo_dir, tmp_path):
+    """Fine-tuning on 2 devices with every image of rank 1's share of a batch unreadable: rank 1 steps
+    on a zero-weight stand-in instead of leaving rank 0 waiting in DDP's all-reduce for ever, and the
+    run ends with those captions skipped. Run as the command line, with a timeout, so a hang fails."""
+    data = tmp_path / "demo"
+    shutil.copytree(demo_dir, data)
+    settings = {"training.mode": "finetune", "training.epochs": 1, "training.devices": 2,
+                "batch_size": 4, "data.max_bad_images": 0.5, "training.eval_splits": []}
+    values = tiny_values(tmp_path, data, "stand-in", **settings)
+    config = load_config(["LSTM", "demo"], values)
+    prepared = prepare_for(config)
+    _, image_of = prepared.captions("train")
+    for batch in epoch_batches(len(image_of), 4, config.training.seed, 0):
+        halves = [{int(image_of[i]) for i in batch[:2]}, {int(image_of[i]) for i in batch[2:]}]
+        if not halves[0] & halves[1]:
+            break
+    for image in halves[1]:  # rank 1's share: 2 of the 4 captions, their images all unreadable
+        prepared.image_path(prepared.splits["train"][image]).write_bytes(b"not a jpeg")
+    overrides = [f"{key}={json.dumps(value)}" for key, value in values.items()]
+    done = subprocess.run([sys.executable, "-m", "helpers.train", "--config", "LSTM", "--demo", "--quiet",
+                           *overrides], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    history = json.loads((tmp_path / "runs" / "stand-in" / "history.json").read_text())
+    assert len(history) == 1 and history[0]["train_loss"] > 0

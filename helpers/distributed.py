@@ -16,6 +16,7 @@ from __future__ import annotations
 import pickle
 import socket
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,16 +246,35 @@ def launch(target: Callable[..., Any], args: tuple, processes: int, device: torc
     backend = "nccl" if device.type == "cuda" else "gloo"
     with tempfile.TemporaryDirectory(prefix="captioning-ddp-") as folder:
         address = f"tcp://127.0.0.1:{_free_port()}"
+        context = mp.start_processes(
+            _process, args=(target, args, processes, address, backend, folder), nprocs=processes,
+            start_method="spawn", join=False,
+        )
         try:
-            mp.start_processes(
-                _process, args=(target, args, processes, address, backend, folder), nprocs=processes,
-                start_method="spawn",
-            )
+            while not context.join():
+                pass
+        except KeyboardInterrupt:  # a notebook's Interrupt (or Ctrl-C) stops the ranks too
+            _stop(context.processes)
+            raise
         except ProcessException as failure:
             raised = _first_error(Path(folder))
             if raised is None:
                 raise
             raise raised from failure
+
+
+def _stop(processes: list, grace_s: float = 10.0) -> None:
+    """End the ranks: SIGTERM, then SIGKILL whatever still runs after `grace_s`. Checkpoints are
+    written atomically, so a rank stopped mid-write leaves the previous file whole."""
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 def _process(index: int, target, args: tuple, processes: int, address: str, backend: str, folder: str):

@@ -9,6 +9,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -300,3 +302,41 @@ def test_a_rank_whose_images_all_fail_to_decode_still_joins_the_step(demo_dir, t
     assert done.returncode == 0, done.stderr[-3000:]
     history = json.loads((tmp_path / "runs" / "stand-in" / "history.json").read_text())
     assert len(history) == 1 and history[0]["train_loss"] > 0
+
+
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(line) for line in found.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"  # a zombie has ended
+
+
+def test_interrupting_the_launching_process_stops_every_rank(demo_dir, tmp_path):
+    """A notebook's Interrupt reaches the kernel only: the ranks it launched must stop with it, not
+    keep training (and holding the run folder's lock) in the background."""
+    values = tiny_values(tmp_path, demo_dir, "interrupted", **{"training.devices": 2, "training.epochs": 500})
+    overrides = [f"{key}={json.dumps(value)}" for key, value in values.items()]
+    parent = subprocess.Popen([sys.executable, "-m", "helpers.train", "--config", "LSTM", "--demo", "--quiet",
+                               *overrides], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (tmp_path / "runs" / "interrupted" / "last.pt").exists():  # the ranks are training
+            assert parent.poll() is None and time.monotonic() < deadline, parent.stderr.read()[-2000:]
+            time.sleep(0.5)
+        ranks = _children(parent.pid)
+        assert len([pid for pid in ranks if _alive(pid)]) >= 2
+        parent.send_signal(signal.SIGINT)
+        parent.wait(timeout=60)
+        time.sleep(1)
+        assert not [pid for pid in ranks if _alive(pid)], "ranks still running after the interrupt"
+    finally:
+        for pid in _children(parent.pid):
+            os.kill(pid, signal.SIGKILL)
+        parent.kill()

@@ -239,26 +239,29 @@ def sample_captions(run_dir: str | Path, prepared, split: str = "test", count: i
     }
 
 
-def caption_images(model, images, vocab, image_size: int, beam_size: int = 1, max_length: int = 20):
+def caption_images(model, images, vocab, image_size: int, beam_size: int = 1, max_length: int = 20,
+                   decoding: Mapping[str, Any] | None = None):
     """Caption PIL images with a trained model: the CNN runs on them, resized and cropped to the
-    `image_size` the model was trained at, as the backbone expects.
+    `image_size` the model was trained at, as the backbone expects. `decoding`: the run config's
+    decoding options (`config.decoding`), so captions shown read as the scored ones were decoded.
 
     Returns a list of (caption, words, attention (len(words), h, w) or None), one per image.
     """
     device = next(model.parameters()).device
     transform = image_transform(model.image_encoder.backbone, image_size)
     batch = torch.stack([transform(image.convert("RGB")) for image in images]).to(device)
-    return _decode(model, batch, vocab, beam_size, max_length)
+    return _decode(model, batch, vocab, beam_size, max_length, decoding)
 
 
-def caption_features(model, features: torch.Tensor, vocab, beam_size: int = 1, max_length: int = 20):
+def caption_features(model, features: torch.Tensor, vocab, beam_size: int = 1, max_length: int = 20,
+                     decoding: Mapping[str, Any] | None = None):
     """Like `caption_images`, from precomputed backbone features (N, C, h, w)."""
     device = next(model.parameters()).device
-    return _decode(model, features.to(device), vocab, beam_size, max_length)
+    return _decode(model, features.to(device), vocab, beam_size, max_length, decoding)
 
 
-def _decode(model, batch: torch.Tensor, vocab, beam_size: int, max_length: int):
-    output = model.sample(batch, max_length=max_length, beam_size=beam_size)
+def _decode(model, batch: torch.Tensor, vocab, beam_size: int, max_length: int, decoding):
+    output = model.sample(batch, max_length=max_length, beam_size=beam_size, **(decoding or {}))
     ids, attention = output if isinstance(output, tuple) else (output, None)
     captioned = []
     for row, ids_row in enumerate(ids.tolist()):
@@ -399,7 +402,8 @@ def metrics_frame(results: Mapping[str, Any]):
 
 
 def attention_samples(
-    model, prepared, store, split: str = "test", count: int = 2, beam_size: int = 1, display_size: int = 320
+    model, prepared, store, split: str = "test", count: int = 2, beam_size: int = 1, display_size: int = 320,
+    decoding: Mapping[str, Any] | None = None,
 ):
     """(image, words, attention (len(words), h, w)) for the first `count` images of a split.
 
@@ -409,7 +413,7 @@ def attention_samples(
     names = store.filenames(split)[:count]
     rows = torch.from_numpy(store.features(split)[:count].astype("float32"))
     max_length = prepared.max_caption_length
-    decoded = caption_features(model, rows, prepared.vocab, beam_size=beam_size, max_length=max_length)
+    decoded = caption_features(model, rows, prepared.vocab, beam_size, max_length, decoding)
     crop = image_transform(store.backbone, display_size)
     return [
         (crop(load_image(prepared.image_path(name))), words, maps)
@@ -442,8 +446,9 @@ def caption_samples(run_dir, named_images, beam_size: int = 3) -> dict[str, Any]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, checkpoint, config = load_run(run_dir, device=device)
     vocab = Vocabulary(checkpoint["vocab"])
-    greedy = caption_images(model, images, vocab, config.image_size, 1, config.data.max_caption_length)
-    beam = caption_images(model, images, vocab, config.image_size, beam_size, config.data.max_caption_length)
+    size, length = config.image_size, config.data.max_caption_length
+    greedy = caption_images(model, images, vocab, size, 1, length, config.decoding)
+    beam = caption_images(model, images, vocab, size, beam_size, length, config.decoding)
     return {
         "images": images,
         "references": [[] for _ in images],

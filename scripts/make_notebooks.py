@@ -249,7 +249,8 @@ weights sample captions and learn from their CIDEr-D against the training refere
     if attention:
         cells += [
             ("md", "## Where the model looked for each word"),
-            ("code", 'for sample in stages.attention_samples(result.model, prepared, store, "test", count=2):\n'
+            ("code", 'for sample in stages.attention_samples(result.model, prepared, store, "test", count=2,\n'
+                     "                                         decoding=config.decoding):\n"
                      "    nb.show_attention(*sample);"),
         ]
     write(name, cells)

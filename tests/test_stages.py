@@ -13,7 +13,7 @@ import yaml
 
 from helpers.checkpoints import load_checkpoint, load_run
 from helpers.config import ConfigError
-from helpers.models import build_model
+from helpers.models import CaptioningRNN, build_model
 from helpers.notebook import Env
 from helpers.stages import (
     TrainingPaused,
@@ -357,3 +357,25 @@ def test_a_choice_that_cannot_learn_says_so_and_why(tmp_path):
     assert "NOTE" not in describe(stage_config("Attention_LSTM", NOTEBOOK_DEFAULTS, env))  # ImageNet weights
     note = describe(stage_config("Attention_LSTM", demo, env, backbone="resnet50")).splitlines()[-1]
     assert note.startswith("NOTE        resnet50 with random weights") and "pick regnet_x_400mf" in note
+
+
+def test_captions_shown_in_notebooks_are_decoded_with_the_run_configs_options():
+    """caption_features / caption_images (notebook samples, uploads, attention maps) take the config's
+    decoding options, as the scored captions in results.json were decoded: an untrained model that
+    repeats a word greedily repeats none with n-gram blocking of size 1."""
+    from helpers.stages import caption_features
+    from helpers.text import Vocabulary
+
+    seed_everything(0)
+    words = {"<NULL>": 0, "<START>": 1, "<END>": 2, "<UNK>": 3, **{f"w{i}": 4 + i for i in range(12)}}
+    model = CaptioningRNN(words, input_dim=400, wordvec_dim=8, hidden_dim=16, cell_type="lstm",
+                          backbone="regnet_x_400mf", image_encoder_pretrained=False).eval()
+    with torch.no_grad():  # make one word win at every step
+        model.output_proj.bias.zero_()
+        model.output_proj.bias[words["w5"]] = 10.0
+    features, vocab = torch.randn(2, 400, 2, 2), Vocabulary(list(words))
+    plain = caption_features(model, features, vocab, max_length=6)
+    blocked = caption_features(model, features, vocab, max_length=6, decoding={"no_repeat_ngram_size": 1})
+    assert plain[0][1] == ["w5"] * 6
+    for caption, words_out, _ in blocked:
+        assert words_out[0] == "w5" and len(set(words_out)) == len(words_out) > 1, caption

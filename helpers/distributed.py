@@ -14,6 +14,7 @@ Outside a launched process group every function here answers as the only process
 from __future__ import annotations
 
 import pickle
+import signal
 import socket
 import tempfile
 import time
@@ -26,7 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
-from torch.multiprocessing.spawn import ProcessException
+from torch.multiprocessing.spawn import ProcessException, ProcessExitedException
 
 
 class DevicesUnavailableError(RuntimeError):
@@ -257,6 +258,9 @@ def launch(target: Callable[..., Any], args: tuple, processes: int, device: torc
             _stop(context.processes)
             raise
         except ProcessException as failure:
+            killed = _killed_rank(context.processes)
+            if killed is not None:  # the root cause: the other ranks then fail with a peer gone
+                raise killed from failure
             raised = _first_error(Path(folder))
             if raised is None:
                 raise
@@ -295,6 +299,19 @@ def _process(index: int, target, args: tuple, processes: int, address: str, back
         raise
     finally:
         dist.destroy_process_group()
+
+
+def _killed_rank(processes: list) -> ProcessExitedException | None:
+    """A rank that a signal ended (kill -9, the out-of-memory killer), not the SIGTERM with which torch
+    ends the others after a failure; None when every rank exited by itself or was ended that way."""
+    for index, process in enumerate(processes):
+        code = process.exitcode
+        if code is not None and code < 0 and -code != signal.SIGTERM:
+            name = signal.Signals(-code).name
+            return ProcessExitedException(f"process {index:d} terminated with signal {name}",
+                                          error_index=index, error_pid=process.pid, exit_code=code,
+                                          signal_name=name)
+    return None
 
 
 def _first_error(folder: Path) -> BaseException | None:

@@ -340,3 +340,17 @@ def test_interrupting_the_launching_process_stops_every_rank(demo_dir, tmp_path)
         for pid in _children(parent.pid):
             os.kill(pid, signal.SIGKILL)
         parent.kill()
+
+
+def test_a_rank_ended_by_a_signal_is_reported_before_the_errors_it_caused():
+    """When rank 1 is killed, rank 0 may fail first with gloo's 'Connection reset by peer'; the kill is
+    the cause to report. A rank ended by torch's own SIGTERM (after another's failure) is not."""
+    class Ended:
+        def __init__(self, exitcode: int):
+            self.exitcode, self.pid = exitcode, 4242
+
+    killed = distributed._killed_rank([Ended(1), Ended(-signal.SIGKILL)])
+    assert isinstance(killed, ProcessExitedException)
+    assert str(killed) == "process 1 terminated with signal SIGKILL"
+    assert distributed._killed_rank([Ended(1), Ended(-signal.SIGTERM)]) is None
+    assert distributed._killed_rank([Ended(0), Ended(0)]) is None

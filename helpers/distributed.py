@@ -243,7 +243,9 @@ class _SumOverRanks(torch.autograd.Function):
 
 def launch(target: Callable[..., Any], args: tuple, processes: int, device: torch.device) -> None:
     """Run `target(*args)` in `processes` spawned processes joined in one group (nccl on GPUs, gloo on
-    the CPU). An error in any process ends them all and is raised here as that process raised it."""
+    the CPU). An error in any process ends them all and is raised here as that process raised it; a
+    process a signal ended is reported as such (the others' errors follow from it); an interrupt here
+    stops them all."""
     backend = "nccl" if device.type == "cuda" else "gloo"
     with tempfile.TemporaryDirectory(prefix="captioning-ddp-") as folder:
         address = f"tcp://127.0.0.1:{_free_port()}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -13,7 +14,7 @@ from nbconvert import HTMLExporter
 
 from helpers.progress import ProgressLine
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _execute(*sources: str):
@@ -33,8 +34,6 @@ def _texts(cell) -> list[str]:
 def test_a_saved_notebook_keeps_one_summary_line_per_loop_and_readable_widgets():
     notebook = _execute(
         """
-        import sys, time
-        sys.path.insert(0, ".")
         from helpers import progress
         progress.REFRESH_S = 0.0  # every update reaches the output
         with progress.ProgressLine(6, "features", unit="img") as bar:

@@ -151,7 +151,8 @@ class TrainingConfig:
     eval_beam_sizes: list[int] = field(default_factory=lambda: [1, 3])  # decodings scored (1: greedy)
     # Beam length penalty: finalists rank by log-probability / length ** this (ruotianluo's avg form; 0:
     # the summed log-probability, as sgrvinod's and ruotianluo's default beam searches; 1: the mean per
-    # word). Above 0 favours longer captions; on the demo it lowered CIDEr for three of four decoders.
+    # word). Above 0 favours longer captions; on 900 fresh demo scenes 0.5 raised beam 3's CIDEr-D in 10 of
+    # 12 decoder x seed cells (by 0.01 to 0.06 on average), a gain no real-data run has confirmed yet.
     eval_length_penalty: float = 0.0
     eval_no_repeat_ngram_size: int = 3  # decoding never repeats an n-gram of this size (0: off)
     eval_mask_unk: bool = True  # decoding never emits <UNK>

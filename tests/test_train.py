@@ -12,14 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pycocoevalcap.cider.cider import Cider
 
 from helpers.backbones import image_transform
 from helpers.checkpoints import load_checkpoint, model_state, save_atomic
 from helpers.config import load_config
+from helpers.demo import make_demo_dataset
 from helpers.devices import UnsupportedDeviceError, check_cuda_device
 from helpers.evaluate import compute_metrics, decode_split, evaluate_run
-from helpers.features import FeatureStore
+from helpers.features import FeatureStore, extract_features
 from helpers.models import build_model
+from helpers.prepare import prepare_dataset
+from helpers.text import tokenize
 from helpers.train import TrainState, epoch_batches, lr_factor, train
 from helpers.workdir import make_source
 
@@ -644,36 +648,63 @@ def test_a_run_saved_before_the_recipe_keys_resumes_as_it_trained(small_demo):
     assert resumed.epochs == 2 and resumed.history[0] == checkpoint["history"][0]
 
 
-BEAM_BELOW_GREEDY = pytest.mark.xfail(
-    strict=True,
-    reason="open: beam search ranks by likelihood and prefers the demo's attribute-free template "
-    "('a picture of a single green circle') over greedy's specific caption, which CIDEr rewards; no beam "
-    "size (2, 3, 5), length penalty (-0.5, 0, 0.5) or blocking (0, 3) lifts all four decoders",
-)
+FRESH_SCENES = 600
+
+
+@pytest.fixture(scope="module")
+def fresh_scenes(learning_demo):
+    """(prepared, store): FRESH_SCENES new demo scenes (another generator seed) as a test split, for
+    comparisons too fine for the demo's 30 test images; same backbone, size and random weights."""
+    work = learning_demo[0]
+    scenes = make_demo_dataset(work / "fresh", num_images=FRESH_SCENES + 10, seed=1)
+    prepared = prepare_dataset(
+        "demo", scenes, work / "fresh-work", min_word_count=1, max_caption_length=16, split="seeded",
+        val_size=5, test_size=FRESH_SCENES, verbose=False,
+    )
+    store = extract_features(prepared, backbone="regnet_x_400mf", image_size=96, pretrained=False,
+                             num_workers=0, progress=False)
+    return prepared, store
+
+
+def _per_image_cider(references: dict, hypotheses: dict) -> np.ndarray:
+    """pycocoevalcap's CIDEr-D of each image (their mean is the corpus score), project tokenizer."""
+    names = sorted(hypotheses)
+    gts = {name: [" ".join(tokenize(ref)) for ref in references[name]] for name in names}
+    res = {name: [" ".join(tokenize(hypotheses[name]))] for name in names}
+    _, scores = Cider().compute_score(gts, res)
+    return np.asarray(scores, dtype=np.float64)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param("Vanilla_RNN", marks=BEAM_BELOW_GREEDY),
-        "LSTM",
-        pytest.param("Attention_LSTM", marks=BEAM_BELOW_GREEDY),
-        pytest.param("Transformer", marks=BEAM_BELOW_GREEDY),
-    ],
-)
-def test_beam_search_at_its_defaults_scores_at_least_greedy(name, learning_demo, trained_decoders):
-    """Val CIDEr of beam search at the config's defaults (the first of training.eval_beam_sizes above 1,
-    and training.eval_*: length penalty 0, trigram blocking, <UNK> masked) >= greedy's at the same.
+@pytest.mark.parametrize("name", LEARNING_DECODERS)
+def test_beam_search_at_its_defaults_is_not_worse_than_greedy_beyond_noise(
+    name, fresh_scenes, trained_decoders
+):
+    """Beam search at the config's defaults (the first of training.eval_beam_sizes above 1, and
+    training.eval_*: length penalty 0, trigram blocking, <UNK> masked) against greedy at the same, on
+    600 fresh scenes: the mean per-image CIDEr-D difference is above -2 standard errors.
 
-    Measured (configs/demo.yaml, 30 val images), greedy -> beam 3: Vanilla_RNN 1.875 -> 1.817, LSTM
-    1.667 -> 1.709, Attention_LSTM 1.878 -> 1.817, Transformer 2.730 -> 2.701. Length penalty 0.5 lifts
-    the attention LSTM's beam 3 to 1.995 but drops the LSTM's to 1.614.
+    On the demo the two differ by less than the demo's own noise, so this bounds beam's loss by the
+    noise rather than asking beam >= greedy, which holds or not by chance for the recurrent decoders.
+    Measured here: beam 3 minus greedy -0.020 (standard error 0.024), +0.012 (0.013), -0.015 (0.021),
+    +0.055 (0.027) for Vanilla_RNN, LSTM, Attention_LSTM, Transformer. On 900 other fresh scenes with
+    training seeds 0/1/2: -0.015/+0.002/-0.059, -0.018/-0.009/+0.008, -0.004/+0.003/-0.028 and
+    +0.032/+0.189/+0.170, while the same models' differences on the 30 val images spread from -0.31 to
+    +0.12. A beam search returning its worst finalist fails for the recurrent decoders (-0.31 and -0.15,
+    7 and 4 standard errors); the attention decoders' finalists are close (-0.09, -0.08), and the
+    likelihood guarantee (beam never below greedy) is tests/test_models.py's.
     """
-    _, prepared, store, _ = learning_demo
+    prepared, store = fresh_scenes
     config, model = trained_decoders[name]
     beam = min(size for size in config.training.eval_beam_sizes if size > 1)
-    greedy = _score(model, store, prepared, "val", "CIDEr", decoding=config.decoding)
-    searched = _score(model, store, prepared, "val", "CIDEr", beam, config.decoding)
-    print(f"{name}: val CIDEr greedy {greedy:.3f}, beam {beam} {searched:.3f}")
-    assert searched >= greedy, (name, greedy, searched)
+    references = prepared.references("test")
+    greedy, searched = (
+        _per_image_cider(references, decode_split(model, store, "test", beam_size=size, max_length=16,
+                                                  decoding=config.decoding))
+        for size in (1, beam)
+    )
+    difference = searched - greedy
+    mean, error = difference.mean(), difference.std(ddof=1) / math.sqrt(len(difference))
+    print(f"{name}: CIDEr-D greedy {greedy.mean():.3f}, beam {beam} {searched.mean():.3f} "
+          f"(difference {mean:+.3f}, standard error {error:.3f}, {len(difference)} images)")
+    assert mean >= -2 * error, (name, greedy.mean(), searched.mean(), error)

@@ -82,11 +82,11 @@ def rank_device(device: torch.device) -> torch.device:
     return device
 
 
-def from_main(compute: Callable[[], Any]) -> Any:
-    """`compute()` run on rank 0 alone and its (picklable) result handed to every rank."""
+def from_main(compute: Callable[..., Any], *args, **kwargs) -> Any:
+    """`compute(*args, **kwargs)` run on rank 0 alone and its (picklable) result handed to every rank."""
     if world_size() == 1:
-        return compute()
-    result = [compute() if is_main() else None]
+        return compute(*args, **kwargs)
+    result = [compute(*args, **kwargs) if is_main() else None]
     dist.broadcast_object_list(result, src=0)
     return result[0]
 

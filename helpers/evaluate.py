@@ -401,6 +401,8 @@ def score_model(
     Without a feature store the images pass through the model's CNN at `image_size`. `tokenizer`:
     "auto" (PTB when Java is on PATH, as papers score), "ptb" or "project". `decoding`: the options of
     the model's sample() (a config's `decoding`: length penalty, n-gram blocking, <UNK> masking).
+    Under several devices each decodes its share and rank 0 alone scores (one METEOR JVM, not one per
+    device), handing every rank the same figures.
     """
     source = store if store is not None else prepared
     tokenizer = resolve_tokenizer(tokenizer)
@@ -423,8 +425,9 @@ def score_model(
                 max_length=max_length or prepared.max_caption_length,
                 image_size=image_size,
             )
-            scores = compute_metrics(
-                {k: references[k] for k in hypotheses}, hypotheses, meteor=meteor, tokenizer=tokenizer
+            scores = distributed.from_main(
+                compute_metrics, {k: references[k] for k in hypotheses}, hypotheses, meteor=meteor,
+                tokenizer=tokenizer,
             )
             metrics[split][f"beam{beam}"] = scores
             captions[split][f"beam{beam}"] = hypotheses

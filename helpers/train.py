@@ -671,7 +671,9 @@ def _validate(state: TrainState, val_data: Dataset, prepared, source, config: Co
         num_workers=config.training.num_workers,
     )
     references = prepared.references("val")
-    scores = compute_metrics({name: references[name] for name in hypotheses}, hypotheses, meteor=False)
+    scores = distributed.from_main(
+        compute_metrics, {name: references[name] for name in hypotheses}, hypotheses, meteor=False
+    )
     return {"val_loss": total / max(count, 1), **{f"val_{k}": v for k, v in scores.items()}}
 
 

@@ -203,24 +203,40 @@ def test_a_run_resumes_on_another_number_of_devices(demo_work, one_device, first
 
 
 def scores_of_a_run(run_dir, out) -> None:
-    """Greedy and beam-3 captions and scores of val and test for a run's best.pt, under this group."""
+    """Greedy and beam-3 captions and scores of val and test for a run's best.pt, under this group:
+    each rank writes what it got (out, then out-rank1.json...) and a mark per metrics computation."""
+    from helpers import evaluate
     from helpers.checkpoints import load_run
-    from helpers.evaluate import score_model
 
     model, _, config = load_run(run_dir)
     prepared, store = make_source(config, progress=False)
-    scored = score_model(model, prepared, store, ["val", "test"], [1, 3], meteor=False, progress=False,
-                         tokenizer="project")
-    if distributed.is_main():
-        out.write_text(json.dumps(scored[:2]))
+    suffix = f"-rank{distributed.rank()}" if distributed.rank() else ""
+    marks = out.with_name(f"{out.stem}{suffix}.metrics")
+    compute_metrics = evaluate.compute_metrics
+
+    def marked(*args, **kwargs):
+        with marks.open("a") as file:
+            file.write("x")
+        return compute_metrics(*args, **kwargs)
+
+    evaluate.compute_metrics = marked
+    try:
+        scored = evaluate.score_model(model, prepared, store, ["val", "test"], [1, 3], meteor=False,
+                                      progress=False, tokenizer="project")
+    finally:
+        evaluate.compute_metrics = compute_metrics
+    out.with_name(f"{out.stem}{suffix}.json").write_text(json.dumps(scored[:2]))
 
 
 def test_two_ranks_decode_and_score_val_and_test_as_one(one_device, tmp_path):
     scores_of_a_run(one_device.run_dir, tmp_path / "one.json")
     distributed.launch(scores_of_a_run, (one_device.run_dir, tmp_path / "two.json"), 2, torch.device("cpu"))
-    one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
-    assert two == one  # the same captions, in the same order, and the same scores
+    one, two, two_rank1 = (json.loads((tmp_path / f"{name}.json").read_text())
+                           for name in ("one", "two", "two-rank1"))
+    assert two == one and two_rank1 == one  # the same captions, in the same order, and the same scores
     assert len(one[1]["val"]["beam3"]) == 12 and len(one[1]["test"]["beam1"]) == 12
+    # 2 splits x 2 beam sizes scored once each, by rank 0 alone (one METEOR JVM, not one per device)
+    assert (tmp_path / "two.metrics").read_text() == "xxxx" and not (tmp_path / "two-rank1.metrics").exists()
 
 
 def kill_rank_1_in_epoch_2(event: str, state) -> None:

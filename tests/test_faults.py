@@ -350,7 +350,8 @@ def test_the_bad_image_threshold_is_a_config_key(tmp_path, demo_dir):
     assert "3 of 120 images could not be decoded" in str(stopped.value)
     assert "raise data.max_bad_images (now 0.01" in str(stopped.value)
     tolerant = demo_config(tmp_path, data, **{"training.num_workers": 0, "data.max_bad_images": 3})
-    _, store = make_source(tolerant, progress=False)
+    with pytest.warns(UserWarning, match=r"skipped 3 of 120 images that could not be decoded:\n.*00000"):
+        _, store = make_source(tolerant, progress=False)
     assert store.is_complete()
 
 

@@ -208,8 +208,9 @@ def test_a_loader_left_early_stops_its_workers_at_once(mixed_folder):
     assert len(multiprocessing.active_children()) == 2
     batches.close()  # what a `break` out of a for loop does
     assert multiprocessing.active_children() == []
-    for _ in loader:  # a complete pass ends its workers too
-        pass
+    with pytest.warns(UserWarning, match="skipped 3 of 13 images"):
+        for _ in loader:  # a complete pass ends its workers too (and lists the bad files)
+            pass
     assert multiprocessing.active_children() == []
 
 

@@ -28,11 +28,16 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torchvision
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
-from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2 as transforms
 from torchvision.transforms.v2.functional import pil_to_tensor
+
+try:  # deprecated since torchvision 0.29 (TorchCodec takes over); without it Pillow decodes, same pixels
+    from torchvision.io import ImageReadMode, decode_jpeg
+except ImportError:
+    ImageReadMode = decode_jpeg = None
 
 __all__ = [
     "DECODERS",
@@ -199,9 +204,10 @@ def load_image_tensor(path: str | os.PathLike) -> torch.Tensor:
 
     The same pixels as `load_image` (byte for byte): JPEGs in RGB or grayscale are decoded by
     torchvision's libjpeg-turbo decoder, faster than through Pillow; every other file (CMYK, PNG,
-    16-bit, broken) goes through `load_image`, with the same `BadImageError`s.
+    16-bit, broken), and every file where torchvision no longer decodes images, goes through
+    `load_image`, with the same `BadImageError`s.
     """
-    jpeg = _exact_jpeg(path)
+    jpeg = _exact_jpeg(path) if decode_jpeg is not None else None
     if jpeg is not None:
         data, orientation = jpeg
         try:
@@ -244,8 +250,10 @@ def _takes_tensors(transform) -> bool:
 
 
 def default_decoder(device: str | torch.device | None = None) -> str:
-    """The fastest exact decoder for a run on `device`: "nvjpeg" on CUDA, else "torchvision"."""
-    return "nvjpeg" if device is not None and torch.device(device).type == "cuda" else "torchvision"
+    """The fastest exact decoder for a run on `device`: "nvjpeg" on CUDA, else "torchvision" (which
+    is Pillow where the installed torchvision no longer decodes images)."""
+    on_gpu = device is not None and torch.device(device).type == "cuda"
+    return "nvjpeg" if on_gpu and decode_jpeg is not None else "torchvision"
 
 
 class ImageDataset(Dataset):
@@ -273,6 +281,12 @@ class ImageDataset(Dataset):
         self.decoder = decoder if decoder is not None else ("torchvision" if tensors else "pil")
         if self.decoder not in DECODERS:
             raise ValueError(f"ImageDataset: decoder must be one of {DECODERS}, got {decoder!r}.")
+        if self.decoder == "nvjpeg" and decode_jpeg is None:
+            raise ValueError(
+                f"ImageDataset: decoder='nvjpeg' needs torchvision.io.decode_jpeg, which torchvision "
+                f"{torchvision.__version__} no longer has; use decoder='torchvision' (Pillow then decodes, "
+                "the same pixels) or install a torchvision that still decodes images."
+            )
         if self.decoder != "pil" and not tensors:
             raise ValueError(
                 f"ImageDataset: decoder={self.decoder!r} hands uint8 tensors to the transform, which must "

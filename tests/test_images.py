@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 import struct
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,6 +36,8 @@ from helpers.images import (
     load_image,
     load_image_tensor,
 )
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def small_tensor(image: Image.Image) -> torch.Tensor:
@@ -416,6 +422,41 @@ def test_pil_and_torchvision_datasets_give_identical_samples(mixed_folder):
             assert torchvision_sample == pil_sample
         else:
             assert torch.equal(torchvision_sample[0], pil_sample[0]) and torchvision_sample[1] == index
+
+
+WITHOUT_TORCHVISION_DECODERS = """
+import json, sys
+import torch, torchvision.io, torchvision.transforms.v2  # (its JPEG augmentation binds decode_jpeg itself)
+del torchvision.io.decode_jpeg  # as a torchvision whose deprecated image decoders are gone
+from helpers.backbones import image_transform
+from helpers.images import BadImage, ImageDataset, default_decoder
+folder, names = sys.argv[1], sys.argv[2:]
+crop = image_transform("regnet_x_400mf", 64, torch.uint8)
+default, by_pil = ImageDataset(names, crop, folder), ImageDataset(names, crop, folder, decoder="pil")
+same = all(
+    a == b if isinstance(a, BadImage) else torch.equal(a[0], b[0])
+    for a, b in zip((default[i] for i in range(len(names))), (by_pil[i] for i in range(len(names))))
+)
+try:
+    ImageDataset(names, crop, folder, decoder="nvjpeg")
+    refused = ""
+except ValueError as error:
+    refused = str(error)
+report = {"decoder": default.decoder, "same": same, "on_cuda": default_decoder("cuda"), "refused": refused}
+print(json.dumps(report))
+"""
+
+
+def test_images_still_load_where_torchvision_no_longer_decodes_them(mixed_folder):
+    """torchvision deprecated its image decoders in 0.29 for TorchCodec: without decode_jpeg helpers
+    still imports, the default decoder gives Pillow's (identical) pixels, and nvJPEG is refused."""
+    folder, names = mixed_folder
+    result = subprocess.run([sys.executable, "-c", WITHOUT_TORCHVISION_DECODERS, str(folder), *names],
+                            capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["decoder"] == "torchvision" and report["same"] and report["on_cuda"] == "torchvision"
+    assert "no longer has; use decoder='torchvision'" in report["refused"]
 
 
 # --- the nvJPEG path, run here on the CPU (the same code with device="cpu") ----------------------------

@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import pickle
 import random
 import sys
 import time
@@ -764,7 +765,8 @@ def train(
 
     With `training.devices` above 1 it launches one process per device (helpers.distributed), which
     read the data and feature store from the config's caches (`prepared` and `store` are prepared
-    here first) and call `callbacks` on every rank, so callbacks must be picklable functions then.
+    here first) and call `callbacks` on every rank, so callbacks must then be functions the processes
+    can import (a ValueError says so before anything starts).
     """
     processes = distributed.device_count(config.training.devices, resolve_device(config.training.device))
     if processes > 1 and config.training.scst.enabled:
@@ -806,9 +808,33 @@ def _train(config: Config, lock: RunLock, prepared, store, progress, callbacks, 
     return _score_best(run, paused)
 
 
+def _callbacks_for_ranks(callbacks: Sequence[Callback] | None, processes: int) -> list[Callback]:
+    """The callbacks, once checked that the device processes can load them: each one unpickles them,
+    which takes a function importable by name, not a lambda, a nested function or a notebook cell's."""
+    checked = list(callbacks or [])
+    interactive = not getattr(sys.modules.get("__main__"), "__file__", None)
+    for callback in checked:
+        try:
+            pickle.dumps(callback)
+            problem = None
+        except (pickle.PicklingError, TypeError, AttributeError) as error:
+            problem = str(error)
+        if problem is None and interactive and getattr(callback, "__module__", None) == "__main__":
+            problem = "it is defined in a notebook cell or interactive session, which they do not run"
+        if problem is not None:
+            name = getattr(callback, "__qualname__", repr(callback))
+            raise ValueError(
+                f"training.devices={processes}: callback {name} cannot be sent to the device processes "
+                f"({problem}). Define it as a top-level function in a .py file and import it from there, "
+                "or train on one device (training.devices=1; notebooks: DEVICES = 1)."
+            )
+    return checked
+
+
 def _train_on_devices(config: Config, processes: int, progress: bool, callbacks, resume) -> TrainResult:
     """`train` on `processes` devices: the data and feature store made once here, then one training
     process per device; what rank 0 wrote is read back into the TrainResult."""
+    callbacks = _callbacks_for_ranks(callbacks, processes)
     device = resolve_device(config.training.device)
     if config.training.eval_splits and config.training.eval_beam_sizes:
         resolve_tokenizer(config.training.metric_tokenizer)
@@ -816,7 +842,7 @@ def _train_on_devices(config: Config, processes: int, progress: bool, callbacks,
     if progress:  # the ranks print to the process's output, which a notebook cell does not show
         print(f"{config.run_name}: training on {processes} {device.type} devices, "
               f"{distributed.batch_split(config.batch_size, processes)}")
-    args = (config, None, None, progress, list(callbacks or []), resume)
+    args = (config, None, None, progress, callbacks, resume)
     distributed.launch(train, args, processes, device)
     run_dir = config.run_path
     last = load_checkpoint(run_dir / "last.pt", "cpu")

@@ -287,6 +287,28 @@ def test_fine_tuning_the_cnn_on_two_processes_trains_as_one(demo_work):
     assert any(name.startswith("image_encoder.") for name in saved)  # the trained stage is in it
 
 
+def test_callbacks_the_device_processes_cannot_load_are_refused_before_anything_starts(
+    tmp_path, demo_dir, monkeypatch
+):
+    """Each rank unpickles the callbacks: a lambda or a notebook cell's function would fail there, in
+    another process, with pickle's words; train says which callback and what to do, and starts nothing."""
+    config = tiny_config(tmp_path, demo_dir, "refused", **{"training.devices": 2})
+    with pytest.raises(ValueError, match=r"training.devices=2: callback .*<lambda> cannot be sent .*"
+                                         r"top-level function in a .py file .*training.devices=1"):
+        train(config, progress=False, callbacks=[lambda event, state: None])
+
+    def plotted(event, state):  # as if typed in a notebook cell: __main__ with no file behind it
+        pass
+
+    plotted.__module__, plotted.__qualname__ = "__main__", "plotted"
+    notebook = type(sys)("__main__")
+    notebook.plotted = plotted
+    monkeypatch.setitem(sys.modules, "__main__", notebook)
+    with pytest.raises(ValueError, match="callback plotted cannot be sent .*defined in a notebook cell"):
+        train(config, progress=False, callbacks=[plotted])
+    assert not (tmp_path / "work").exists() and not (tmp_path / "runs").exists()  # nothing prepared or run
+
+
 def test_the_command_line_takes_devices(capsys):
     from helpers.train import main
 

@@ -159,3 +159,17 @@ def test_the_check_catches_a_dropped_caveat_and_a_changed_code_block(tmp_path):
     en, ar = sections(english), sections(arabic)
     assert en[2].numbers() - ar[2].numbers() == Counter({"4": 1})
     assert en[2].code_blocks == ["run --x 1"] and ar[2].code_blocks == ["run --x 2"]
+
+
+def test_every_test_the_fault_catalogue_names_exists():
+    """docs/FAULTS.md's test column names test functions (and files): each must be in tests/."""
+    named = set(re.findall(r"`(?:(test_\w+)\.py::)?(test_\w+)", (ROOT / "docs" / "FAULTS.md").read_text()))
+    defined = {
+        path.stem: set(re.findall(r"^def (test_\w+)\(", path.read_text(), re.MULTILINE))
+        for path in (ROOT / "tests").glob("test_*.py")
+    }
+    missing = [
+        f"{file or 'test_faults'}.py::{name}" for file, name in sorted(named)
+        if name not in defined.get(file or "test_faults", set())
+    ]
+    assert len(named) > 30 and not missing, missing

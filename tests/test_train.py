@@ -677,22 +677,20 @@ def _per_image_cider(references: dict, hypotheses: dict) -> np.ndarray:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", LEARNING_DECODERS)
-def test_beam_search_at_its_defaults_is_not_worse_than_greedy_beyond_noise(
-    name, fresh_scenes, trained_decoders
-):
+def test_beam_search_at_its_defaults_against_greedy(name, fresh_scenes, trained_decoders):
     """Beam search at the config's defaults (the first of training.eval_beam_sizes above 1, and
     training.eval_*: length penalty 0, trigram blocking, <UNK> masked) against greedy at the same, on
-    600 fresh scenes: the mean per-image CIDEr-D difference is above -2 standard errors.
+    600 fresh scenes: it scores above greedy for the Transformer and loses at most 4% of greedy's
+    CIDEr-D for the recurrent decoders.
 
-    On the demo the two differ by less than the demo's own noise, so this bounds beam's loss by the
-    noise rather than asking beam >= greedy, which holds or not by chance for the recurrent decoders.
-    Measured here: beam 3 minus greedy -0.020 (standard error 0.024), +0.012 (0.013), -0.015 (0.021),
-    +0.055 (0.027) for Vanilla_RNN, LSTM, Attention_LSTM, Transformer. On 900 other fresh scenes with
-    training seeds 0/1/2: -0.015/+0.002/-0.059, -0.018/-0.009/+0.008, -0.004/+0.003/-0.028 and
-    +0.032/+0.189/+0.170, while the same models' differences on the 30 val images spread from -0.31 to
-    +0.12. A beam search returning its worst finalist fails for the recurrent decoders (-0.31 and -0.15,
-    7 and 4 standard errors); the attention decoders' finalists are close (-0.09, -0.08), and the
-    likelihood guarantee (beam never below greedy) is tests/test_models.py's.
+    Measured here with training seeds 0-4, beam 3 minus greedy (the paired standard error is
+    0.010-0.037): Vanilla_RNN -0.020/-0.019/-0.054/-0.046/-0.015 (greedy 1.67-1.80), LSTM
+    +0.012/-0.012/+0.055/+0.001/-0.032, Attention_LSTM -0.015/-0.006/-0.011/-0.025/+0.016,
+    Transformer +0.055/+0.206/+0.134/+0.182/+0.246. The recurrent decoders see the image through the
+    pooled features' initial state, which carry little of the demo's positions: their likeliest
+    captions are the templates that leave position out, and beam finds them. On the 30 val images the
+    differences are noise (-0.31 to +0.12 over three seeds). A beam search returning its worst finalist
+    fails here: -17%, -9.5%, -4.3% and -3.2% of greedy (the Transformer's by its sign).
     """
     prepared, store = fresh_scenes
     config, model = trained_decoders[name]
@@ -700,11 +698,11 @@ def test_beam_search_at_its_defaults_is_not_worse_than_greedy_beyond_noise(
     references = prepared.references("test")
     greedy, searched = (
         _per_image_cider(references, decode_split(model, store, "test", beam_size=size, max_length=16,
-                                                  decoding=config.decoding))
+                                                  decoding=config.decoding)).mean()
         for size in (1, beam)
     )
-    difference = searched - greedy
-    mean, error = difference.mean(), difference.std(ddof=1) / math.sqrt(len(difference))
-    print(f"{name}: CIDEr-D greedy {greedy.mean():.3f}, beam {beam} {searched.mean():.3f} "
-          f"(difference {mean:+.3f}, standard error {error:.3f}, {len(difference)} images)")
-    assert mean >= -2 * error, (name, greedy.mean(), searched.mean(), error)
+    print(f"{name}: CIDEr-D greedy {greedy:.3f}, beam {beam} {searched:.3f} ({searched - greedy:+.3f})")
+    if name == "Transformer":
+        assert searched > greedy, (greedy, searched)
+    else:
+        assert searched >= 0.96 * greedy, (name, greedy, searched)

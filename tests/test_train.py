@@ -686,8 +686,8 @@ def test_beam_search_at_its_defaults_against_greedy(name, fresh_scenes, trained_
     Measured here with training seeds 0-4, beam 3 minus greedy (the paired standard error is
     0.010-0.037): Vanilla_RNN -0.020/-0.019/-0.054/-0.046/-0.015 (greedy 1.67-1.80), LSTM
     +0.012/-0.012/+0.055/+0.001/-0.032, Attention_LSTM -0.015/-0.006/-0.011/-0.025/+0.016,
-    Transformer +0.055/+0.206/+0.134/+0.182/+0.246. The recurrent decoders see the image through the
-    pooled features' initial state, which carry little of the demo's positions: their likeliest
+    Transformer +0.055/+0.206/+0.134/+0.182/+0.246. The RNN and LSTM see the image only through an
+    initial state from pooled features, which carry little of the demo's positions: their likeliest
     captions are the templates that leave position out, and beam finds them. On the 30 val images the
     differences are noise (-0.31 to +0.12 over three seeds). A beam search returning its worst finalist
     fails here: -17%, -9.5%, -4.3% and -3.2% of greedy (the Transformer's by its sign).

@@ -124,6 +124,16 @@ def gather(items: list) -> list:
     return [item for part in gathered for item in part]
 
 
+def gather_on_main(items: list) -> list:
+    """Every rank's `items`, concatenated in rank order, on rank 0 alone (the others get []): for
+    what only the writer needs, without sending it to every rank."""
+    if world_size() == 1:
+        return items
+    gathered: list[list | None] | None = [None] * world_size() if is_main() else None
+    dist.gather_object(items, gathered, dst=0)
+    return [item for part in gathered for item in part] if is_main() else []
+
+
 def shard_range(count: int) -> range:
     """This rank's contiguous share of `count` items (sizes differ by at most one, rank 0 first)."""
     size, extra = divmod(count, world_size())

@@ -40,7 +40,7 @@ from helpers.errors import INPUT_ERRORS
 from helpers.features import ImageFeatureDataset
 from helpers.files import write_json_atomic
 from helpers.images import ImageDataset, image_loader
-from helpers.text import END, NULL, START, tokenize
+from helpers.text import END, NULL, START, caption_ids, tokenize
 from helpers.workdir import make_source
 
 METRIC_NAMES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr")
@@ -332,13 +332,7 @@ def decode_split(
         )
         tokens = output[0] if isinstance(output, tuple) else output
         for name, row in zip(names, tokens.tolist()):
-            words = []
-            for idx in row:
-                if idx == end:
-                    break
-                if idx not in skipped:
-                    words.append(idx_to_word[idx])
-            captions[name] = " ".join(words)
+            captions[name] = " ".join(idx_to_word[idx] for idx in caption_ids(row, end, skipped))
     return dict(distributed.gather(list(captions.items())))  # every device's, in split order
 
 

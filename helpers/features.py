@@ -678,11 +678,11 @@ def _encode_into(writers: dict, starts: list[int], batches, encoder: torch.nn.Mo
 
 
 def _write_turn(writers: dict, starts: list[int], encoded: list, bar) -> float:
-    """Write every rank's batch of this turn (rank 0 alone writes); returns their largest magnitude."""
+    """Write every rank's batch of this turn, on rank 0 (the only one that receives them); returns
+    their largest magnitude there (0 on the other ranks, which neither write nor warn)."""
     peak = 0.0
-    for rows, block, bad, batch_peak in distributed.gather(encoded):
-        if distributed.is_main():
-            _write_block(writers, list(writers), starts, rows, block, bad)
+    for rows, block, bad, batch_peak in distributed.gather_on_main(encoded):
+        _write_block(writers, list(writers), starts, rows, block, bad)
         bar.update(len(rows))
         peak = max(peak, batch_peak)
     return peak

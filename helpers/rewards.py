@@ -18,6 +18,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
+from helpers.text import caption_ids
+
 __all__ = ["CiderD", "token_sequences"]
 
 Caption = tuple[int, ...]
@@ -25,18 +27,8 @@ Caption = tuple[int, ...]
 
 def token_sequences(tokens: torch.Tensor, end: int, skipped: Iterable[int] = ()) -> list[Caption]:
     """Rows of decoded token ids (B, T) as tuples of word ids: cut at the first ``end``, ``skipped``
-    ids (``<NULL>``, ``<START>``) left out."""
-    skipped = set(skipped)
-    captions = []
-    for row in tokens.tolist():
-        words = []
-        for index in row:
-            if index == end:
-                break
-            if index not in skipped:
-                words.append(index)
-        captions.append(tuple(words))
-    return captions
+    ids (``<NULL>``, ``<START>``) left out (helpers.text.caption_ids per row)."""
+    return [caption_ids(row, end, skipped) for row in tokens.tolist()]
 
 
 def ngram_counts(caption: Sequence, n: int = 4) -> Counter:

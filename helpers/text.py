@@ -64,6 +64,19 @@ def _as_tokens(caption: str | Sequence[str]) -> list[str]:
     return tokenize(caption) if isinstance(caption, str) else list(caption)
 
 
+def caption_ids(ids: Iterable[int], end: int, skipped: Iterable[int] = ()) -> tuple[int, ...]:
+    """The word ids of one decoded or encoded caption: cut at the first ``end``, the ``skipped`` ids
+    (``<NULL>``, ``<START>``) left out."""
+    skipped = set(skipped)
+    words = []
+    for idx in ids:
+        idx = int(idx)
+        if idx == end:
+            break
+        if idx not in skipped:
+            words.append(idx)
+    return tuple(words)
+
 class Vocabulary:
     """Words <-> ids with the four special tokens first; helpers.prepare builds it from the training
     captions (or every split's, ``data.vocab_from: all``)."""
@@ -115,15 +128,7 @@ class Vocabulary:
         """Words of one encoded caption (list, numpy row or tensor row); stops at ``<END>``."""
         values = ids.tolist() if hasattr(ids, "tolist") else list(ids)
         skipped = (self.word_to_idx[NULL], self.word_to_idx[START])
-        end = self.word_to_idx[END]
-        words = []
-        for idx in values:
-            idx = int(idx)
-            if idx == end:
-                break
-            if idx not in skipped:
-                words.append(self.idx_to_word[idx])
-        return " ".join(words)
+        return " ".join(self.idx_to_word[idx] for idx in caption_ids(values, self.word_to_idx[END], skipped))
 
     def decode_batch(self, rows) -> list[str]:
         """``decode`` for each row of a 2-D list, array or tensor."""

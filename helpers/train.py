@@ -625,14 +625,7 @@ def scst_step(state: TrainState, reward: CiderD, inputs: torch.Tensor, images: l
         greedy_rewards = torch.from_numpy(reward.score_images(greedy, images)).float()
     advantage = self_critical_advantage(rewards, greedy_rewards).to(log_probs.device)
     loss = -(advantage * log_probs).mean()
-    state.optimizer.zero_grad(set_to_none=True)
-    state.scaler.scale(loss).backward()
-    if state.config.training.grad_clip:
-        state.scaler.unscale_(state.optimizer)
-        parameters = [p for group in state.optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(parameters, state.config.training.grad_clip)
-    state.scaler.step(state.optimizer)
-    state.scaler.update()
+    apply_gradients(loss, state.optimizer, state.scaler, state.config.training.grad_clip)
     return loss.item(), rewards
 
 
@@ -689,15 +682,21 @@ def train_step(
     """
     with torch.autocast(inputs.device.type, dtype=torch.float16, enabled=amp):
         loss = model(inputs, captions, label_smoothing=label_smoothing, alpha_c=alpha_c)
+    apply_gradients(loss * weight if weight != 1.0 else loss, optimizer, scaler, grad_clip)
+    return loss.item()
+
+
+def apply_gradients(loss: torch.Tensor, optimizer, scaler, grad_clip: float | None) -> None:
+    """Backward through the scaled loss, clip the gradient norm (when `grad_clip`), step and update
+    the scaler: what a cross-entropy step and a self-critical step share."""
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss * weight if weight != 1.0 else loss).backward()
+    scaler.scale(loss).backward()
     if grad_clip:
         scaler.unscale_(optimizer)
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
     scaler.step(optimizer)
     scaler.update()
-    return loss.item()
 
 
 def _step_schedule(scheduler, first: bool) -> None:
@@ -852,11 +851,16 @@ def _train_on_devices(config: Config, processes: int, progress: bool, callbacks,
     model, _, _ = load_run(run_dir, device, "best" if (run_dir / "best.pt").is_file() else "last")
     results_path = run_dir / "results.json"
     scored = config.training.eval_splits and config.training.eval_beam_sizes and results_path.is_file()
-    finished = last["stopped_early"] or last["epoch"] >= config.training.epochs
     return TrainResult(
         run_dir, model, last["history"], last["best_epoch"], last["best_metrics"], last["stopped_early"],
-        last["wall_time_s"], json.loads(results_path.read_text()) if scored else None, paused=not finished,
+        last["wall_time_s"], json.loads(results_path.read_text()) if scored else None,
+        paused=not _finished_training(last, config),
     )
+
+
+def _finished_training(checkpoint: dict, config: Config) -> bool:
+    """Whether a cross-entropy run's checkpoint has all its epochs (or stopped early)."""
+    return checkpoint["stopped_early"] or checkpoint["epoch"] >= config.training.epochs
 
 
 @dataclass
@@ -995,7 +999,7 @@ def _cross_entropy_start(config: Config, vocab) -> dict | None:
         best = (source / "best.pt").read_bytes()
     except (CheckpointError, FileNotFoundError):
         return None
-    if not (checkpoint["stopped_early"] or checkpoint["epoch"] >= config.training.epochs):
+    if not _finished_training(checkpoint, config):
         return None  # unfinished: this run trains its cross-entropy epochs itself
     check_resume_compatible(checkpoint, vocab, cross_entropy_config(config), source / "last.pt")
     config.run_path.mkdir(parents=True, exist_ok=True)

@@ -232,6 +232,22 @@ def test_quantized_features_are_within_half_a_step_of_their_values():
     assert np.abs(restored - block).max() > 0  # really quantized
 
 
+def interrupt_after_one_batch(monkeypatch) -> list[int]:
+    """Make the CNN raise KeyboardInterrupt on its second batch (as a user stopping the cell); returns
+    the list of batch sizes it encoded before."""
+    original_forward = ImageEncoder.forward
+    images_seen: list[int] = []
+
+    def interrupted_forward(self, images):
+        if images_seen:
+            raise KeyboardInterrupt("simulated interruption")
+        images_seen.append(len(images))
+        return original_forward(self, images)
+
+    monkeypatch.setattr(ImageEncoder, "forward", interrupted_forward)
+    return images_seen
+
+
 def test_a_uint8_store_holds_the_float16_features_to_8_bits(clean, tmp_path, monkeypatch):
     prepared, _ = clean
     full = extract(prepared, image_size=96)  # 3 x 3 grid (at 2 x 2 the ranges cost what 8 bits save)
@@ -253,18 +269,10 @@ def test_a_uint8_store_holds_the_float16_features_to_8_bits(clean, tmp_path, mon
     np.testing.assert_array_equal(per_image[1][0].numpy(), store.features("test")[1])
 
     copy = make_prepared(tmp_path)  # interrupted after one batch, then resumed: the same store
-    original_forward, calls = ImageEncoder.forward, []
-
-    def interrupted_forward(self, images):
-        if calls:
-            raise KeyboardInterrupt("simulated interruption")
-        calls.append(1)
-        return original_forward(self, images)
-
-    monkeypatch.setattr(ImageEncoder, "forward", interrupted_forward)
+    interrupt_after_one_batch(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         extract(copy, image_size=96, layout="uint8")
-    monkeypatch.setattr(ImageEncoder, "forward", original_forward)
+    monkeypatch.undo()
     resumed = extract(copy, image_size=96, layout="uint8")
     for split in prepared.splits:
         np.testing.assert_array_equal(np.asarray(resumed.features(split)), np.asarray(store.features(split)))
@@ -294,15 +302,7 @@ def test_interrupted_extraction_resumes_to_the_same_store(clean, tmp_path, monke
     _, uninterrupted = clean
     prepared = make_prepared(tmp_path)  # the same images as `clean`, in another work dir
     original_forward = ImageEncoder.forward
-    images_seen = []
-
-    def interrupted_forward(self, images):
-        if images_seen:
-            raise KeyboardInterrupt("simulated interruption")
-        images_seen.append(len(images))
-        return original_forward(self, images)
-
-    monkeypatch.setattr(ImageEncoder, "forward", interrupted_forward)
+    images_seen = interrupt_after_one_batch(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         extract(prepared)
     partial = FeatureStore.open(store_directory(tmp_path / "work" / "features", "fake-0001", BACKBONE, SIZE,
@@ -449,19 +449,10 @@ def test_two_devices_extract_the_store_of_one_device_and_resume_one_devices_part
     prepared = make_prepared(tmp_path / "two")
     two_devices = extract(prepared, devices=2)  # 3 batches of 4: rank 0 takes two, rank 1 one
     partial = make_prepared(tmp_path / "resumed")
-    original_forward = ImageEncoder.forward
-    calls = []
-
-    def interrupted_forward(self, images):
-        if calls:
-            raise KeyboardInterrupt("simulated interruption")
-        calls.append(len(images))
-        return original_forward(self, images)
-
-    monkeypatch.setattr(ImageEncoder, "forward", interrupted_forward)
+    interrupt_after_one_batch(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         extract(partial)  # one device, one batch written
-    monkeypatch.setattr(ImageEncoder, "forward", original_forward)
+    monkeypatch.undo()
     resumed = extract(partial, devices=2)
     for store in (two_devices, resumed):
         assert store.is_complete()

@@ -219,6 +219,20 @@ def compute_metrics(
     return metrics
 
 
+def per_image_cider(
+    references: Mapping[Hashable, Sequence[str]],
+    hypotheses: Mapping[Hashable, str],
+    tokenizer: str = "project",
+) -> dict[Hashable, float]:
+    """Each image's CIDEr-D from one pycocoevalcap call over all of them (document frequencies from the
+    whole set, so the mean is compute_metrics' CIDEr): for paired comparisons of two decodings."""
+    from pycocoevalcap.cider.cider import Cider
+
+    gts, res = _tokenized(*_check_inputs(references, hypotheses), tokenizer)
+    _, scores = Cider().compute_score(gts, res)  # in the order of gts' keys
+    return {name: float(score) for name, score in zip(gts, scores)}
+
+
 def _java_notice(what: str, reason: str) -> None:
     """One line per process and topic: what Java would add, and how to get it."""
     if what not in _java_notices_shown:

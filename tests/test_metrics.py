@@ -14,7 +14,7 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 
 import helpers.evaluate as evaluate
-from helpers.evaluate import compute_metrics, format_metrics_table
+from helpers.evaluate import compute_metrics, format_metrics_table, per_image_cider
 
 # Raw text as users and datasets write it (capitals, punctuation, apostrophes) ...
 REFERENCES = {
@@ -134,6 +134,24 @@ PTB_HYPOTHESES = {
     "kids.jpg": "two kids dont play",
     "man.jpg": "a mans bike",
 }
+
+
+def test_per_image_cider_is_pycocoevalcaps_per_image_scores_with_the_corpus_mean():
+    """One score per image, each pycocoevalcap's for that image scored with the whole set (CIDEr-D's
+    document frequencies come from all references), so they average to compute_metrics' CIDEr."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        _, expected = Cider().compute_score(TOKENIZED_REFERENCES, TOKENIZED_HYPOTHESES)
+    scores = per_image_cider(REFERENCES, HYPOTHESES)
+    assert list(scores) == list(REFERENCES)
+    assert [scores[name] for name in TOKENIZED_REFERENCES] == pytest.approx(list(expected), abs=1e-12)
+    assert math.fsum(scores.values()) / len(scores) == pytest.approx(
+        compute_metrics(REFERENCES, HYPOTHESES, meteor=False)["CIDEr"], abs=1e-12
+    )
+    assert len(set(scores.values())) == len(scores)  # a real case: four different scores
+    alone = per_image_cider({"dog.jpg": REFERENCES["dog.jpg"]}, {"dog.jpg": HYPOTHESES["dog.jpg"]})
+    assert alone["dog.jpg"] != pytest.approx(scores["dog.jpg"])  # the set being scored matters
+    with pytest.raises(ValueError, match="same ids"):
+        per_image_cider(REFERENCES, {"dog.jpg": "a dog"})
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="the PTB tokenizer needs Java")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import importlib.util
 import json
 import math
 import shutil
@@ -12,18 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from pycocoevalcap.cider.cider import Cider
 
 from helpers.backbones import image_transform
 from helpers.checkpoints import load_checkpoint, model_state, save_atomic
 from helpers.config import load_config
-from helpers.demo import make_demo_dataset
 from helpers.devices import UnsupportedDeviceError, check_cuda_device
-from helpers.evaluate import compute_metrics, decode_split, evaluate_run
-from helpers.features import FeatureStore, extract_features
+from helpers.evaluate import compute_metrics, decode_split, evaluate_run, per_image_cider
+from helpers.features import FeatureStore
 from helpers.models import build_model
-from helpers.prepare import prepare_dataset
-from helpers.text import tokenize
 from helpers.train import TrainState, epoch_batches, lr_factor, train
 from helpers.workdir import make_source
 
@@ -651,28 +648,51 @@ def test_a_run_saved_before_the_recipe_keys_resumes_as_it_trained(small_demo):
 FRESH_SCENES = 600
 
 
+def _load_script(name: str):
+    """A module of scripts/ (they are run as files, not imported as a package)."""
+    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+beam_vs_greedy = _load_script("beam_vs_greedy")
+
+
 @pytest.fixture(scope="module")
 def fresh_scenes(learning_demo):
-    """(prepared, store): FRESH_SCENES new demo scenes (another generator seed) as a test split, for
-    comparisons too fine for the demo's 30 test images; same backbone, size and random weights."""
-    work = learning_demo[0]
-    scenes = make_demo_dataset(work / "fresh", num_images=FRESH_SCENES + 10, seed=1)
-    prepared = prepare_dataset(
-        "demo", scenes, work / "fresh-work", min_word_count=1, max_caption_length=16, split="seeded",
-        val_size=5, test_size=FRESH_SCENES, verbose=False,
-    )
-    store = extract_features(prepared, backbone="regnet_x_400mf", image_size=96, pretrained=False,
-                             num_workers=0, progress=False)
-    return prepared, store
+    """(prepared, store): FRESH_SCENES new demo scenes (another generator seed, the same backbone, size
+    and random weights) as a test split, made as scripts/beam_vs_greedy.py (README's figures) makes
+    them, for comparisons too fine for the demo's 30 test images."""
+    return beam_vs_greedy.fresh_scenes(demo_config("LSTM", learning_demo[0]), FRESH_SCENES)
 
 
-def _per_image_cider(references: dict, hypotheses: dict) -> np.ndarray:
-    """pycocoevalcap's CIDEr-D of each image (their mean is the corpus score), project tokenizer."""
-    names = sorted(hypotheses)
-    gts = {name: [" ".join(tokenize(ref)) for ref in references[name]] for name in names}
-    res = {name: [" ".join(tokenize(hypotheses[name]))] for name in names}
-    _, scores = Cider().compute_score(gts, res)
-    return np.asarray(scores, dtype=np.float64)
+@pytest.mark.slow
+def test_the_beam_vs_greedy_script_measures_what_compute_metrics_does_and_reuses_its_runs(tmp_path):
+    """scripts/beam_vs_greedy.py: its greedy and beam figures are compute_metrics' CIDEr of the trained
+    run's captions of the fresh scenes, and a second call reuses the run instead of training again."""
+    argv = ["--decoders", "LSTM", "--seeds", "3", "--scenes", "40", "--work-dir", str(tmp_path),
+            "training.epochs=2"]
+    (row,) = beam_vs_greedy.main(argv)
+    config = beam_vs_greedy.demo_config("LSTM", 3, tmp_path, ["training.epochs=2"])
+    assert config.training.seed == 3 and config.training.epochs == 2
+    prepared, store = make_source(config, progress=False)
+    fresh, fresh_store = beam_vs_greedy.fresh_scenes(config, 40)
+    assert len(fresh.splits["test"]) == 40
+    checkpoint = config.run_path / "last.pt"
+    trained_at = checkpoint.stat().st_mtime_ns
+    model = train(config, prepared=prepared, store=store, progress=False).model
+    references = fresh.references("test")
+    for size, key in ((1, "greedy"), (3, "searched")):
+        captions = decode_split(model, fresh_store, "test", beam_size=size, max_length=16,
+                                decoding=config.decoding)
+        cider = compute_metrics(references, captions, meteor=False)["CIDEr"]
+        assert row[key] == pytest.approx(cider, abs=1e-9)
+    assert row["beam"] == 3 and 0.3 < row["greedy"] < 10  # two epochs already name colours and shapes
+    assert row["difference"] == pytest.approx(row["searched"] - row["greedy"]) and row["se"] > 0
+    assert beam_vs_greedy.main(argv) == [row]
+    assert checkpoint.stat().st_mtime_ns == trained_at
 
 
 @pytest.mark.slow
@@ -700,11 +720,13 @@ def test_beam_search_at_its_defaults_against_greedy(name, fresh_scenes, trained_
     config, model = trained_decoders[name]
     beam = min(size for size in config.training.eval_beam_sizes if size > 1)
     references = prepared.references("test")
-    greedy, searched = (
-        _per_image_cider(references, decode_split(model, store, "test", beam_size=size, max_length=16,
-                                                  decoding=config.decoding)).mean()
-        for size in (1, beam)
-    )
+
+    def cider_of(beam_size):
+        captions = decode_split(model, store, "test", beam_size=beam_size, max_length=16,
+                                decoding=config.decoding)
+        return np.mean(list(per_image_cider(references, captions).values()))
+
+    greedy, searched = cider_of(1), cider_of(beam)
     print(f"{name}: CIDEr-D greedy {greedy:.3f}, beam {beam} {searched:.3f} ({searched - greedy:+.3f})")
     if name == "Transformer":
         assert searched > greedy, (greedy, searched)

@@ -67,10 +67,12 @@ _java_notices_shown: set[str] = set()
 # ------------------------------------------------------------------------------------------- metrics
 
 
-def _check_inputs(references: Mapping, hypotheses: Mapping) -> tuple[dict, dict]:
-    """{id: [refs]} and {id: [hyp]} as lists of strings; clear errors for mismatched inputs."""
+def _check_inputs(
+    references: Mapping, hypotheses: Mapping, caller: str = "compute_metrics"
+) -> tuple[dict, dict]:
+    """{id: [refs]} and {id: [hyp]} as lists of strings; clear errors (naming `caller`) for bad inputs."""
     if not references:
-        raise ValueError("compute_metrics: no references given (an empty split?).")
+        raise ValueError(f"{caller}: no references given (an empty split?).")
     missing = [key for key in references if key not in hypotheses]
     extra = [key for key in hypotheses if key not in references]
     if missing or extra:
@@ -80,19 +82,19 @@ def _check_inputs(references: Mapping, hypotheses: Mapping) -> tuple[dict, dict]
         if extra:
             parts.append(f"{len(extra)} ids have a hypothesis but no references (e.g. {extra[:3]})")
         raise ValueError(
-            "compute_metrics needs the same ids in references and hypotheses: " + "; ".join(parts) + "."
+            f"{caller} needs the same ids in references and hypotheses: " + "; ".join(parts) + "."
         )
     gts, res = {}, {}
     for key, refs in references.items():
         if isinstance(refs, str) or not isinstance(refs, Sequence) or not refs:
-            raise ValueError(f"compute_metrics: references[{key!r}] must be a non-empty list of captions.")
+            raise ValueError(f"{caller}: references[{key!r}] must be a non-empty list of captions.")
         hypothesis = hypotheses[key]
         if not isinstance(hypothesis, str):
             if isinstance(hypothesis, Sequence) and len(hypothesis) == 1 and isinstance(hypothesis[0], str):
                 hypothesis = hypothesis[0]
             else:
                 raise ValueError(
-                    f"compute_metrics: hypotheses[{key!r}] must be exactly one caption string, "
+                    f"{caller}: hypotheses[{key!r}] must be exactly one caption string, "
                     f"got {hypothesis!r}."
                 )
         gts[key] = list(refs)
@@ -228,7 +230,7 @@ def per_image_cider(
     whole set, so the mean is compute_metrics' CIDEr): for paired comparisons of two decodings."""
     from pycocoevalcap.cider.cider import Cider
 
-    gts, res = _tokenized(*_check_inputs(references, hypotheses), tokenizer)
+    gts, res = _tokenized(*_check_inputs(references, hypotheses, "per_image_cider"), tokenizer)
     _, scores = Cider().compute_score(gts, res)  # in the order of gts' keys
     return {name: float(score) for name, score in zip(gts, scores)}
 

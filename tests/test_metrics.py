@@ -150,7 +150,7 @@ def test_per_image_cider_is_pycocoevalcaps_per_image_scores_with_the_corpus_mean
     assert len(set(scores.values())) == len(scores)  # a real case: four different scores
     alone = per_image_cider({"dog.jpg": REFERENCES["dog.jpg"]}, {"dog.jpg": HYPOTHESES["dog.jpg"]})
     assert alone["dog.jpg"] != pytest.approx(scores["dog.jpg"])  # the set being scored matters
-    with pytest.raises(ValueError, match="same ids"):
+    with pytest.raises(ValueError, match="per_image_cider needs the same ids"):
         per_image_cider(REFERENCES, {"dog.jpg": "a dog"})
 
 

@@ -55,10 +55,19 @@ def fresh_scenes(config, count: int):
     return prepared, features_for(config, prepared, progress=False)
 
 
+def beam_size(config) -> int:
+    """The beam the config scores by default: the first of training.eval_beam_sizes above 1."""
+    beams = [size for size in config.training.eval_beam_sizes if size > 1]
+    if not beams:
+        raise SystemExit(f"training.eval_beam_sizes {config.training.eval_beam_sizes} has no beam size above "
+                         "1 to compare with greedy; add one, for example training.eval_beam_sizes=[1,3].")
+    return min(beams)
+
+
 def compare(config, prepared, store, fresh, fresh_store) -> dict[str, float]:
     """Train (or reuse) `config`'s run; greedy and beam CIDEr-D on the fresh scenes' test split."""
+    beam = beam_size(config)
     model = train(config, prepared=prepared, store=store, progress=False).model
-    beam = min(size for size in config.training.eval_beam_sizes if size > 1)
     references = fresh.references("test")
     scores = []
     for size in (1, beam):
@@ -80,6 +89,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "beam_vs_greedy")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value (model.hidden_dim=256)")
     args = parser.parse_args(argv)
+    if args.scenes < 2:
+        parser.error("--scenes must be at least 2 (the paired standard error needs two images)")
     decoders, seeds = args.decoders.split(","), [int(seed) for seed in args.seeds.split(",")]
     work_dir = args.work_dir.resolve()
     rows = []
@@ -87,6 +98,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for decoder in decoders:
         for seed in seeds:
             config = demo_config(decoder, seed, work_dir, args.overrides)
+            beam_size(config)  # before any data is made
             with contextlib.redirect_stdout(io.StringIO()):  # the helpers' one-line reports, not the table
                 prepared, store = make_source(config, progress=False)
                 fresh, fresh_store = fresh_scenes(config, args.scenes)

@@ -693,6 +693,9 @@ def test_the_beam_vs_greedy_script_measures_what_compute_metrics_does_and_reuses
     assert row["difference"] == pytest.approx(row["searched"] - row["greedy"]) and row["se"] > 0
     assert beam_vs_greedy.main(argv) == [row]
     assert checkpoint.stat().st_mtime_ns == trained_at
+    with pytest.raises(SystemExit, match=r"no beam size above 1 .* training.eval_beam_sizes=\[1,3\]"):
+        beam_vs_greedy.main(["--work-dir", str(tmp_path / "greedy-only"), "training.eval_beam_sizes=[1]"])
+    assert not (tmp_path / "greedy-only").exists()
 
 
 @pytest.mark.slow

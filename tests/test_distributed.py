@@ -356,22 +356,38 @@ def _alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().split()[2] != "Z"  # a zombie has ended
 
 
+def _listen_to_interrupts() -> None:
+    """In a child before it starts: SIGINT back to its default, which Python turns into
+    KeyboardInterrupt. A shell starts background jobs with SIGINT ignored and children inherit that,
+    so without this the test would depend on how the test run itself was started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_interrupting_the_launching_process_stops_every_rank(demo_dir, tmp_path):
     """A notebook's Interrupt reaches the kernel only: the ranks it launched must stop with it, not
     keep training (and holding the run folder's lock) in the background."""
     values = tiny_values(tmp_path, demo_dir, "interrupted", **{"training.devices": 2, "training.epochs": 500})
     overrides = [f"{key}={json.dumps(value)}" for key, value in values.items()]
-    parent = subprocess.Popen([sys.executable, "-m", "helpers.train", "--config", "LSTM", "--demo", "--quiet",
-                               *overrides], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stderr_path = tmp_path / "stderr.txt"
+    with open(stderr_path, "w") as stderr:  # a file, not a pipe nobody reads while waiting
+        parent = subprocess.Popen(
+            [sys.executable, "-m", "helpers.train", "--config", "LSTM", "--demo", "--quiet", *overrides],
+            stdout=subprocess.DEVNULL, stderr=stderr, text=True, preexec_fn=_listen_to_interrupts,
+        )
     try:
         deadline = time.monotonic() + 300
         while not (tmp_path / "runs" / "interrupted" / "last.pt").exists():  # the ranks are training
-            assert parent.poll() is None and time.monotonic() < deadline, parent.stderr.read()[-2000:]
+            assert parent.poll() is None and time.monotonic() < deadline, stderr_path.read_text()[-2000:]
             time.sleep(0.5)
         ranks = _children(parent.pid)
         assert len([pid for pid in ranks if _alive(pid)]) >= 2
         parent.send_signal(signal.SIGINT)
-        parent.wait(timeout=60)
+        try:
+            parent.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the interrupted process did not exit in 60 s; its stderr:\n"
+                        + stderr_path.read_text()[-3000:])
+        assert "KeyboardInterrupt" in stderr_path.read_text()
         time.sleep(1)
         assert not [pid for pid in ranks if _alive(pid)], "ranks still running after the interrupt"
     finally:

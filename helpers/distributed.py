@@ -295,6 +295,9 @@ def _stop(processes: list, grace_s: float = 10.0) -> None:
 
 def _process(index: int, target, args: tuple, processes: int, address: str, backend: str, folder: str):
     """One rank: join the group, run the target, leave; an exception is saved for `launch` to raise."""
+    # torch ends a rank whose launching process dies by sending it SIGINT; a launcher started with
+    # SIGINT ignored (a shell's background job, `cmd &`) passes that on, and its ranks would outlive it
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if backend == "nccl":
         torch.cuda.set_device(index)
     else:  # the CPU's cores shared between the ranks, not each rank using them all

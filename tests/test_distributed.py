@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -393,6 +394,44 @@ def test_interrupting_the_launching_process_stops_every_rank(demo_dir, tmp_path)
     finally:
         for pid in _children(parent.pid):
             os.kill(pid, signal.SIGKILL)
+        parent.kill()
+
+
+def _ignore_interrupts() -> None:
+    """In a child before it starts: SIGINT ignored, as a shell starts its background jobs (`cmd &`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def test_the_ranks_end_with_a_killed_launching_process_started_as_a_background_job(demo_dir, tmp_path):
+    """kill -9 of the launching process (or a session's end) ends its ranks too, also when it was
+    started with SIGINT ignored: torch ends orphaned ranks with SIGINT, which they would inherit
+    ignored and go on training, holding the run folder's lock."""
+    values = tiny_values(tmp_path, demo_dir, "orphaned", **{"training.devices": 2, "training.epochs": 500})
+    overrides = [f"{key}={json.dumps(value)}" for key, value in values.items()]
+    stderr_path = tmp_path / "stderr.txt"
+    with open(stderr_path, "w") as stderr:
+        parent = subprocess.Popen(
+            [sys.executable, "-m", "helpers.train", "--config", "LSTM", "--demo", "--quiet", *overrides],
+            stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=_ignore_interrupts,
+        )
+    ranks = []
+    try:
+        deadline = time.monotonic() + 300
+        while not (tmp_path / "runs" / "orphaned" / "last.pt").exists():  # the ranks are training
+            assert parent.poll() is None and time.monotonic() < deadline, stderr_path.read_text()[-2000:]
+            time.sleep(0.5)
+        ranks = [pid for pid in _children(parent.pid) if _alive(pid)]
+        assert len(ranks) >= 2
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 30
+        while [pid for pid in ranks if _alive(pid)] and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not [pid for pid in ranks if _alive(pid)], "ranks still running 30 s after their launcher died"
+    finally:
+        for pid in ranks + _children(parent.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         parent.kill()
 
 

@@ -364,64 +364,68 @@ def _listen_to_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_interrupting_the_launching_process_stops_every_rank(demo_dir, tmp_path):
-    """A notebook's Interrupt reaches the kernel only: the ranks it launched must stop with it, not
-    keep training (and holding the run folder's lock) in the background."""
-    values = tiny_values(tmp_path, demo_dir, "interrupted", **{"training.devices": 2, "training.epochs": 500})
+def _ignore_interrupts() -> None:
+    """In a child before it starts: SIGINT ignored, as a shell starts its background jobs (`cmd &`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _training_on_two_ranks(demo_dir, tmp_path, name: str, preexec_fn):
+    """(launching process, its stderr file, its two ranks' pids) of `python -m helpers.train` on two CPU
+    processes for 500 epochs, once the ranks are training (have written last.pt)."""
+    values = tiny_values(tmp_path, demo_dir, name, **{"training.devices": 2, "training.epochs": 500})
     overrides = [f"{key}={json.dumps(value)}" for key, value in values.items()]
     stderr_path = tmp_path / "stderr.txt"
     with open(stderr_path, "w") as stderr:  # a file, not a pipe nobody reads while waiting
         parent = subprocess.Popen(
             [sys.executable, "-m", "helpers.train", "--config", "LSTM", "--demo", "--quiet", *overrides],
-            stdout=subprocess.DEVNULL, stderr=stderr, text=True, preexec_fn=_listen_to_interrupts,
+            stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=preexec_fn,
         )
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "runs" / name / "last.pt").exists():
+        if parent.poll() is not None or time.monotonic() > deadline:
+            parent.kill()
+            pytest.fail("training on two ranks did not start; its stderr:\n"
+                        + stderr_path.read_text()[-2000:])
+        time.sleep(0.5)
+    ranks = [pid for pid in _children(parent.pid)  # not the resource tracker, the other child
+             if _alive(pid) and b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    return parent, stderr_path, ranks
+
+
+def _kill(parent, ranks: list[int]) -> None:
+    """Whatever a test left running: the launching process, its ranks and its other children."""
+    for pid in ranks + _children(parent.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    parent.kill()
+
+
+def test_interrupting_the_launching_process_stops_every_rank(demo_dir, tmp_path):
+    """A notebook's Interrupt reaches the kernel only: the ranks it launched must stop with it, not
+    keep training (and holding the run folder's lock) in the background."""
+    parent, stderr, ranks = _training_on_two_ranks(demo_dir, tmp_path, "interrupted", _listen_to_interrupts)
     try:
-        deadline = time.monotonic() + 300
-        while not (tmp_path / "runs" / "interrupted" / "last.pt").exists():  # the ranks are training
-            assert parent.poll() is None and time.monotonic() < deadline, stderr_path.read_text()[-2000:]
-            time.sleep(0.5)
-        ranks = _children(parent.pid)
-        assert len([pid for pid in ranks if _alive(pid)]) >= 2
+        assert len(ranks) == 2
         parent.send_signal(signal.SIGINT)
         try:
             parent.wait(timeout=60)
         except subprocess.TimeoutExpired:
             pytest.fail("the interrupted process did not exit in 60 s; its stderr:\n"
-                        + stderr_path.read_text()[-3000:])
-        assert "KeyboardInterrupt" in stderr_path.read_text()
+                        + stderr.read_text()[-3000:])
+        assert "KeyboardInterrupt" in stderr.read_text()
         time.sleep(1)
         assert not [pid for pid in ranks if _alive(pid)], "ranks still running after the interrupt"
     finally:
-        for pid in _children(parent.pid):
-            os.kill(pid, signal.SIGKILL)
-        parent.kill()
-
-
-def _ignore_interrupts() -> None:
-    """In a child before it starts: SIGINT ignored, as a shell starts its background jobs (`cmd &`)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _kill(parent, ranks)
 
 
 def test_the_ranks_end_with_a_killed_launching_process_started_as_a_background_job(demo_dir, tmp_path):
     """kill -9 of the launching process (or a session's end) ends its ranks too, also when it was
     started with SIGINT ignored: torch ends orphaned ranks with SIGINT, which they would inherit
     ignored and go on training, holding the run folder's lock."""
-    values = tiny_values(tmp_path, demo_dir, "orphaned", **{"training.devices": 2, "training.epochs": 500})
-    overrides = [f"{key}={json.dumps(value)}" for key, value in values.items()]
-    stderr_path = tmp_path / "stderr.txt"
-    with open(stderr_path, "w") as stderr:
-        parent = subprocess.Popen(
-            [sys.executable, "-m", "helpers.train", "--config", "LSTM", "--demo", "--quiet", *overrides],
-            stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=_ignore_interrupts,
-        )
-    ranks = []
+    parent, _, ranks = _training_on_two_ranks(demo_dir, tmp_path, "orphaned", _ignore_interrupts)
     try:
-        deadline = time.monotonic() + 300
-        while not (tmp_path / "runs" / "orphaned" / "last.pt").exists():  # the ranks are training
-            assert parent.poll() is None and time.monotonic() < deadline, stderr_path.read_text()[-2000:]
-            time.sleep(0.5)
-        ranks = [pid for pid in _children(parent.pid) if _alive(pid)]
-        assert len(ranks) >= 2
+        assert len(ranks) == 2
         parent.kill()
         parent.wait()
         deadline = time.monotonic() + 30
@@ -429,10 +433,7 @@ def test_the_ranks_end_with_a_killed_launching_process_started_as_a_background_j
             time.sleep(0.5)
         assert not [pid for pid in ranks if _alive(pid)], "ranks still running 30 s after their launcher died"
     finally:
-        for pid in ranks + _children(parent.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        parent.kill()
+        _kill(parent, ranks)
 
 
 def test_a_rank_ended_by_a_signal_is_reported_before_the_errors_it_caused():

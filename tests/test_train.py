@@ -721,7 +721,7 @@ def test_beam_search_at_its_defaults_against_greedy(name, fresh_scenes, trained_
     """
     prepared, store = fresh_scenes
     config, model = trained_decoders[name]
-    beam = min(size for size in config.training.eval_beam_sizes if size > 1)
+    beam = beam_vs_greedy.beam_size(config)
     references = prepared.references("test")
 
     def cider_of(beam_size):

@@ -3,7 +3,7 @@ score section ("On 600 fresh scenes and five training seeds, beam 3 scores ...")
 
 For each decoder and training seed this trains the DEMO-mode model (configs/<decoder>.yaml, then
 configs/demo.yaml, then the overrides), captions SCENES new scenes (another generator seed, the same
-random CNN) greedily and with the first of training.eval_beam_sizes above 1 at the config's
+random CNN) greedily and with the smallest of training.eval_beam_sizes above 1 at the config's
 training.eval_* options, and prints both CIDEr-D, their difference and its paired standard error.
 The demo's own 30 test images are too few for this: there the differences are noise. Trained runs
 are kept under WORK_DIR/runs, so a second call with the same settings only decodes.
@@ -56,7 +56,7 @@ def fresh_scenes(config, count: int):
 
 
 def beam_size(config) -> int:
-    """The beam the config scores by default: the first of training.eval_beam_sizes above 1."""
+    """The beam size compared with greedy: the smallest of training.eval_beam_sizes above 1."""
     beams = [size for size in config.training.eval_beam_sizes if size > 1]
     if not beams:
         raise SystemExit(f"training.eval_beam_sizes {config.training.eval_beam_sizes} has no beam size above "

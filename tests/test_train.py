@@ -701,7 +701,7 @@ def test_the_beam_vs_greedy_script_measures_what_compute_metrics_does_and_reuses
 @pytest.mark.slow
 @pytest.mark.parametrize("name", LEARNING_DECODERS)
 def test_beam_search_at_its_defaults_against_greedy(name, fresh_scenes, trained_decoders):
-    """Beam search at the config's defaults (the first of training.eval_beam_sizes above 1, and
+    """Beam search at the config's defaults (the smallest of training.eval_beam_sizes above 1, and
     training.eval_*: length penalty 0, trigram blocking, <UNK> masked) against greedy at the same, on
     600 fresh scenes: it scores above greedy for the Transformer and loses at most 4% of greedy's
     CIDEr-D for the recurrent decoders.

@@ -719,9 +719,10 @@ def test_beam_search_at_its_defaults_against_greedy(name, fresh_scenes, trained_
     vanilla RNN tied at best, also with templates that all name every attribute first (-0.07 to +0.09
     over eight seeds); with label smoothing 0.1, those templates lift every decoder's beam above greedy
     on average (RNN +0.08), but the demo's SCST phase then collapses to one caption, so the demo keeps
-    its templates. On the 30 val images the differences are noise. A beam search returning its worst finalist fails here for the recurrent decoders (-19%,
-    -9.4% and -7.5% of greedy); the Transformer's worst finalist still beats its greedy caption (+0.028),
-    which test_models.py's exhaustive-search test catches instead.
+    its templates. On the 30 val images the differences are noise. A beam search returning its worst
+    finalist fails here for the recurrent decoders (-19%, -9.4% and -7.5% of greedy); the Transformer's
+    worst finalist still beats its greedy caption (+0.028), which test_models.py's exhaustive-search
+    test catches instead.
     """
     prepared, store = fresh_scenes
     config, model = trained_decoders[name]

@@ -27,7 +27,9 @@ epochs in the same loop and run folder (Rennie et al. 2017): it starts from the 
 weights (best.pt) with a fresh AdamW at `training.scst.lr`, samples `samples_per_image` captions per
 training image, rewards each by its CIDEr-D against the image's training references (helpers.rewards,
 document frequencies from the training references) minus a baseline (the greedy caption's reward, or
-the mean of the image's other samples), and follows the policy gradient. best.pt stays the best weights
+the mean of the image's other samples), and follows the policy gradient. The feature normalisation
+keeps its cross-entropy statistics (eval mode): a step's few images would normalise the sampled
+captions' features differently from the greedy baseline's and from decoding's. best.pt stays the best weights
 by val CIDEr, so the phase replaces it only by a better model. The phase and its epoch are counters of
 last.pt (`phase`, `scst_epoch`), so a killed SCST run resumes inside its phase. An SCST run has its
 own run folder (`...-scst-<hash>`); it starts from the finished cross-entropy run of the same settings
@@ -1032,6 +1034,8 @@ def _train_epoch(run: _Run) -> bool:
     run.epoch_started = time.perf_counter()
     state.model.train()
     state.model.image_encoder.eval()  # BatchNorm keeps its ImageNet statistics, also when fine-tuning
+    if state.phase == "scst":  # see the module docstring: the cross-entropy statistics, not a step's
+        state.model.feature_norm.eval()
     batches = epoch_batches(len(run.epoch_data), run.batch_size, config.training.seed, state.epoch)
     shares = [distributed.share(batch) for batch in batches[state.step_in_epoch :]]  # all: one device
     loader = _loader(run.epoch_data, [share.indices for share in shares], config, state.device,

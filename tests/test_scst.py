@@ -12,7 +12,6 @@ from pycocoevalcap.cider.cider import Cider
 
 from helpers.checkpoints import load_checkpoint
 from helpers.config import ConfigError, load_config
-from helpers.evaluate import compute_metrics, decode_split
 from helpers.models import CaptioningRNN, CaptioningTransformer
 from helpers.notebook import Env
 from helpers.rewards import CiderD, token_sequences
@@ -259,7 +258,8 @@ def test_a_killed_scst_run_resumes_in_its_phase_and_ends_like_an_uninterrupted_o
 @pytest.mark.parametrize("name", ["Vanilla_RNN", "Attention_LSTM", "Transformer"])
 def test_every_decoder_trains_an_scst_phase(name, small_demo, demo_dir):
     """One cross-entropy epoch, then an SCST epoch with the greedy baseline: the phase runs for each
-    decoder's state (hidden state, attention grid, Transformer key/value caches) and moves the weights."""
+    decoder's state (hidden state, attention grid, Transformer key/value caches) and moves the weights,
+    but not the running statistics of the feature normalisation: they stay the cross-entropy ones."""
     work, prepared, store = small_demo
     config = load_config([name, "demo"], [
         f"data.work_dir={work / 'work'}", f"training.run_dir={work / 'runs'}", "training.meteor=false",
@@ -278,35 +278,5 @@ def test_every_decoder_trains_an_scst_phase(name, small_demo, demo_dir):
     assert result.history[1]["train_reward"] > 0
     after = load_checkpoint(config.run_path / "last.pt")["model"]
     assert any(not torch.equal(after[key], cross_entropy[key]) for key in after)
-
-
-@pytest.fixture(scope="module")
-def learning_demo(tmp_path_factory):
-    """The 300-image demo (30 val and 30 test images), as tests/test_train.py's learning tests use."""
-    work = tmp_path_factory.mktemp("scst-learning")
-    prepared, store = make_source(demo_config(work, None), progress=False)
-    return work, prepared, store
-
-
-@pytest.mark.slow
-def test_scst_starts_from_the_finished_cross_entropy_run_and_raises_held_out_cider(learning_demo):
-    """The learning test: the demo's cross-entropy LSTM (8 epochs), then the demo's SCST phase (5
-    epochs, greedy baseline, configs/demo.yaml). The SCST run finds the cross-entropy run's folder and
-    starts from it (no cross-entropy epoch again); its best model by val CIDEr scores a higher CIDEr-D
-    on the test images than the model it started from. Measured on a 2-core CPU: 1.742 -> 1.996."""
-    work, prepared, store = learning_demo
-    xe_config = demo_config(work, None, "training.eval_splits=[]")
-    cross_entropy = train(xe_config, prepared=prepared, store=store, progress=False)
-    scst_config = demo_config(work, None, "training.eval_splits=[]", "training.scst.enabled=true")
-    scst = train(scst_config, prepared=prepared, store=store, progress=False)
-    assert scst.history[:8] == cross_entropy.history  # taken over, not trained again
-    assert load_checkpoint(scst_config.run_path / "last.pt")["scst_from"] == str(cross_entropy.run_dir)
-
-    def test_cider(model):
-        hypotheses = decode_split(model, store, "test", vocab=prepared.vocab, max_length=16)
-        return compute_metrics(prepared.references("test"), hypotheses, meteor=False)["CIDEr"]
-
-    before, after = test_cider(cross_entropy.model), test_cider(scst.model)
-    print(f"test CIDEr-D: cross-entropy {before:.3f}, after SCST {after:.3f}")
-    assert scst.best_epoch > 8  # an SCST epoch beat the cross-entropy weights on val
-    assert after > before + 0.1
+    statistics = [key for key in after if key.startswith("feature_norm.running_")]  # mean and variance
+    assert statistics and all(torch.equal(after[key], cross_entropy[key]) for key in statistics)

@@ -130,11 +130,11 @@ def beam_search(
     """Decode a batch with beam search, all images and beams at once (batch * beam_size rows).
 
     Hypotheses rank by summed log-probability while searching, but the first beam always extends
-    greedily, so greedy's caption stays a finalist (else prefixes that put off their uncertain words,
-    "there are two shapes ...", crowd it out and the search ends below greedy). A hypothesis that emits
-    ``<END>`` is finished and keeps its place, extended only by ``<NULL>`` at no cost. At the end
-    each image keeps the best ``score / length ** alpha`` (length: words up to and including ``<END>``;
-    alpha, the length penalty: 0 ranks by summed log-probability, 1 by the mean per word).
+    greedily, so greedy's caption stays a finalist (else prefixes that put off their uncertain words
+    crowd it out and the search ends below greedy). A hypothesis that emits ``<END>`` is finished and
+    keeps its place, extended only by ``<NULL>`` at no cost. At the end each image keeps the best
+    ``score / length ** alpha`` (length: words up to and including ``<END>``; alpha, the length
+    penalty: 0 ranks by summed log-probability, 1 by the mean per word).
     ``beam_size=1`` is greedy. ``no_repeat_ngram_size=n`` (0: off) forbids any n-gram twice in a
     caption; ``mask_unk`` never emits ``<UNK>``. Returns ``(tokens (N, max_length), attention (N,
     max_length, H'*W') or None)``, ``<NULL>`` (attention zeros) after ``<END>``; with ``n_best`` the n

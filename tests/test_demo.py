@@ -104,6 +104,8 @@ def test_captions_describe_what_is_drawn(demo_dir):
             size_a, colour_a, shape_a, relation, size_b, colour_b, shape_b = pair.groups()
             shapes = [(colour_a, size_a, shape_a), (colour_b, size_b, shape_b)]
             kinds.add(relation)
+        for text in texts:  # every template names every attribute of every shape
+            assert {word for attributes in shapes for word in attributes} <= set(tokenize(text)), text
         for colour in COLOURS:
             if colour not in {c for c, _, _ in shapes}:
                 assert colour_mask(pixels, colour).sum() < 30, (image, colour)

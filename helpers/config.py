@@ -151,9 +151,9 @@ class TrainingConfig:
     eval_beam_sizes: list[int] = field(default_factory=lambda: [1, 3])  # decodings scored (1: greedy)
     # Beam length penalty: finalists rank by log-probability / length ** this (ruotianluo's avg form; 0:
     # the summed log-probability, as sgrvinod's and ruotianluo's default beam searches; 1: the mean per
-    # word). Above 0 favours longer captions; on 900 fresh demo scenes (training seeds 0-2) 0.5 raised the
-    # Transformer's beam-3 CIDEr-D by 0.06 to 0.16 and lowered it in 7 of the recurrent decoders' 9 cells
-    # (by up to 0.10); no real-data run has measured it yet.
+    # word). Above 0 favours longer captions; on 600 fresh demo scenes (training seeds 0-2) 0.5 lowered
+    # the beam-3 CIDEr-D of the four decoders in 10 of 12 cells (by up to 0.12; one tie, one +0.02); no
+    # real-data run has measured it yet.
     eval_length_penalty: float = 0.0
     eval_no_repeat_ngram_size: int = 3  # decoding never repeats an n-gram of this size (0: off)
     eval_mask_unk: bool = True  # decoding never emits <UNK>

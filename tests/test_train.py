@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from helpers.backbones import image_transform
-from helpers.checkpoints import load_checkpoint, model_state, save_atomic
+from helpers.checkpoints import load_checkpoint, load_model_state, model_state, save_atomic
 from helpers.config import load_config
 from helpers.devices import UnsupportedDeviceError, check_cuda_device
 from helpers.evaluate import compute_metrics, decode_split, evaluate_run, per_image_cider
@@ -506,9 +506,10 @@ def trained_decoders(learning_demo):
 def image_blind_bleu4(learning_demo):
     """The better of two image-blind baselines on the same 30 test images.
 
-    Measured: the most common training caption for every image 0.274; the LSTM trained on
-    all-zero features 0.264 to 0.271 (8 epochs, batch 50, lr 3e-3), 0.298 with dropout 0.1 and no label
-    smoothing, 0.243 with configs/demo.yaml (dropout 0.1, label smoothing 0.1).
+    Measured with configs/demo.yaml: the most common training caption for every image 0.110 (every
+    template starts with the shapes, so one caption matches few of another image's n-grams); the LSTM
+    trained on all-zero features 0.259. With the earlier templates, which opened with fixed phrases:
+    0.274 and 0.243.
     """
     work, prepared, _, blind_store = learning_demo
     encoded, _ = prepared.captions("train")
@@ -516,7 +517,7 @@ def image_blind_bleu4(learning_demo):
     references = prepared.references("test")
     constant = compute_metrics(references, {name: most_common for name in references}, meteor=False)["Bleu_4"]
     zero_features = _test_bleu4("LSTM", work, prepared, blind_store, "LSTM-blind")
-    assert 0.15 < constant < 0.4 and 0.15 < zero_features < 0.4
+    assert 0.05 < constant < 0.4 and 0.05 < zero_features < 0.4
     return max(constant, zero_features)
 
 
@@ -525,11 +526,10 @@ def image_blind_bleu4(learning_demo):
 def test_each_decoder_learns_from_the_image(name, learning_demo, trained_decoders, image_blind_bleu4):
     """Held-out BLEU-4 far above an image-blind model: at least blind + 0.15.
 
-    Measured (2-core CPU, 8 epochs, 2-12 s per decoder) with the models' BatchNorm over the feature
-    channels (CaptioningModel.feature_norm): Vanilla_RNN 0.605, LSTM 0.565, Attention_LSTM 0.617,
-    Transformer 0.663, against 0.274 image-blind; with dropout 0.1, alpha_c 1.0 and no label smoothing:
-    0.570, 0.581, 0.582, 0.674 against 0.298; with configs/demo.yaml (the same and label smoothing 0.1):
-    0.588, 0.563, 0.664, 0.733 against 0.274 (with dropout 0.5 too: 0.529, 0.521, 0.611, 0.733).
+    Measured (2-core CPU, 8 epochs, 2-12 s per decoder) with configs/demo.yaml: Vanilla_RNN 0.499, LSTM
+    0.527, Attention_LSTM 0.685, Transformer 0.758, against 0.259 image-blind (with the earlier
+    templates, which opened with fixed phrases: 0.588, 0.563, 0.664, 0.733 against 0.274). The models'
+    BatchNorm over the feature channels (CaptioningModel.feature_norm) is what makes this possible.
     Without that normalisation every decoder emitted about one caption for all images (0.259-0.288):
     the random CNN's features differ between images by only ~7% of their mean (cosine 0.998 between
     images).
@@ -703,26 +703,18 @@ def test_the_beam_vs_greedy_script_measures_what_compute_metrics_does_and_reuses
 @pytest.mark.parametrize("name", LEARNING_DECODERS)
 def test_beam_search_at_its_defaults_against_greedy(name, fresh_scenes, trained_decoders):
     """Beam search at the config's defaults (the smallest of training.eval_beam_sizes above 1, and
-    training.eval_*: length penalty 0, trigram blocking, <UNK> masked) against greedy at the same, on
-    600 fresh scenes: it scores above greedy for the Transformer and loses at most 4% of greedy's
-    CIDEr-D for the recurrent decoders.
+    training.eval_*: length penalty 0, trigram blocking, <UNK> masked) scores at least greedy's CIDEr-D
+    at the same options on 600 fresh scenes, for every decoder.
 
     Measured here with training seeds 0-4, beam 3 minus greedy (the paired standard error is
-    0.013-0.035): Vanilla_RNN -0.025/-0.013/-0.019/-0.014/-0.015 (greedy 1.69-1.98), LSTM
-    +0.023/+0.011/+0.047/-0.061/-0.050, Attention_LSTM -0.012/+0.026/-0.033/-0.101/+0.031 (-4.5% of
-    greedy at seed 3; this test trains seed 0), Transformer +0.067/+0.041/+0.284/+0.135/+0.038. Where beam
-    loses, it trades greedy's caption for a likelier template with a fixed opening ("a picture of a
-    single", "there is one") that names neither size nor position, and then often gets the colour or
-    shape wrong (seen in the RNN's, the LSTM's and the attention LSTM's captions: "a small blue triangle
-    on the right" became "a picture of a single red triangle"). With label smoothing 0, a well-trained
-    LSTM gained (256 hidden units on 1,000 scenes: +0.04 to +0.12 over three seeds, greedy 3.1) and the
-    vanilla RNN tied at best, also with templates that all name every attribute first (-0.07 to +0.09
-    over eight seeds); with label smoothing 0.1, those templates lift every decoder's beam above greedy
-    on average (RNN +0.08), but the demo's SCST phase then collapses to one caption, so the demo keeps
-    its templates. On the 30 val images the differences are noise. A beam search returning its worst
-    finalist fails here for the recurrent decoders (-19%, -9.4% and -7.5% of greedy); the Transformer's
-    worst finalist still beats its greedy caption (+0.028), which test_models.py's exhaustive-search
-    test catches instead.
+    0.033-0.055, greedy 2.58-4.81): Vanilla_RNN +0.029/-0.011/+0.166/+0.168/+0.052, LSTM
+    +0.037/+0.181/+0.122/+0.078/+0.137, Attention_LSTM +0.014/+0.028/+0.105/-0.019/+0.066, Transformer
+    +0.104/+0.100/+0.103/+0.082/-0.046 (this test trains seed 0); each loss is within one standard
+    error. While some of the demo's templates opened with a fixed phrase ("a picture of a single",
+    "there is one"), beam 3 lost up to 0.10 for the recurrent decoders: it traded greedy's caption for
+    that likelier opening and then got the colour or shape wrong. On the 30 val images the differences
+    are noise. A beam search returning its worst finalist fails here for every decoder (-1.8%, -2.9%,
+    -5.2% and -1.4% of greedy at seed 0).
     """
     prepared, store = fresh_scenes
     config, model = trained_decoders[name]
@@ -736,7 +728,45 @@ def test_beam_search_at_its_defaults_against_greedy(name, fresh_scenes, trained_
 
     greedy, searched = cider_of(1), cider_of(beam)
     print(f"{name}: CIDEr-D greedy {greedy:.3f}, beam {beam} {searched:.3f} ({searched - greedy:+.3f})")
-    if name == "Transformer":
-        assert searched > greedy, (greedy, searched)
-    else:
-        assert searched >= 0.96 * greedy, (name, greedy, searched)
+    assert searched >= greedy, (name, greedy, searched)
+
+
+@pytest.mark.slow
+def test_scst_starts_from_the_finished_cross_entropy_run_and_raises_cider_on_fresh_scenes(
+    learning_demo, fresh_scenes
+):
+    """The SCST learning test: the demo's cross-entropy LSTM (8 epochs), then the demo's SCST phase
+    (configs/demo.yaml: 10 epochs, greedy baseline). The SCST run finds the cross-entropy run's folder
+    and starts from it (no cross-entropy epoch again); the model it trained (last.pt) captions the 600
+    fresh scenes with a higher CIDEr-D than the model it started from.
+
+    Measured on 600 fresh scenes, training seeds 0-4 (this test trains seed 0), from cross-entropy
+    greedy CIDEr-D 2.58-3.32: last.pt +0.58, +0.29, +0.16, +0.22, +0.73; best.pt +0.61, +0.42, +0.34,
+    +0.22, +0.50. Sampling makes the phase chaotic: seed 0 run by scripts/beam_vs_greedy.py's config
+    with two threads and by this test with one parted after the first SCST epoch. So this test scores
+    last.pt (here +0.60), not best.pt: the 30 val images that pick best.pt
+    are noise at this scale (in this test every SCST epoch scores below cross-entropy on them).
+    """
+    work, prepared, store, _ = learning_demo
+    settings = {"training.eval_splits": [], "training.run_dir": str(work / "scst-runs")}
+    xe_config = demo_config("LSTM", work, **settings)
+    cross_entropy = train(xe_config, prepared=prepared, store=store, progress=False)
+    scst_config = demo_config("LSTM", work, **settings, **{"training.scst.enabled": True})
+    scst = train(scst_config, prepared=prepared, store=store, progress=False)
+    assert scst.history[:8] == cross_entropy.history  # taken over, not trained again
+    assert [row.get("phase", "xe") for row in scst.history[8:]] == ["scst"] * 10
+    last = load_checkpoint(scst_config.run_path / "last.pt")
+    assert last["scst_from"] == str(cross_entropy.run_dir)
+    trained = build_model(scst_config, prepared.vocab)
+    load_model_state(trained, last["model"], scst_config.run_path / "last.pt")
+
+    fresh, fresh_store = fresh_scenes
+    references = fresh.references("test")
+
+    def cider(model):
+        captions = decode_split(model, fresh_store, "test", max_length=16, decoding=scst_config.decoding)
+        return np.mean(list(per_image_cider(references, captions).values()))
+
+    before, after = cider(cross_entropy.model), cider(trained)
+    print(f"fresh scenes CIDEr-D: cross-entropy {before:.3f}, after SCST {after:.3f}")
+    assert after > before + 0.1

@@ -29,12 +29,12 @@ training image, rewards each by its CIDEr-D against the image's training referen
 document frequencies from the training references) minus a baseline (the greedy caption's reward, or
 the mean of the image's other samples), and follows the policy gradient. The feature normalisation
 keeps its cross-entropy statistics (eval mode): a step's few images would normalise the sampled
-captions' features differently from the greedy baseline's and from decoding's. best.pt stays the best weights
-by val CIDEr, so the phase replaces it only by a better model. The phase and its epoch are counters of
-last.pt (`phase`, `scst_epoch`), so a killed SCST run resumes inside its phase. An SCST run has its
-own run folder (`...-scst-<hash>`); it starts from the finished cross-entropy run of the same settings
-when that folder is there (copying its checkpoints, `scst_from` names it), else it trains those
-cross-entropy epochs itself first.
+captions' features differently from the greedy baseline's and from decoding's. best.pt stays the best
+weights by val CIDEr, so the phase replaces it only by a better model. The phase and its epoch are
+counters of last.pt (`phase`, `scst_epoch`), so a killed SCST run resumes inside its phase. An SCST
+run has its own run folder (`...-scst-<hash>`); it starts from the finished cross-entropy run of the
+same settings when that folder is there (copying its checkpoints, `scst_from` names it), else it
+trains those cross-entropy epochs itself first.
 """
 
 from __future__ import annotations

@@ -744,8 +744,8 @@ def test_scst_starts_from_the_finished_cross_entropy_run_and_raises_cider_on_fre
     greedy CIDEr-D 2.58-3.32: last.pt +0.58, +0.29, +0.16, +0.22, +0.73; best.pt +0.61, +0.42, +0.34,
     +0.22, +0.50. Sampling makes the phase chaotic: seed 0 run by scripts/beam_vs_greedy.py's config
     with two threads and by this test with one parted after the first SCST epoch. So this test scores
-    last.pt (here +0.60), not best.pt: the 30 val images that pick best.pt
-    are noise at this scale (in this test every SCST epoch scores below cross-entropy on them).
+    last.pt (here +0.60), not best.pt: the 30 val images that pick best.pt are noise at this scale (in
+    this test every SCST epoch scores below cross-entropy on them).
     """
     work, prepared, store, _ = learning_demo
     settings = {"training.eval_splits": [], "training.run_dir": str(work / "scst-runs")}

@@ -164,12 +164,10 @@ def test_the_advantage_is_the_reward_above_the_greedy_caption_or_the_other_sampl
 
 
 def demo_config(work, demo_dir, *overrides):
-    """LSTM + configs/demo.yaml; on the conftest demo folder (120 images) when given, else the 300-image
-    demo dataset."""
-    folder = ["data.dataset=flickr8k", f"data.data_dir={demo_dir}"] if demo_dir else []
+    """LSTM + configs/demo.yaml on the conftest demo folder (120 images)."""
     return load_config(["LSTM", "demo"], [
         f"data.work_dir={work / 'work'}", f"training.run_dir={work / 'runs'}", "training.meteor=false",
-        *folder, *overrides,
+        "data.dataset=flickr8k", f"data.data_dir={demo_dir}", *overrides,
     ])
 
 

@@ -669,6 +669,14 @@ def fresh_scenes(learning_demo):
     return beam_vs_greedy.fresh_scenes(demo_config("LSTM", learning_demo[0]), FRESH_SCENES)
 
 
+def _fresh_scenes_cider(model, fresh_scenes, config, beam_size: int = 1) -> float:
+    """Mean per-image CIDEr-D of the model's captions of the fresh scenes, decoded at config's options."""
+    prepared, store = fresh_scenes
+    captions = decode_split(model, store, "test", beam_size=beam_size,
+                            max_length=config.data.max_caption_length, decoding=config.decoding)
+    return np.mean(list(per_image_cider(prepared.references("test"), captions).values()))
+
+
 @pytest.mark.slow
 def test_the_beam_vs_greedy_script_measures_what_compute_metrics_does_and_reuses_its_runs(tmp_path):
     """scripts/beam_vs_greedy.py: its greedy and beam figures are compute_metrics' CIDEr of the trained
@@ -716,17 +724,10 @@ def test_beam_search_at_its_defaults_against_greedy(name, fresh_scenes, trained_
     are noise. A beam search returning its worst finalist fails here for every decoder (-1.8%, -2.9%,
     -5.2% and -1.4% of greedy at seed 0).
     """
-    prepared, store = fresh_scenes
     config, model = trained_decoders[name]
     beam = beam_vs_greedy.beam_size(config)
-    references = prepared.references("test")
-
-    def cider_of(beam_size):
-        captions = decode_split(model, store, "test", beam_size=beam_size, max_length=16,
-                                decoding=config.decoding)
-        return np.mean(list(per_image_cider(references, captions).values()))
-
-    greedy, searched = cider_of(1), cider_of(beam)
+    greedy = _fresh_scenes_cider(model, fresh_scenes, config)
+    searched = _fresh_scenes_cider(model, fresh_scenes, config, beam_size=beam)
     print(f"{name}: CIDEr-D greedy {greedy:.3f}, beam {beam} {searched:.3f} ({searched - greedy:+.3f})")
     assert searched >= greedy, (name, greedy, searched)
 
@@ -760,13 +761,7 @@ def test_scst_starts_from_the_finished_cross_entropy_run_and_raises_cider_on_fre
     trained = build_model(scst_config, prepared.vocab)
     load_model_state(trained, last["model"], scst_config.run_path / "last.pt")
 
-    fresh, fresh_store = fresh_scenes
-    references = fresh.references("test")
-
-    def cider(model):
-        captions = decode_split(model, fresh_store, "test", max_length=16, decoding=scst_config.decoding)
-        return np.mean(list(per_image_cider(references, captions).values()))
-
-    before, after = cider(cross_entropy.model), cider(trained)
+    before = _fresh_scenes_cider(cross_entropy.model, fresh_scenes, scst_config)
+    after = _fresh_scenes_cider(trained, fresh_scenes, scst_config)
     print(f"fresh scenes CIDEr-D: cross-entropy {before:.3f}, after SCST {after:.3f}")
     assert after > before + 0.1

@@ -35,6 +35,7 @@ from helpers.demo import make_demo_glove
 from helpers.embeddings import check_glove_text, download_glove
 from helpers.features import DEFAULT_FEATURE_LAYOUT, FEATURE_LAYOUTS
 from helpers.files import suite_file
+from helpers.images import DECODERS
 
 CONFIG_DIR = suite_file("configs")
 PRESET_DIR = CONFIG_DIR / "presets"
@@ -96,6 +97,9 @@ class DataConfig:
     max_caption_length: int = 20  # words kept per caption (longer ones are cut)
     image_size: int | None = None  # CNN input side in pixels; None: the backbone's own size (224)
     feature_layout: str = DEFAULT_FEATURE_LAYOUT  # feature store: uint8 (8-bit, COCO fits 20 GB) | float16
+    # How feature extraction decodes the images: auto (torchvision's libjpeg-turbo in the loader workers
+    # on every device) | torchvision | pil | nvjpeg (on the GPU; pixels differ by a few grey levels)
+    jpeg_decoder: str = "auto"
     split: str | None = None  # karpathy (required) | seeded | None: Karpathy when it can be had, else seeded
     split_seed: int = 0  # seeded train/val/test split when no Karpathy split exists (not training.seed)
     # Images that may fail to decode (feature extraction, fine-tuning) before the run stops with their
@@ -230,6 +234,7 @@ RUN_FREE_KEYS = frozenset(
         "sources",
         "data.work_dir",
         "data.data_dir",
+        "data.jpeg_decoder",
         *(
             f"training.{key}"
             for key in (
@@ -391,6 +396,15 @@ def config_from_dict(data: Mapping[str, Any], source: str = "checkpoint") -> Con
     return config
 
 
+def config_with(config: Config, changes: Mapping[str, Any]) -> Config:
+    """A validated copy of `config` with dotted keys changed, e.g. {"training.devices": "1"}."""
+    copy = config_from_dict(config.to_dict(), source=config.name)
+    copy.name, copy.sources = config.name, list(config.sources)
+    for key, value in changes.items():
+        _assign(copy, key, value, source=f"{config.name} ({key})")
+    return validate(copy, source=config.name)
+
+
 # ------------------------------------------------------------------------------------------ assignment
 
 
@@ -535,6 +549,8 @@ def _check_choices(config: Config, source: str) -> None:
         raise _choice_error(source, "data.vocab_from", data.vocab_from, VOCAB_SOURCES)
     if data.feature_layout not in FEATURE_LAYOUTS:
         raise _choice_error(source, "data.feature_layout", data.feature_layout, FEATURE_LAYOUTS)
+    if data.jpeg_decoder not in ("auto", *DECODERS):
+        raise _choice_error(source, "data.jpeg_decoder", data.jpeg_decoder, ("auto", *DECODERS))
     if training.device not in DEVICES and not str(training.device).startswith("cuda:"):
         raise _choice_error(source, "training.device", training.device, DEVICES)
     if training.scst.baseline not in SCST_BASELINES:

@@ -41,3 +41,31 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
             raise UnsupportedDeviceError("training.device asks for CUDA but no GPU is available here.")
         check_cuda_device(device)
     return device
+
+
+class DeviceOutOfMemoryError(RuntimeError):
+    """The GPU ran out of memory; the message names the settings to lower, largest effect first."""
+
+
+def out_of_memory_error(error: BaseException, config, what: str) -> DeviceOutOfMemoryError:
+    """torch's out-of-memory `error` while `what` (e.g. "training run X") as one message: torch's own
+    first line (how much it tried to allocate and what the GPU had), what is kept, and what to lower in
+    `config` (a helpers.config.Config), in the order that frees the most."""
+    training, model = config.training, config.model
+    lower = [f"batch_size (now {config.batch_size}; e.g. batch_size={max(1, config.batch_size // 2)})"]
+    if training.mode == "finetune":
+        lower += [
+            f"training.finetune_stages (now {training.finetune_stages}: each stage keeps its activations "
+            "for the backward pass)",
+            f"data.image_size (now {config.image_size})",
+        ]
+    layers = f", model.num_layers (now {model.num_layers})" if model.cell_type == "transformer" else ""
+    lower.append(f"the decoder's size: model.hidden_dim (now {model.hidden_dim}){layers}")
+    torch_says = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return DeviceOutOfMemoryError(
+        f"The GPU ran out of memory while {what} ({torch_says}). Nothing of the step that failed was "
+        "saved; the run folder's last.pt and best.pt are as the last completed save left them. Lower, in "
+        f"this order: {'; '.join(lower)}. Notebooks: OVERRIDES = [\"batch_size=...\"]; command line: "
+        "key=value. A changed setting trains in a new run folder (the settings name it, unless "
+        "training.run_name fixes it), so this one stays as it is."
+    )

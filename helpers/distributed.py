@@ -2,6 +2,9 @@
 asks for, their launch, which rank writes, each rank's share of a batch and the gathering of results.
 
 One process runs per device (GPU i for rank i; on the CPU each process is one gloo rank). They are
+joined in one group that maps each device type to a backend (`backend_for`): on GPUs the CUDA tensors
+(DDP's gradients, SyncBatchNorm's statistics) go through NCCL and the loop's CPU scalars (stop flags,
+loss sums, object collectives, barriers) through gloo, as NCCL reduces CUDA tensors only. They are
 started with `torch.multiprocessing`'s *spawn* method, from the command line as from a notebook:
 spawned processes start fresh, so a notebook that already touched CUDA (its setup cell names the GPU)
 launches them all the same, unlike a fork. Rank 0 alone writes the run folder; every rank takes an
@@ -251,12 +254,21 @@ class _SumOverRanks(torch.autograd.Function):
 # ----------------------------------------------------------------------------------------- launch
 
 
-def launch(target: Callable[..., Any], args: tuple, processes: int, device: torch.device) -> None:
-    """Run `target(*args)` in `processes` spawned processes joined in one group (nccl on GPUs, gloo on
-    the CPU). An error in any process ends them all and is raised here as that process raised it; a
-    process a signal ended is reported as such (the others' errors follow from it); an interrupt here
-    stops them all."""
-    backend = "nccl" if device.type == "cuda" else "gloo"
+def backend_for(device: torch.device) -> str:
+    """The group's device-to-backend map for ranks on `device`: CUDA tensors through NCCL and CPU
+    tensors through gloo on GPUs (a group made with plain "nccl" has no backend for the CPU, and every
+    collective on a CPU tensor raises "No backend type associated with device type cpu"); gloo for
+    both on the CPU."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+
+
+def launch(target: Callable[..., Any], args: tuple, processes: int, device: torch.device,
+           backend: str | None = None) -> None:
+    """Run `target(*args)` in `processes` spawned processes joined in one group (`backend`, by default
+    `backend_for(device)`). An error in any process ends them all and is raised here as that process
+    raised it; a process a signal ended is reported as such (the others' errors follow from it); an
+    interrupt here stops them all."""
+    backend = backend or backend_for(device)
     with tempfile.TemporaryDirectory(prefix="captioning-ddp-") as folder:
         address = f"tcp://127.0.0.1:{_free_port()}"
         context = mp.start_processes(
@@ -298,10 +310,11 @@ def _process(index: int, target, args: tuple, processes: int, address: str, back
     # torch ends a rank whose launching process dies by sending it SIGINT; a launcher started with
     # SIGINT ignored (a shell's background job, `cmd &`) passes that on, and its ranks would outlive it
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    if backend == "nccl":
+    if "nccl" in backend:
         torch.cuda.set_device(index)
-    else:  # the CPU's cores shared between the ranks, not each rank using them all
-        torch.set_num_threads(max(1, torch.get_num_threads() // processes))
+    # the CPU's cores shared between the ranks (and their loader workers, images.default_num_workers),
+    # not each rank using them all
+    torch.set_num_threads(max(1, torch.get_num_threads() // processes))
     dist.init_process_group(backend, init_method=address, rank=index, world_size=processes)
     try:
         target(*args)

@@ -542,8 +542,8 @@ def extract_features(
     the smaller choices. Images that cannot be decoded get zero rows and are listed; more than
     `max_bad_images` of them (a count, or a fraction of all images) stops the run with the list,
     keeping the rows already written. `batch_size` defaults to the backbone's recommendation.
-    `decoder` (see `helpers.images.DECODERS`) defaults to the fastest exact one for the device:
-    nvJPEG on the GPU with resize and crop there, torchvision's libjpeg-turbo decoder on the CPU.
+    `decoder` (see `helpers.images.DECODERS`) defaults to `helpers.images.default_decoder()`:
+    torchvision's libjpeg-turbo decoder in the loader workers; "nvjpeg" decodes on the GPU.
     `devices` above 1 runs one process per device (helpers.distributed): each encodes every
     `devices`-th batch and rank 0 writes them all in row order, so the store, its progress files and
     a resume (on any number of devices) are exactly those of one device.
@@ -576,7 +576,7 @@ def _extract_rows(store: FeatureStore, prepared, backbone: str, image_size: int,
     batch_size = batch_size or info.batch_size
     rows, steps = _rows_of_this_rank(remaining, batch_size)
     loader = _image_batches(paths, rows, backbone, image_size, batch_size, num_workers, run_device, report,
-                            decoder or default_decoder(run_device))
+                            decoder or default_decoder())
     bar = ProgressLine(len(remaining), f"{backbone} features", unit="img",
                        enabled=progress and distributed.is_main())
     try:

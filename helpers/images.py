@@ -7,10 +7,11 @@ for the rest. `ImageDataset` never raises on a bad file: it returns a `BadImage`
 loader's collate function drops and records in a `BadImageReport`, so one broken JPEG cannot crash a
 long run; the run fails only when the bad files exceed a configurable threshold.
 
-Three decoders give the same pixels (`DECODERS`): "pil" (Pillow, every format), "torchvision"
-(`torchvision.io.decode_jpeg`, libjpeg-turbo: byte-identical to Pillow on JPEGs and faster, with
-Pillow as the fallback for everything else) and "nvjpeg" (the loader workers only read the JPEG
-bytes; the main process decodes each batch on the GPU with nvJPEG and resizes and crops it there).
+Three decoders (`DECODERS`): "pil" (Pillow, every format), "torchvision" (`torchvision.io.decode_jpeg`,
+libjpeg-turbo: byte-identical to Pillow on JPEGs and faster, with Pillow as the fallback for everything
+else) and "nvjpeg" (the loader workers only read the JPEG bytes; the main process decodes each batch on
+the GPU with nvJPEG and resizes and crops it there). nvJPEG's IDCT and chroma upsampling differ from
+libjpeg-turbo's, so its pixels differ from the other two by a few grey levels.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 from torchvision.transforms import v2 as transforms
 from torchvision.transforms.v2.functional import pil_to_tensor
 
+from helpers import distributed
+
 try:  # deprecated since torchvision 0.29 (TorchCodec takes over); without it Pillow decodes, same pixels
     from torchvision.io import ImageReadMode, decode_jpeg
 except ImportError:
@@ -50,6 +53,7 @@ __all__ = [
     "ImageLoader",
     "JpegBatch",
     "TooManyBadImagesError",
+    "check_nvjpeg",
     "collate_jpegs",
     "collate_skip_bad",
     "crop_images",
@@ -249,11 +253,13 @@ def _takes_tensors(transform) -> bool:
             and isinstance(steps[0], transforms.ToImage))
 
 
-def default_decoder(device: str | torch.device | None = None) -> str:
-    """The fastest exact decoder for a run on `device`: "nvjpeg" on CUDA, else "torchvision" (which
-    is Pillow where the installed torchvision no longer decodes images)."""
-    on_gpu = device is not None and torch.device(device).type == "cuda"
-    return "nvjpeg" if on_gpu and decode_jpeg is not None else "torchvision"
+def default_decoder() -> str:
+    """The decoder used unless one is asked for (`data.jpeg_decoder`): "torchvision" in the loader
+    workers on every device (Pillow where the installed torchvision no longer decodes images). nvJPEG
+    is not the default on GPUs: Kaggle's T4 has no hardware JPEG engine, so torchvision's nvJPEG runs
+    its hybrid path there, Huffman decoding on the CPU in the main process one image at a time, which
+    may well be slower than libjpeg-turbo in several workers; scripts/gpu_check.py measures both."""
+    return "torchvision"
 
 
 class ImageDataset(Dataset):
@@ -407,6 +413,21 @@ def decode_on_device(batch: JpegBatch, transform: Callable[[torch.Tensor], torch
     return ImageBatch(images, torch.tensor(sorted(indices), dtype=torch.int64), bad)
 
 
+def check_nvjpeg(device: str | torch.device) -> int:
+    """Decode a generated batch of JPEGs on `device` in one call, as extraction's "nvjpeg" decoder does
+    (nvJPEG on CUDA), and return the largest difference from libjpeg-turbo's pixels in grey levels;
+    raises whatever decoding raises. A GPU run's preflight calls it before extracting."""
+    if decode_jpeg is None:
+        raise RuntimeError("the installed torchvision has no decode_jpeg (torchvision 0.29 deprecated it)")
+    pixels = (np.arange(48 * 64 * 3) % 251).astype(np.uint8).reshape(48, 64, 3)
+    encoded = io.BytesIO()
+    Image.fromarray(pixels).save(encoded, "JPEG", quality=90)
+    data = torch.frombuffer(bytearray(encoded.getvalue()), dtype=torch.uint8)
+    decoded = decode_jpeg([data, data.clone()], mode=ImageReadMode.RGB, device=torch.device(device))
+    reference = decode_jpeg(data, mode=ImageReadMode.RGB).int()
+    return max(int((image.cpu().int() - reference).abs().max()) for image in decoded)
+
+
 class TooManyBadImagesError(RuntimeError):
     """More image files failed to decode than the configured threshold allows."""
 
@@ -468,12 +489,13 @@ class BadImageReport:
 
 
 def default_num_workers() -> int:
-    """min(4, CPU cores available to this process): Kaggle GPU sessions have 4 cores."""
+    """Loader workers per process: the CPU cores available, shared between the training ranks (two
+    GPUs on a 4-core Kaggle session: 2 workers each, not 4), at least 1 and at most 4."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS and Windows have no sched_getaffinity
         cores = os.cpu_count() or 1
-    return min(4, cores)
+    return min(4, max(1, cores // distributed.world_size()))
 
 
 class ImageLoader:

@@ -40,6 +40,7 @@ trains those cross-entropy epochs itself first.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import pickle
@@ -58,7 +59,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from helpers import distributed
-from helpers.backbones import image_transform
+from helpers.backbones import feature_side, image_transform
 from helpers.checkpoints import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -75,11 +76,12 @@ from helpers.config import (
     ConfigError,
     config_from_dict,
     config_layers,
+    config_with,
     load_config,
     older_run_values,
     run_identity,
 )
-from helpers.devices import resolve_device
+from helpers.devices import DeviceOutOfMemoryError, out_of_memory_error, resolve_device
 from helpers.errors import INPUT_ERRORS
 from helpers.evaluate import (
     METRIC_LABELS,
@@ -94,7 +96,7 @@ from helpers.evaluate import (
 )
 from helpers.features import CaptionFeatureDataset, ImageFeatureDataset
 from helpers.files import remove_abandoned_temporaries, write_bytes_atomic, write_json_atomic
-from helpers.images import BadImage, ImageDataset, collate_skip_bad, default_num_workers
+from helpers.images import BadImage, ImageDataset, check_nvjpeg, collate_skip_bad, default_num_workers
 from helpers.models import build_model
 from helpers.progress import ProgressLine
 from helpers.rewards import CiderD, token_sequences
@@ -113,33 +115,51 @@ class NonFiniteLossError(RuntimeError):
 # --------------------------------------------------------------------------------------------- RNG
 
 
+RANK_SEED_STRIDE = 1_000_003  # rank r > 0 draws from seed + r * this: other dropout masks than rank 0
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict[str, Any]:
-    """Python, numpy, torch and CUDA generator states, in types torch.load(weights_only=True) accepts."""
+def seed_rank(seed: int) -> None:
+    """After the model is built from `seed` (alike on every rank): give each rank its own random
+    stream, so the devices draw different dropout masks, as one device does over the global batch.
+    Rank 0 keeps the stream of a run on one device."""
+    if distributed.rank():
+        seed_everything(seed + RANK_SEED_STRIDE * distributed.rank())
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Python, numpy, torch and (training on a GPU) that GPU's generator states, in types
+    torch.load(weights_only=True) accepts. One GPU's only: a resume may see fewer GPUs."""
     kind, keys, position, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
         "numpy": [kind, keys.tolist(), position, has_gauss, cached],
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore `rng_state`'s generators; the GPU's onto `device` when it trains on one. Checkpoints of
+    earlier versions hold a list of every visible GPU's state: this device's entry is taken if any."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     kind, keys, position, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, (list, tuple)):
+        index = device.index or 0
+        cuda = cuda[index] if index < len(cuda) else None
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -342,10 +362,11 @@ class TrainState(Progress):
     device: torch.device
     loss: float = float("nan")  # last batch's loss
 
-    def checkpoint(self, vocab, resumable: bool = True) -> dict[str, Any]:
+    def checkpoint(self, vocab, resumable: bool = True, rng: list[dict] | None = None) -> dict[str, Any]:
         """The contents of a checkpoint: the weights, the config and vocabulary they belong to and the
         counters (best.pt, `resumable=False`), plus what an exact resume needs (last.pt): the
-        optimizer, scheduler, gradient scaler and random generator states."""
+        optimizer, scheduler, gradient scaler and random generator states: `rng`, every rank's
+        (rank 0 first, the others as `rank_rng`), by default this process's."""
         saved = {
             "format": CHECKPOINT_FORMAT,
             "model": model_state(self.model, self.config),
@@ -354,11 +375,13 @@ class TrainState(Progress):
             **self.counters(),
         }
         if resumable:
+            rng = rng or [rng_state(self.device)]
             saved.update(
                 optimizer=self.optimizer.state_dict(),
                 scheduler=self.scheduler.state_dict(),
                 scaler=self.scaler.state_dict(),
-                rng=rng_state(),
+                rng=rng[0],
+                **({"rank_rng": rng[1:]} if len(rng) > 1 else {}),
             )
         return saved
 
@@ -374,7 +397,12 @@ class TrainState(Progress):
         for name in self.counters():
             if name in checkpoint:  # counters added later keep their defaults for older checkpoints
                 setattr(self, name, checkpoint[name])
-        set_rng_state(checkpoint["rng"])
+        states = [checkpoint["rng"], *checkpoint.get("rank_rng", [])]
+        if distributed.rank() < len(states):
+            set_rng_state(states[distributed.rank()], self.device)
+        else:  # saved with fewer ranks: a stream of its own, from rank 0's
+            set_rng_state(states[0], self.device)
+            seed_rank(self.config.training.seed + self.global_step)
 
     @property
     def cross_entropy_done(self) -> bool:
@@ -631,6 +659,116 @@ def scst_step(state: TrainState, reward: CiderD, inputs: torch.Tensor, images: l
     return loss.item(), rewards
 
 
+# ----------------------------------------------------------------------------------- GPU preflight
+
+
+class PreflightError(RuntimeError):
+    """A GPU path this run is about to take failed on a tiny batch; the message names the setting that
+    avoids it."""
+
+
+def preflight(config: Config, vocab, device: torch.device, processes: int = 1, progress: bool = True,
+              backend: str | None = None) -> Config:
+    """Before any long work on a GPU, run on a tiny batch exactly the paths this run takes there: one
+    nvJPEG batch (when data.jpeg_decoder=nvjpeg), the training step with backward and the gradient
+    scaler's step (fp16 with training.amp), the SCST step when it is on, every collective the loop uses
+    across the real ranks (`processes` > 1, under DDP and `backend`) and a beam-search decode. A failure
+    raises PreflightError with its cause and the setting that avoids it, before anything is written.
+    nvJPEG failing is not one: extraction then decodes on the CPU (the reference pixels), said in one
+    line. Returns the config to run with."""
+    started, checked = time.perf_counter(), []
+    if config.data.jpeg_decoder == "nvjpeg":
+        try:
+            checked.append(f"nvJPEG batch (within {check_nvjpeg(device)} grey levels of the CPU's)")
+        except Exception as error:  # noqa: BLE001 - any failure: the CPU decoders give the reference pixels
+            config = config_with(config, {"data.jpeg_decoder": "torchvision"})
+            print(f"nvJPEG failed on {device} ({_first_line(error)}): images are decoded on the CPU instead "
+                  "(data.jpeg_decoder=torchvision, libjpeg-turbo in the loader workers).")
+    if processes > 1:
+        distributed.launch(_preflight_steps, (config, vocab, device), processes, device, backend)
+    else:
+        _preflight_steps(config, vocab, device)
+    amp = "fp16 " if _amp(config, device) else ""
+    checked += [f"{amp}training step", *(["SCST step"] if config.training.scst.enabled else []),
+                *([f"collectives and DDP on {processes} ranks"] if processes > 1 else []), "beam search"]
+    if progress:
+        print(f"Preflight on {device} passed in {time.perf_counter() - started:.1f} s: {', '.join(checked)}.")
+    return config
+
+
+def _preflight_steps(config: Config, vocab, device: torch.device) -> None:
+    """`preflight`'s checks in one process (one rank of several: DDP and every collective of the loop)."""
+    device = distributed.rank_device(device)
+    amp, ranks = _amp(config, device), distributed.world_size()
+    model = build_model(config_with(config, {"model.pretrained_backbone": False}), vocab, load_glove=False)
+    model = model.to(device)
+    configure_trainable(model, config)
+    inputs, captions = _tiny_batch(config, vocab, device)
+    state = TrainState(config, config.run_path, model, make_optimizer(model, config), None,
+                       torch.amp.GradScaler(device.type, enabled=amp), device)
+    with _checking(f"the collectives and DDP of {ranks} ranks", config,
+                   "Train on one GPU: training.devices=1 (notebooks: DEVICES = 1)."):
+        distributed.any_rank(False), distributed.sum_over_ranks(1.0, 2.0), distributed.barrier()
+        distributed.from_main(_rank_name), distributed.gather([1]), distributed.gather_on_main([1])
+        replica = distributed.replicate(model, device)
+    with _checking(f"the {'fp16 ' if amp else ''}training step", config,
+                   "Train in float32 with training.amp=false (slower), or on the CPU: training.device=cpu."):
+        count, weight = distributed.batch_weight(len(captions))
+        loss = train_step(replica, inputs, captions, state.optimizer, state.scaler, config.training.grad_clip,
+                          amp, config.training.label_smoothing, config.training.alpha_c, weight)
+        distributed.global_mean(loss, len(captions), count)
+    if config.training.scst.enabled and ranks == 1:
+        with _checking("the SCST step", config, "Turn SCST off, or train in float32 (training.amp=false)."):
+            reward = CiderD([[tuple(row)] for row in captions[:, 1:4].tolist()])
+            scst_step(state, reward, inputs, list(range(len(captions))), amp)
+    beam = max(config.training.eval_beam_sizes or [1])
+    with _checking(f"beam search (beam {beam})", config, "Score with greedy decoding: "
+                   "training.eval_beam_sizes=[1]."), torch.no_grad():
+        model.eval()
+        model.sample(inputs, max_length=config.data.max_caption_length, beam_size=beam, **config.decoding)
+    del model, replica, state
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _rank_name() -> str:
+    return f"rank {distributed.rank()}"
+
+
+def _tiny_batch(config: Config, vocab, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two random inputs as the run feeds them (features, or uint8 crops when fine-tuning) and two
+    captions of random words: <START> w w w <END> <NULL>..."""
+    if config.training.mode == "finetune":
+        inputs = torch.randint(0, 256, (2, 3, config.image_size, config.image_size), dtype=torch.uint8)
+    else:
+        side = feature_side(config.image_size, config.model.backbone)
+        inputs = torch.randn(2, config.model.attn_dim, side, side)
+    words = vocab.word_to_idx
+    captions = torch.full((2, config.data.max_caption_length + 2), words[NULL], dtype=torch.long)
+    captions[:, 0], captions[:, 4] = words[START], words[END]
+    captions[:, 1:4] = torch.randint(4, len(vocab.idx_to_word), (2, 3))
+    return inputs.to(device), captions.to(device)
+
+
+@contextlib.contextmanager
+def _checking(what: str, config: Config, fix: str):
+    """Turn a failure of `what` into a PreflightError naming `fix` (or what to lower when out of memory)."""
+    try:
+        yield
+    except torch.OutOfMemoryError as error:
+        raise out_of_memory_error(error, config, f"checking {what} on a tiny batch") from error
+    except Exception as error:
+        raise PreflightError(
+            f"Preflight: {what} failed on a tiny batch, before any long work started and with nothing "
+            f"written ({type(error).__name__}: {_first_line(error)}). {fix}"
+        ) from error
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 # ------------------------------------------------------------------------------------------ the loop
 
 
@@ -770,19 +908,23 @@ def train(
     can import (a ValueError says so before anything starts).
     """
     processes = distributed.device_count(config.training.devices, resolve_device(config.training.device))
-    if processes > 1 and config.training.scst.enabled:
-        raise ConfigError(
-            f"training.scst.enabled with training.devices={config.training.devices!r} ({processes} devices): "
-            "the SCST phase trains on one device. Set training.devices=1 (notebooks: DEVICES = 1) or "
-            "turn SCST off."
-        )
-    if processes > 1 and distributed.world_size() == 1:
-        return _train_on_devices(config, processes, progress, callbacks, resume)
-    lock = RunLock(config.run_path)
+    if processes > 1 and config.training.scst.enabled and distributed.world_size() == 1:
+        config = _cross_entropy_on_devices(config, processes, progress, callbacks, resume)
+        if isinstance(config, TrainResult):  # its time budget ran out: the SCST phase waits for a rerun
+            return config
+        processes = 1
     try:
-        return _train(config, lock, prepared, store, progress, callbacks, resume)
-    finally:
-        lock.release()
+        if processes > 1 and distributed.world_size() == 1:
+            return _train_on_devices(config, processes, progress, callbacks, resume)
+        lock = RunLock(config.run_path)
+        try:
+            return _train(config, lock, prepared, store, progress, callbacks, resume)
+        finally:
+            lock.release()
+    except torch.OutOfMemoryError as error:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the notebook's kernel goes on with the memory given back
+        raise out_of_memory_error(error, config, f"training {config.run_name}") from error
 
 
 def _train(config: Config, lock: RunLock, prepared, store, progress, callbacks, resume) -> TrainResult:
@@ -807,6 +949,31 @@ def _train(config: Config, lock: RunLock, prepared, store, progress, callbacks, 
     if paused and progress:
         _print_pause(run)
     return _score_best(run, paused)
+
+
+def _cross_entropy_on_devices(config: Config, processes: int, progress: bool, callbacks, resume):
+    """SCST on several devices: the cross-entropy epochs train on all of them, as the cross-entropy
+    run of the same settings (its own folder), and the self-critical phase, which samples and scores
+    captions on one device, starts from that run. Returns the SCST run's config (one device, the time
+    budget that is left), or the cross-entropy run's TrainResult when its budget ran out first."""
+    if config.training.run_name:
+        raise ConfigError(
+            f"training.scst.enabled with training.devices={config.training.devices!r} ({processes} devices) "
+            f"and training.run_name={config.training.run_name!r}: the cross-entropy epochs train on every "
+            "device in a run folder of their own, which a fixed run name does not leave room for. Remove "
+            "training.run_name, or train on one device (training.devices=1; notebooks: DEVICES = 1)."
+        )
+    started = time.perf_counter()
+    cross_entropy = cross_entropy_config(config)
+    if progress:
+        print(f"SCST with {processes} devices: the cross-entropy epochs train on all of them "
+              f"({cross_entropy.run_path}), then the self-critical phase on one device.")
+    result = train(cross_entropy, progress=progress, callbacks=callbacks, resume=resume)
+    max_hours = config.training.max_hours
+    left = max_hours - (time.perf_counter() - started) / 3600 if max_hours else None
+    if result.paused or (left is not None and left <= 0):
+        return result
+    return config_with(config, {"training.devices": "1", "training.max_hours": left})
 
 
 def _callbacks_for_ranks(callbacks: Sequence[Callback] | None, processes: int) -> list[Callback]:
@@ -839,6 +1006,8 @@ def _train_on_devices(config: Config, processes: int, progress: bool, callbacks,
     device = resolve_device(config.training.device)
     if config.training.eval_splits and config.training.eval_beam_sizes:
         resolve_tokenizer(config.training.metric_tokenizer)
+    if device.type == "cuda":
+        config = preflight(config, prepare_for(config, progress).vocab, device, processes, progress)
     make_source(config, device=device, progress=progress)
     if progress:  # the ranks print to the process's output, which a notebook cell does not show
         print(f"{config.run_name}: training on {processes} {device.type} devices, "
@@ -914,8 +1083,10 @@ class _Run:
         return self.state.run_dir / "best.pt"
 
     def save(self, path: Path, resumable: bool = True) -> None:
+        """Write a checkpoint (rank 0 alone, with every rank's generator states when `resumable`)."""
+        rng = distributed.gather_on_main([rng_state(self.state.device)]) if resumable else None
         if distributed.is_main():  # one writer however many devices train
-            save_atomic(self.state.checkpoint(self.prepared.vocab, resumable), path)
+            save_atomic(self.state.checkpoint(self.prepared.vocab, resumable, rng), path)
 
     def update_wall_time(self) -> None:
         self.state.wall_time_s = self.wall_before + time.perf_counter() - self.started
@@ -950,6 +1121,8 @@ def _start_run(config: Config, device, prepared, store, resume: bool, progress: 
         check_resume_compatible(checkpoint, prepared.vocab, config, last_path)
     else:  # an SCST run starts from its finished cross-entropy run when there is one
         checkpoint, last_path = _cross_entropy_start(config, prepared.vocab), None
+    if device.type == "cuda" and distributed.world_size() == 1:  # on several, the launcher checked
+        config = preflight(config, prepared.vocab, device, progress=progress)
     prepared, store = make_source(config, prepared, store, device=device, progress=progress)
     train_data, val_data = _datasets(config, prepared, store)
     val_data = _val_subset(val_data, prepared, store, config.training.val_max_images)
@@ -974,6 +1147,7 @@ def _new_state(config: Config, prepared, device, steps_per_epoch: int, phase: st
     folder has room."""
     seed_everything(config.training.seed)
     model = build_model(config, prepared.vocab).to(device)
+    seed_rank(config.training.seed)
     configure_trainable(model, config)
     lr = config.training.scst.lr if phase == "scst" else None
     optimizer = make_optimizer(model, config, lr)
@@ -985,9 +1159,7 @@ def _new_state(config: Config, prepared, device, steps_per_epoch: int, phase: st
 
 def cross_entropy_config(config: Config) -> Config:
     """The config of the cross-entropy run an SCST run continues: the same settings, SCST off."""
-    data = config.to_dict()
-    data["training"]["scst"]["enabled"] = False
-    return config_from_dict(data, source=f"{config.run_name} without SCST")
+    return config_with(config, {"training.scst.enabled": False})
 
 
 def _cross_entropy_start(config: Config, vocab) -> dict | None:
@@ -1228,7 +1400,9 @@ def _score_best(run: _Run, paused: bool) -> TrainResult:
 # ---------------------------------------------------------------------------------------- command line
 
 
-USER_ERRORS = (*INPUT_ERRORS, NonFiniteLossError, JavaUnavailableError)  # one message, no traceback
+USER_ERRORS = (  # one message, no traceback
+    *INPUT_ERRORS, NonFiniteLossError, JavaUnavailableError, PreflightError, DeviceOutOfMemoryError,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,6 +46,7 @@ def features_for(config: Config, prepared, device=None, progress: bool = True, a
             layout=config.data.feature_layout,
             allow_reextract=allow_reextract,
             devices=distributed.device_count(config.training.devices, _device_or_default(device)),
+            decoder=None if config.data.jpeg_decoder == "auto" else config.data.jpeg_decoder,
         )
     except TooManyBadImagesError as error:
         raise TooManyBadImagesError(

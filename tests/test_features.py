@@ -433,7 +433,7 @@ def test_nvjpeg_extraction_on_the_gpu_stays_close_to_the_cpu_store(clean, tmp_pa
     """nvJPEG's IDCT and chroma upsampling differ from libjpeg-turbo's by a few grey levels, and the
     GPU runs the encoder in fp16 autocast: the store differs from the CPU store by a little, not more."""
     prepared, store = clean
-    on_gpu = extract(prepared, work_dir=tmp_path / "features", device="cuda")  # nvjpeg: the CUDA default
+    on_gpu = extract(prepared, work_dir=tmp_path / "features", device="cuda", decoder="nvjpeg")
     for split in prepared.splits:
         cpu = store.features(split).astype(np.float32)
         gpu = on_gpu.features(split).astype(np.float32)

@@ -207,7 +207,9 @@ Training reads the feature store of stage 02 (the CNN stays frozen and never run
 last checkpoint if this run was interrupted, stops early when the validation CIDEr stops improving,
 and is then scored on the test split with greedy and beam search (pycocoevalcap BLEU, ROUGE-L,
 CIDEr-D, METEOR when Java is present). With `SCST = True` a self-critical phase follows: the best
-weights sample captions and learn from their CIDEr-D against the training references.
+weights sample captions and learn from their CIDEr-D against the training references (on two GPUs the
+cross-entropy epochs train on both, the self-critical phase on one). On a GPU a preflight first runs
+this run's GPU paths on a tiny batch, and stops in seconds with the setting to change if one fails.
 
 {DEMO_NOTE}"""),
         ("md", "## Parameters"),

@@ -1,7 +1,8 @@
 """What the suite writes, measured: checkpoint sizes per decoder, feature store sizes per dataset,
-backbone and layout, and how close the uint8 store is to the float16 one.
+backbone and layout, what a training batch of each layout carries to the device, and how close the
+uint8 store is to the float16 one.
 
-    python bench/bench_storage.py                 # all three tables (the fidelity part trains the demo)
+    python bench/bench_storage.py                 # all four tables (the fidelity part trains the demo)
     python bench/bench_storage.py --skip-training # sizes and feature error only
 
 Checkpoints: the default decoder configs on ResNet50 features, with the vocabulary that the real
@@ -101,6 +102,22 @@ def store_size_table() -> str:
     return "\n".join(lines)
 
 
+def batch_bytes_table(batch_size: int = 128) -> str:
+    """Bytes of stored features one batch moves through the workers, pinning and the host-to-device
+    copy: float32 (float16 stores), uint8 codes and float16 ranges (uint8 stores, dequantized on the
+    device)."""
+    lines = [
+        f"| backbone | float32 features (MB per batch of {batch_size}) | uint8 codes + ranges (MB) | ratio |",
+        "|---|---|---|---|",
+    ]
+    for backbone in BACKBONES:
+        info = REGISTRY[backbone]
+        float32 = batch_size * 2 * info.store_bytes(224, "float16")
+        codes = batch_size * info.store_bytes(224, "uint8")
+        lines.append(f"| {backbone} | {float32 / 1e6:.1f} | {codes / 1e6:.1f} | {float32 / codes:.2f}x |")
+    return "\n".join(lines)
+
+
 def fidelity_table(train: bool, epochs: int) -> str:
     from helpers.train import train as train_loop
     from helpers.workdir import make_source
@@ -155,6 +172,8 @@ def main() -> None:
     print(checkpoint_table())
     print("\n## Feature store sizes (224 px)\n")
     print(store_size_table())
+    print("\n## Stored features per training batch, loader to device (224 px)\n")
+    print(batch_bytes_table())
     print("\n## uint8 vs float16 features\n")
     print(fidelity_table(not args.skip_training, args.epochs))
 

@@ -11,7 +11,10 @@ Layout (one store per dataset, backbone, image size, weights and dtype, so none 
 Two layouts (`data.feature_layout`): "float16" keeps the CNN's output as is; "uint8" stores each
 channel of each image as 8-bit codes over that channel's own range (value = offset + step * code,
 step = (max - min) / 255), half the bytes, so that COCO fits Kaggle's 20 GB output with any backbone
-(BENCHMARKS.md measures both). The datasets hand out float32 either way.
+(BENCHMARKS.md measures both). The datasets of a float16 store hand out float32 features; those of a
+uint8 store hand out the codes and ranges (`FeatureCodes`), which `.to(device)` dequantizes on the
+device: the DataLoader workers, pinning and the host-to-device copy then move about a quarter of the
+float32 bytes (ResNet50: 109 kB per caption instead of 401 kB).
 
 Extraction is resumable: after each batch the features are written and flushed to disk, then the
 progress file is replaced atomically, so a progress file never claims rows that are not on disk and
@@ -33,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset, Subset, default_collate
+from torch.utils.data._utils.collate import default_collate_fn_map
 
 from helpers import distributed
 from helpers.backbones import BACKBONE_STRIDE, ImageEncoder, feature_side, get_backbone, image_transform
@@ -46,6 +50,7 @@ __all__ = [
     "ATTACHED_RECORD",
     "KAGGLE_OUTPUT_LIMIT_BYTES",
     "CaptionFeatureDataset",
+    "FeatureCodes",
     "FeatureStore",
     "FeatureStoreNotAttached",
     "ImageFeatureDataset",
@@ -124,6 +129,60 @@ def dequantize(codes: np.ndarray, ranges: np.ndarray) -> np.ndarray:
     low = ranges[..., 0, :].astype(np.float32)[..., None, None]
     step = ranges[..., 1, :].astype(np.float32)[..., None, None]
     return low + step * codes.astype(np.float32)
+
+
+class FeatureCodes:
+    """Features of a uint8 store not yet dequantized: codes (..., C, h, w) uint8 and ranges (..., 2, C)
+    float16 of one image, or of a batch (both with a leading batch dimension).
+
+    The datasets of a uint8 store hand these out and DataLoaders collate them into one, so the
+    workers, the pinning and the host-to-device copy move the codes, not float32. `.to(device)`
+    copies them and dequantizes there, with exactly `dequantize`'s float32 arithmetic; otherwise it
+    reads as the float32 tensor it stands for (`shape`, `len`, indexing, `float()`).
+    """
+
+    def __init__(self, codes: torch.Tensor, ranges: torch.Tensor):
+        self.codes, self.ranges = codes, ranges
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.codes.shape
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        return self.float()[index]
+
+    def to(self, device: str | torch.device, non_blocking: bool = False) -> torch.Tensor:
+        """The float32 features (..., C, h, w) on `device`, dequantized there."""
+        codes = self.codes.to(device, non_blocking=non_blocking)
+        ranges = self.ranges.to(device, non_blocking=non_blocking)
+        low = ranges[..., 0, :].float()[..., None, None]
+        step = ranges[..., 1, :].float()[..., None, None]
+        return codes.float().mul_(step).add_(low)  # low + step * code, in place: one float32 tensor there
+
+    def float(self) -> torch.Tensor:
+        """The float32 features where the codes are (the CPU, out of a DataLoader)."""
+        return self.to(self.codes.device)
+
+    def pin_memory(self) -> FeatureCodes:
+        """Called by the DataLoader's pinning thread (pin_memory=True), as for a tensor."""
+        return FeatureCodes(self.codes.pin_memory(), self.ranges.pin_memory())
+
+    def __repr__(self) -> str:
+        return f"FeatureCodes(shape={tuple(self.shape)}, uint8 codes with float16 ranges)"
+
+
+def _collate_codes(batch: list[FeatureCodes], *, collate_fn_map=None) -> FeatureCodes:
+    """`default_collate` of FeatureCodes: codes and ranges stacked (in shared memory, in a worker)."""
+    return FeatureCodes(default_collate([item.codes for item in batch]),
+                        default_collate([item.ranges for item in batch]))
+
+
+# default_collate's documented extension point: every DataLoader (and helpers.images.collate_skip_bad)
+# then batches FeatureCodes samples, with no collate function of their own.
+default_collate_fn_map[FeatureCodes] = _collate_codes
 
 
 class FeatureStore:
@@ -294,12 +353,13 @@ class FeatureRowReader:
         return state
 
     def read(self, row: int) -> np.ndarray:
+        """Row `row`, in a fresh writable buffer (torch.from_numpy takes it without a copy)."""
         if self._handle is None or self._pid != os.getpid():
             self._handle = open(self.path, "rb")
             self._pid = os.getpid()
         self._handle.seek(self.offset + row * self.row_bytes)
-        data = self._handle.read(self.row_bytes)
-        if len(data) != self.row_bytes:
+        data = bytearray(self.row_bytes)
+        if self._handle.readinto(data) != self.row_bytes:
             raise OSError(f"{self.path}: row {row} is beyond the end of the file (truncated store?)")
         return np.frombuffer(data, dtype=self.dtype).reshape(self.row_shape)
 
@@ -310,13 +370,21 @@ class FeatureRowReader:
 
 
 class QuantizedRowReader:
-    """Single float32 rows of a uint8 split: its codes and ranges read row by row, then dequantized."""
+    """Single rows of a uint8 split: its codes and ranges, read row by row, to dequantize on the device."""
 
     def __init__(self, codes: FeatureRowReader, ranges: FeatureRowReader):
         self.codes, self.ranges = codes, ranges
 
-    def read(self, row: int) -> np.ndarray:
-        return dequantize(self.codes.read(row), self.ranges.read(row))
+    def read(self, row: int) -> FeatureCodes:
+        return FeatureCodes(torch.from_numpy(self.codes.read(row)), torch.from_numpy(self.ranges.read(row)))
+
+
+def _row_features(reader: FeatureRowReader | QuantizedRowReader, row: int) -> torch.Tensor | FeatureCodes:
+    """One row as the datasets hand it out: float32 from a float16 store, FeatureCodes from a uint8 one."""
+    features = reader.read(row)
+    if isinstance(features, FeatureCodes):
+        return features
+    return torch.from_numpy(features.astype(np.float32))
 
 
 def _store_index(prepared, backbone: str, image_size: int, pretrained: bool, channels: int,
@@ -751,7 +819,8 @@ def _write_block(writers: dict, splits: list[str], starts: list[int], rows: list
 
 
 class CaptionFeatureDataset(Dataset):
-    """(features float32 (C, h, w), caption int64 (T+2,)) pairs of one split, read from the store.
+    """(features (C, h, w), caption int64 (T+2,)) pairs of one split, read from the store: features
+    float32 from a float16 store, `FeatureCodes` from a uint8 one (float32 once `.to(device)`).
 
     Captions of images that could not be decoded are left out (`skipped_captions` counts them).
     Features are read row by row, never the whole store at once.
@@ -784,14 +853,14 @@ class CaptionFeatureDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        features = torch.from_numpy(self.reader.read(int(self.rows[index])).astype(np.float32))
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | FeatureCodes, torch.Tensor]:
         caption = torch.from_numpy(self.captions[index].astype(np.int64))
-        return features, caption
+        return _row_features(self.reader, int(self.rows[index])), caption
 
 
 class ImageFeatureDataset(Dataset):
-    """(features float32 (C, h, w), filename) per image of a split, bad images left out: for evaluation."""
+    """(features (C, h, w), filename) per image of a split, bad images left out: for evaluation. As in
+    `CaptionFeatureDataset`, features are float32 or (uint8 stores) `FeatureCodes`."""
 
     def __init__(self, store: FeatureStore, split: str):
         if not store.is_complete(split):
@@ -807,6 +876,5 @@ class ImageFeatureDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
-        features = torch.from_numpy(self.reader.read(int(self.rows[index])).astype(np.float32))
-        return features, self.filenames[index]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | FeatureCodes, str]:
+        return _row_features(self.reader, int(self.rows[index])), self.filenames[index]

@@ -565,8 +565,9 @@ def _checkpoint_position(path: Path) -> dict | None:
 
 
 class ScstImages(Dataset):
-    """(features float32 (C, h, w), index of the image in the prepared train split) for every training
-    image with features and at least one reference: what the SCST phase samples captions for."""
+    """(features (C, h, w), index of the image in the prepared train split) for every training image
+    with features and at least one reference: what the SCST phase samples captions for. Features are
+    as `ImageFeatureDataset` hands them out (float32, or a uint8 store's `FeatureCodes`)."""
 
     def __init__(self, store, prepared, references: list[list[tuple[int, ...]]]):
         self.features = ImageFeatureDataset(store, "train")

@@ -11,13 +11,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data._utils.pin_memory import pin_memory
 
 import helpers.features as features_module
 import helpers.space as space
 from helpers.backbones import ImageEncoder, image_transform
 from helpers.features import (
     CaptionFeatureDataset,
+    FeatureCodes,
     FeatureStore,
     ImageFeatureDataset,
     dequantize,
@@ -26,7 +28,7 @@ from helpers.features import (
     quantize,
     store_directory,
 )
-from helpers.images import TooManyBadImagesError, load_image
+from helpers.images import BadImage, ImageBatch, TooManyBadImagesError, collate_skip_bad, load_image
 
 BACKBONE = "regnet_x_400mf"  # smallest registered backbone: 400 channels
 SIZE = 64  # -> 2 x 2 feature maps
@@ -102,6 +104,13 @@ def clean(tmp_path_factory):
     prepared = make_prepared(tmp_path_factory.mktemp("clean"))
     store = extract(prepared, num_workers=2)
     return prepared, store
+
+
+@pytest.fixture(scope="module")
+def quantized(clean):
+    """The uint8 store of the same images at 96 px (3 x 3: at 2 x 2 the ranges cost what 8 bits save)."""
+    prepared, _ = clean
+    return prepared, extract(prepared, image_size=96, layout="uint8", num_workers=2)
 
 
 @pytest.mark.parametrize("backbone, side", [("convnext_tiny", 2), ("swin_t", 3)])
@@ -248,10 +257,9 @@ def interrupt_after_one_batch(monkeypatch) -> list[int]:
     return images_seen
 
 
-def test_a_uint8_store_holds_the_float16_features_to_8_bits(clean, tmp_path, monkeypatch):
-    prepared, _ = clean
-    full = extract(prepared, image_size=96)  # 3 x 3 grid (at 2 x 2 the ranges cost what 8 bits save)
-    store = extract(prepared, image_size=96, layout="uint8", num_workers=2)
+def test_a_uint8_store_holds_the_float16_features_to_8_bits(quantized, tmp_path, monkeypatch):
+    prepared, store = quantized
+    full = extract(prepared, image_size=96)
     assert store.path == full.path.with_name(full.path.name + "-uint8") and store.layout == "uint8"
     assert store.size_bytes == feature_store_bytes(10, BACKBONE, 96, "uint8") + 6 * 128 < full.size_bytes
     for split in prepared.splits:
@@ -261,13 +269,6 @@ def test_a_uint8_store_holds_the_float16_features_to_8_bits(clean, tmp_path, mon
         error = np.linalg.norm(np.asarray(stored) - reference) / np.linalg.norm(reference)
         assert 0 < error < 0.01, error
         np.testing.assert_array_equal(stored[1:2], np.asarray(stored)[1:2])
-    pairs = CaptionFeatureDataset(store, prepared, "train")
-    _, image_idx = prepared.captions("train")
-    features = torch.stack([pairs[i][0] for i in range(len(pairs))])
-    np.testing.assert_array_equal(features.numpy(), store.features("train")[image_idx])
-    per_image = ImageFeatureDataset(store, "test")
-    np.testing.assert_array_equal(per_image[1][0].numpy(), store.features("test")[1])
-
     copy = make_prepared(tmp_path)  # interrupted after one batch, then resumed: the same store
     interrupt_after_one_batch(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
@@ -276,6 +277,104 @@ def test_a_uint8_store_holds_the_float16_features_to_8_bits(clean, tmp_path, mon
     resumed = extract(copy, image_size=96, layout="uint8")
     for split in prepared.splits:
         np.testing.assert_array_equal(np.asarray(resumed.features(split)), np.asarray(store.features(split)))
+
+
+def old_float32_features(codes: FeatureCodes) -> torch.Tensor:
+    """What the datasets of a uint8 store handed out before FeatureCodes: dequantized in the worker."""
+    return torch.from_numpy(dequantize(codes.codes.numpy(), codes.ranges.numpy()))
+
+
+def test_uint8_datasets_hand_out_codes_that_dequantize_to_the_float32_features_exactly(quantized):
+    prepared, store = quantized
+    pairs = CaptionFeatureDataset(store, prepared, "train")
+    _, image_idx = prepared.captions("train")
+    samples = [pairs[i][0] for i in range(len(pairs))]
+    assert all(isinstance(sample, FeatureCodes) for sample in samples)
+    assert samples[0].codes.dtype == torch.uint8 and samples[0].codes.shape == (400, 3, 3) == samples[0].shape
+    assert samples[0].ranges.dtype == torch.float16 and samples[0].ranges.shape == (2, 400)
+    features = torch.stack([sample.to("cpu") for sample in samples])
+    assert features.dtype == torch.float32
+    np.testing.assert_array_equal(features.numpy(), store.features("train")[image_idx])  # bit for bit
+    np.testing.assert_array_equal(samples[3][1].numpy(), features[3, 1].numpy())  # indexing reads float32
+    per_image = ImageFeatureDataset(store, "test")
+    np.testing.assert_array_equal(per_image[1][0].float().numpy(), store.features("test")[1])
+    batch = collate_skip_bad([(samples[0], 0), BadImage(1, "bad.jpg", "empty file"), (samples[2], 2)])
+    assert isinstance(batch.images, FeatureCodes) and len(batch.images) == 2
+    assert batch.indices.tolist() == [0, 2]
+    assert [bad.path for bad in batch.bad] == ["bad.jpg"]
+    np.testing.assert_array_equal(batch.images.to("cpu").numpy(), features[[0, 2]].numpy())
+
+
+class OldWay(Dataset):
+    """CaptionFeatureDataset as it was: float32 features dequantized in the worker."""
+
+    def __init__(self, pairs: CaptionFeatureDataset):
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int):
+        codes, caption = self.pairs[index]
+        return old_float32_features(codes), caption
+
+
+def sent_bytes(batches: list[ImageBatch]) -> int:
+    """Bytes of the tensors that the workers sent (the shared-memory storages of each batch)."""
+    total = 0
+    for batch in batches:
+        features = batch.images
+        tensors = [features.codes, features.ranges] if isinstance(features, FeatureCodes) else [features]
+        total += sum(tensor.untyped_storage().nbytes() for tensor in [*tensors, batch.indices])
+    return total
+
+
+def test_uint8_batches_cross_the_workers_as_codes_and_ranges(quantized):
+    """Workers send a quarter of the float32 bytes (plus the ranges), and `.to` gives the same numbers."""
+    prepared, store = quantized
+    pairs = CaptionFeatureDataset(store, prepared, "train")
+    settings = dict(batch_size=4, num_workers=2, pin_memory=False)
+    new = list(DataLoader(pairs, collate_fn=collate_skip_bad, **settings))
+    old = list(DataLoader(OldWay(pairs), collate_fn=collate_skip_bad, **settings))
+    assert all(isinstance(batch, ImageBatch) and isinstance(batch.images, FeatureCodes) for batch in new)
+    for quantized_batch, float_batch in zip(new, old, strict=True):
+        np.testing.assert_array_equal(quantized_batch.images.to("cpu").numpy(), float_batch.images.numpy())
+        assert torch.equal(quantized_batch.indices, float_batch.indices)
+    caption_bytes = 7 * 8
+    assert sent_bytes(new) == len(pairs) * (400 * 3 * 3 + 2 * 400 * 2 + caption_bytes)  # 5256 per caption
+    assert sent_bytes(old) == len(pairs) * (400 * 3 * 3 * 4 + caption_bytes)  # 14456 per caption
+    (features, names), = DataLoader(ImageFeatureDataset(store, "test"), batch_size=2, num_workers=2)
+    assert list(names) == ["img_08.jpg", "img_09.jpg"]  # decode_split's loader: torch's default_collate
+    np.testing.assert_array_equal(features.to("cpu").numpy(), store.features("test")[:2])
+
+
+def test_the_pinning_thread_pins_the_codes_and_ranges(quantized, monkeypatch):
+    """torch's pinning calls the batch's FeatureCodes.pin_memory (faked here: pinning needs a GPU)."""
+    prepared, store = quantized
+    batch = collate_skip_bad([CaptionFeatureDataset(store, prepared, "train")[i] for i in range(3)])
+    pinned = []
+
+    def fake_pin(tensor, *args):
+        pinned.append(tensor.dtype)
+        return tensor.clone()
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    moved = pin_memory(batch)
+    assert isinstance(moved, ImageBatch) and isinstance(moved.images, FeatureCodes)
+    assert pinned == [torch.uint8, torch.float16, torch.int64]
+    assert torch.equal(moved.images.to("cpu"), batch.images.to("cpu"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinning and dequantizing on the device need a GPU")
+def test_pinned_uint8_batches_dequantize_on_the_gpu_to_the_cpu_values(quantized):
+    prepared, store = quantized
+    pairs = CaptionFeatureDataset(store, prepared, "train")
+    loader = DataLoader(pairs, batch_size=4, num_workers=2, pin_memory=True, collate_fn=collate_skip_bad)
+    for batch in loader:
+        assert batch.images.codes.is_pinned() and batch.images.ranges.is_pinned()
+        on_gpu = batch.images.to("cuda", non_blocking=True)
+        assert on_gpu.device.type == "cuda" and on_gpu.dtype == torch.float32
+        np.testing.assert_array_equal(on_gpu.cpu().numpy(), old_float32_features(batch.images).numpy())
 
 
 def test_stores_are_keyed_by_dataset_backbone_size_and_weights(clean, monkeypatch):

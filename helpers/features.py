@@ -616,14 +616,17 @@ def extract_features(
     `devices`-th batch and rank 0 writes them all in row order, so the store, its progress files and
     a resume (on any number of devices) are exactly those of one device.
     """
-    store = _store_to_fill(prepared, backbone, image_size, pretrained, work_dir, layout, allow_reextract)
+    announce = progress and distributed.world_size() == 1  # the launcher, not each device's process
+    store = _store_to_fill(prepared, backbone, image_size, pretrained, work_dir, layout, allow_reextract,
+                           announce)
     if store.is_complete():
         return store
     if devices > 1 and distributed.world_size() == 1:
         arguments = (prepared, backbone, image_size, pretrained, batch_size, num_workers, device, work_dir,
                      max_bad_images, progress, layout, allow_reextract, decoder, devices)
         distributed.launch(extract_features, arguments, devices, _resolve_device(device))
-        return _store_to_fill(prepared, backbone, image_size, pretrained, work_dir, layout, allow_reextract)
+        return _store_to_fill(prepared, backbone, image_size, pretrained, work_dir, layout, allow_reextract,
+                              announce=False)
     return _extract_rows(store, prepared, backbone, image_size, pretrained, batch_size, num_workers, device,
                          max_bad_images, progress, decoder)
 
@@ -669,9 +672,10 @@ def _warn_if_saturated(peak: float) -> None:
 
 
 def _store_to_fill(prepared, backbone: str, image_size: int, pretrained: bool,
-                   work_dir: str | os.PathLike | None, layout: str, allow_reextract: bool) -> FeatureStore:
+                   work_dir: str | os.PathLike | None, layout: str, allow_reextract: bool,
+                   announce: bool) -> FeatureStore:
     """The store `extract_features` returns: an attached complete one (read in place), or the one in
-    the work dir, created after the space check or reopened to resume (its size printed)."""
+    the work dir, created after the space check or reopened to resume (its size printed if `announce`)."""
     info = get_backbone(backbone)
     if image_size < BACKBONE_STRIDE:
         raise ValueError(
@@ -694,7 +698,7 @@ def _store_to_fill(prepared, backbone: str, image_size: int, pretrained: bool,
                     _store_options(total_images, backbone, image_size, layout))
     store = _open_or_create_store(directory, index)
     (directory / ATTACHED_RECORD).unlink(missing_ok=True)  # extracted here now
-    if not store.is_complete():
+    if announce and not store.is_complete():
         already_done = sum(store.rows_done(split) for split in store.splits)
         print(
             f"Feature store {directory}: {total_images:,} images x {info.out_channels} x {side} x {side} "

@@ -199,7 +199,7 @@ def test_prints_the_size_and_refuses_before_writing_when_it_would_not_fit(tmp_pa
     assert 'OVERRIDES = ["data.feature_layout=uint8"] (52.00 kB)' in message
     assert "BACKBONE" not in message and "Nothing was written" in message  # regnet is the smallest
     assert not (tmp_path / "work" / "features").exists()
-    store = extract(prepared, image_size=96, layout="uint8")
+    store = extract(prepared, image_size=96, layout="uint8", progress=True)
     assert feature_store_bytes(10, BACKBONE, 96, "uint8") == 52_000
     assert store.size_bytes == 52_000 + 6 * 128  # and a 128-byte .npy header per file
     assert "10 images x 400 x 3 x 3 uint8 = 52.00 kB" in capsys.readouterr().out

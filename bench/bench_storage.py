@@ -31,8 +31,9 @@ from helpers.checkpoints import model_state  # noqa: E402
 from helpers.config import load_config  # noqa: E402
 from helpers.features import FEATURE_LAYOUTS, feature_store_bytes  # noqa: E402
 from helpers.models import build_model  # noqa: E402
+from helpers.optimization import make_optimizer  # noqa: E402
+from helpers.runs import TrainState  # noqa: E402
 from helpers.text import Vocabulary  # noqa: E402
-from helpers.train import TrainState, make_optimizer  # noqa: E402
 
 DECODERS = ("Vanilla_RNN", "LSTM", "Attention_LSTM", "Transformer")
 DATASETS = {"Flickr8k": 8091, "Flickr30k": 31783, "COCO": 123287}
@@ -69,7 +70,7 @@ def checkpoint_table() -> str:
     ]
     for name in DECODERS:
         config = load_config(name, ["embeddings.use_glove=false", "model.pretrained_backbone=false"])
-        model = build_model(config, vocab)
+        model = build_model(config, vocab, word_vectors=None)
         model.image_encoder.requires_grad_(False)
         before = saved_bytes({"model": model.state_dict()})
         after = saved_bytes({"model": model_state(model, config)})

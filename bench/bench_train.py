@@ -2,7 +2,8 @@
 
 1. One training epoch of the LSTM decoder (300/512, the configs' sizes) on the cached ResNet50
    features, against the same epoch where every batch runs ResNet50 (224 px, weights=None) on the
-   images again, as a loop without a feature store does. Both use helpers.train.train_step and the
+   images again, as a loop without a feature store does. Both take the training loop's step (forward
+   under autocast, then helpers.optimization.apply_gradients) and the
    same batches; the one-off extraction that fills the store is timed separately.
 2. Training throughput (captions/s, forward + backward + AdamW step) of each decoder on the store.
 
@@ -27,14 +28,9 @@ from helpers.config import load_config  # noqa: E402
 from helpers.demo import make_demo_dataset  # noqa: E402
 from helpers.features import CaptionFeatureDataset, extract_features  # noqa: E402
 from helpers.models import build_model  # noqa: E402
+from helpers.optimization import apply_gradients, configure_trainable, make_optimizer  # noqa: E402
 from helpers.prepare import prepare_dataset  # noqa: E402
-from helpers.train import (  # noqa: E402
-    ImageCaptionDataset,
-    configure_trainable,
-    epoch_batches,
-    make_optimizer,
-    train_step,
-)
+from helpers.train import ImageCaptionDataset, epoch_batches  # noqa: E402
 
 DECODERS = ("Vanilla_RNN", "LSTM", "Attention_LSTM", "Transformer")
 
@@ -54,7 +50,7 @@ def _config(name: str, device: torch.device, backbone: str = "resnet50"):
 def _model(name: str, vocab, device: torch.device):
     config = _config(name, device)
     torch.manual_seed(0)
-    model = build_model(config, vocab).to(device)
+    model = build_model(config, vocab, word_vectors=None).to(device)
     configure_trainable(model, config)
     model.train()
     model.image_encoder.eval()
@@ -69,7 +65,7 @@ def _sync(device: torch.device) -> None:
 def time_epoch(
     model, optimizer, dataset, batch_size: int, device: torch.device, max_steps: int | None = None
 ):
-    """Seconds and captions of one epoch (or its first `max_steps` batches) of train_step."""
+    """Seconds and captions of one epoch (or its first `max_steps` batches) of training steps."""
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     batches = epoch_batches(len(dataset), batch_size, seed=0, epoch=0)[:max_steps]
@@ -79,7 +75,9 @@ def time_epoch(
     started = time.perf_counter()
     for sample in loader:
         inputs, captions = sample[0].to(device), sample[1].to(device)
-        train_step(model, inputs, captions, optimizer, scaler, 5.0, amp)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            loss = model(inputs, captions)
+        apply_gradients(loss, optimizer, scaler, 5.0)
         captions_done += len(captions)
     _sync(device)
     return time.perf_counter() - started, captions_done

@@ -39,6 +39,7 @@ from helpers.embeddings import (
     write_glove_file,
 )
 from helpers.features import CaptionFeatureDataset, FeatureStore, ImageFeatureDataset, extract_features
+from helpers.glove import load_word_vectors
 from helpers.images import BadImageError, load_image
 from helpers.models import CaptioningRNN, CaptioningTransformer, beam_search, build_model
 from helpers.prepare import PreparedDataset, prepare_dataset
@@ -81,6 +82,7 @@ __all__ = [
     "load_config",
     "load_glove_embeddings",
     "load_image",
+    "load_word_vectors",
     "make_demo_dataset",
     "make_demo_glove",
     "measure_backbone",

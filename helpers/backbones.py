@@ -10,9 +10,6 @@ that name) loads without network access; otherwise torchvision downloads it, wit
 from __future__ import annotations
 
 import hashlib
-import math
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -21,47 +18,17 @@ import torchvision
 from torch import nn
 from torchvision.transforms import v2 as transforms
 
+from helpers.choices import BACKBONE_SPECS, DEFAULT_BACKBONE, BackboneSpec
 from helpers.inputs import DOWNLOAD_TIMEOUT, find_attached, input_root, run_with_progress_timeout
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-BACKBONE_STRIDE = 32  # every backbone here shrinks the image side 32 times
 
 
-def padded_side(image_size: int) -> int:
-    """ResNet, RegNet: padded strided convolutions round up at each halving (224 -> 7, 225 -> 8)."""
-    return math.ceil(image_size / BACKBONE_STRIDE)
-
-
-def unpadded_side(image_size: int) -> int:
-    """ConvNeXt: a 4x4 patch stem and 2x2 downsampling, no padding, round down (200 -> 6)."""
-    return image_size // BACKBONE_STRIDE
-
-
-def patch_then_padded_side(image_size: int) -> int:
-    """Swin: a 4x4 patch stem rounds down, then patch merging pads odd sides and rounds up (200 -> 7)."""
-    return math.ceil(image_size // 4 / 8)
-
-
-@dataclass(frozen=True)
-class BackboneInfo:
-    """What a user wants to know before choosing a backbone (see BACKBONE_GUIDE.md). Parameters,
-    GFLOPs, ImageNet accuracy and image sizes come from torchvision's weights enum; channels and
-    feature-map sides are checked against the networks by the tests. Batch sizes are the original
-    project's recommendations for ResNet50/101 and RegNet; ConvNeXt and Swin take ResNet50's, since
-    fine-tuning keeps about as much per image for backward (bench/bench_features.py). None was
-    measured on a T4."""
-
-    name: str
-    out_channels: int  # channels of the last feature map
-    batch_size: int  # recommended training batch on a 16 GB T4 when fine-tuning
-    weights: str  # torchvision enum member used for pretrained=True
-    description: str
-    side_rule: Callable[[int], int] = padded_side  # image side -> feature-map side
-
-    def feature_side(self, image_size: int | None = None) -> int:
-        """Spatial side of the feature map for a square input (default: the weights' own crop)."""
-        return self.side_rule(image_size or self.image_size)
+class BackboneInfo(BackboneSpec):
+    """A backbone's plain facts (helpers.choices.BackboneSpec) plus what torchvision's weights enum
+    records: parameter count, GFLOPs, ImageNet accuracy and the weights' own transform (see
+    BACKBONE_GUIDE.md)."""
 
     @property
     def weights_enum(self) -> torchvision.models.WeightsEnum:
@@ -89,11 +56,6 @@ class BackboneInfo:
         return self.weights_enum.transforms()
 
     @property
-    def image_size(self) -> int:
-        """Centre-crop side the weights were trained with (their own transform's crop_size)."""
-        return self.preset.crop_size[0]
-
-    @property
     def resize_size(self) -> int:
         """Short side before the crop (the weights' own transform's resize_size)."""
         return self.preset.resize_size[0]
@@ -104,57 +66,14 @@ class BackboneInfo:
         return self.preset.interpolation
 
     @property
-    def feature_size(self) -> int:
-        """Spatial side of the feature map at `image_size`."""
-        return self.feature_side()
-
-    @property
     def weights_file(self) -> str:
         """File name under $TORCH_HOME/hub/checkpoints where the pretrained weights are cached."""
         return self.weights_enum.url.rsplit("/", 1)[-1]
 
-    def feature_bytes(self, image_size: int | None = None, dtype_bytes: int = 2) -> int:
-        """Bytes of one image's feature values (float16 by default), without the ranges the uint8 store
-        adds (`store_bytes` counts those)."""
-        side = self.feature_side(image_size)
-        return self.out_channels * side * side * dtype_bytes
-
-    def store_bytes(self, image_size: int | None = None, layout: str = "uint8") -> int:
-        """Bytes of one image in the feature store (helpers.features): float16 values, or uint8 codes
-        plus a float16 offset and step per channel."""
-        side = self.feature_side(image_size)
-        if layout == "float16":
-            return self.out_channels * side * side * 2
-        return self.out_channels * (side * side + 2 * 2)
-
 
 BACKBONES: dict[str, BackboneInfo] = {
-    "resnet50": BackboneInfo(
-        name="resnet50", out_channels=2048, batch_size=128, weights="ResNet50_Weights.IMAGENET1K_V2",
-        description="Default: strong features at moderate cost.",
-    ),
-    "resnet101": BackboneInfo(
-        name="resnet101", out_channels=2048, batch_size=64, weights="ResNet101_Weights.IMAGENET1K_V2",
-        description="Deeper ResNet: slightly better features, about twice the compute of ResNet50.",
-    ),
-    "regnet_x_400mf": BackboneInfo(
-        name="regnet_x_400mf", out_channels=400, batch_size=256,
-        weights="RegNet_X_400MF_Weights.IMAGENET1K_V2",
-        description="The course module's backbone: small and fast; 400 channels (not 1280).",
-    ),
-    # Registered before swin_t: the course's input_dim=768 selects the first backbone with 768 channels.
-    "convnext_tiny": BackboneInfo(
-        name="convnext_tiny", out_channels=768, batch_size=128, weights="ConvNeXt_Tiny_Weights.IMAGENET1K_V1",
-        description="Modern CNN: ResNet50's cost, higher ImageNet accuracy; 768 channels.",
-        side_rule=unpadded_side,
-    ),
-    "swin_t": BackboneInfo(
-        name="swin_t", out_channels=768, batch_size=128, weights="Swin_T_Weights.IMAGENET1K_V1",
-        description="Vision transformer with shifted windows; 768 channels, bicubic resize.",
-        side_rule=patch_then_padded_side,
-    ),
+    name: BackboneInfo(**vars(spec)) for name, spec in BACKBONE_SPECS.items()
 }
-DEFAULT_BACKBONE = "resnet50"
 
 
 def feature_side(image_size: int, backbone: str = DEFAULT_BACKBONE) -> int:

@@ -129,7 +129,8 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", whi
     path = run_dir / f"{which}.pt"
     checkpoint = load_checkpoint(path, device)
     config = config_from_dict(checkpoint["config"], source=str(path))
-    model = build_model(config, Vocabulary(checkpoint["vocab"]), load_glove=False)
+    # No GloVe to read: the checkpoint holds the trained word vectors.
+    model = build_model(config, Vocabulary(checkpoint["vocab"]), word_vectors=None)
     load_model_state(model, checkpoint["model"], path)
     rebuild_frozen_encoder(model, checkpoint["model"], config)
     return model.to(device).eval(), checkpoint, config

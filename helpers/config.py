@@ -9,7 +9,9 @@ Names without a path resolve to `configs/<name>.yaml`, then `configs/presets/<na
 `configs/demo.yaml` are partial: they only set the keys they name, merged over a decoder config. The
 result is a validated `Config` (dataclasses), printable, and serialisable with `config.to_dict()`.
 Every problem raises `ConfigError` naming the file (or override), the dotted key, the bad value and
-the valid choices. `helpers.models.build_model(config, vocab)` turns a config into the captioning model.
+the valid choices. The module reads only YAML: no torch, no other helpers module but the plain facts
+of helpers.choices and the suite's file locations. `helpers.glove.load_word_vectors(config, vocab)` then
+reads the GloVe file a config names and `helpers.models.build_model` builds the model it describes.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import difflib
 import hashlib
 import json
 import math
-import re
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,13 +30,18 @@ from typing import Any, Union
 
 import yaml
 
-from helpers.backbones import BACKBONE_STRIDE, BACKBONES, DEFAULT_BACKBONE
-from helpers.decoders import CELL_TYPE_ALIASES, CELL_TYPES, canonical_cell_type
-from helpers.demo import make_demo_glove
-from helpers.embeddings import check_glove_text, download_glove
-from helpers.features import DEFAULT_FEATURE_LAYOUT, FEATURE_LAYOUTS
+from helpers.choices import (
+    BACKBONE_SPECS,
+    BACKBONE_STRIDE,
+    CELL_TYPE_ALIASES,
+    CELL_TYPES,
+    DEFAULT_BACKBONE,
+    DEFAULT_FEATURE_LAYOUT,
+    FEATURE_LAYOUTS,
+    JPEG_DECODERS,
+    canonical_cell_type,
+)
 from helpers.files import suite_file
-from helpers.images import DECODERS
 
 CONFIG_DIR = suite_file("configs")
 PRESET_DIR = CONFIG_DIR / "presets"
@@ -220,7 +226,7 @@ class Config:
 
     @property
     def image_size(self) -> int:
-        return self.data.image_size or BACKBONES[self.model.backbone].image_size
+        return self.data.image_size or BACKBONE_SPECS[self.model.backbone].image_size
 
 
 # Settings that may change between sessions without changing what a run trains: where things live (a
@@ -519,17 +525,17 @@ def validate(config: Config, source: str = "config") -> Config:
 def _check_choices(config: Config, source: str) -> None:
     """Names from a fixed list (decoder, backbone, modes...), canonicalised; attn_dim from the backbone."""
     model, training, data = config.model, config.training, config.data
-    if model.backbone in BACKBONES and config.batch_size is None:
-        config.batch_size = BACKBONES[model.backbone].batch_size
+    if model.backbone in BACKBONE_SPECS and config.batch_size is None:
+        config.batch_size = BACKBONE_SPECS[model.backbone].batch_size
     cell = canonical_cell_type(model.cell_type)
     if cell not in CELL_TYPES:
         raise _choice_error(source, "model.cell_type", model.cell_type, CELL_TYPES + tuple(CELL_TYPE_ALIASES))
     model.cell_type = cell
     if model.dropout is None:
         model.dropout = DEFAULT_DROPOUT["transformer" if cell == "transformer" else "recurrent"]
-    if model.backbone not in BACKBONES:
-        raise _choice_error(source, "model.backbone", model.backbone, BACKBONES)
-    channels = BACKBONES[model.backbone].out_channels
+    if model.backbone not in BACKBONE_SPECS:
+        raise _choice_error(source, "model.backbone", model.backbone, BACKBONE_SPECS)
+    channels = BACKBONE_SPECS[model.backbone].out_channels
     if model.attn_dim is None:
         model.attn_dim = channels
     elif model.attn_dim != channels:
@@ -549,8 +555,8 @@ def _check_choices(config: Config, source: str) -> None:
         raise _choice_error(source, "data.vocab_from", data.vocab_from, VOCAB_SOURCES)
     if data.feature_layout not in FEATURE_LAYOUTS:
         raise _choice_error(source, "data.feature_layout", data.feature_layout, FEATURE_LAYOUTS)
-    if data.jpeg_decoder not in ("auto", *DECODERS):
-        raise _choice_error(source, "data.jpeg_decoder", data.jpeg_decoder, ("auto", *DECODERS))
+    if data.jpeg_decoder not in ("auto", *JPEG_DECODERS):
+        raise _choice_error(source, "data.jpeg_decoder", data.jpeg_decoder, ("auto", *JPEG_DECODERS))
     if training.device not in DEVICES and not str(training.device).startswith("cuda:"):
         raise _choice_error(source, "training.device", training.device, DEVICES)
     if training.scst.baseline not in SCST_BASELINES:
@@ -676,66 +682,3 @@ def bad_image_limit(config: Config) -> int | float | None:
     """data.max_bad_images as helpers.images.BadImageReport takes it: a fraction below 1, else a count."""
     value = config.data.max_bad_images
     return value if value is None or value < 1 else int(value)
-
-
-# ---------------------------------------------------------------------------------------------- GloVe
-
-
-def glove_file_dim(path: str | Path) -> int:
-    """Vector size of a GloVe text file from its first line (a word2vec 'count dim' header also works)."""
-    check_glove_text(path)
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        first = handle.readline().rstrip("\n").split(" ")
-    if len(first) == 2 and all(part.isdigit() for part in first):
-        return int(first[1])
-    if len(first) < 2:
-        raise ConfigError(f"{path}: not a GloVe text file (expected 'word v1 v2 ...' on each line).")
-    return len(first) - 1
-
-
-DEMO_GLOVE = "demo"
-
-
-def demo_glove_path(config: Config) -> Path:
-    """Where the generated demo GloVe file for `config` lives: <work_dir>/glove/glove.demo.<dim>d.txt."""
-    return Path(config.data.work_dir) / "glove" / f"glove.demo.{config.model.wordvec_dim}d.txt"
-
-
-def resolve_glove_path(config: Config, vocab: Any = None) -> Path:
-    """The GloVe file for `config`, checked to exist and to match model.wordvec_dim.
-
-    `embeddings.glove_path: demo` (DEMO mode) writes a small GloVe-format file for the words of
-    `vocab` with helpers.demo.make_demo_glove, so the GloVe code path runs without any download.
-    """
-    if config.embeddings.glove_path == DEMO_GLOVE:
-        if vocab is None:
-            raise ConfigError("embeddings.glove_path=demo needs the vocabulary to write the demo GloVe file.")
-        words = [word for word in word_index(vocab) if not word.startswith("<")]
-        return make_demo_glove(demo_glove_path(config), words, dim=config.model.wordvec_dim)
-    path = Path(config.embeddings.glove_path)
-    standard = re.fullmatch(r"glove\.6B\.(\d+)d\.txt", path.name)
-    if not path.is_file() and standard and path.parent == Path("."):
-        try:  # a bare glove.6B file name (the original configs'): the attached dataset, else kagglehub
-            path = download_glove(int(standard.group(1)))
-        except (FileNotFoundError, ValueError) as error:
-            raise ConfigError(f"embeddings.glove_path {path.name!r}: {error}") from error
-    if not path.is_file():
-        raise ConfigError(
-            f"embeddings.glove_path: GloVe file {str(path)!r} not found "
-            f"(config {', '.join(config.sources)}). "
-            "Download it first (notebook 01_glove, or attach the Kaggle dataset thanakomsn/glove6b300dtxt), "
-            "set embeddings.glove_path to the file, or set embeddings.use_glove=false."
-        )
-    dim = glove_file_dim(path)
-    if dim != config.model.wordvec_dim:
-        raise ConfigError(
-            f"embeddings.glove_path {str(path)!r} holds {dim}-dimensional vectors but model.wordvec_dim="
-            f"{config.model.wordvec_dim}; set model.wordvec_dim={dim} or use a {config.model.wordvec_dim}d "
-            "GloVe file."
-        )
-    return path
-
-
-def word_index(vocab: Any) -> dict[str, int]:
-    """word_to_idx of a Vocabulary, or the dict itself."""
-    return dict(vocab.word_to_idx) if hasattr(vocab, "word_to_idx") else dict(vocab)

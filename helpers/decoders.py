@@ -35,16 +35,6 @@ __all__ = [
     "spatial_encoding",
 ]
 
-# Decoder names (`model.cell_type`, `CaptioningRNN(cell_type=...)`) and the aliases accepted for them.
-CELL_TYPES = ("rnn", "lstm", "attn", "transformer")
-CELL_TYPE_ALIASES = {"attention": "attn", "vanilla_rnn": "rnn", "attention_lstm": "attn"}
-
-
-def canonical_cell_type(name: str) -> str:
-    """The decoder name that `name` (a name or an alias, any case) stands for; unknown names unchanged."""
-    name = str(name).lower()
-    return CELL_TYPE_ALIASES.get(name, name)
-
 
 def hello_rnn_lstm_captioning() -> None:
     """The course module's greeting, which its notebooks call first to check the import worked."""

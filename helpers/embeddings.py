@@ -28,7 +28,7 @@ from torch import nn
 from helpers.files import atomic_path, write_bytes_atomic
 from helpers.inputs import DOWNLOAD_TIMEOUT, find_attached_file
 from helpers.sources import DatasetUnavailableError, kaggle_path
-from helpers.text import NULL
+from helpers.text import NULL, word_index
 
 GLOVE_KAGGLE_HINT = (
     "On Kaggle, attach the dataset thanakomsn/glove6b300dtxt (Add Input -> Datasets) and pass the "
@@ -172,7 +172,7 @@ def nearest_neighbours(
 
     The word itself and special tokens (<...>) are never returned.
     """
-    word_to_idx = getattr(word_to_idx, "word_to_idx", word_to_idx)
+    word_to_idx = word_index(word_to_idx)
     vectors = torch.as_tensor(matrix).detach().to(device="cpu", dtype=torch.float32)
     if word not in word_to_idx:
         if word.lower() not in word_to_idx:
@@ -228,7 +228,7 @@ def _load_glove(glove_path, word_to_idx, embed_dim, cache_dir, verbose, seed):
     if not path.is_file():
         raise FileNotFoundError(f"GloVe file not found: {path}. {GLOVE_KAGGLE_HINT}")
     check_glove_text(path)
-    words = _ordered_words(getattr(word_to_idx, "word_to_idx", word_to_idx))
+    words = _ordered_words(word_index(word_to_idx))
     key = _cache_key(path, words, embed_dim, seed)
     started = time.perf_counter()
     cached = _read_cache(cache_dir, path, embed_dim, key, len(words))

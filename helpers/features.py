@@ -40,7 +40,8 @@ from torch.utils.data import Dataset, Subset, default_collate
 from torch.utils.data._utils.collate import default_collate_fn_map
 
 from helpers import distributed
-from helpers.backbones import BACKBONE_STRIDE, ImageEncoder, feature_side, get_backbone, image_transform
+from helpers.backbones import ImageEncoder, feature_side, get_backbone, image_transform
+from helpers.choices import BACKBONE_STRIDE, DEFAULT_FEATURE_LAYOUT, FEATURE_LAYOUTS
 from helpers.files import write_json_atomic
 from helpers.images import BadImage, BadImageReport, ImageDataset, default_decoder, image_loader
 from helpers.progress import ProgressLine
@@ -63,8 +64,6 @@ __all__ = [
 
 FORMAT_VERSION = 1
 FEATURE_DTYPE = np.float16
-FEATURE_LAYOUTS = ("uint8", "float16")
-DEFAULT_FEATURE_LAYOUT = "uint8"
 CODE_LEVELS = 255  # uint8 codes 0..255
 RANDOM_WEIGHTS_SEED = 0  # initialisation of an unpretrained backbone, fixed so stores are reproducible
 FLOAT16_MAX = float(np.finfo(np.float16).max)

@@ -7,11 +7,12 @@ for the rest. `ImageDataset` never raises on a bad file: it returns a `BadImage`
 loader's collate function drops and records in a `BadImageReport`, so one broken JPEG cannot crash a
 long run; the run fails only when the bad files exceed a configurable threshold.
 
-Three decoders (`DECODERS`): "pil" (Pillow, every format), "torchvision" (`torchvision.io.decode_jpeg`,
-libjpeg-turbo: byte-identical to Pillow on JPEGs and faster, with Pillow as the fallback for everything
-else) and "nvjpeg" (the loader workers only read the JPEG bytes; the main process decodes each batch on
-the GPU with nvJPEG and resizes and crops it there). nvJPEG's IDCT and chroma upsampling differ from
-libjpeg-turbo's, so its pixels differ from the other two by a few grey levels.
+Three decoders (`helpers.choices.JPEG_DECODERS`): "pil" (Pillow, every format), "torchvision"
+(`torchvision.io.decode_jpeg`, libjpeg-turbo: byte-identical to Pillow on JPEGs and faster, with Pillow
+as the fallback for everything else) and "nvjpeg" (the loader workers only read the JPEG bytes; the
+main process decodes each batch on the GPU with nvJPEG and resizes and crops it there). nvJPEG's IDCT
+and chroma upsampling differ from libjpeg-turbo's, so its pixels differ from the other two by a few
+grey levels.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from torchvision.transforms import v2 as transforms
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from helpers import distributed
+from helpers.choices import JPEG_DECODERS
 
 try:  # deprecated since torchvision 0.29 (TorchCodec takes over); without it Pillow decodes, same pixels
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -43,7 +45,6 @@ except ImportError:
     ImageReadMode = decode_jpeg = None
 
 __all__ = [
-    "DECODERS",
     "BadImage",
     "BadImageError",
     "BadImageReport",
@@ -64,8 +65,6 @@ __all__ = [
     "load_image",
     "load_image_tensor",
 ]
-
-DECODERS = ("pil", "torchvision", "nvjpeg")
 
 # Modes that carry an alpha channel: composited on white, as a viewer shows them on a page.
 _ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
@@ -267,8 +266,8 @@ class ImageDataset(Dataset):
 
     `files` are paths, or names relative to `image_dir` when it is given. `transform` maps an RGB
     image to a tensor (for example `helpers.backbones.image_transform(backbone)`). `decoder` is one
-    of `DECODERS`; by default "torchvision" when the transform takes uint8 tensors (a torchvision v2
-    pipeline starting with ToImage, as `image_transform`'s), else "pil" (the transform then gets a
+    of `JPEG_DECODERS`; by default "torchvision" when the transform takes uint8 tensors (a torchvision
+    v2 pipeline starting with ToImage, as `image_transform`'s), else "pil" (the transform then gets a
     PIL image). With "nvjpeg" a JPEG that the GPU can decode comes back as an `EncodedJpeg`; other
     files are decoded here; `image_loader` finishes the JPEGs on the GPU.
     """
@@ -285,8 +284,8 @@ class ImageDataset(Dataset):
         self.transform = transform
         tensors = _takes_tensors(transform)
         self.decoder = decoder if decoder is not None else ("torchvision" if tensors else "pil")
-        if self.decoder not in DECODERS:
-            raise ValueError(f"ImageDataset: decoder must be one of {DECODERS}, got {decoder!r}.")
+        if self.decoder not in JPEG_DECODERS:
+            raise ValueError(f"ImageDataset: decoder must be one of {JPEG_DECODERS}, got {decoder!r}.")
         if self.decoder == "nvjpeg" and decode_jpeg is None:
             raise ValueError(
                 f"ImageDataset: decoder='nvjpeg' needs torchvision.io.decode_jpeg, which torchvision "

@@ -18,22 +18,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from helpers.backbones import BACKBONES, DEFAULT_BACKBONE, ImageEncoder
-from helpers.config import Config, TrainingConfig, resolve_glove_path, word_index
+from helpers.backbones import BACKBONES, ImageEncoder
+from helpers.choices import CELL_TYPE_ALIASES, CELL_TYPES, DEFAULT_BACKBONE, canonical_cell_type
+from helpers.config import Config, TrainingConfig
 from helpers.decoders import (
-    CELL_TYPE_ALIASES,
-    CELL_TYPES,
     LSTM,
     RNN,
     AttentionLSTM,
     TransformerDecoder,
-    canonical_cell_type,
     dot_product_attention,
     doubly_stochastic_penalty,
     temporal_softmax_loss,
 )
 from helpers.embeddings import WordEmbedding, load_glove_embeddings
-from helpers.text import END, NULL, START, UNK, check_word_to_idx, require_tokens
+from helpers.text import END, NULL, START, UNK, check_word_to_idx, require_tokens, word_index
 
 __all__ = [
     "CELL_TYPES",
@@ -236,7 +234,9 @@ class CaptioningModel(nn.Module):
     """What every captioning model shares: vocabulary, image encoder, word embedding, loss, decoding.
 
     Subclasses build their decoder and implement ``scores(features, captions_in) -> (N, T, V)``,
-    ``init_state`` and ``step`` (see the module docstring).
+    ``init_state`` and ``step`` (see the module docstring). The word vectors start from
+    ``pretrained_embeddings`` (a (V, wordvec_dim) matrix, what build_model passes), from the GloVe file
+    ``glove_path`` (read here: the course module's API), or at random.
     """
 
     returns_attention = False
@@ -252,6 +252,7 @@ class CaptioningModel(nn.Module):
         glove_path: str | None,
         freeze_embeddings: bool,
         normalize_features: bool,
+        pretrained_embeddings: Tensor | None,
     ):
         super().__init__()
         check_word_to_idx(word_to_idx)
@@ -283,18 +284,18 @@ class CaptioningModel(nn.Module):
         self.feature_norm = nn.BatchNorm2d(channels) if normalize_features else nn.Identity()
         self.wordvec_dim = wordvec_dim
 
-        pretrained = None
+        vectors = pretrained_embeddings
         if glove_path is not None:
+            if vectors is not None:
+                raise ValueError("pass glove_path or pretrained_embeddings, not both")
             try:
-                pretrained = load_glove_embeddings(glove_path, self.word_to_idx, embed_dim=wordvec_dim)
+                vectors = load_glove_embeddings(glove_path, self.word_to_idx, embed_dim=wordvec_dim)
             except ValueError as err:
                 raise ValueError(
                     f"cannot use the GloVe file {glove_path} with wordvec_dim={wordvec_dim}: {err} "
                     "(wordvec_dim must equal the GloVe dimension)"
                 ) from err
-        self.word_embed = WordEmbedding(
-            len(word_to_idx), wordvec_dim, pretrained_embeddings=pretrained, freeze=freeze_embeddings
-        )
+        self.word_embed = WordEmbedding(len(word_to_idx), wordvec_dim, vectors, freeze=freeze_embeddings)
 
     def encode(self, images: Tensor) -> Tensor:
         """Run the CNN: images (N, 3, H, W), uint8 or float in [0, 1] -> features (N, input_dim, H', W')."""
@@ -423,6 +424,7 @@ class CaptioningRNN(CaptioningModel):
         freeze_embeddings: bool = False,
         normalize_features: bool = False,
         dropout: float = 0.0,
+        pretrained_embeddings: Tensor | None = None,
     ):
         if canonical_cell_type(cell_type) not in RNN_CELL_TYPES:
             aliases = [alias for alias, cell in CELL_TYPE_ALIASES.items() if cell in RNN_CELL_TYPES]
@@ -430,7 +432,7 @@ class CaptioningRNN(CaptioningModel):
             raise ValueError(f"unknown cell_type {cell_type!r}; choose one of {choices}")
         super().__init__(
             word_to_idx, input_dim, wordvec_dim, image_encoder_pretrained, ignore_index, backbone,
-            glove_path, freeze_embeddings, normalize_features,
+            glove_path, freeze_embeddings, normalize_features, pretrained_embeddings,
         )
         self.cell_type = canonical_cell_type(cell_type)
         self.hidden_dim = hidden_dim
@@ -513,10 +515,11 @@ class CaptioningTransformer(CaptioningModel):
         glove_path: str | None = None,
         freeze_embeddings: bool = False,
         normalize_features: bool = True,
+        pretrained_embeddings: Tensor | None = None,
     ):
         super().__init__(
             word_to_idx, input_dim, wordvec_dim, image_encoder_pretrained, ignore_index, backbone,
-            glove_path, freeze_embeddings, normalize_features,
+            glove_path, freeze_embeddings, normalize_features, pretrained_embeddings,
         )
         self.hidden_dim = hidden_dim
         self.max_length = max_length
@@ -554,23 +557,22 @@ class CaptioningTransformer(CaptioningModel):
         return super()._decode(images, max_length, beam_size, **options)
 
 
-def build_model(config: Config, vocab: Any, load_glove: bool = True):
+def build_model(config: Config, vocab: Any, *, word_vectors: Tensor | None):
     """The captioning model `config` describes: CaptioningRNN (rnn/lstm/attn) or CaptioningTransformer.
 
-    `vocab` is a Vocabulary or a word_to_idx dict. `load_glove=False` skips reading the GloVe file
-    (when the embedding weights come from a checkpoint anyway).
+    `vocab` is a Vocabulary or a word_to_idx dict. `word_vectors` is the matrix the word embedding
+    starts from, `helpers.glove.load_word_vectors(config, vocab)` (the step that reads or downloads
+    GloVe), or None for random vectors (use_glove false, or weights a checkpoint then replaces). It is
+    required so that no caller forgets the GloVe the config asks for; nothing here reads a file.
     """
     word_to_idx = word_index(vocab)
-    glove_path = None
-    if config.embeddings.use_glove and load_glove:
-        glove_path = str(resolve_glove_path(config, word_to_idx))
     common = dict(
         input_dim=config.model.attn_dim,
         wordvec_dim=config.model.wordvec_dim,
         hidden_dim=config.model.hidden_dim,
         image_encoder_pretrained=config.model.pretrained_backbone,
         backbone=config.model.backbone,
-        glove_path=glove_path,
+        pretrained_embeddings=word_vectors,
         freeze_embeddings=config.embeddings.freeze,
         normalize_features=True,
     )
@@ -586,4 +588,3 @@ def build_model(config: Config, vocab: Any, load_glove: bool = True):
     return CaptioningRNN(
         word_to_idx, cell_type=config.model.cell_type, dropout=config.model.dropout, **common
     )
-

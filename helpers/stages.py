@@ -26,11 +26,11 @@ from helpers.config import (
     find_config,
     load_config,
     parse_overrides,
-    resolve_glove_path,
 )
 from helpers.embeddings import glove_coverage, load_glove_embeddings, nearest_neighbours
 from helpers.evaluate import METRIC_LABELS
 from helpers.features import ATTACHED_RECORD, FeatureStore, record_attached_store
+from helpers.glove import resolve_glove_path
 from helpers.images import load_image
 from helpers.notebook import RunChoice, feature_map, find_earlier_outputs, show_captions
 from helpers.text import Vocabulary

@@ -59,6 +59,11 @@ def check_word_to_idx(word_to_idx: Mapping[str, int]) -> None:
         raise ValueError(f"word_to_idx gives each id to one word only; repeated ids: {repeated[:10]}")
 
 
+def word_index(vocab: Vocabulary | Mapping[str, int]) -> dict[str, int]:
+    """word_to_idx of a Vocabulary, or a copy of the mapping itself: what models and GloVe take."""
+    return dict(vocab.word_to_idx) if hasattr(vocab, "word_to_idx") else dict(vocab)
+
+
 def _as_tokens(caption: str | Sequence[str]) -> list[str]:
     """A caption given as raw text or as tokens, as tokens."""
     return tokenize(caption) if isinstance(caption, str) else list(caption)

@@ -59,7 +59,7 @@ from helpers.train import train  # noqa: E402
 from helpers.workdir import make_source, prepare_for  # noqa: E402
 
 DECODERS = ("Vanilla_RNN", "LSTM", "Attention_LSTM", "Transformer")
-IMAGE_DECODERS = ("nvjpeg", "torchvision", "pil")  # helpers.images.DECODERS
+IMAGE_DECODERS = ("nvjpeg", "torchvision", "pil")  # helpers.choices.JPEG_DECODERS
 OUTPUT_LINES_SHOWN = 20  # of a failed path's output, printed after the table with its traceback
 MAX_MEAN_PIXEL_DIFFERENCE = 2.0  # nvJPEG against libjpeg-turbo: torchvision's own test allows a mean below 2
 

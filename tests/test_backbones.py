@@ -52,11 +52,13 @@ def test_registry_feature_size_matches_a_real_forward():
      ("convnext_tiny", 236, "bilinear"), ("swin_t", 232, "bicubic")],
 )
 def test_registry_sizes_are_the_weights_own_transform(name, resize, interpolation):
-    """Crop, resize and interpolation come from torchvision's weights (their documented recipes)."""
+    """Crop, resize and interpolation are torchvision's weights' own (their documented recipes); the
+    crop, which configs need without torch, is registered in helpers.choices and checked here."""
     info = BACKBONES[name]
     assert (info.image_size, info.resize_size, info.interpolation.value) == (224, resize, interpolation)
     assert info.feature_size == feature_side(224, name) == 7
     preset = info.weights_enum.transforms()
+    assert info.image_size == preset.crop_size[0]
     # ImageEncoder applies the ImageNet statistics itself: every preset must use those
     assert (list(preset.mean), list(preset.std)) == (list(IMAGENET_MEAN), list(IMAGENET_STD))
     resize_step = next(step for step in image_transform(name).transforms if hasattr(step, "interpolation"))

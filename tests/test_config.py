@@ -1,4 +1,4 @@
-"""Config files, presets, overrides, every error case, and build_model."""
+"""Config files, presets, overrides, every error case, the GloVe a config names, and build_model."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from helpers.config import (
     Config,
     ConfigError,
     config_from_dict,
-    demo_glove_path,
     load_config,
 )
+from helpers.glove import demo_glove_path, load_word_vectors
 from helpers.models import build_model
 from helpers.text import SPECIAL_TOKENS, Vocabulary
 
@@ -267,7 +267,7 @@ def _small(name: str, *extra: str) -> Config:
 )
 def test_build_model_returns_the_model_for_each_cell_type(name, cls, cell, vocab):
     torch.manual_seed(0)
-    model = build_model(_small(name), vocab)
+    model = build_model(_small(name), vocab, word_vectors=None)
     assert type(model).__name__ == cls and model.cell_type == cell
     assert model.input_dim == 400 and model.hidden_dim == 32
     features = torch.randn(2, 400, 3, 3)
@@ -276,32 +276,49 @@ def test_build_model_returns_the_model_for_each_cell_type(name, cls, cell, vocab
     assert loss.ndim == 0 and torch.isfinite(loss)
 
 
-def test_glove_dimension_mismatch_is_caught_at_build_time(tmp_path, vocab):
+def _built(config: Config, vocab) -> torch.nn.Module:
+    """The model as training builds it: the GloVe step, then the builder."""
+    return build_model(config, vocab, word_vectors=load_word_vectors(config, vocab))
+
+
+def test_build_model_needs_the_word_vectors_and_reads_no_file(tmp_path, vocab):
+    config = _small("LSTM", "embeddings.use_glove=true", f"embeddings.glove_path={tmp_path / 'none.txt'}")
+    with pytest.raises(TypeError, match="word_vectors"):  # an old call cannot silently skip GloVe
+        build_model(config, vocab)
+    with pytest.raises(TypeError, match="load_glove"):
+        build_model(config, vocab, load_glove=False)
+    assert build_model(config, vocab, word_vectors=None).word_embed.W_embed.shape == (len(vocab), 16)
+    vectors = torch.full((len(vocab), 16), 0.25)
+    assert torch.equal(build_model(config, vocab, word_vectors=vectors).word_embed.W_embed, vectors)
+    assert load_word_vectors(_small("LSTM"), vocab) is None  # use_glove false: random vectors
+
+
+def test_glove_dimension_mismatch_is_caught_before_building(tmp_path, vocab):
     glove = tmp_path / "glove.6B.50d.txt"
     glove.write_text("red " + " ".join(["0.1"] * 50) + "\ncircle " + " ".join(["0.2"] * 50) + "\n")
     config = _small("LSTM", "embeddings.use_glove=true", f"embeddings.glove_path={glove}")
     with pytest.raises(ConfigError) as info:
-        build_model(config, vocab)
+        load_word_vectors(config, vocab)
     assert f"{str(glove)!r} holds 50-dimensional vectors but model.wordvec_dim=16" in str(info.value)
     assert "set model.wordvec_dim=50" in str(info.value)
     config = _small(
         "LSTM", "embeddings.use_glove=true", f"embeddings.glove_path={glove}", "model.wordvec_dim=50"
     )
-    model = build_model(config, vocab)
+    model = _built(config, vocab)
     assert torch.allclose(model.word_embed.W_embed[vocab.word_to_idx["red"]], torch.full((50,), 0.1))
 
 
 def test_missing_glove_file_says_how_to_get_it(tmp_path, vocab):
     config = _small("LSTM", "embeddings.use_glove=true", f"embeddings.glove_path={tmp_path / 'none.txt'}")
     with pytest.raises(ConfigError, match="not found.*thanakomsn/glove6b300dtxt"):
-        build_model(config, vocab)
+        load_word_vectors(config, vocab)
 
 
 def test_demo_glove_is_generated_for_the_vocabulary(tmp_path, vocab):
     config = _small(
         "LSTM", "embeddings.use_glove=true", "embeddings.glove_path=demo", f"data.work_dir={tmp_path}"
     )
-    model = build_model(config, vocab)
+    model = _built(config, vocab)
     path = tmp_path / "glove" / "glove.demo.16d.txt"
     words = [line.split(" ")[0] for line in path.read_text().splitlines()]
     assert {"red", "circle", "square", "a"} <= set(words) and not any(w.startswith("<") for w in words)
@@ -320,7 +337,7 @@ def test_bare_glove_6b_name_is_fetched_from_kaggle(tmp_path, vocab, monkeypatch)
     config = _small(
         "LSTM", "embeddings.use_glove=true", "embeddings.glove_path=glove.6B.50d.txt", "model.wordvec_dim=50"
     )
-    model = build_model(config, vocab)
+    model = _built(config, vocab)
     assert torch.allclose(model.word_embed.W_embed[vocab.word_to_idx["red"]], torch.full((50,), 0.5))
 
 
@@ -336,7 +353,7 @@ def test_bare_glove_6b_name_offline_names_the_dataset(tmp_path, vocab, monkeypat
     config = _small("LSTM", "embeddings.use_glove=true", "embeddings.glove_path=glove.6B.300d.txt",
                     "model.wordvec_dim=300")
     with pytest.raises(ConfigError, match="glove.6B.300d.txt.*thanakomsn/glove6b300dtxt"):
-        build_model(config, vocab)
+        load_word_vectors(config, vocab)
 
 
 def test_a_backbone_can_be_switched_on_top_of_a_preset():

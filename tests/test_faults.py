@@ -20,15 +20,17 @@ import torch
 from PIL import Image
 
 from helpers.checkpoints import CheckpointError, load_checkpoint
-from helpers.config import ConfigError, bad_image_limit, glove_file_dim, load_config
+from helpers.config import ConfigError, bad_image_limit, load_config
 from helpers.embeddings import GloveFormatError, load_glove_embeddings, write_glove_file
 from helpers.evaluate import evaluate_run
 from helpers.files import WriteError, atomic_path, remove_abandoned_temporaries, write_json_atomic
+from helpers.glove import glove_file_dim
 from helpers.images import TooManyBadImagesError, load_image
 from helpers.runlock import RunFolderBusyError, RunLock
+from helpers.runs import NonFiniteLossError, check_resume_compatible
 from helpers.sources import DatasetFormatError, read_flickr_csv
 from helpers.text import Vocabulary
-from helpers.train import NonFiniteLossError, check_resume_compatible, train
+from helpers.train import train
 from helpers.workdir import make_source
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -248,19 +250,21 @@ def test_a_failed_checkpoint_write_keeps_the_last_good_one(
 def test_a_nan_loss_stops_at_its_step_keeping_the_last_good_checkpoint(
     tmp_path, source, monkeypatch, demo_dir
 ):
-    import helpers.train
+    from helpers.objectives import CrossEntropy
 
     settings = {"training.run_name": "nan", "training.checkpoint_every_steps": 2}
     config = demo_config(tmp_path, demo_dir, **settings)
-    real_step = helpers.train.train_step
+    real_loss = CrossEntropy.loss
     steps = []
 
-    def diverging_step(*args, **kwargs):
+    def diverging_loss(*args, **kwargs):
         steps.append(1)
-        loss = real_step(*args, **kwargs)
-        return float("nan") if len(steps) == 3 else loss
+        step = real_loss(*args, **kwargs)
+        if len(steps) == 3:
+            step.mean = torch.tensor(float("nan"))
+        return step
 
-    monkeypatch.setattr(helpers.train, "train_step", diverging_step)
+    monkeypatch.setattr(CrossEntropy, "loss", diverging_loss)
     with pytest.raises(NonFiniteLossError) as stopped:
         train_quietly(config, source)
     message = str(stopped.value)

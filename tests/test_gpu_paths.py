@@ -17,17 +17,10 @@ from helpers.checkpoints import load_checkpoint
 from helpers.config import load_config
 from helpers.devices import DeviceOutOfMemoryError, out_of_memory_error
 from helpers.images import default_num_workers
+from helpers.preflight import PreflightError, preflight
 from helpers.runlock import RunLock
-from helpers.train import (
-    PreflightError,
-    cross_entropy_config,
-    preflight,
-    rng_state,
-    seed_everything,
-    seed_rank,
-    set_rng_state,
-    train,
-)
+from helpers.runs import cross_entropy_config, rng_state, seed_everything, seed_rank, set_rng_state
+from helpers.train import train
 from helpers.workdir import make_source
 
 
@@ -188,7 +181,7 @@ def test_a_failing_training_step_stops_the_preflight_naming_the_setting_that_avo
     def broken(*args, **kwargs):
         raise RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED when calling cublasGemmEx\nmore lines")
 
-    monkeypatch.setattr("helpers.train.train_step", broken)
+    monkeypatch.setattr("helpers.objectives.CrossEntropy.loss", broken)
     with pytest.raises(PreflightError) as raised:
         preflight(config, prepared.vocab, torch.device("cpu"), progress=False)
     message = str(raised.value)
@@ -208,7 +201,7 @@ def test_nvjpeg_failing_in_the_preflight_falls_back_to_the_cpu_decoder(demo_work
     def failing(device):
         raise RuntimeError("nvjpegDecodeBatchedInitialize failed: 5")
 
-    monkeypatch.setattr("helpers.train.check_nvjpeg", failing)
+    monkeypatch.setattr("helpers.preflight.check_nvjpeg", failing)
     checked = preflight(config, prepared.vocab, torch.device("cpu"), progress=False)
     assert checked.data.jpeg_decoder == "torchvision" and checked.run_path == config.run_path
     said = capsys.readouterr().out
@@ -231,7 +224,7 @@ def test_running_out_of_gpu_memory_names_what_to_lower_and_keeps_the_run(demo_wo
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total "
                                      "capacity of 14.74 GiB of which 1.06 GiB is free.\nOf the allocated...")
 
-    monkeypatch.setattr("helpers.train.train_step", out_of_memory)
+    monkeypatch.setattr("helpers.objectives.CrossEntropy.loss", out_of_memory)
     with pytest.raises(DeviceOutOfMemoryError) as raised, pytest.warns(UserWarning, match="epochs 1 -> 2"):
         train(tiny_config(work, demo_dir, "training.run_name=oom", "training.epochs=2"), prepared=prepared,
               progress=False)

@@ -198,6 +198,15 @@ def test_glove_dimension_must_match_wordvec_dim(tmp_path):
     assert "wordvec_dim=16" in str(error.value) and "20" in str(error.value)
 
 
+def test_a_given_matrix_starts_the_word_vectors_instead_of_a_glove_file(tmp_path):
+    vectors = torch.randn(len(WORDS), 16)
+    for kind in ("lstm", "transformer"):
+        assert torch.equal(make_model(kind, pretrained_embeddings=vectors).word_embed.W_embed, vectors)
+    glove_path = write_glove(tmp_path / "glove.16d.txt", {"dog": np.ones(16)})
+    with pytest.raises(ValueError, match="glove_path or pretrained_embeddings"):
+        make_model("lstm", glove_path=str(glove_path), pretrained_embeddings=vectors)
+
+
 def test_frozen_embeddings_get_no_gradient_and_do_not_move(tmp_path):
     glove_path = write_glove(tmp_path / "glove.16d.txt", {"dog": np.full(16, 0.5), "cat": np.full(16, -0.5)})
     model = make_model("lstm", glove_path=str(glove_path), freeze_embeddings=True)
@@ -464,7 +473,7 @@ def test_build_model_gives_each_decoder_the_configs_dropout(name, dropout):
     default = ["model.dropout=null"]  # configs/demo.yaml sets 0
     assert load_config([name, "demo"], default).model.dropout == dropout, "null: the decoder's own default"
     for chosen, overrides in ((dropout, default), (0.2, ["model.dropout=0.2"])):
-        model = build_model(load_config([name, "demo"], overrides), WORD_TO_IDX, load_glove=False)
+        model = build_model(load_config([name, "demo"], overrides), WORD_TO_IDX, word_vectors=None)
         layers = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
         assert layers and set(layers) == {chosen}
     with pytest.raises(ConfigError, match=r"training.label_smoothing=1.0 must be in \[0, 1\)"):

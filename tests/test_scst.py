@@ -14,10 +14,12 @@ from helpers.checkpoints import load_checkpoint
 from helpers.config import ConfigError, load_config
 from helpers.models import CaptioningRNN, CaptioningTransformer
 from helpers.notebook import Env
+from helpers.objectives import self_critical_advantage
 from helpers.rewards import CiderD, token_sequences
+from helpers.runs import TrainState
 from helpers.stages import stage_config
-from helpers.train import TrainState, self_critical_advantage, train
 from helpers.train import main as train_main
+from helpers.train import train
 from helpers.workdir import make_source
 
 NULL, START, END = 0, 1, 2

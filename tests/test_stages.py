@@ -13,8 +13,10 @@ import yaml
 
 from helpers.checkpoints import load_checkpoint, load_run
 from helpers.config import ConfigError
+from helpers.glove import load_word_vectors
 from helpers.models import CaptioningRNN, build_model
 from helpers.notebook import Env
+from helpers.runs import seed_everything
 from helpers.stages import (
     TrainingPaused,
     compare_decoding,
@@ -25,7 +27,6 @@ from helpers.stages import (
     stage_config,
 )
 from helpers.stages import train as stages_train
-from helpers.train import seed_everything
 
 NOTEBOOK_DEFAULTS = {  # the parameters cell as generated: None keeps the config's value
     "DEMO": False,
@@ -283,7 +284,8 @@ def test_compare_embeddings_trains_each_word_vector_choice(earlier_session):
     # trainable one may move it.
     config = runs["glove-frozen"][2]
     seed_everything(config.training.seed)
-    start = build_model(config, prepared.vocab).word_embed.W_embed
+    vectors = load_word_vectors(config, prepared.vocab)
+    start = build_model(config, prepared.vocab, word_vectors=vectors).word_embed.W_embed
     frozen, trainable = (runs[name][0].word_embed.W_embed for name in ("glove-frozen", "glove-trainable"))
     assert not frozen.requires_grad and trainable.requires_grad
     assert torch.equal(frozen, start) and not torch.equal(trainable, start)
@@ -304,7 +306,7 @@ def test_a_notebook_run_gets_the_session_budget_and_stops_if_nothing_can_be_show
     work, prepared, store = earlier_session
     params = {**NOTEBOOK_DEFAULTS, "DEMO": True, "OVERRIDES": ["training.max_hours=0.5"]}
     config = stage_config("LSTM", params, env_for(tmp_path / "work"))
-    monkeypatch.setattr("helpers.train._out_of_time", lambda deadline: deadline is not None)
+    monkeypatch.setattr("helpers.train.out_of_time", lambda deadline: deadline is not None)
     with pytest.raises(TrainingPaused, match=r"before the first epoch ended; .*last\.pt is saved\. Run this"):
         stages_train(config, prepared, store, hours_left=0.25)
     saved = yaml.safe_load((config.run_path / "config.yaml").read_text())

@@ -20,8 +20,11 @@ from helpers.config import load_config
 from helpers.devices import UnsupportedDeviceError, check_cuda_device
 from helpers.evaluate import compute_metrics, decode_split, evaluate_run, per_image_cider
 from helpers.features import FeatureStore
+from helpers.glove import load_word_vectors
 from helpers.models import build_model
-from helpers.train import TrainState, epoch_batches, lr_factor, train
+from helpers.optimization import lr_factor
+from helpers.runs import TrainState
+from helpers.train import epoch_batches, train
 from helpers.workdir import make_source
 
 
@@ -112,7 +115,7 @@ def test_frozen_pretrained_cnn_is_left_out_of_checkpoints(tmp_path):
             "model.wordvec_dim=8",
         ],
     )
-    model = build_model(config, vocab)
+    model = build_model(config, vocab, word_vectors=None)
     for pretrained in (False, True):  # frozen: rebuilt from its seed or torchvision's weights
         config.model.pretrained_backbone = pretrained
         kept = model_state(model, config)
@@ -150,7 +153,7 @@ def test_a_features_run_captions_images_through_the_cnn_its_store_came_from(smal
     torch.testing.assert_close(encoded, stored, rtol=2e-3, atol=2e-3)
     assert torch.equal(model.sample(images, max_length=16), model.sample(stored, max_length=16))
 
-    other_cnn = build_model(loaded_config, prepared.vocab).image_encoder.state_dict()
+    other_cnn = build_model(loaded_config, prepared.vocab, word_vectors=None).image_encoder.state_dict()
     with_cnn = {**best["model"], **{f"image_encoder.{k}": v for k, v in other_cnn.items()}}
     old_style = {**best, "model": with_cnn}
     save_atomic(old_style, result.run_dir / "best.pt")
@@ -280,7 +283,7 @@ def test_a_time_budget_pauses_cleanly_and_reruns_end_like_an_uninterrupted_run(s
     def watch(event, state):
         clock["step"] = state.global_step
 
-    monkeypatch.setattr("helpers.train._out_of_time", out_of_time)
+    monkeypatch.setattr("helpers.train.out_of_time", out_of_time)
     budget = demo_config(
         "Transformer", work, **settings, **{"training.run_name": "budget", "training.max_hours": 1}
     )
@@ -327,7 +330,7 @@ def test_fp16_loss_scaling_resumes_exactly(small_demo, monkeypatch):
     checkpoint) run on the CPU: CPU fp16 autocast stands in for CUDA's. The scaler must really act
     (the Transformer's first steps overflow in fp16 and halve the scale) and a killed run must resume
     to the weights and scaler state of an uninterrupted one."""
-    monkeypatch.setattr("helpers.train._amp", lambda config, device: config.training.amp)
+    monkeypatch.setattr("helpers.train.amp_enabled", lambda config, device: config.training.amp)
     work, prepared, store = small_demo
     settings = dict(
         batch_size=40,
@@ -438,7 +441,8 @@ def test_finetune_trains_only_the_last_backbone_stages(small_demo, backbone):
         },
     )
     torch.manual_seed(config.training.seed)
-    initial = build_model(config, prepared.vocab).image_encoder.trainable_stages()
+    vectors = load_word_vectors(config, prepared.vocab)
+    initial = build_model(config, prepared.vocab, word_vectors=vectors).image_encoder.trainable_stages()
     initial = [{k: v.clone() for k, v in stage.state_dict().items()} for stage in initial]
     result = train(config, prepared=prepared, progress=False)
     stages = result.model.image_encoder.trainable_stages()
@@ -588,7 +592,7 @@ def test_best_and_last_checkpoints_hold_the_counters_and_last_also_the_resume_st
 
 def test_resume_accepts_moved_folders_but_not_another_model():
     from helpers.config import ConfigError
-    from helpers.train import _check_resumable
+    from helpers.runs import _check_resumable
 
     started = load_config("LSTM", ["data.work_dir=/old/work", "training.run_dir=/old/work/runs"])
     checkpoint = {"config": started.to_dict()}
@@ -758,7 +762,7 @@ def test_scst_starts_from_the_finished_cross_entropy_run_and_raises_cider_on_fre
     assert [row.get("phase", "xe") for row in scst.history[8:]] == ["scst"] * 10
     last = load_checkpoint(scst_config.run_path / "last.pt")
     assert last["scst_from"] == str(cross_entropy.run_dir)
-    trained = build_model(scst_config, prepared.vocab)
+    trained = build_model(scst_config, prepared.vocab, word_vectors=None)  # weights: last.pt's
     load_model_state(trained, last["model"], scst_config.run_path / "last.pt")
 
     before = _fresh_scenes_cider(cross_entropy.model, fresh_scenes, scst_config)

@@ -2,11 +2,13 @@
 
 `compute_metrics` wraps pycocoevalcap, the reference implementation papers report: BLEU-1..4,
 ROUGE-L and CIDEr-D (CIDEr over the whole split in one call, since its document frequencies come
-from the set being scored), plus METEOR when Java is on PATH. Captions are tokenized either with
-the project's one tokenizer (`helpers.text.tokenize`, no Java) or, as the COCO caption evaluation
-that papers report does, with pycocoevalcap's Java PTBTokenizer. Both split clitics ("dog 's");
-they differ on hyphenated words, decimal numbers and times. `evaluate_run` decodes a trained run's best
-checkpoint and writes results.json, recording which tokenizer scored each figure.
+from the set being scored), plus METEOR when Java is on PATH, and SPICE on request where Java and
+the Stanford CoreNLP jars it needs are present (they are never downloaded here). Captions are
+tokenized either with the project's one tokenizer (`helpers.text.tokenize`, no Java) or, as the COCO
+caption evaluation that papers report does, with pycocoevalcap's Java PTBTokenizer. Both split
+clitics ("dog 's"); they differ on hyphenated words, decimal numbers and times. `evaluate_run`
+decodes a trained run's best checkpoint and writes results.json, recording which tokenizer scored
+each figure.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from helpers.features import ImageFeatureDataset
 from helpers.files import write_json_atomic
 from helpers.images import ImageDataset, image_loader
 from helpers.text import END, NULL, START, caption_ids, tokenize
-from helpers.workdir import make_source
+from helpers.workdir import prepared_and_features
 
 METRIC_NAMES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr")
 # How every log, plot and table shows a metric: the papers' name, scores x 100 (BLEU-4 25.00).
@@ -53,6 +55,7 @@ METRIC_LABELS = {
     "METEOR": "METEOR",
     "ROUGE_L": "ROUGE-L",
     "CIDEr": "CIDEr",
+    "SPICE": "SPICE",
 }
 
 
@@ -61,6 +64,10 @@ def as_printed(score: float) -> str:
     return f"{100 * score:.2f}"
 TOKENIZERS = ("project", "ptb")  # compute_metrics; configs and the command line also accept "auto"
 METEOR_TIMEOUT_S = 600
+# What pycocoevalcap's Spice downloads into its spice/lib folder at first use (Stanford CoreNLP 3.6.0,
+# from the zip below, several hundred MB): SPICE parses captions into scene graphs with it.
+SPICE_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
+CORENLP_URL = "http://nlp.stanford.edu/software/stanford-corenlp-full-2015-12-09.zip"
 _java_notices_shown: set[str] = set()
 
 
@@ -104,6 +111,47 @@ def _check_inputs(
 
 class JavaUnavailableError(RuntimeError):
     """A scorer that runs on Java (PTB tokenizer, METEOR when insisted on) found no `java`."""
+
+
+class SpiceUnavailableError(RuntimeError):
+    """SPICE was asked for where it cannot run (no Java, no Stanford CoreNLP jars); names what is missing."""
+
+
+def spice_missing() -> list[str]:
+    """What SPICE lacks here ([] when it can run): `java` on PATH, and the Stanford CoreNLP jars in
+    pycocoevalcap's spice/lib folder, where its Spice looks for them (and downloads them when absent)."""
+    import importlib.util
+
+    lib = Path(importlib.util.find_spec("pycocoevalcap.spice").origin).parent / "lib"
+    missing = [] if shutil.which("java") else ["`java` on PATH"]
+    return missing + [str(lib / name) for name in SPICE_JARS if not (lib / name).is_file()]
+
+
+def check_spice() -> None:
+    """Raise SpiceUnavailableError naming what SPICE lacks and the fix, before any decoding."""
+    missing = spice_missing()
+    if missing:
+        raise SpiceUnavailableError(
+            f"SPICE cannot run here: it needs {' and '.join(missing)}. pycocoevalcap's SPICE downloads "
+            f"Stanford CoreNLP 3.6.0 at first use ({CORENLP_URL}, several hundred MB), which this suite "
+            "never does (Kaggle sessions often have no Internet). Fix: install Java (apt-get install -y "
+            f"default-jre-headless) and put {' and '.join(SPICE_JARS)} from that zip into pycocoevalcap's "
+            "spice/lib folder (named above; it must be writable, SPICE keeps a cache beside it), or score "
+            "without SPICE. Without it you get BLEU-1..4, METEOR (with Java), ROUGE-L and CIDEr-D."
+        )
+
+
+def _spice(gts: dict, res: dict) -> float:
+    """SPICE (pycocoevalcap, the COCO caption evaluation's) of the tokenized captions, or a clear error."""
+    check_spice()
+    from pycocoevalcap.spice.spice import Spice
+
+    try:
+        with _stderr_to_file() as java_said, contextlib.redirect_stdout(io.StringIO()):
+            score, _ = Spice().compute_score(gts, res)
+    except (OSError, subprocess.SubprocessError) as error:
+        raise RuntimeError(f"SPICE failed ({error}; Java said: {' '.join(java_said)!r}).") from error
+    return float(score)
 
 
 def resolve_tokenizer(name: str) -> str:
@@ -191,6 +239,7 @@ def compute_metrics(
     hypotheses: Mapping[Hashable, str],
     meteor: bool | str = "auto",
     tokenizer: str = "project",
+    spice: bool = False,
 ) -> dict[str, float]:
     """Corpus metrics of one hypothesis per id against its references (pycocoevalcap).
 
@@ -198,8 +247,11 @@ def compute_metrics(
     scores METEOR when `java` is on PATH (a one-line notice otherwise), False skips it, True insists
     (RuntimeError without Java). `tokenizer`: "project" (`helpers.text.tokenize`, no Java) or "ptb"
     (pycocoevalcap's Java PTBTokenizer on both sides, as the COCO caption evaluation behind
-    published figures does).
+    published figures does). `spice`: also SPICE, which needs Java and the Stanford CoreNLP jars
+    (SpiceUnavailableError naming what is missing, checked before anything is scored).
     """
+    if spice:
+        check_spice()
     from pycocoevalcap.bleu.bleu import Bleu  # imported here: see _tokenized
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
@@ -218,6 +270,8 @@ def compute_metrics(
         score = _meteor(gts, res, required=meteor is True)
         if score is not None:
             metrics["METEOR"] = score
+    if spice:
+        metrics["SPICE"] = _spice(gts, res)
     return metrics
 
 
@@ -404,6 +458,7 @@ def score_model(
     image_size: int | None = None,
     tokenizer: str = "auto",
     decoding: Mapping[str, Any] | None = None,
+    spice: bool = False,
 ) -> tuple[dict, dict, dict]:
     """Metrics {split: {"beam<k>": metrics}}, the captions {split: {"beam<k>": {file: caption}}} and
     how each was scored {split: {"beam<k>": {"tokenizer": ..., "images": n}}}.
@@ -437,7 +492,7 @@ def score_model(
             )
             scores = distributed.from_main(
                 compute_metrics, {k: references[k] for k in hypotheses}, hypotheses, meteor=meteor,
-                tokenizer=tokenizer,
+                tokenizer=tokenizer, spice=spice,
             )
             metrics[split][f"beam{beam}"] = scores
             captions[split][f"beam{beam}"] = hypotheses
@@ -463,14 +518,18 @@ def evaluate_run(
     progress: bool = True,
     tokenizer: str | None = None,
     checkpoint_name: str = "best",
+    spice: bool = False,
 ) -> dict[str, Any]:
     """Score a run's best.pt (or `checkpoint_name`.pt, e.g. "last"; last.pt when no epoch was validated
     yet) on `split` with each beam size and merge the figures into results.json.
 
     The prepared data and the feature store are rebuilt from the run's config (cached in its work
-    dir) unless given. `tokenizer` defaults to the run's training.metric_tokenizer. Returns the
-    results dict that was written.
+    dir) unless given. `tokenizer` defaults to the run's training.metric_tokenizer. `spice`: SPICE too,
+    where Java and the Stanford CoreNLP jars are present (else SpiceUnavailableError, before any work).
+    Returns the results dict that was written.
     """
+    if spice:
+        check_spice()
     run_dir = Path(run_dir)
     splits = [split] if isinstance(split, str) else list(split)
     check_split_names(splits)
@@ -483,7 +542,7 @@ def evaluate_run(
         print(f"{run_dir} has no best.pt yet: scoring last.pt.")
     model, checkpoint, config = load_run(run_dir, device=device, which=which)
     tokenizer = resolve_tokenizer(tokenizer or config.training.metric_tokenizer)
-    prepared, store = make_source(config, prepared, store, device=device)
+    prepared, store = prepared_and_features(config, prepared, store, device=device)
     empty = [name for name in splits if not prepared.splits.get(name)]
     if empty:
         names = ", ".join(empty)
@@ -500,6 +559,7 @@ def evaluate_run(
         image_size=config.image_size,
         tokenizer=tokenizer,
         decoding=config.decoding,
+        spice=spice,
     )
     return write_results(run_dir, model, config, checkpoint, metrics, captions, device, scoring)
 
@@ -568,13 +628,16 @@ def _device_name(device) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
+    if device.type == "mps":
+        return "mps (Apple GPU)"
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
 def format_metrics_table(metrics: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
     """A small markdown table: one row per split and beam size, scores as papers print them."""
     names = [
-        n for n in (*METRIC_NAMES, "METEOR") if any(n in m for b in metrics.values() for m in b.values())
+        n for n in (*METRIC_NAMES, "METEOR", "SPICE")
+        if any(n in m for b in metrics.values() for m in b.values())
     ]
     labels = [METRIC_LABELS[n] for n in names]
     lines = ["| split | beam | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(names)]
@@ -605,6 +668,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR even when Java is available")
     parser.add_argument(
+        "--spice", action="store_true",
+        help="also score SPICE (needs Java, and Stanford CoreNLP 3.6.0's two jars in pycocoevalcap's "
+        "spice/lib; never downloaded here)",
+    )
+    parser.add_argument(
         "--tokenizer",
         choices=("auto", *TOKENIZERS),
         help="how captions are tokenized for scoring: ptb (Java, as papers), project, or auto (ptb "
@@ -622,8 +690,9 @@ def main(argv: list[str] | None = None) -> int:
             meteor=False if args.no_meteor else "auto",
             tokenizer=args.tokenizer,
             checkpoint_name=args.checkpoint,
+            spice=args.spice,
         )
-    except (*INPUT_ERRORS, JavaUnavailableError, ValueError) as error:
+    except (*INPUT_ERRORS, JavaUnavailableError, SpiceUnavailableError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"\n{results['run_name']}: best epoch {results['best_epoch']} of {results['epochs']}")

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import sys
 import textwrap
 import time
 import warnings
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from helpers.backbones import BACKBONES
-from helpers.deps import ensure_requirements
+from helpers.deps import check_requirements
 from helpers.devices import MIN_COMPUTE_CAPABILITY, capability_supported
 from helpers.embeddings import GLOVE_CACHE_ENV
 from helpers.evaluate import METRIC_LABELS
@@ -92,12 +93,15 @@ class Env:
     """Where this session runs and where its files live."""
 
     on_kaggle: bool
-    device: str  # "cuda" or "cpu" (cpu also when the GPU is too old for this torch)
+    # training.device: "cuda", "cpu" (also when the GPU is too old for this torch), or "auto" with Apple's
+    # GPU, which then trains each decoder on mps where it runs there, else on the CPU (helpers.devices)
+    device: str
     gpu_name: str | None
     compute_capability: tuple[int, int] | None
     work_dir: Path  # this stage's outputs (Kaggle keeps /kaggle/working after the session)
     input_dirs: tuple[Path, ...]  # read-only places holding earlier stages' outputs (/kaggle/input)
     started: float = field(default_factory=time.time, compare=False)  # when setup() ran
+    place: str = "local"  # "Kaggle", "Colab" or "local": where the notebook runs
 
     def hours_left(self, session_hours: float | None) -> float | None:
         """What remains of a `session_hours` budget counted from setup() (None: no budget).
@@ -112,22 +116,43 @@ class Env:
         return max(left, 1 / 60)
 
     def summary(self) -> str:
-        where = "Kaggle" if self.on_kaggle else "local"
         gpu = (
             f"{self.gpu_name} (sm_{self.compute_capability[0]}{self.compute_capability[1]})"
-            if self.gpu_name
-            else "none"
+            if self.compute_capability
+            else self.gpu_name or "none"
         )
         inputs = ", ".join(str(p) for p in self.input_dirs) or "none"
-        return f"{where} | device {self.device} | GPU {gpu} | work dir {self.work_dir} | inputs {inputs}"
+        device = "mps where the decoder runs on it, else cpu" if self.device == "auto" else self.device
+        return f"{self.place} | device {device} | GPU {gpu} | work dir {self.work_dir} | inputs {inputs}"
+
+    def outputs_note(self) -> str:
+        """Where this notebook's outputs go, and what keeps them."""
+        if self.on_kaggle:
+            return (f"Outputs go to {self.work_dir}: Kaggle keeps them as this notebook's output when the "
+                    "session is saved (Save Version).")
+        if self.place == "Colab":
+            return (f"Outputs go to {self.work_dir}. Colab deletes /content when the runtime ends: to keep "
+                    "them, mount Google Drive (from google.colab import drive; "
+                    "drive.mount('/content/drive')) and set WORK_DIR = '/content/drive/MyDrive/captioning'.")
+        return f"Outputs go to {self.work_dir} (WORK_DIR sets another folder)."
 
 
-def _gpu() -> tuple[str | None, tuple[int, int] | None]:
+def _gpu() -> tuple[str, str | None, tuple[int, int] | None]:
+    """The training.device for this machine, the GPU's name and its compute capability (CUDA's). On
+    Apple's GPU "auto": whether mps can train depends on the decoder, which a later cell chooses."""
     import torch
 
-    if not torch.cuda.is_available():
-        return None, None
-    return torch.cuda.get_device_name(0), tuple(torch.cuda.get_device_capability(0))
+    if torch.cuda.is_available():
+        return "cuda", torch.cuda.get_device_name(0), tuple(torch.cuda.get_device_capability(0))
+    if torch.backends.mps.is_available():
+        return "auto", "Apple GPU (mps)", None
+    return "cpu", None, None
+
+
+def on_colab() -> bool:
+    """Whether this kernel runs on Google Colab (its kernel loads google.colab; its runtimes set
+    COLAB_RELEASE_TAG, which kagglehub reads too)."""
+    return "google.colab" in sys.modules or bool(os.environ.get("COLAB_RELEASE_TAG"))
 
 
 def setup(
@@ -136,18 +161,20 @@ def setup(
     kaggle_input: str | Path | None = None,
     kaggle_working: str | Path = KAGGLE_WORKING,
 ) -> Env:
-    """Check the dependencies, detect Kaggle and the GPU, create the work dir, print a summary.
+    """Check the requirements, detect Kaggle, Colab and the GPU, create the work dir, print a summary
+    and where the outputs go.
 
-    Packages the suite needs that the machine lacks (pycocoevalcap on Kaggle) are installed first,
-    from the helpers dataset's wheels or the registry (helpers.deps), or the cell fails at once.
+    A package the suite needs that is missing or too old stops the notebook here, before any work,
+    with the fix (helpers.deps; the setup cell's pip call installs them with the helpers wheel).
 
     On Kaggle (KAGGLE_KERNEL_RUN_TYPE is set) the work dir is /kaggle/working, or a relative
     `work_dir` below it, and the inputs are read from `kaggle_input` (default $KAGGLE_INPUT_DIR, else
-    /kaggle/input); elsewhere `work_dir`, by default the main job's runs/demo/work when it exists
-    (helpers.suite.MAIN_JOB_WORK_DIR: its artifacts are reused), else ./work. A GPU below compute
-    capability 7.0 (Kaggle's P100) is reported and not used: torch's first CUDA operation would fail on it.
+    /kaggle/input); elsewhere (a laptop, Colab) `work_dir`, by default the main job's runs/demo/work
+    when it exists (helpers.suite.MAIN_JOB_WORK_DIR: its artifacts are reused), else ./work (on
+    Colab /content/work). A GPU below compute capability 7.0 (Kaggle's P100) is reported and not used:
+    torch's first CUDA operation would fail on it. Apple's GPU (mps) trains each decoder that runs on it.
     """
-    ensure_requirements()  # a missing package is reported now, never after an epoch of training
+    check_requirements()  # a missing package is reported now, never after an epoch of training
     on_kaggle = bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE"))
     if on_kaggle:
         base = Path(kaggle_working)
@@ -167,8 +194,7 @@ def setup(
     if on_kaggle:  # ~/.cache is lost with the session; the work dir is saved with the notebook's output
         os.environ.setdefault(GLOVE_CACHE_ENV, str(work / "glove_cache"))
 
-    gpu_name, capability = _gpu()
-    device = "cuda" if gpu_name else "cpu"
+    device, gpu_name, capability = _gpu()
     if capability is not None and not capability_supported(capability):
         device = "cpu"
         message = (
@@ -180,8 +206,10 @@ def setup(
         print(f"WARNING: {message}")
     elif on_kaggle and gpu_name is None:
         print("No GPU in this session: in Settings > Accelerator pick 'GPU T4 x2' (and turn Internet on).")
-    env = Env(on_kaggle, device, gpu_name, capability, work, inputs)
+    place = "Kaggle" if on_kaggle else "Colab" if on_colab() else "local"
+    env = Env(on_kaggle, device, gpu_name, capability, work, inputs, place=place)
     print(env.summary())
+    print(env.outputs_note())
     return env
 
 
@@ -833,7 +861,7 @@ def _result_rows(path: Path) -> list[dict[str, Any]]:
     if not isinstance(results, Mapping):
         raise ValueError(f"{path}: expected a JSON object with 'config' and 'metrics'.")
     config = _get(results, "config", default={})
-    cell_type = _get(config, "model", "cell_type")
+    cell_type = _get(config, "model", "decoder", default=_get(config, "model", "cell_type"))  # or old name
     wall_time = _get(results, "train_wall_time_s", default=_get(results, "wall_time_s"))
     base = {
         "run": _get(results, "run_name", default=path.parent.name),

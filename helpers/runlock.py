@@ -1,15 +1,18 @@
-"""One training process per run folder at a time.
+"""One training process per run folder at a time, on Linux, macOS and Windows.
 
-`RunLock(run_dir)` holds an exclusive `flock` on `<run_dir>/run.lock` for as long as a training runs.
-The kernel drops such a lock when its process dies, however it dies (kill -9, a session that ends),
-so a lock can never be left stuck: the next run takes it over. The file also records who holds it
-(process id, host, command, start time) so that a second run into the same folder can refuse at once
-and name the owner instead of silently mixing two runs' checkpoints and config.
+`RunLock(run_dir)` holds `<run_dir>/run.lock` with filelock's operating-system lock (flock on Linux
+and macOS, LockFileEx on Windows) for as long as a training runs. The system drops such a lock when
+its process dies, however it dies (kill -9, a session that ends), so a lock can never be left stuck:
+the next run takes it over. (Where the system has neither, filelock's soft lock stands in: a marker
+file that the next run takes over once the process it names is gone from this host.) Beside it,
+`run.owner.json` records who holds the folder (process id, host, command, start time), so that a
+second run into the same folder refuses at once and names the owner instead of silently mixing two
+runs' checkpoints and config. The record is a file of its own because a Windows lock keeps other
+processes from reading the locked file, and the soft lock writes its marker into it.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import socket
@@ -17,9 +20,12 @@ import sys
 import time
 from pathlib import Path
 
-from helpers.files import write_error
+import filelock
+
+from helpers.files import write_error, write_json_atomic
 
 LOCK_NAME = "run.lock"
+OWNER_NAME = "run.owner.json"
 
 
 class RunFolderBusyError(RuntimeError):
@@ -32,40 +38,44 @@ class RunLock:
     def __init__(self, run_dir: str | os.PathLike):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
-        self._handle: int | None = None
-        self.taken_over_from: dict = {}  # the owner a killed run left in the lock file, if any
+        self.owner_path = self.run_dir / OWNER_NAME
+        self._lock: filelock.BaseFileLock | None = None
+        self.taken_over_from: dict = {}  # the owner a killed run left recorded, if any
 
     def acquire(self) -> RunLock:
-        """Take the folder, or raise RunFolderBusyError naming the live owner (never waits)."""
+        """Take the folder, or raise RunFolderBusyError naming the live owner (never waits). A failure
+        after the lock was taken (say the owner record cannot be written) gives the lock back."""
+        lock = filelock.FileLock(self.path, timeout=0)
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            while True:
-                handle = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    os.close(handle)
-                    raise RunFolderBusyError(self._busy_message()) from None
-                # The owner we waited on may have removed the file on release; then lock the new one.
-                if _same_file(handle, self.path):
-                    break
-                os.close(handle)
-            self.taken_over_from = self.owner()  # a clean release removes the file: a killed run's
-            self._record_owner(handle)
+            try:
+                lock.acquire()
+            except filelock.Timeout:
+                raise RunFolderBusyError(self._busy_message()) from None
+            try:
+                self.taken_over_from = self.owner()  # a clean release removes the record: a killed run's
+                write_json_atomic(self.owner_path, _owner_record(), indent=None)
+            except BaseException:
+                lock.release()
+                raise
         except OSError as error:
             raise write_error(self.path, error) from None
-        self._handle = handle
+        self._lock = lock
         return self
 
     def release(self) -> None:
-        if self._handle is None:
+        if self._lock is None:
             return
-        try:
-            self.path.unlink(missing_ok=True)
-        except OSError:
-            pass  # the lock file stays; the next run takes it over all the same
-        os.close(self._handle)  # closing drops the flock
-        self._handle = None
+        lock, self._lock = self._lock, None
+        # Removed while still held, so no other run can lock a file that is then removed under it. The
+        # Unix lock keeps its file on release; the soft and Windows locks remove theirs themselves.
+        unix = isinstance(lock, filelock.UnixFileLock)
+        for path in [self.owner_path, self.path] if unix else [self.owner_path]:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass  # left behind, the next run takes it over all the same
+        lock.release()
 
     def __enter__(self) -> RunLock:
         return self.acquire()
@@ -74,23 +84,11 @@ class RunLock:
         self.release()
 
     def owner(self) -> dict:
-        """What the lock file says about its holder ({} when unreadable)."""
+        """What the owner record says about the folder's holder ({} when there is none or unreadable)."""
         try:
-            return json.loads(self.path.read_text(encoding="utf-8"))
+            return json.loads(self.owner_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
-
-    def _record_owner(self, handle: int) -> None:
-        owner = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "command": _command_line(),
-            "since": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        }
-        data = (json.dumps(owner) + "\n").encode("utf-8")
-        os.ftruncate(handle, 0)
-        os.pwrite(handle, data, 0)
-        os.fsync(handle)
 
     def _busy_message(self) -> str:
         owner = self.owner()
@@ -108,6 +106,15 @@ class RunLock:
         )
 
 
+def _owner_record() -> dict:
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "command": _command_line(),
+        "since": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    }
+
+
 def _command_line() -> str:
     """This process's command line as typed (`python -m helpers.train ...`), where /proc shows it."""
     try:
@@ -115,12 +122,3 @@ def _command_line() -> str:
         return " ".join(word.decode("utf-8", "replace") for word in words)
     except OSError:
         return " ".join([sys.executable, *sys.argv])
-
-
-def _same_file(handle: int, path: Path) -> bool:
-    try:
-        on_disk = os.stat(path)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(handle)
-    return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)

@@ -5,6 +5,12 @@ leaves the executed notebooks in runs/demo/notebooks/ and their artifacts in run
 the repository). The executed notebooks are signed, so JupyterLab trusts them and draws their saved
 widgets at once; the clean notebooks in notebooks/ use runs/demo/work/ as their default work dir
 when it exists, so they reuse the main job's data, features and runs.
+
+It runs the repository's notebooks with papermill, nbformat and a Jupyter kernel (ipykernel): tools
+that only running the suite from a checkout needs, so they are not runtime requirements of helpers
+(`requirements.txt`, which every notebook checks on Kaggle and Colab) but of the tests
+(`requirements-test.txt`). `main` checks them, and that the notebooks are there, before running
+anything, and names the fix.
 """
 
 from __future__ import annotations
@@ -13,6 +19,10 @@ import argparse
 import sys
 import time
 from pathlib import Path
+
+from packaging.requirements import Requirement
+
+from helpers.deps import unmet
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -28,6 +38,31 @@ SUITE = (
     "06_train_transformer",
     "07_results",
 )
+
+
+# What running notebooks headless needs beyond requirements.txt (requirements-test.txt names them too).
+RUNNER_REQUIREMENTS = ("papermill>=2.6", "nbformat>=5.10", "ipykernel>=6.29")
+
+
+class SuiteUnavailableError(RuntimeError):
+    """The suite cannot run here: its notebooks or the tools that run them are missing."""
+
+
+def check_runnable() -> None:
+    """Raise SuiteUnavailableError, naming the fix, unless the notebooks and their runners are here."""
+    if not any(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb")):
+        raise SuiteUnavailableError(
+            f"no notebooks in {NOTEBOOKS_DIR}: helpers was installed from its wheel, which ships no "
+            "notebooks. Run the suite in a checkout of the repository (pip install -e . there)."
+        )
+    requirements = [Requirement(line) for line in RUNNER_REQUIREMENTS]
+    missing = [f"{requirement} ({why})" for requirement in requirements if (why := unmet(requirement))]
+    if missing:
+        wanted = " ".join(f"'{requirement}'" for requirement in requirements)
+        raise SuiteUnavailableError(
+            f"python -m helpers.suite runs the notebooks with tools this Python lacks: {', '.join(missing)}. "
+            f"Fix: pip install {wanted} (in the repository: pip install -r requirements-test.txt)."
+        )
 
 
 # What the main job adds in DEMO mode so the executed notebooks also show the optional comparisons
@@ -105,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", choices=SUITE, help="run only these notebooks, in suite order")
     args = parser.parse_args(argv)
     names = tuple(n for n in SUITE if not args.only or n in args.only)
+    try:
+        check_runnable()
+    except SuiteUnavailableError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     try:
         executed = run_suite(args.out, demo=args.demo, names=names)
     except Exception as error:  # papermill raises PapermillExecutionError naming the failing cell

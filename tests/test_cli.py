@@ -85,7 +85,9 @@ def test_train_rejects_bad_input_with_a_clear_message(tmp_path):
     missing = run("helpers.train", "--config", str(tmp_path / "none.yaml"))
     _assert_clean_failure(missing, "Config file not found")
     preset = run("helpers.train", "--config", "LSTM", "--preset", "kaggle_small_gpu", "model.attn_dim=1280")
-    _assert_clean_failure(preset, "regnet_x_400mf outputs 400 channels; remove attn_dim or set it to 400")
+    _assert_clean_failure(
+        preset, "regnet_x_400mf outputs 400 channels; remove feature_channels (or the original notes'"
+    )
     no_data = run("helpers.train", "--config", "LSTM", "data.dataset=flickr8k", f"data.data_dir={tmp_path}")
     _assert_clean_failure(no_data, "captions.txt")
 
@@ -95,3 +97,32 @@ def test_evaluate_rejects_a_missing_run_folder(tmp_path):
     _assert_clean_failure(result, "No run folder")
     result = run("helpers.evaluate", str(tmp_path), "--beam-size", "0")
     _assert_clean_failure(result, "--beam-size must be at least 1")
+
+
+def test_suite_names_its_missing_runners_and_notebooks_before_running_anything(tmp_path, monkeypatch,
+                                                                               capsys):
+    """`python -m helpers.suite` where helpers came from its wheel: papermill and nbformat (test-only
+    requirements, not runtime ones) or the notebooks themselves (the wheel ships none) are missing."""
+    from helpers import deps, suite
+
+    real_unmet = deps.unmet
+    monkeypatch.setattr(suite, "unmet", lambda requirement: (
+        "not installed" if requirement.name in ("papermill", "nbformat") else real_unmet(requirement)))
+    monkeypatch.setattr(suite, "run_suite", lambda *args, **kwargs: pytest.fail("ran without its tools"))
+    assert suite.main(["--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "papermill>=2.6 (not installed), nbformat>=5.10 (not installed)." in error
+    assert "pip install 'papermill>=2.6' 'nbformat>=5.10' 'ipykernel>=6.29'" in error
+    assert "requirements-test.txt" in error
+
+    monkeypatch.setattr(suite, "NOTEBOOKS_DIR", tmp_path / "site-packages" / "notebooks")
+    assert suite.main(["--out", str(tmp_path)]) == 2
+    assert "ships no notebooks" in capsys.readouterr().err
+
+
+def test_suite_runners_are_the_test_requirements():
+    from helpers.deps import read_requirements
+    from helpers.suite import RUNNER_REQUIREMENTS
+
+    testing = {str(requirement) for requirement in read_requirements(ROOT / "requirements-test.txt")}
+    assert set(RUNNER_REQUIREMENTS) <= testing

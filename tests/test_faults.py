@@ -26,12 +26,12 @@ from helpers.evaluate import evaluate_run
 from helpers.files import WriteError, atomic_path, remove_abandoned_temporaries, write_json_atomic
 from helpers.glove import glove_file_dim
 from helpers.images import TooManyBadImagesError, load_image
-from helpers.runlock import RunFolderBusyError, RunLock
+from helpers.runlock import OWNER_NAME, RunFolderBusyError, RunLock
 from helpers.runs import NonFiniteLossError, check_resume_compatible
 from helpers.sources import DatasetFormatError, read_flickr_csv
 from helpers.text import Vocabulary
 from helpers.train import train
-from helpers.workdir import make_source
+from helpers.workdir import prepared_and_features
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +55,7 @@ def demo_config(work: Path, demo_dir: Path | None, name: str = "LSTM", **overrid
 def source(demo_dir, tmp_path_factory):
     """Prepared data and feature store of the conftest demo, shared by this module's runs."""
     work = tmp_path_factory.mktemp("faults")
-    return make_source(demo_config(work, demo_dir), progress=False)
+    return prepared_and_features(demo_config(work, demo_dir), progress=False)
 
 
 def train_quietly(config, source, **kwargs):
@@ -82,7 +82,7 @@ def sigkill(child: subprocess.Popen) -> None:
 def hold_lock(run_dir: Path) -> subprocess.Popen:
     return spawn(
         "import time; from helpers.runlock import RunLock\n"
-        f"RunLock({str(run_dir)!r}).acquire(); print('ready', flush=True); time.sleep(600)"
+        f"lock = RunLock({str(run_dir)!r}).acquire(); print('ready', flush=True); time.sleep(600)"
     )
 
 
@@ -105,7 +105,8 @@ def test_a_second_training_into_a_run_folder_refuses_at_once_naming_the_owner(tm
         message = str(refused.value)
         assert f"in use by process {owner.pid}" in message and "from helpers.runlock import" in message
         assert "running since 20" in message and "training.run_name=" in message
-        assert files_in(config.run_path) == {**before, "run.lock": files_in(config.run_path)["run.lock"]}
+        held = files_in(config.run_path)
+        assert held == {**before, "run.lock": held["run.lock"], "run.owner.json": held["run.owner.json"]}
     finally:
         sigkill(owner)
 
@@ -118,7 +119,7 @@ def test_a_killed_owner_never_leaves_the_run_folder_locked(tmp_path):
     with RunLock(tmp_path / "run") as lock:  # the kernel dropped the dead owner's lock
         assert lock.taken_over_from["pid"] == owner.pid
         assert lock.owner()["pid"] == os.getpid()
-    assert not (tmp_path / "run" / "run.lock").exists()  # a clean release leaves nothing behind
+    assert not list((tmp_path / "run").iterdir())  # a clean release leaves nothing behind
 
 
 def test_a_read_only_run_folder_is_named_before_anything_is_prepared(tmp_path, monkeypatch, demo_dir):
@@ -350,12 +351,12 @@ def test_the_bad_image_threshold_is_a_config_key(tmp_path, demo_dir):
         image.write_bytes(b"not a jpeg at all")
     strict = demo_config(tmp_path, data, **{"training.num_workers": 0})
     with pytest.raises(TooManyBadImagesError) as stopped:
-        make_source(strict, progress=False)
+        prepared_and_features(strict, progress=False)
     assert "3 of 120 images could not be decoded" in str(stopped.value)
     assert "raise data.max_bad_images (now 0.01" in str(stopped.value)
     tolerant = demo_config(tmp_path, data, **{"training.num_workers": 0, "data.max_bad_images": 3})
     with pytest.warns(UserWarning, match=r"skipped 3 of 120 images that could not be decoded:\n.*00000"):
-        _, store = make_source(tolerant, progress=False)
+        _, store = prepared_and_features(tolerant, progress=False)
     assert store.is_complete()
 
 
@@ -365,11 +366,12 @@ def test_the_bad_image_threshold_also_governs_missing_images_when_preparing(tmp_
     for image in sorted((data / "Images").iterdir())[:3]:
         image.unlink()
     with pytest.raises(DatasetFormatError) as stopped:
-        make_source(demo_config(tmp_path / "strict", data, **{"training.num_workers": 0}), progress=False)
+        strict = demo_config(tmp_path / "strict", data, **{"training.num_workers": 0})
+        prepared_and_features(strict, progress=False)
     assert "3 of the 120 images" in str(stopped.value) and "data.max_bad_images=0.05" in str(stopped.value)
     assert not list((tmp_path / "strict").glob("**/captions.npy"))  # nothing prepared
     tolerant = demo_config(tmp_path / "ok", data, **{"training.num_workers": 0, "data.max_bad_images": 3})
-    prepared, store = make_source(tolerant, progress=False)
+    prepared, store = prepared_and_features(tolerant, progress=False)
     assert sum(len(names) for names in prepared.splits.values()) == 117 and store.is_complete()
 
 
@@ -495,4 +497,4 @@ def test_kill_9_mid_training_then_a_second_run_refuses_and_a_third_resumes(tmp_p
     assert f"Resuming {run_dir}" in third.stdout
     results = json.loads((run_dir / "results.json").read_text())
     assert results["epochs"] == epochs and results["status"] == "finished"
-    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp") or p.name == "run.lock"]
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp") or p.name in ("run.lock", OWNER_NAME)]

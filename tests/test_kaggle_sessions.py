@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -20,10 +21,12 @@ import pytest
 import torch
 import torchvision
 from kaggle_sessions import (
+    COLAB_CONTENT,
     KaggleSessions,
     ensure_mount_point,
     namespaces_available,
     repack_wheel,
+    run_colab,
     writes_outside_working,
 )
 
@@ -106,11 +109,13 @@ def assert_ran(session):
     assert session.returncode == 0, f"{session.notebook} failed:\n{session.log[-4000:]}"
     text = session.cells_text()
     assert "Traceback" not in text and "Error" not in text.replace("BadImageError", ""), text[-3000:]
-    assert "Installed pycocoevalcap" in text  # from the helpers dataset's wheels: Kaggle lacks it
     site = "python/lib/python*/site-packages"
-    # the setup cell pip-installed `helpers` from the attached dataset's wheel
+    # the setup cell's pip call installed `helpers` from the attached dataset's wheel, and with it
+    # pycocoevalcap, which Kaggle lacks, from the wheel beside it (Internet off)
+    assert f"Installing /kaggle/input/datasets/{OWNER}/captioning-helpers/captioning_helpers-" in text
     (record,) = session.output.parent.glob(f"{site}/captioning_helpers-*/direct_url.json")
     assert f"/kaggle/input/datasets/{OWNER}/captioning-helpers/captioning_helpers-" in record.read_text()
+    assert list(session.output.parent.glob(f"{site}/pycocoevalcap-*.dist-info/INSTALLER"))
 
 
 def assert_clean_output(session):
@@ -215,9 +220,49 @@ def test_missing_scoring_dependency_stops_the_setup_cell_at_once(kaggle, readme_
         "04_train_lstm", data, attach=("02_backbones",), parameters=CPU_SIZED, label="04_without_wheels",
     )  # fmt: skip
     assert session.returncode != 0
-    text = session.cells_text()
-    assert "MissingDependencyError" in text and "pycocoevalcap>=1.2 is needed" in text
-    assert "turn Internet on" in text and "python -m helpers.kaggle" in text
+    text = re.sub(r"\x1b\[[0-9;]*m", "", session.cells_text())  # the traceback's colours
+    assert "RuntimeError: pip could not install" in text
+    assert "Could not find a version that satisfies the requirement pycocoevalcap>=1.2" in text
+    assert "Turn Internet on" in text and "python -m helpers.kaggle" in text
     assert not (session.output / "runs").exists()  # failed before any training
     print(f"missing pycocoevalcap reported after {session.seconds:.1f} s (kernel start included)")
     assert session.seconds < 60
+
+
+# ------------------------------------------------------------------------------------------------ Colab
+
+
+@pytest.fixture(scope="module")
+def colab_mount_point():
+    created = ensure_mount_point(COLAB_CONTENT)
+    yield
+    if created:
+        COLAB_CONTENT.rmdir()
+
+
+@pytest.mark.parametrize("data", ["folder", "kagglehub"])
+def test_on_colab_data_prep_runs_from_content_and_says_where_outputs_go(kaggle, colab_mount_point,
+                                                                         tmp_path, data):
+    """Colab imitated: no /kaggle, the notebook in /content with the helpers wheel (and pycocoevalcap's,
+    as Internet would give it) uploaded beside it; the data given as a folder (DATA_DIR), or fetched by
+    kagglehub (a stand-in: no network here) with the user's Kaggle credentials."""
+    helpers_dataset = kaggle.build / "captioning-helpers"
+    uploads = {wheel.name: wheel for wheel in helpers_dataset.glob("*.whl")}
+    flickr8k = kaggle.datasets["adityajn105/flickr8k"]
+    if data == "folder":
+        uploads["flickr8k"] = flickr8k
+        parameters, env, downloads = {"DATA_DIR": "/content/flickr8k"}, {}, {}
+    else:
+        parameters, downloads = {}, {"adityajn105/flickr8k": flickr8k}
+        env = {"KAGGLE_USERNAME": OWNER, "KAGGLE_KEY": "0" * 32}
+    session = run_colab(tmp_path, REPO_ROOT / "notebooks" / "00_data_prep.ipynb", uploads, parameters,
+                        downloads, env)  # fmt: skip
+    assert session.returncode == 0, session.log[-4000:]
+    text = session.cells_text()
+    assert "Installing /content/captioning_helpers-" in text
+    assert "Colab | device cpu | GPU none | work dir /content/work" in text
+    assert "Outputs go to /content/work. Colab deletes /content when the runtime ends" in text
+    fetched = f"kagglehub (stand-in): adityajn105/flickr8k with {OWNER}'s credentials"
+    assert ("/content/flickr8k" if data == "folder" else fetched) in text
+    assert list(session.output.glob("data/*/splits.json"))
+    print(f"Colab session ({data}): {session.seconds:.0f} s")

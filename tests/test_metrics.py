@@ -7,6 +7,7 @@ import csv
 import io
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 from pycocoevalcap.bleu.bleu import Bleu
@@ -221,3 +222,64 @@ def test_metrics_table_lists_each_split_and_beam():
     lines = table.splitlines()
     assert lines[0] == "| split | beam | BLEU-4 | CIDEr |"  # as papers print them: x 100
     assert lines[2] == "| test | 1 | 25.00 | 150.00 |" and lines[3] == "| test | 3 | 30.00 | - |"
+
+
+# ------------------------------------------------------------------------------------------------ SPICE
+
+
+@pytest.fixture
+def no_download(monkeypatch):
+    """pycocoevalcap's Spice downloads Stanford CoreNLP when its jars are absent: that must never run."""
+    import pycocoevalcap.spice.get_stanford_models as models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("SPICE tried to download Stanford CoreNLP")
+
+    monkeypatch.setattr(models, "urlretrieve", refuse)
+
+
+def test_spice_without_the_corenlp_jars_names_them_and_downloads_nothing(no_download):
+    """The jars are absent here (pycocoevalcap downloads them at first use): asked for SPICE, scoring
+    stops before anything is scored, naming where pycocoevalcap looks for each jar and how to get it."""
+    import pycocoevalcap.spice as spice
+
+    lib = Path(spice.__file__).parent / "lib"
+    assert not (lib / evaluate.SPICE_JARS[0]).exists(), "this test needs the CoreNLP jars absent"
+    with pytest.raises(evaluate.SpiceUnavailableError) as refused:
+        compute_metrics(REFERENCES, HYPOTHESES, meteor=False, spice=True)
+    message = str(refused.value)
+    assert all(str(lib / jar) in message for jar in evaluate.SPICE_JARS)
+    assert evaluate.CORENLP_URL in message and "never" in message and "default-jre-headless" in message
+    assert "SPICE" not in compute_metrics(REFERENCES, HYPOTHESES, meteor=False)  # not asked: not scored
+
+
+def test_spice_without_java_says_so(monkeypatch, no_download):
+    monkeypatch.setattr(evaluate.shutil, "which", lambda name: None)
+    with pytest.raises(evaluate.SpiceUnavailableError, match="it needs `java` on PATH and "):
+        compute_metrics(REFERENCES, HYPOTHESES, meteor=False, spice=True)
+
+
+def test_spice_is_scored_on_request_where_java_and_the_jars_are(monkeypatch):
+    """With the jars in place pycocoevalcap's Spice runs on the tokenized captions, as coco-caption does
+    (here a stand-in for its JVM), and SPICE joins the table."""
+    import pycocoevalcap.spice.spice as spice
+
+    seen = {}
+
+    class Spice:
+        def compute_score(self, gts, res):
+            seen.update(gts=gts, res=res)
+            return 0.25, []
+
+    monkeypatch.setattr(evaluate, "spice_missing", lambda: [])
+    monkeypatch.setattr(spice, "Spice", Spice)
+    metrics = compute_metrics(REFERENCES, HYPOTHESES, meteor=False, spice=True)
+    assert metrics["SPICE"] == 0.25
+    assert seen["res"]["dog.jpg"] == TOKENIZED_HYPOTHESES["dog.jpg"]
+    assert "| SPICE |" in format_metrics_table({"test": {"beam1": metrics}})
+
+
+def test_evaluate_command_refuses_spice_before_loading_anything(tmp_path, capsys, no_download):
+    assert evaluate.main([str(tmp_path / "no-such-run"), "--spice"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: SPICE cannot run here") and "no-such-run" not in error

@@ -51,13 +51,42 @@ def _text_of(fig) -> str:
 
 def test_setup_local(tmp_path, monkeypatch, no_gpu, capsys):
     monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    monkeypatch.delenv("COLAB_RELEASE_TAG", raising=False)
     env = nb.setup(tmp_path / "w")
     assert env == nb.Env(False, "cpu", None, None, tmp_path / "w", ())
     assert (tmp_path / "w").is_dir()
-    assert (
-        capsys.readouterr().out.strip()
-        == f"local | device cpu | GPU none | work dir {tmp_path / 'w'} | inputs none"
-    )
+    assert capsys.readouterr().out.strip().splitlines() == [
+        f"local | device cpu | GPU none | work dir {tmp_path / 'w'} | inputs none",
+        f"Outputs go to {tmp_path / 'w'} (WORK_DIR sets another folder).",
+    ]
+
+
+def test_setup_on_colab_works_in_content_and_says_how_to_keep_the_outputs(tmp_path, monkeypatch, no_gpu,
+                                                                          capsys):
+    """Colab imitated: no /kaggle, no KAGGLE_* session variables, the notebook's folder /content (here a
+    temporary one), and the variable Colab runtimes set."""
+    content = tmp_path / "content"
+    content.mkdir()
+    monkeypatch.chdir(content)
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "release-colab-imitated")
+    monkeypatch.setattr(nb, "MAIN_JOB_WORK_DIR", tmp_path / "no-main-job")
+    env = nb.setup()
+    assert (env.on_kaggle, env.place, env.work_dir, env.input_dirs) == (False, "Colab", content / "work", ())
+    said = capsys.readouterr().out
+    assert said.startswith(f"Colab | device cpu | GPU none | work dir {content / 'work'}")
+    assert "Colab deletes /content when the runtime ends" in said and "drive.mount(" in said
+
+
+def test_setup_leaves_apples_gpu_to_each_decoder(tmp_path, monkeypatch, no_gpu, capsys):
+    """With mps the notebooks train on device auto: mps for a decoder that runs there, else the CPU
+    (helpers.devices.resolve_device, given the decoder a later cell chooses)."""
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    env = nb.setup(tmp_path / "w")
+    assert (env.device, env.gpu_name) == ("auto", "Apple GPU (mps)")
+    said = capsys.readouterr().out
+    assert "device mps where the decoder runs on it, else cpu | GPU Apple GPU (mps) |" in said
 
 
 def test_setup_on_kaggle_uses_working_and_input(tmp_path, monkeypatch, capsys):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import fnmatch
 import hashlib
 import json
 import os
@@ -27,29 +28,41 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from helpers.deps import DISTRIBUTION, KAGGLE_LACKS, REQUIREMENTS_FILE, read_requirements
+from helpers.deps import KAGGLE_LACKS, read_requirements
 from helpers.files import atomic_directory
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SUITE_METADATA = REPO_ROOT / "kaggle_kernel_metadata.json"
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
-HELPERS_DIR = Path(__file__).resolve().parent
-CONFIGS_DIR = REPO_ROOT / "configs"
-PYPROJECT_FILE = REPO_ROOT / "pyproject.toml"
 
 PLACEHOLDER_OWNER = "your-kaggle-username"
 HELPERS_DATASET_SLUG = "captioning-helpers"
 HELPERS_DATASET_TITLE = "Captioning Helpers"
 # The helpers dataset holds files only (no folders, so nothing depends on how Kaggle unpacks them): the
 # helpers wheel (with configs/ and requirements.txt inside) and the wheels of what Kaggle's image lacks.
-# Every notebook's setup cell pip-installs the helpers wheel from the attached dataset (either mount
-# layout); in the repository `pip install -e .` has installed `helpers` already and the loop finds none.
+# Every notebook's setup cell installs the newest helpers wheel it finds, attached (either mount layout)
+# or in the working folder (Colab: uploaded there), in one pip call that resolves what the wheel requires
+# from the wheels beside it (Internet off) or the registry (Internet on); in the repository
+# `pip install -e .` has installed `helpers` already and the cell finds no wheel.
 HELPERS_BOOTSTRAP = """\
-import glob, subprocess, sys  # on Kaggle, `helpers` comes from the attached captioning-helpers dataset
-for wheel in sorted(glob.glob("/kaggle/input/*/captioning_helpers-*.whl")
-                    + glob.glob("/kaggle/input/datasets/*/*/captioning_helpers-*.whl"))[-1:]:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--disable-pip-version-check",
-                    "--root-user-action=ignore", wheel], check=True)
+import glob, os, subprocess, sys  # `helpers`: from the attached captioning-helpers dataset, or a wheel here
+from importlib.metadata import distributions
+from packaging.version import Version
+wheels = [os.path.abspath(path) for pattern in ("/kaggle/input/*/", "/kaggle/input/datasets/*/*/", "")
+          for path in glob.glob(pattern + "captioning_helpers-*.whl")]
+if wheels:  # the newest (1.10.0 over 1.9.0), with what it needs from the wheels beside it or the registry
+    wheel = max(wheels, key=lambda path: Version(os.path.basename(path).split("-")[1]))
+    keep = [f"{d.name}=={d.version}" for d in distributions() if d.name in ("torch", "torchvision")]
+    print("Installing", wheel)  # keeping the installed torch: Kaggle's build matches its CUDA
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                          "--root-user-action=ignore", "--timeout", "15", "--retries", "1", "--find-links",
+                          os.path.dirname(wheel), wheel, *keep], capture_output=True, text=True)
+    if pip.returncode:
+        said = [line for line in pip.stderr.splitlines() if line.startswith("ERROR")] or [pip.stderr[-300:]]
+        raise RuntimeError(f"pip could not install {wheel} and what it requires ({said[0].strip()}). "
+                           "Turn Internet on (Kaggle: Settings > Internet) and rerun this cell, or "
+                           "rebuild the helpers dataset with `python -m helpers.kaggle --owner NAME` (it "
+                           "bundles the wheels Kaggle lacks) and attach it.")
 """
 KERNEL_METADATA_FILE = "kernel-metadata.json"
 DATASET_METADATA_FILE = "dataset-metadata.json"
@@ -329,43 +342,108 @@ def bundle_wheels(dest: Path, find_links: str | Path | None = None) -> list[Path
     return sorted(dest.glob("*.whl"))
 
 
-def project_version() -> str:
-    """The helpers' version, from pyproject.toml (its one home)."""
-    found = re.search(r'(?m)^version = "([^"]+)"', PYPROJECT_FILE.read_text(encoding="utf-8"))
-    if not found:
-        raise KaggleMetadataError(f"{PYPROJECT_FILE}: no `version = \"...\"` line under [project].")
-    return found.group(1)
+def read_pyproject(project_dir: Path = REPO_ROOT) -> dict[str, Any]:
+    """`project_dir`'s pyproject.toml, parsed (tomllib; on Python 3.10 tomli, which requirements.txt
+    names there)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    path = Path(project_dir) / "pyproject.toml"
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise KaggleMetadataError(f"{path}: file not found; the helpers wheel is built from it.") from None
+    except tomllib.TOMLDecodeError as error:
+        raise KaggleMetadataError(f"{path}: invalid TOML ({error}).") from None
 
 
-def build_helpers_wheel(dest: Path, helpers_dir: Path = HELPERS_DIR, configs_dir: Path = CONFIGS_DIR) -> Path:
-    """The helpers package as a pure-Python wheel (PEP 427) in `dest`, with configs/ and requirements.txt
-    inside the package (helpers.files.suite_file finds them there) and the requirements as Requires-Dist.
+def project_version(project_dir: Path = REPO_ROOT) -> str:
+    """The helpers' version, from pyproject.toml's [project] (its one home)."""
+    version = read_pyproject(project_dir).get("project", {}).get("version")
+    if not version:
+        raise KaggleMetadataError(f"{Path(project_dir) / 'pyproject.toml'}: no version under [project].")
+    return version
+
+
+def package_files(project_dir: Path, setuptools: dict[str, Any]) -> dict[str, Path]:
+    """Wheel member -> file, for what pyproject.toml's [tool.setuptools] ships, as setuptools reads it:
+    the packages `packages.find` includes (namespace packages too, pyproject's default) with their
+    modules, and the files their `package-data` globs name."""
+    find = setuptools.get("packages", {}).get("find", {})
+    include, exclude = find.get("include", ["*"]), find.get("exclude", [])
+    package_data = setuptools.get("package-data", {})
+    members: dict[str, Path] = {}
+    for where in find.get("where", ["."]):
+        root = Path(project_dir) / where
+        for folder, subfolders, _ in os.walk(root):
+            parts = Path(folder).relative_to(root).parts
+            name = ".".join(parts)
+            subfolders[:] = sorted(sub for sub in subfolders if _may_hold(".".join([*parts, sub]), include))
+            chosen = any(fnmatch.fnmatchcase(name, pattern) for pattern in include)
+            if not parts or not chosen or any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude):
+                continue
+            globs = ["*.py", *package_data.get(name, []), *package_data.get("*", [])]
+            for pattern in globs:
+                for path in sorted(Path(folder).glob(pattern)):
+                    if path.is_file():
+                        members["/".join([*parts, *path.relative_to(folder).parts])] = path
+    return dict(sorted(members.items()))
+
+
+def _may_hold(name: str, include: list[str]) -> bool:
+    """Whether package `name`, or one below it, can match an include pattern (so the walk descends)."""
+    for pattern in include:
+        literal = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+        if literal.startswith(name + ".") or literal == name or name.startswith(literal):
+            return True
+    return False
+
+
+def _requires_dist(project_dir: Path, project: dict[str, Any], setuptools: dict[str, Any]) -> list[str]:
+    """[project] dependencies, or the files [tool.setuptools.dynamic] reads them from."""
+    if "dependencies" in project:
+        return list(project["dependencies"])
+    files = setuptools.get("dynamic", {}).get("dependencies", {}).get("file", [])
+    return [str(requirement) for name in ([files] if isinstance(files, str) else files)
+            for requirement in read_requirements(Path(project_dir) / name)]
+
+
+def build_helpers_wheel(dest: Path, project_dir: Path = REPO_ROOT, configs_dir: Path | None = None) -> Path:
+    """The helpers as a pure-Python wheel (PEP 427) in `dest`, from `project_dir`'s pyproject.toml: its
+    name, version, summary, Requires-Python and requirements (Requires-Dist), and its file list; with
+    the suite's configs/ and requirements.txt inside the package (helpers.files.suite_file finds them).
 
     A wheel is a zip plus three metadata files, so it is written here directly: no build backend and no
-    network are needed, and equal sources give an identical file."""
-    helpers_dir, configs_dir = Path(helpers_dir), Path(configs_dir)
-    if not (helpers_dir / "__init__.py").is_file():
-        raise KaggleMetadataError(f"{helpers_dir}: no __init__.py; point helpers_dir at the helpers package.")
-    sources = [*helpers_dir.glob("*.py"), *(helpers_dir / "data").rglob("*")]  # code and split lists
-    members = {f"helpers/{path.relative_to(helpers_dir)}": path.read_bytes() for path in sorted(sources)
-               if path.is_file()}
-    members.update({f"helpers/configs/{path.relative_to(configs_dir)}": path.read_bytes()
+    network are needed; members are deflated and dated 1980, so equal sources give an identical file."""
+    project_dir = Path(project_dir)
+    configs_dir = project_dir / "configs" if configs_dir is None else Path(configs_dir)
+    pyproject = read_pyproject(project_dir)
+    project, setuptools = pyproject.get("project", {}), pyproject.get("tool", {}).get("setuptools", {})
+    members = {member: path.read_bytes() for member, path in package_files(project_dir, setuptools).items()}
+    if "helpers/__init__.py" not in members:
+        raise KaggleMetadataError(f"{project_dir}: pyproject.toml's packages hold no helpers/__init__.py.")
+    members.update({f"helpers/configs/{path.relative_to(configs_dir).as_posix()}": path.read_bytes()
                     for path in sorted(configs_dir.rglob("*.yaml"))})
-    members["helpers/requirements.txt"] = REQUIREMENTS_FILE.read_bytes()
-    name, version = DISTRIBUTION.replace("-", "_"), project_version()
+    members["helpers/requirements.txt"] = (project_dir / "requirements.txt").read_bytes()
+    name, version = project["name"].replace("-", "_"), project_version(project_dir)
     info = f"{name}-{version}.dist-info"
-    requires = "".join(f"Requires-Dist: {requirement}\n" for requirement in read_requirements())
-    metadata = f"Metadata-Version: 2.1\nName: {DISTRIBUTION}\nVersion: {version}\n{requires}"
-    members[f"{info}/METADATA"] = metadata.encode()
+    fields = [("Metadata-Version", "2.1"), ("Name", project["name"]), ("Version", version),
+              ("Summary", project.get("description")), ("Requires-Python", project.get("requires-python")),
+              *(("Requires-Dist", requirement) for requirement in _requires_dist(project_dir, project,
+                                                                                 setuptools))]
+    members[f"{info}/METADATA"] = "".join(f"{key}: {value}\n" for key, value in fields if value).encode()
     members[f"{info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: helpers.kaggle\nRoot-Is-Purelib: true\n" \
         b"Tag: py3-none-any\n"
     record = [f"{member},sha256={_record_digest(data)},{len(data)}" for member, data in members.items()]
     members[f"{info}/RECORD"] = "\n".join([*record, f"{info}/RECORD,,", ""]).encode()
     dest.mkdir(parents=True, exist_ok=True)
     path = dest / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(path, "w") as archive:
         for member, data in members.items():
-            archive.writestr(zipfile.ZipInfo(member, date_time=(1980, 1, 1, 0, 0, 0)), data)
+            entry = zipfile.ZipInfo(member, date_time=(1980, 1, 1, 0, 0, 0))
+            entry.compress_type, entry.external_attr = zipfile.ZIP_DEFLATED, 0o644 << 16
+            archive.writestr(entry, data)
     return path
 
 
@@ -378,8 +456,8 @@ def build_kaggle_folders(
     out_dir: str | Path = "kaggle_build",
     notebooks_dir: str | Path = NOTEBOOKS_DIR,
     metadata_path: str | Path = SUITE_METADATA,
-    helpers_dir: str | Path = HELPERS_DIR,
-    configs_dir: str | Path = CONFIGS_DIR,
+    project_dir: str | Path = REPO_ROOT,
+    configs_dir: str | Path | None = None,
     wheels: bool = True,
     wheels_from: str | Path | None = None,
 ) -> list[Path]:
@@ -402,7 +480,7 @@ def build_kaggle_folders(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with atomic_directory(out_dir) as staging:
         dataset_dir = staging / HELPERS_DATASET_SLUG
-        build_helpers_wheel(dataset_dir, Path(helpers_dir), Path(configs_dir))
+        build_helpers_wheel(dataset_dir, Path(project_dir), configs_dir)
         if wheels:
             bundle_wheels(dataset_dir, wheels_from)
         _write_dataset_metadata(dataset_dir, f"{owner}/{HELPERS_DATASET_SLUG}")
@@ -480,8 +558,16 @@ def main(argv: list[str] | None = None) -> int:
         help="do not bundle the wheels of what Kaggle lacks (pycocoevalcap); notebooks then need Internet",
     )
     parser.add_argument("--wheels-from", help="a local folder of wheels instead of the package registry")
+    parser.add_argument("--model", metavar="RUN_DIR", help="instead: export this run as a Kaggle Model into "
+                        "<out>/models/ and print its kagglehub.model_upload call (helpers.kaggle_models)")
+    parser.add_argument("--upload", action="store_true",
+                        help="with --model: upload it (Internet and Kaggle credentials needed)")
     args = parser.parse_args(argv)
     try:
+        if args.model:
+            from helpers.kaggle_models import main_model
+
+            return main_model(args.model, resolve_owner(args.owner), args.out, upload=args.upload)
         folders = build_kaggle_folders(
             args.owner,
             args.out,

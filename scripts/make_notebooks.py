@@ -35,11 +35,12 @@ BATCH_SIZE = None          # the backbone's recommended batch (resnet101 64, reg
 OVERRIDES = []'''
 
 SETUP_MD = """## Setup
-On Kaggle this installs `helpers` from the attached *captioning-helpers* dataset (in the repository
-`pip install -e .` has installed it already). Then it checks the requirements and the GPU, picks the
-work dir and brings in what earlier stages left there or in attached notebook outputs, so this notebook
-also runs on its own in a fresh session. Feature stores in attached outputs are read where they are,
-never copied."""
+On Kaggle this installs `helpers` from the attached *captioning-helpers* dataset, on Colab from the
+helpers wheel uploaded next to the notebook (`/content`), with what it requires: from the wheels beside
+it (Internet off) or the registry (in the repository `pip install -e .` has installed it already). Then
+it checks the requirements and the GPU, picks the work dir (it prints where the outputs go) and brings in
+what earlier stages left there or in attached notebook outputs, so this notebook also runs on its own in a
+fresh session. Feature stores in attached outputs are read where they are, never copied."""
 
 
 def setup_code(runs=None):
@@ -291,4 +292,14 @@ all other choices; a choice with no such pair of runs says so. The short runs of
     ("md", "## Caption your own image\nUpload one or more images: each is captioned by the best model at once, "
            "under its file name."),
     ("code", "upload = nb.upload_widget(stages.caption_uploads(best, beam_size=BEAM_SIZE))"),
+    ("md", "## Share the best model as a Kaggle Model\nThe best run exported as a self-contained model folder "
+           "(weights, config, vocabulary, decoding options and a model card with its test scores) and the "
+           "`kagglehub.model_upload` call that makes it a Kaggle Model. Set your Kaggle user name, then "
+           "uncomment the last line (Internet on, your Kaggle credentials). A notebook that attaches the "
+           "model captions with `Captioner.load(handle).caption(images)`, Internet off."),
+    ("code", 'KAGGLE_OWNER = "your-kaggle-name"\n'
+             "from helpers import kaggle_models\n"
+             "model_upload = kaggle_models.prepare_model_upload(best, KAGGLE_OWNER, env.work_dir)\n"
+             "print(kaggle_models.describe(model_upload))\n"
+             "# kaggle_models.upload_model(model_upload)"),
 ])

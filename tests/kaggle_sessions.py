@@ -71,16 +71,17 @@ def repack_wheel(distribution: str, out_dir: Path) -> Path:
     return path
 
 
-def kaggle_python(root: Path) -> Path:
-    """A Python environment like Kaggle's image: the project venv's packages but KAGGLE_LACKS, each
-    entry a link into the project venv (seconds to make). Returns its python."""
+def kaggle_python(root: Path, hide: tuple[str, ...] = ()) -> Path:
+    """A Python environment like Kaggle's image: the project venv's packages but KAGGLE_LACKS (and the
+    site-packages entries starting with `hide`), each a link into the project venv (seconds to make).
+    Returns its python."""
     import site
 
     source = Path(site.getsitepackages()[0])
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
     target = Path(next(root.glob("lib/python*/site-packages")))
     # Kaggle's image lacks KAGGLE_LACKS, and `helpers` too: the setup cell installs it from the dataset
-    hidden = (*(name.lower() for name in KAGGLE_LACKS), "__editable__", "captioning_helpers")
+    hidden = (*(name.lower() for name in KAGGLE_LACKS), "__editable__", "captioning_helpers", *hide)
     for entry in source.iterdir():
         if not entry.name.lower().startswith(hidden):
             (target / entry.name).symlink_to(entry)
@@ -151,9 +152,12 @@ class KaggleSessions:
         parameters: dict | None = None,
         label: str | None = None,
         timeout: int = 900,
+        models: dict[str, Path] | None = None,
     ) -> Session:
         """Run notebook `stem` in a fresh session with `datasets` ('owner/slug' -> folder) and the outputs
-        of earlier sessions `attach` (labels) mounted read-only under /kaggle/input."""
+        of earlier sessions `attach` (labels) mounted read-only under /kaggle/input; `models` (a Kaggle
+        Model handle with its version -> folder) in Kaggle's model layout, `<slug>/<framework>/<variation>/
+        <version>`."""
         label = label or stem
         base = self.root / label
         if base.exists():
@@ -165,6 +169,9 @@ class KaggleSessions:
         source = next(self.notebook_folder(stem).glob("*.ipynb"))
         shutil.copy(source, src / source.name)
         mounts = {f"datasets/{handle}": Path(path) for handle, path in datasets.items()}
+        for handle, path in (models or {}).items():  # Kaggle Models: owner/slug/framework/variation/version
+            _, slug, framework, variation, version = handle.split("/")
+            mounts[f"{slug}/{framework.lower()}/{variation}/{version}"] = Path(path)
         for earlier in attach:
             slug = self.notebook_folder(self.sessions[earlier].notebook).name
             mounts[f"notebooks/{self.owner}/{slug}"] = self.sessions[earlier].output
@@ -224,11 +231,64 @@ class KaggleSessions:
         return command + (["-y", json.dumps(parameters)] if parameters else [])
 
 
+COLAB_CONTENT = Path("/content")
+# kagglehub on Colab, stood in for (there is no network here): it answers only with the user's Kaggle
+# credentials (Colab secrets or KAGGLE_USERNAME/KAGGLE_KEY) and returns the dataset's downloaded folder.
+KAGGLEHUB_STAND_IN = """\
+import json, os
+import kagglehub
+def dataset_download(handle, path=None, **kwargs):
+    if not (os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")):
+        raise PermissionError(f"kagglehub: no Kaggle credentials for {handle}")
+    print(f"kagglehub (stand-in): {handle} with {os.environ['KAGGLE_USERNAME']}'s credentials")
+    return json.loads(os.environ["KAGGLEHUB_STAND_IN"])[handle]
+kagglehub.dataset_download = dataset_download
+"""
+
+
+def run_colab(root: Path, notebook: Path, uploads: dict[str, Path], parameters: dict,
+              downloads: dict[str, Path] | None = None, env: dict | None = None) -> Session:
+    """Run `notebook` (a clean one from notebooks/) as Colab would: in its own mount and network
+    namespace with no /kaggle, from /content (a folder of its own holding `uploads`, name -> file or
+    folder, as a user uploads them), in a Python without helpers and pycocoevalcap, with Colab's
+    COLAB_RELEASE_TAG set. `downloads` (handle -> folder) is what kagglehub returns (KAGGLEHUB_STAND_IN).
+    The mount point /content must exist (ensure_mount_point)."""
+    content, home, tmp, hub = (root / name for name in ("content", "home", "tmp", "kagglehub"))
+    for folder in (content, home, tmp, hub):
+        folder.mkdir(parents=True)
+    for name, path in uploads.items():
+        (shutil.copytree if Path(path).is_dir() else shutil.copy)(path, content / name)
+    shutil.copy(notebook, content / notebook.name)
+    (hub / "sitecustomize.py").write_text(KAGGLEHUB_STAND_IN)
+    python = kaggle_python(root / "python")
+    lines = ["set -e", "ip link set lo up"]
+    if MOUNT_POINT.exists():  # another test's mount point: empty it, Colab has no /kaggle
+        lines.append(f"mount -t tmpfs tmpfs {MOUNT_POINT}")
+    lines += [f"mount --bind {shlex.quote(str(content))} {COLAB_CONTENT}", f"cd {COLAB_CONTENT}"]
+    command = [str(Path(sys.executable)), "-m", "papermill", str(COLAB_CONTENT / notebook.name),
+               str(COLAB_CONTENT / f"executed-{notebook.name}"), "-k", "python3", "--cwd", str(COLAB_CONTENT),
+               "--no-progress-bar", "-y", json.dumps(parameters)]  # fmt: skip
+    lines.append("exec " + shlex.join(command))
+    session_env = {
+        "PATH": f"{python.parent}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+        "HOME": str(home), "TMPDIR": str(tmp), "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
+        "JUPYTER_PATH": str(python.parent.parent / "share" / "jupyter"),
+        "COLAB_RELEASE_TAG": "release-colab-imitated", "PYTHONPATH": str(hub),
+        "KAGGLEHUB_STAND_IN": json.dumps({handle: str(path) for handle, path in (downloads or {}).items()}),
+        "PIP_CONFIG_FILE": os.devnull, **(env or {}),
+    }  # fmt: skip
+    started = time.monotonic()
+    done = subprocess.run(["unshare", "-mn", "bash", "-c", "\n".join(lines)], env=session_env,
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    return Session(notebook.stem, content / "work", content / f"executed-{notebook.name}", home, tmp,
+                   done.returncode, done.stdout + done.stderr, time.monotonic() - started)
+
+
 def writes_outside_working(session: Session) -> list[str]:
-    """Files the session wrote in its HOME and TMPDIR that are not caches (kernel runtime files,
-    matplotlib/torch/kagglehub caches and the dependency install folder are)."""
+    """Files the session wrote in its HOME and TMPDIR that are not caches (kernel runtime files and
+    pip/matplotlib/torch/kagglehub caches are)."""
     cache_markers = (".cache/", ".local/share/jupyter/runtime/", ".ipython/", ".config/matplotlib/",
-                     "captioning-deps/", ".jupyter/", "torchinductor_")  # fmt: skip
+                     ".jupyter/", "torchinductor_")  # fmt: skip
     found = []
     for root in (session.home, session.tmp):
         for path in root.rglob("*"):
@@ -238,9 +298,9 @@ def writes_outside_working(session: Session) -> list[str]:
     return found
 
 
-def ensure_mount_point() -> bool:
-    """Create the empty mount point /kaggle if needed; True when this call created it."""
-    if MOUNT_POINT.exists():
+def ensure_mount_point(path: Path = MOUNT_POINT) -> bool:
+    """Create the empty mount point `path` (/kaggle, /content) if needed; True when this call created it."""
+    if path.exists():
         return False
-    os.mkdir(MOUNT_POINT)
+    os.mkdir(path)
     return True

@@ -9,12 +9,14 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from helpers import kaggle as kg
+from helpers.deps import read_requirements
 from helpers.suite import SUITE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -66,6 +68,8 @@ def fake_repo(tmp_path):
     repo = tmp_path / "repo"
     (repo / "notebooks").mkdir(parents=True)
     shutil.copy(REPO_ROOT / "kaggle_kernel_metadata.json", repo / "kaggle_kernel_metadata.json")
+    for name in ("pyproject.toml", "requirements.txt"):  # the wheel's metadata and file list come from them
+        shutil.copy(REPO_ROOT / name, repo / name)
     for stem in SUITE_STEMS:
         (repo / "notebooks" / f"{stem}.ipynb").write_text(json.dumps(_notebook(stem)))
     (repo / "helpers" / "__pycache__").mkdir(parents=True)
@@ -85,8 +89,7 @@ def _build(repo: Path, out: Path, owner: str = "jane") -> list[Path]:
         out,
         repo / "notebooks",
         repo / "kaggle_kernel_metadata.json",
-        helpers_dir=repo / "helpers",
-        configs_dir=repo / "configs",
+        project_dir=repo,
         wheels=False,
     )
 
@@ -390,38 +393,151 @@ def test_slugify_matches_the_cli():
     )
 
 
-def _run_setup_cell(kaggle_input: Path, site: Path) -> subprocess.CompletedProcess:
-    """The notebooks' setup cell as written, with Kaggle's input root and the install target (a folder,
-    not this environment) replaced; then what it installed, imported from another folder."""
+OFFLINE = {"PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": "http://127.0.0.1:9/simple"}  # Internet off
+
+
+def _run_setup_cell(kaggle_input: Path, python: Path, cwd: Path, pip_env: dict | None = None):
+    """The notebooks' setup cell as written, with Kaggle's input root replaced, run by `python` (a Python
+    like Kaggle's image: no helpers, no pycocoevalcap) in `cwd`; then where `helpers` and the scorer
+    were imported from. `pip_env`: where pip looks (default: Internet off)."""
     cell = kg.HELPERS_BOOTSTRAP.replace("/kaggle/input", str(kaggle_input))
-    cell = cell.replace('"install", "-q"', f'"install", "--target", {str(site)!r}, "-q"')
-    assert cell.count(str(kaggle_input)) == 2 and str(site) in cell
-    check = "import helpers.text, helpers.files as f; print(helpers.text.__file__, f.suite_file('configs'))"
-    site.mkdir(parents=True, exist_ok=True)  # like site-packages, it exists before the cell runs
-    env = {**os.environ, "PYTHONPATH": str(site)}
-    return subprocess.run([sys.executable, "-c", cell + check], capture_output=True, text=True,
-                          cwd=site.parent, env=env)
+    assert cell.count(str(kaggle_input)) == 2
+    check = ("import helpers.text, helpers.files as f, importlib.metadata as m\n"
+             "print(helpers.text.__file__, f.suite_file('configs'), m.version('captioning-helpers'),\n"
+             "      m.version('pycocoevalcap'))")  # fmt: skip
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PIP_")}
+    cwd.mkdir(parents=True, exist_ok=True)
+    return subprocess.run([str(python), "-c", cell + check], capture_output=True, text=True, cwd=cwd,
+                          env={**env, **(pip_env or OFFLINE)}, timeout=300)  # fmt: skip
+
+
+@pytest.fixture
+def kaggle_image(tmp_path):
+    """A Python like Kaggle's image (tests/kaggle_sessions.py): this venv's packages but for helpers and
+    pycocoevalcap. Returns its python."""
+    from kaggle_sessions import kaggle_python
+
+    return kaggle_python(tmp_path / "image")
+
+
+def _site(python: Path) -> Path:
+    return next(python.parent.parent.glob("lib/python*/site-packages"))
 
 
 @pytest.mark.parametrize("layout", ["captioning-helpers", "datasets/jane/captioning-helpers"])
-def test_setup_cell_installs_the_helpers_wheel_from_either_mount_layout(fake_repo, tmp_path, layout):
+def test_setup_cell_installs_the_helpers_wheel_from_either_mount_layout(
+    fake_repo, tmp_path, layout, kaggle_image, fake_kaggle_wheels
+):
     """Kaggle mounts a dataset at /kaggle/input/<slug> (before 2025) or /kaggle/input/datasets/<owner>/<slug>;
-    the cell installs the wheel from either, and `helpers` then reads its configs inside the package."""
-    dataset = _build(fake_repo, tmp_path / "build")[0]
+    the cell installs the wheel from either with one pip call, which takes what the wheel requires and
+    the image lacks (pycocoevalcap) from the wheels beside it, Internet off; `helpers` then reads its
+    configs inside the package."""
+    dataset = kg.build_kaggle_folders("jane", tmp_path / "build", fake_repo / "notebooks",
+                                      fake_repo / "kaggle_kernel_metadata.json", project_dir=fake_repo,
+                                      wheels_from=fake_kaggle_wheels)[0]  # fmt: skip
     shutil.copytree(dataset, tmp_path / "input" / layout)
-    done = _run_setup_cell(tmp_path / "input", tmp_path / "site")
+    done = _run_setup_cell(tmp_path / "input", kaggle_image, tmp_path / "working")
     assert done.returncode == 0, done.stderr
-    text_file, config_dir = done.stdout.split()
-    assert Path(text_file) == tmp_path / "site" / "helpers" / "text.py"
+    text_file, config_dir, version, scorer = done.stdout.split()[-4:]
+    assert Path(text_file) == _site(kaggle_image) / "helpers" / "text.py"
     assert sorted(p.name for p in Path(config_dir).rglob("*.yaml")) == ["LSTM.yaml", "beginner.yaml"]
+    assert (version, scorer) == (kg.project_version(fake_repo), "1.2")
+
+
+def test_setup_cell_picks_the_newest_helpers_by_version_not_by_name(fake_repo, tmp_path, kaggle_image,
+                                                                    fake_kaggle_wheels):
+    """Issue 28, case 6: 1.10.0 attached beside 1.9.0 is installed (sorted as strings, 1.9.0 won)."""
+    folder = tmp_path / "input" / "datasets" / "jane" / "captioning-helpers"
+    pyproject = fake_repo / "pyproject.toml"
+    for version in ("1.9.0", "1.10.0"):
+        pyproject.write_text(re.sub(r'(?m)^version = ".*"$', f'version = "{version}"', pyproject.read_text()))
+        kg.build_helpers_wheel(folder, fake_repo)
+    for wheel in fake_kaggle_wheels.glob("*.whl"):
+        shutil.copy(wheel, folder)
+    done = _run_setup_cell(tmp_path / "input", kaggle_image, tmp_path / "working")
+    assert done.returncode == 0, done.stderr
+    assert f"Installing {folder / 'captioning_helpers-1.10.0-py3-none-any.whl'}" in done.stdout
+    assert done.stdout.split()[-2] == "1.10.0"
+
+
+def test_setup_cell_takes_what_the_dataset_lacks_from_the_registry(fake_repo, tmp_path, kaggle_image,
+                                                                   fake_kaggle_wheels):
+    """Internet on: the same pip call finds pycocoevalcap in the registry (here a local simple index)."""
+    dataset = _build(fake_repo, tmp_path / "build")[0]  # no wheels of what Kaggle lacks
+    shutil.copytree(dataset, tmp_path / "input" / "captioning-helpers")
+    index = tmp_path / "registry" / "simple"
+    for wheel in fake_kaggle_wheels.glob("*.whl"):
+        project = index / wheel.name.split("-")[0]
+        project.mkdir(parents=True)
+        shutil.copy(wheel, project)
+        (project / "index.html").write_text(f'<a href="{wheel.name}">{wheel.name}</a>\n')
+    online = {"PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": index.as_uri()}
+    done = _run_setup_cell(tmp_path / "input", kaggle_image, tmp_path / "working", online)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "1.2"
+
+
+def test_setup_cell_names_what_pip_could_not_install_and_the_fix(fake_repo, tmp_path, kaggle_image):
+    """Internet off and no pycocoevalcap wheel in the dataset: the cell stops at once with pip's reason
+    and the fix (Internet on, or a rebuilt helpers dataset), before the notebook imports anything."""
+    dataset = _build(fake_repo, tmp_path / "build")[0]
+    shutil.copytree(dataset, tmp_path / "input" / "captioning-helpers")
+    started = time.monotonic()
+    done = _run_setup_cell(tmp_path / "input", kaggle_image, tmp_path / "working")
+    assert done.returncode != 0 and time.monotonic() - started < 60
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith("RuntimeError: pip could not install"), done.stderr
+    assert "Could not find a version that satisfies the requirement pycocoevalcap>=1.2" in error
+    assert "Turn Internet on" in error and "python -m helpers.kaggle --owner NAME" in error
+    assert not (_site(kaggle_image) / "helpers").exists()
+
+
+def test_setup_cell_never_replaces_the_installed_torch(tmp_path):
+    """Kaggle's torch is built for its CUDA: a helpers wheel wanting another torch (offered beside it) stops
+    the cell with pip's reason instead of replacing it. The image's torch here is a stand-in dist-info,
+    so nothing real is at stake."""
+    from conftest import make_wheel
+    from kaggle_sessions import kaggle_python
+
+    python = kaggle_python(tmp_path / "image", hide=("torch",))
+    plant = _site(python) / "torch-2.3.0.dist-info"
+    plant.mkdir()
+    (plant / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 2.3.0\n")
+    (plant / "RECORD").write_text("torch-2.3.0.dist-info/METADATA,,\ntorch-2.3.0.dist-info/RECORD,,\n")
+    dataset = tmp_path / "input" / "captioning-helpers"
+    make_wheel(dataset, "captioning-helpers", "1.0.0", requires=["torch>=2.4"])
+    make_wheel(dataset, "torch", "2.5.0")
+    cell = kg.HELPERS_BOOTSTRAP.replace("/kaggle/input", str(tmp_path / "input"))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PIP_")}
+    done = subprocess.run([str(python), "-c", cell], capture_output=True, text=True, cwd=tmp_path,
+                          env={**env, **OFFLINE}, timeout=300)  # fmt: skip
+    assert done.returncode != 0
+    error = done.stderr.strip().splitlines()[-1]
+    assert "RuntimeError: pip could not install" in error and "torch==2.3.0" in error, done.stderr
+    assert [path.name for path in _site(python).glob("torch-*.dist-info")] == ["torch-2.3.0.dist-info"]
+
+
+def test_setup_cell_installs_a_wheel_uploaded_next_to_the_notebook(fake_repo, tmp_path, kaggle_image,
+                                                                   fake_kaggle_wheels):
+    """Colab: no /kaggle/input; the helpers wheel (and here the scorer's, Internet off) uploaded to the
+    notebook's folder, /content."""
+    content = tmp_path / "content"
+    dataset = _build(fake_repo, tmp_path / "build")[0]
+    shutil.copytree(dataset, content)
+    for wheel in fake_kaggle_wheels.glob("*.whl"):
+        shutil.copy(wheel, content)
+    done = _run_setup_cell(tmp_path / "no-input", kaggle_image, content)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-4] == str(_site(kaggle_image) / "helpers" / "text.py")
 
 
 def test_setup_cell_installs_nothing_where_helpers_is_installed(tmp_path):
-    """In the repository (no /kaggle/input) the cell finds no wheel and `helpers` is this checkout's."""
-    done = _run_setup_cell(tmp_path / "no-input", tmp_path / "site")
+    """In the repository (no /kaggle/input, no wheel beside the notebook) the cell finds no wheel and
+    `helpers` is this checkout's."""
+    done = _run_setup_cell(tmp_path / "no-input", Path(sys.executable), REPO_ROOT / "notebooks")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == [str(REPO_ROOT / "helpers" / "text.py"), str(REPO_ROOT / "configs")]
-    assert not any((tmp_path / "site").iterdir())
+    assert done.stdout.split()[:2] == [str(REPO_ROOT / "helpers" / "text.py"), str(REPO_ROOT / "configs")]
+    assert "Installing" not in done.stdout
 
 
 def test_the_real_helpers_wheel_works_installed_alone(tmp_path, fake_kaggle_wheels):
@@ -434,8 +550,8 @@ def test_the_real_helpers_wheel_works_installed_alone(tmp_path, fake_kaggle_whee
                     "--target", str(site), str(wheel)], check=True)
     check = (
         "import helpers, helpers.config as c, helpers.deps as d, helpers.sources as s\n"
-        "print(helpers.__file__, c.load_config('Attention_LSTM').model.cell_type, d.REQUIREMENTS_FILE,\n"
-        "      d.WHEELS_DIR, sorted(p.name for p in s.SHIPPED_FLICKR8K_SPLIT.iterdir()))\n"
+        "print(helpers.__file__, c.load_config('Attention_LSTM').model.decoder, d.REQUIREMENTS_FILE,\n"
+        "      d.installed_from(), sorted(p.name for p in s.SHIPPED_FLICKR8K_SPLIT.iterdir()))\n"
     )
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=tmp_path,
                           env={**os.environ, "PYTHONPATH": str(site)})
@@ -467,10 +583,52 @@ def test_real_suite_builds_and_passes_the_cli(tmp_path, cli_env, fake_kaggle_whe
 def test_the_helpers_wheel_ships_the_flickr8k_split_lists(fake_repo, tmp_path):
     from helpers.sources import FLICKR8K_SPLIT_FILES, SHIPPED_FLICKR8K_SPLIT
 
-    wheel = kg.build_helpers_wheel(tmp_path, REPO_ROOT / "helpers", fake_repo / "configs")
+    wheel = kg.build_helpers_wheel(tmp_path, REPO_ROOT, fake_repo / "configs")
     archive = zipfile.ZipFile(wheel)
     for name in FLICKR8K_SPLIT_FILES.values():
         shipped = archive.read(f"helpers/data/flickr8k/{name}")
         assert shipped == (SHIPPED_FLICKR8K_SPLIT / name).read_bytes()
-    again = kg.build_helpers_wheel(tmp_path / "again", REPO_ROOT / "helpers", fake_repo / "configs")
+    again = kg.build_helpers_wheel(tmp_path / "again", REPO_ROOT, fake_repo / "configs")
     assert again.read_bytes() == wheel.read_bytes()  # equal sources, identical wheel
+
+
+def test_the_helpers_wheel_is_pyprojects_metadata_and_files_compressed(tmp_path):
+    """Name, version, summary, Requires-Python and Requires-Dist are pyproject.toml's (its dependencies
+    come from requirements.txt); every member is deflated; the package's files are what pyproject's
+    packages.find and package-data name."""
+    project = kg.read_pyproject()["project"]
+    wheel = kg.build_helpers_wheel(tmp_path, REPO_ROOT)
+    archive = zipfile.ZipFile(wheel)
+    metadata = archive.read(f"captioning_helpers-{project['version']}.dist-info/METADATA").decode()
+    fields = [line.split(": ", 1) for line in metadata.splitlines()]
+    assert fields[:5] == [["Metadata-Version", "2.1"], ["Name", "captioning-helpers"],
+                          ["Version", project["version"]], ["Summary", project["description"]],
+                          ["Requires-Python", project["requires-python"]]]  # fmt: skip
+    assert [value for key, value in fields if key == "Requires-Dist"] == [
+        str(requirement) for requirement in read_requirements(REPO_ROOT / "requirements.txt")
+    ]
+    assert {entry.compress_type for entry in archive.infolist()} == {zipfile.ZIP_DEFLATED}
+    assert wheel.stat().st_size < 0.6 * sum(entry.file_size for entry in archive.infolist())
+    suite_files = ("helpers/configs/", "helpers/requirements.txt")
+    package = {name for name in archive.namelist() if name.startswith("helpers/")
+               and not name.startswith(suite_files)}  # fmt: skip
+    helpers = REPO_ROOT / "helpers"
+    listed = [*helpers.glob("*.py"), *(helpers / "data" / "flickr8k").glob("*.txt")]
+    assert package == {path.relative_to(REPO_ROOT).as_posix() for path in listed}
+
+
+def test_the_wheels_file_list_follows_pyproject(fake_repo, tmp_path):
+    """A file pyproject.toml's package-data names is shipped, a package its find.include names is, and
+    what neither names (notes, caches) is not: the list has no copy kept by hand."""
+    (fake_repo / "helpers" / "tables").mkdir()
+    (fake_repo / "helpers" / "tables" / "__init__.py").write_text("")
+    (fake_repo / "helpers" / "tables" / "words.json").write_text("[]")
+    (fake_repo / "helpers" / "NOTES.md").write_text("not shipped")
+    pyproject = fake_repo / "pyproject.toml"
+    text = pyproject.read_text().replace('include = ["helpers", "helpers.data*"]',
+                                         'include = ["helpers", "helpers.data*", "helpers.tables"]')
+    pyproject.write_text(text.replace("[tool.setuptools.package-data]\n",
+                                      '[tool.setuptools.package-data]\n"helpers.tables" = ["*.json"]\n'))
+    members = zipfile.ZipFile(kg.build_helpers_wheel(tmp_path, fake_repo)).namelist()
+    assert {"helpers/tables/__init__.py", "helpers/tables/words.json", "helpers/text.py"} <= set(members)
+    assert not [name for name in members if "NOTES" in name or "__pycache__" in name]

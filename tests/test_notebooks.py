@@ -160,6 +160,13 @@ def test_results_notebook_tables_every_run_and_captions_an_image(suite):
     assert images_in(output_of(path, "caption_samples")) == 1
 
 
+def test_results_notebook_prepares_the_best_model_as_a_kaggle_model(suite):
+    out, executed = suite
+    text = text_of(output_of(executed["07_results"], "prepare_model_upload"))
+    assert "kagglehub.model_upload('your-kaggle-name/" in text and "/pyTorch/default'" in text
+    assert list(out.rglob("models/*/captioner.json"))
+
+
 def test_lstm_notebook_runs_alone_in_an_empty_work_dir(tmp_path):
     parameters = {"DEMO": True, "WORK_DIR": str(tmp_path / "work"), **FAST}
     path = run_notebook("04_train_lstm", tmp_path / "notebooks", parameters)

@@ -26,7 +26,7 @@ from helpers.config import load_config  # noqa: E402
 from helpers.demo import make_demo_dataset  # noqa: E402
 from helpers.features import extract_features  # noqa: E402
 from helpers.train import train  # noqa: E402
-from helpers.workdir import make_source, prepare_for  # noqa: E402
+from helpers.workdir import prepare_for, prepared_and_features  # noqa: E402
 
 
 def demo_config(root: Path, demo: Path, devices: int, args) -> object:
@@ -70,7 +70,7 @@ def main() -> None:
         root = Path(folder)
         demo = root / "demo"
         make_demo_dataset(demo, num_images=args.images, seed=0)
-        make_source(demo_config(root, demo, 1, args), progress=False)  # the store training reads
+        prepared_and_features(demo_config(root, demo, 1, args), progress=False)  # the store training reads
         rows = {}
         for devices in (1, args.devices):
             captions, steps = training_rate(root, demo, devices, args)

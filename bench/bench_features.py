@@ -7,7 +7,7 @@
    follows for each backbone.
    Then, per backbone, what fine-tuning keeps for the backward pass: bytes per image of the tensors
    autograd saves at 224 px in float32, with only the last stage training (`training.mode: finetune`,
-   `finetune_stages: 1`) and with the whole trunk training; it scales the memory a training batch needs.
+   `finetune_layers: 1`) and with the whole trunk training; it scales the memory a training batch needs.
 2. Memory: peak RSS of a fresh process that reads every row of a fake ResNet50 store of 500 and
    of 2000 images, with `CaptionFeatureDataset` (row reads) against indexing `np.load(mmap_mode="r")`
    and against `np.load` of the whole array.
@@ -100,14 +100,14 @@ def throughput_table(device: torch.device, count: int, batch_size: int, naive_co
     return lines
 
 
-def saved_for_backward_megabytes(name: str, trainable_stages: int | None, images: int = 2) -> float:
+def saved_for_backward_megabytes(name: str, trainable_layers: int | None, images: int = 2) -> float:
     """MB per image of the tensors autograd keeps for the backward pass (224 px, float32, CPU) when the
-    last `trainable_stages` stages train (None: all), the encoder in eval mode as training keeps it."""
+    last `trainable_layers` layers train (None: all), the encoder in eval mode as training keeps it."""
     torch.manual_seed(0)
     encoder = ImageEncoder(pretrained=False, backbone=name, verbose=False).eval()
-    stages = encoder.trainable_stages()
+    stages = encoder.trainable_layers()
     encoder.requires_grad_(False)
-    for stage in stages[-(trainable_stages or len(stages)):]:
+    for stage in stages[-(trainable_layers or len(stages)):]:
         stage.requires_grad_(True)
     saved = 0
 

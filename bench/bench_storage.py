@@ -121,7 +121,7 @@ def batch_bytes_table(batch_size: int = 128) -> str:
 
 def fidelity_table(train: bool, epochs: int) -> str:
     from helpers.train import train as train_loop
-    from helpers.workdir import make_source
+    from helpers.workdir import prepared_and_features
 
     work = Path(tempfile.mkdtemp(prefix="bench_storage-"))
     rows, stores = [], {}
@@ -135,7 +135,7 @@ def fidelity_table(train: bool, epochs: int) -> str:
             "training.run_name": f"attn-{layout}",
         }
         config = load_config(["Attention_LSTM", "demo"], overrides)
-        prepared, store = make_source(config, progress=False)
+        prepared, store = prepared_and_features(config, progress=False)
         stores[layout] = store
         result = train_loop(config, prepared=prepared, store=store, progress=False) if train else None
         rows.append((layout, store, result))

@@ -282,10 +282,11 @@ class ImageEncoder(nn.Module):
             self.load_pretrained_weights()
         return self.cnn(self.normalize(images))
 
-    def trainable_stages(self) -> list[nn.Module]:
-        """The trunk's stages from input to output, for fine-tuning the last few. ConvNeXt and Swin
-        give five like RegNet: the patch stem, then four stages, each with the downsampling (patch
-        merging) before it; Swin's final norm goes with its last stage."""
+    def trainable_layers(self) -> list[nn.Module]:
+        """The trunk's layers from input to output, for fine-tuning the last few (what torchvision's
+        `trainable_backbone_layers` counts): a ResNet's stem pieces then layer1..layer4; ConvNeXt and
+        Swin give five like RegNet: the patch stem, then their four stages, each with the downsampling
+        (patch merging) before it; Swin's final norm goes with its last stage."""
         if self.backbone.startswith("resnet"):
             return list(self.cnn.children())
         if self.backbone.startswith(("convnext", "swin")):

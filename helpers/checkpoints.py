@@ -128,7 +128,7 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu", whi
         raise FileNotFoundError(f"No run folder {run_dir}.")
     path = run_dir / f"{which}.pt"
     checkpoint = load_checkpoint(path, device)
-    config = config_from_dict(checkpoint["config"], source=str(path))
+    config = config_from_dict(checkpoint["config"], origin=str(path))
     # No GloVe to read: the checkpoint holds the trained word vectors.
     model = build_model(config, Vocabulary(checkpoint["vocab"]), word_vectors=None)
     load_model_state(model, checkpoint["model"], path)

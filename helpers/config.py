@@ -50,7 +50,7 @@ TRAINING_MODES = ("features", "finetune")
 SCHEDULES = ("cosine", "linear", "constant")
 SPLITS = ("karpathy", "seeded")
 METRIC_TOKENIZERS = ("auto", "ptb", "project")  # helpers.evaluate.resolve_tokenizer
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "mps")
 DATA_SPLITS = ("train", "val", "test")  # helpers.prepare.SPLITS
 VOCAB_SOURCES = ("train", "all")  # helpers.prepare.VOCAB_SOURCES
 SCST_BASELINES = ("greedy", "mean")  # helpers.train's SCST phase
@@ -65,11 +65,15 @@ class ConfigError(ValueError):
 class ModelConfig:
     """The decoder and the CNN whose features it reads (the original project's `model:` section)."""
 
-    cell_type: str = "lstm"  # the decoder: rnn | lstm | attn | transformer (aliases: vanilla_rnn, attention)
+    # The decoder: rnn | lstm | attn | transformer (aliases: vanilla_rnn, attention). Was model.cell_type,
+    # which is still read (RENAMED_KEYS)
+    decoder: str = "lstm"
     wordvec_dim: int = 300  # word vector size; must equal the GloVe file's dimension when use_glove
     hidden_dim: int = 512  # the decoder's hidden state size (the transformer's d_model)
     backbone: str = DEFAULT_BACKBONE  # the CNN: resnet50|resnet101|regnet_x_400mf|convnext_tiny|swin_t
-    attn_dim: int | None = None  # channels of the feature map; inferred from the backbone when omitted
+    # Channels of the CNN's feature map; inferred from the backbone when omitted. Was model.attn_dim, which
+    # is still read (RENAMED_KEYS)
+    feature_channels: int | None = None
     pretrained_backbone: bool = True  # ImageNet weights for the CNN (False: random, for tests and demos)
     num_heads: int = 4  # transformer only; must divide hidden_dim (the transformer's d_model)
     num_layers: int = 2  # transformer only
@@ -144,12 +148,15 @@ class TrainingConfig:
     alpha_c: float = 1.0  # attn only: weight of Show-Attend-Tell's doubly-stochastic attention penalty
     patience: int | None = 3  # epochs without a better val CIDEr before stopping; None: never stop early
     mode: str = "features"  # features: frozen CNN on the feature store; finetune: images end to end
-    finetune_stages: int = 1  # finetune mode: how many of the backbone's last stages train
+    # finetune mode: how many of the CNN's last layers train (ImageEncoder.trainable_layers: a ResNet's
+    # layer1..layer4, RegNet's blocks, ConvNeXt's and Swin's stages). Was finetune_stages, still read
+    finetune_layers: int = 1
     encoder_lr_scale: float = 0.1  # finetune mode: the CNN's learning rate as a fraction of lr
     seed: int = 0  # seeds weights, shuffling and dropout (a CPU run repeats exactly)
     num_workers: int | None = None  # DataLoader workers; None: helpers.images.default_num_workers()
     amp: bool = True  # fp16 autocast + gradient scaler on CUDA (ignored on the CPU)
-    device: str = "auto"  # where training runs: auto (cuda when available) | cpu | cuda
+    # Where training runs: auto (cuda, else mps where the decoder runs on it, else cpu) | cpu | cuda | mps
+    device: str = "auto"
     # How many devices train (DistributedDataParallel, one process each; batch_size stays the global
     # batch, shared between them): auto = every visible GPU (1 on the CPU), or a number (on the CPU:
     # that many gloo processes)
@@ -208,7 +215,8 @@ class Config:
         parts += ["glove" if embeddings.use_glove else "random"] + (["frozen"] if embeddings.freeze else [])
         parts += [str(self.image_size)] + (["finetune"] if self.training.mode == "finetune" else [])
         parts += ["scst"] if self.training.scst.enabled else []
-        digest = hashlib.sha256(json.dumps(run_identity(self), sort_keys=True, default=str).encode())
+        hashed = {HASHED_AS.get(key, key): value for key, value in run_identity(self).items()}
+        digest = hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode())
         return "-".join([*parts, digest.hexdigest()[:6]])
 
     @property
@@ -359,12 +367,12 @@ def load_config(
     config.name = files[0].stem
     for path in files:
         for key, value in _flatten(read_yaml(path)):
-            _assign(config, key, value, source=str(path))
+            _assign(config, key, value, origin=str(path))
         config.sources.append(str(path))
     for key, value, text in parse_overrides(overrides):
-        _assign(config, key, value, source=f"override {text!r}")
+        _assign(config, key, value, origin=f"override {text!r}")
         config.sources.append(text)
-    validate(config, source=", ".join(config.sources))
+    validate(config, origin=", ".join(config.sources))
     return config
 
 
@@ -373,6 +381,16 @@ def load_config(
 # recurrent decoders, which ignored model.dropout then). A stored config that lacks them is read with
 # these values, not today's defaults, so resuming such a run compares like with like (helpers.train
 # names these keys when the current config differs).
+# Keys renamed so that each says one thing: old name -> new name. Configs, overrides and stored configs
+# (checkpoints, results.json) that use the old name still load; run folders keep their names, as the
+# run name's hash is taken over the old names (HASHED_AS).
+RENAMED_KEYS = {
+    "model.cell_type": "model.decoder",  # it named the Transformer too
+    "model.attn_dim": "model.feature_channels",  # the CNN's channels, not an attention size
+    "training.finetune_stages": "training.finetune_layers",  # "stages" are the notebooks'
+}
+HASHED_AS = {new: old for old, new in RENAMED_KEYS.items()}
+
 KEYS_ADDED_LATER = {"training.label_smoothing": 0.0, "training.alpha_c": 0.0}
 
 
@@ -381,44 +399,47 @@ def older_run_values(data: Mapping[str, Any]) -> dict[str, Any]:
     a config saved with KEYS_ADDED_LATER."""
     present = {key for key, _ in _flatten(data)}
     values = {key: value for key, value in KEYS_ADDED_LATER.items() if key not in present}
-    cell_type = canonical_cell_type(str(data.get("model", {}).get("cell_type", ModelConfig.cell_type)))
+    model = data.get("model", {})
+    cell_type = canonical_cell_type(str(model.get("decoder", model.get("cell_type", ModelConfig.decoder))))
     if values and cell_type != "transformer":
         values["model.dropout"] = 0.0
     return values
 
 
-def config_from_dict(data: Mapping[str, Any], source: str = "checkpoint") -> Config:
+def config_from_dict(data: Mapping[str, Any], origin: str = "checkpoint") -> Config:
     """Rebuild a Config from `Config.to_dict()` output (as stored in checkpoints and results.json);
     without KEYS_ADDED_LATER it gets the values its run was trained with (older_run_values)."""
     data = dict(data)
     sources = list(data.pop("sources", []))
     config = Config()
     for key, value in _flatten(data):
-        _assign(config, key, value, source=source)
+        _assign(config, key, value, origin=origin)
     for key, value in older_run_values(data).items():
-        _assign(config, key, value, source=source)
+        _assign(config, key, value, origin=origin)
     config.sources = sources
-    validate(config, source=source)
+    validate(config, origin=origin)
     return config
 
 
 def config_with(config: Config, changes: Mapping[str, Any]) -> Config:
     """A validated copy of `config` with dotted keys changed, e.g. {"training.devices": "1"}."""
-    copy = config_from_dict(config.to_dict(), source=config.name)
+    copy = config_from_dict(config.to_dict(), origin=config.name)
     copy.name, copy.sources = config.name, list(config.sources)
     for key, value in changes.items():
-        _assign(copy, key, value, source=f"{config.name} ({key})")
-    return validate(copy, source=config.name)
+        _assign(copy, key, value, origin=f"{config.name} ({key})")
+    return validate(copy, origin=config.name)
 
 
 # ------------------------------------------------------------------------------------------ assignment
 
 
-def _assign(config: Config, dotted: str, value: Any, source: str) -> None:
-    """Set one dotted key, checking the key exists and the value has the field's type."""
+def _assign(config: Config, dotted: str, value: Any, origin: str) -> None:
+    """Set one dotted key (a renamed key's old name sets its new one), checking the key exists and the
+    value has the field's type."""
+    dotted = RENAMED_KEYS.get(dotted, dotted)
     parts = dotted.split(".")
     if parts[0] == "sources":
-        raise ConfigError(f"{source}: 'sources' is filled in by load_config and cannot be set.")
+        raise ConfigError(f"{origin}: 'sources' is filled in by load_config and cannot be set.")
     target: Any = config
     for depth, part in enumerate(parts):
         fields = {f.name: f for f in dataclasses.fields(target)}
@@ -429,7 +450,7 @@ def _assign(config: Config, dotted: str, value: Any, source: str) -> None:
             close = difflib.get_close_matches(part, choices, n=1, cutoff=0.6)
             hint = f" Did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else ""
             raise ConfigError(
-                f"{source}: unknown key '{where}'.{hint} Valid keys"
+                f"{origin}: unknown key '{where}'.{hint} Valid keys"
                 f"{' in ' + repr(prefix) if prefix else ''}: {', '.join(choices)}."
             )
         hint_type = typing.get_type_hints(type(target))[part]
@@ -439,13 +460,13 @@ def _assign(config: Config, dotted: str, value: Any, source: str) -> None:
             if value is None or value == {}:
                 return
             raise ConfigError(
-                f"{source}: '{where}' is a section; set its keys instead (for example {where}.<key>=...), "
+                f"{origin}: '{where}' is a section; set its keys instead (for example {where}.<key>=...), "
                 f"not the value {value!r}."
             )
         if not is_section:
             if not last:
-                raise ConfigError(f"{source}: '{where}' is a value, not a section; cannot set '{dotted}'.")
-            setattr(target, part, _coerce(hint_type, value, where, source))
+                raise ConfigError(f"{origin}: '{where}' is a value, not a section; cannot set '{dotted}'.")
+            setattr(target, part, _coerce(hint_type, value, where, origin))
             return
         target = getattr(target, part)
 
@@ -467,19 +488,19 @@ def _optional_inner(hint: Any) -> Any:
     return None
 
 
-def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
+def _coerce(hint: Any, value: Any, key: str, origin: str) -> Any:
     """`value` as the field's type, or ConfigError. Accepts '1e-3' (YAML 1.1 reads it as a string)."""
     inner = _optional_inner(hint)
     if inner is not None:
         if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
             return None
-        return _coerce(inner, value, key, source)
-    problem = f"{source}: {key}={value!r} is not valid: expected {_type_name(hint)}"
+        return _coerce(inner, value, key, origin)
+    problem = f"{origin}: {key}={value!r} is not valid: expected {_type_name(hint)}"
     if typing.get_origin(hint) is list:
         items = value if isinstance(value, list) else [value] if not isinstance(value, (dict, str)) else None
         if items is None:
             raise ConfigError(problem + " (for example [1, 3]).")
-        return [_coerce(typing.get_args(hint)[0], item, key, source) for item in items]
+        return [_coerce(typing.get_args(hint)[0], item, key, origin) for item in items]
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -505,70 +526,72 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
 # ------------------------------------------------------------------------------------------ validation
 
 
-def _choice_error(source: str, key: str, value: Any, choices: Iterable[str]) -> ConfigError:
+def _choice_error(origin: str, key: str, value: Any, choices: Iterable[str]) -> ConfigError:
     choices = list(choices)
     close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return ConfigError(
-        f"{source}: {key}={value!r} is not valid.{hint} Valid choices: {', '.join(map(repr, choices))}."
+        f"{origin}: {key}={value!r} is not valid.{hint} Valid choices: {', '.join(map(repr, choices))}."
     )
 
 
-def validate(config: Config, source: str = "config") -> Config:
-    """Check choices, ranges and cross-field consistency; fills in inferred values (attn_dim)."""
-    _check_choices(config, source)
-    _check_ranges(config, source)
-    _check_consistency(config, source)
+def validate(config: Config, origin: str = "config") -> Config:
+    """Check choices, ranges and cross-field consistency; fills in inferred values (feature_channels)."""
+    _check_choices(config, origin)
+    _check_ranges(config, origin)
+    _check_consistency(config, origin)
     return config
 
 
-def _check_choices(config: Config, source: str) -> None:
-    """Names from a fixed list (decoder, backbone, modes...), canonicalised; attn_dim from the backbone."""
+def _check_choices(config: Config, origin: str) -> None:
+    """Names from a fixed list (decoder, backbone, modes...), canonicalised; feature_channels from the
+    backbone."""
     model, training, data = config.model, config.training, config.data
     if model.backbone in BACKBONE_SPECS and config.batch_size is None:
         config.batch_size = BACKBONE_SPECS[model.backbone].batch_size
-    cell = canonical_cell_type(model.cell_type)
+    cell = canonical_cell_type(model.decoder)
     if cell not in CELL_TYPES:
-        raise _choice_error(source, "model.cell_type", model.cell_type, CELL_TYPES + tuple(CELL_TYPE_ALIASES))
-    model.cell_type = cell
+        raise _choice_error(origin, "model.decoder", model.decoder, CELL_TYPES + tuple(CELL_TYPE_ALIASES))
+    model.decoder = cell
     if model.dropout is None:
         model.dropout = DEFAULT_DROPOUT["transformer" if cell == "transformer" else "recurrent"]
     if model.backbone not in BACKBONE_SPECS:
-        raise _choice_error(source, "model.backbone", model.backbone, BACKBONE_SPECS)
+        raise _choice_error(origin, "model.backbone", model.backbone, BACKBONE_SPECS)
     channels = BACKBONE_SPECS[model.backbone].out_channels
-    if model.attn_dim is None:
-        model.attn_dim = channels
-    elif model.attn_dim != channels:
+    if model.feature_channels is None:
+        model.feature_channels = channels
+    elif model.feature_channels != channels:
         raise ConfigError(
-            f"{source}: model.attn_dim={model.attn_dim} but {model.backbone} outputs {channels} channels; "
-            f"remove attn_dim or set it to {channels}."
+            f"{origin}: model.feature_channels={model.feature_channels} but {model.backbone} outputs "
+            f"{channels} channels; remove feature_channels (or the original notes' attn_dim) or set it to "
+            f"{channels}."
         )
     if training.mode not in TRAINING_MODES:
-        raise _choice_error(source, "training.mode", training.mode, TRAINING_MODES)
+        raise _choice_error(origin, "training.mode", training.mode, TRAINING_MODES)
     if training.schedule not in SCHEDULES:
-        raise _choice_error(source, "training.schedule", training.schedule, SCHEDULES)
+        raise _choice_error(origin, "training.schedule", training.schedule, SCHEDULES)
     if training.metric_tokenizer not in METRIC_TOKENIZERS:
-        raise _choice_error(source, "training.metric_tokenizer", training.metric_tokenizer, METRIC_TOKENIZERS)
+        raise _choice_error(origin, "training.metric_tokenizer", training.metric_tokenizer, METRIC_TOKENIZERS)
     if data.split is not None and data.split not in SPLITS:
-        raise _choice_error(source, "data.split", data.split, SPLITS)
+        raise _choice_error(origin, "data.split", data.split, SPLITS)
     if data.vocab_from not in VOCAB_SOURCES:
-        raise _choice_error(source, "data.vocab_from", data.vocab_from, VOCAB_SOURCES)
+        raise _choice_error(origin, "data.vocab_from", data.vocab_from, VOCAB_SOURCES)
     if data.feature_layout not in FEATURE_LAYOUTS:
-        raise _choice_error(source, "data.feature_layout", data.feature_layout, FEATURE_LAYOUTS)
+        raise _choice_error(origin, "data.feature_layout", data.feature_layout, FEATURE_LAYOUTS)
     if data.jpeg_decoder not in ("auto", *JPEG_DECODERS):
-        raise _choice_error(source, "data.jpeg_decoder", data.jpeg_decoder, ("auto", *JPEG_DECODERS))
+        raise _choice_error(origin, "data.jpeg_decoder", data.jpeg_decoder, ("auto", *JPEG_DECODERS))
     if training.device not in DEVICES and not str(training.device).startswith("cuda:"):
-        raise _choice_error(source, "training.device", training.device, DEVICES)
+        raise _choice_error(origin, "training.device", training.device, DEVICES)
     if training.scst.baseline not in SCST_BASELINES:
-        raise _choice_error(source, "training.scst.baseline", training.scst.baseline, SCST_BASELINES)
+        raise _choice_error(origin, "training.scst.baseline", training.scst.baseline, SCST_BASELINES)
     if training.devices != "auto" and not (training.devices.isdigit() and int(training.devices) >= 1):
         raise ConfigError(
-            f"{source}: training.devices={training.devices!r} is not valid: 'auto' (every visible GPU, "
+            f"{origin}: training.devices={training.devices!r} is not valid: 'auto' (every visible GPU, "
             "one process on the CPU) or a number of devices >= 1, e.g. training.devices=2."
         )
 
 
-def _check_ranges(config: Config, source: str) -> None:
+def _check_ranges(config: Config, origin: str) -> None:
     """Numbers within their ranges: positive sizes and counts, fractions in [0, 1], finite values."""
     model, training, data = config.model, config.training, config.data
     positive = {
@@ -581,7 +604,7 @@ def _check_ranges(config: Config, source: str) -> None:
         "data.min_word_count": data.min_word_count,
         "training.epochs": training.epochs,
         "training.lr": training.lr,
-        "training.finetune_stages": training.finetune_stages,
+        "training.finetune_layers": training.finetune_layers,
         "training.scst.epochs": training.scst.epochs,
         "training.scst.lr": training.scst.lr,
         "training.scst.samples_per_image": training.scst.samples_per_image,
@@ -596,10 +619,10 @@ def _check_ranges(config: Config, source: str) -> None:
     }
     for key, value in {**positive, **optional_positive}.items():
         if (key in positive or value is not None) and value <= 0:
-            raise ConfigError(f"{source}: {key}={value} must be positive.")
+            raise ConfigError(f"{origin}: {key}={value} must be positive.")
     if data.image_size is not None and data.image_size < BACKBONE_STRIDE:
         raise ConfigError(
-            f"{source}: data.image_size={data.image_size} is too small; the CNN needs >= "
+            f"{origin}: data.image_size={data.image_size} is too small; the CNN needs >= "
             f"{BACKBONE_STRIDE} px."
         )
     for key, value in {
@@ -611,7 +634,7 @@ def _check_ranges(config: Config, source: str) -> None:
         "training.eval_no_repeat_ngram_size": training.eval_no_repeat_ngram_size,
     }.items():
         if value < 0:
-            raise ConfigError(f"{source}: {key}={value} must not be negative.")
+            raise ConfigError(f"{origin}: {key}={value} must not be negative.")
     for key, value, upper in (
         ("training.warmup_fraction", training.warmup_fraction, "1)"),
         ("training.min_lr_ratio", training.min_lr_ratio, "1]"),
@@ -619,50 +642,50 @@ def _check_ranges(config: Config, source: str) -> None:
         ("training.label_smoothing", training.label_smoothing, "1)"),
     ):
         if value < 0 or value > 1 or (value == 1 and upper == "1)"):
-            raise ConfigError(f"{source}: {key}={value} must be in [0, {upper}.")
+            raise ConfigError(f"{origin}: {key}={value} must be in [0, {upper}.")
 
 
-def _check_consistency(config: Config, source: str) -> None:
+def _check_consistency(config: Config, origin: str) -> None:
     """Values that must agree with each other, and the lists of splits and beam sizes to score."""
     model, training, data = config.model, config.training, config.data
-    if model.cell_type == "transformer" and model.hidden_dim % model.num_heads:
+    if model.decoder == "transformer" and model.hidden_dim % model.num_heads:
         raise ConfigError(
-            f"{source}: model.hidden_dim={model.hidden_dim} is not divisible by model.num_heads="
+            f"{origin}: model.hidden_dim={model.hidden_dim} is not divisible by model.num_heads="
             f"{model.num_heads}; the transformer's width (hidden_dim) is split across its heads."
         )
     for key, value in _numbers(config):
         if not math.isfinite(value):
-            raise ConfigError(f"{source}: {key}={value} is not a finite number.")
+            raise ConfigError(f"{origin}: {key}={value} is not a finite number.")
     if data.max_bad_images is not None and data.max_bad_images < 0:
         raise ConfigError(
-            f"{source}: data.max_bad_images={data.max_bad_images} must be a fraction (0 to 1) or a count "
+            f"{origin}: data.max_bad_images={data.max_bad_images} must be a fraction (0 to 1) or a count "
             ">= 1 of images allowed to fail, or null for no limit."
         )
     for split in training.eval_splits:
         if split not in DATA_SPLITS:
-            raise _choice_error(source, "training.eval_splits", split, DATA_SPLITS)
+            raise _choice_error(origin, "training.eval_splits", split, DATA_SPLITS)
     bad_beams = [b for b in training.eval_beam_sizes if b < 1]
     if bad_beams:
         raise ConfigError(
-            f"{source}: training.eval_beam_sizes={training.eval_beam_sizes}: beam sizes must be >= 1."
+            f"{origin}: training.eval_beam_sizes={training.eval_beam_sizes}: beam sizes must be >= 1."
         )
-    _check_scst(config, source)
+    _check_scst(config, origin)
     if config.embeddings.use_glove and not config.embeddings.glove_path:
-        raise ConfigError(f"{source}: embeddings.use_glove is true but embeddings.glove_path is empty.")
+        raise ConfigError(f"{origin}: embeddings.use_glove is true but embeddings.glove_path is empty.")
 
 
-def _check_scst(config: Config, source: str) -> None:
+def _check_scst(config: Config, origin: str) -> None:
     """The SCST phase's settings that depend on others: its baseline and its training mode."""
     scst, training = config.training.scst, config.training
     if scst.baseline == "mean" and scst.samples_per_image < 2:
         raise ConfigError(
-            f"{source}: training.scst.baseline=mean compares each sample with the image's other samples, "
+            f"{origin}: training.scst.baseline=mean compares each sample with the image's other samples, "
             f"so it needs training.scst.samples_per_image >= 2 (it is {scst.samples_per_image}); "
             "raise it or use training.scst.baseline=greedy."
         )
     if scst.enabled and training.mode != "features":
         raise ConfigError(
-            f"{source}: training.scst.enabled=true runs on the feature store, but training.mode="
+            f"{origin}: training.scst.enabled=true runs on the feature store, but training.mode="
             f"{training.mode!r}; use training.mode=features for the SCST run (it can start from the same "
             "prepared data)."
         )

@@ -567,7 +567,7 @@ def build_model(config: Config, vocab: Any, *, word_vectors: Tensor | None):
     """
     word_to_idx = word_index(vocab)
     common = dict(
-        input_dim=config.model.attn_dim,
+        input_dim=config.model.feature_channels,
         wordvec_dim=config.model.wordvec_dim,
         hidden_dim=config.model.hidden_dim,
         image_encoder_pretrained=config.model.pretrained_backbone,
@@ -576,7 +576,7 @@ def build_model(config: Config, vocab: Any, *, word_vectors: Tensor | None):
         freeze_embeddings=config.embeddings.freeze,
         normalize_features=True,
     )
-    if config.model.cell_type == "transformer":
+    if config.model.decoder == "transformer":
         return CaptioningTransformer(
             word_to_idx,
             num_heads=config.model.num_heads,
@@ -586,5 +586,5 @@ def build_model(config: Config, vocab: Any, *, word_vectors: Tensor | None):
             **common,
         )
     return CaptioningRNN(
-        word_to_idx, cell_type=config.model.cell_type, dropout=config.model.dropout, **common
+        word_to_idx, cell_type=config.model.decoder, dropout=config.model.dropout, **common
     )

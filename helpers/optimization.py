@@ -18,18 +18,18 @@ def amp_enabled(config: Config, device: torch.device) -> bool:
 
 
 def configure_trainable(model: nn.Module, config: Config) -> None:
-    """Freeze the CNN (features mode) or all but its last `finetune_stages` stages (finetune mode)."""
+    """Freeze the CNN (features mode) or all but its last `finetune_layers` layers (finetune mode)."""
     encoder = model.image_encoder
     encoder.requires_grad_(False)
     if config.training.mode == "finetune":
-        stages = encoder.trainable_stages()
-        if config.training.finetune_stages > len(stages):
+        layers = encoder.trainable_layers()
+        if config.training.finetune_layers > len(layers):
             raise ConfigError(
-                f"training.finetune_stages={config.training.finetune_stages} but {config.model.backbone} has "
-                f"only {len(stages)} stages; choose 1..{len(stages)}."
+                f"training.finetune_layers={config.training.finetune_layers} but {config.model.backbone} has "
+                f"only {len(layers)} layers; choose 1..{len(layers)}."
             )
-        for stage in stages[-config.training.finetune_stages :]:
-            stage.requires_grad_(True)
+        for layer in layers[-config.training.finetune_layers :]:
+            layer.requires_grad_(True)
 
 
 def make_optimizer(model: nn.Module, config: Config, lr: float | None = None) -> torch.optim.AdamW:

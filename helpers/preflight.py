@@ -103,7 +103,7 @@ def _tiny_batch(config: Config, vocab, device: torch.device) -> tuple[torch.Tens
         inputs = torch.randint(0, 256, (2, 3, config.image_size, config.image_size), dtype=torch.uint8)
     else:
         side = feature_side(config.image_size, config.model.backbone)
-        inputs = torch.randn(2, config.model.attn_dim, side, side)
+        inputs = torch.randn(2, config.model.feature_channels, side, side)
     words = vocab.word_to_idx
     captions = torch.full((2, config.data.max_caption_length + 2), words[NULL], dtype=torch.long)
     captions[:, 0], captions[:, 4] = words[START], words[END]

@@ -207,7 +207,7 @@ NEW_RUN_HINT = (
 
 def _check_resumable(checkpoint: dict, config: Config, path: Path) -> None:
     """A run folder may only be resumed with the config (and data) it was started with."""
-    saved = run_identity(config_from_dict(checkpoint["config"], source=str(path)))
+    saved = run_identity(config_from_dict(checkpoint["config"], origin=str(path)))
     differences = [
         f"{key}: {saved.get(key)!r} -> {value!r}"
         for key, value in run_identity(config).items()
@@ -328,18 +328,18 @@ def cross_entropy_start(config: Config, vocab) -> dict | None:
     best.pt copied into the SCST run folder (the phase starts from it); None when there is none."""
     if not config.training.scst.enabled or config.training.run_name:
         return None
-    source = cross_entropy_config(config).run_path
+    cross_entropy = cross_entropy_config(config).run_path
     try:
-        checkpoint = load_checkpoint(source / "last.pt", "cpu")
-        best = (source / "best.pt").read_bytes()
+        checkpoint = load_checkpoint(cross_entropy / "last.pt", "cpu")
+        best = (cross_entropy / "best.pt").read_bytes()
     except (CheckpointError, FileNotFoundError):
         return None
     if not finished_training(checkpoint, config):
         return None  # unfinished: this run trains its cross-entropy epochs itself
-    check_resume_compatible(checkpoint, vocab, cross_entropy_config(config), source / "last.pt")
+    check_resume_compatible(checkpoint, vocab, cross_entropy_config(config), cross_entropy / "last.pt")
     config.run_path.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(config.run_path / "best.pt", best)
-    return checkpoint | {"scst_from": str(source)}
+    return checkpoint | {"scst_from": str(cross_entropy)}
 
 
 def finished_training(checkpoint: dict, config: Config) -> bool:

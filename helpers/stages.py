@@ -35,7 +35,7 @@ from helpers.images import load_image
 from helpers.notebook import RunChoice, feature_map, find_earlier_outputs, show_captions
 from helpers.text import Vocabulary
 from helpers.train import train as train_loop
-from helpers.workdir import features_for, make_source, prepare_for
+from helpers.workdir import features_for, prepare_for, prepared_and_features
 
 # Notebook parameter -> config key. A parameter set to None keeps the config's value.
 PARAMETER_KEYS = {
@@ -113,7 +113,7 @@ def describe(config: Config) -> str:
     glove = f"GloVe {e.glove_path} ({'frozen' if e.freeze else 'trainable'})" if e.use_glove else "random"
     return "\n".join(
         [
-            f"decoder     {m.cell_type} (wordvec {m.wordvec_dim}, hidden {m.hidden_dim})",
+            f"decoder     {m.decoder} (wordvec {m.wordvec_dim}, hidden {m.hidden_dim})",
             f"backbone    {m.backbone} ({weights}), {config.image_size} px -> "
             f"{feature_map(BACKBONES[m.backbone], config.image_size)} features",
             f"embeddings  {glove}",
@@ -291,7 +291,7 @@ def features(config: Config, prepared):
 def data_for(config: Config):
     """(prepared dataset, feature store or None in finetune mode), reusing both when present."""
     with _said_already(config):
-        return make_source(config)
+        return prepared_and_features(config)
 
 
 def describe_store(store) -> str:

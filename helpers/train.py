@@ -5,7 +5,7 @@ from the config and runs `fit`: AdamW, linear warmup then cosine (or linear) dec
 fp16 autocast with a gradient scaler on CUDA (helpers.optimization). Two modes:
 
 * ``features`` (default): the CNN is frozen and never runs; batches come from the feature store.
-* ``finetune``: images pass through the CNN, whose last `training.finetune_stages` stages train
+* ``finetune``: images pass through the CNN, whose last `training.finetune_layers` layers train
   (with `encoder_lr_scale` times the learning rate) while the rest stay frozen; BatchNorm layers
   keep their ImageNet statistics.
 
@@ -104,7 +104,7 @@ from helpers.runs import (
     take_run_folder,
 )
 from helpers.text import NULL
-from helpers.workdir import make_source, prepare_for
+from helpers.workdir import prepare_for, prepared_and_features
 
 Callback = Callable[[str, TrainState], None]
 
@@ -346,7 +346,7 @@ def _validate(run: Run) -> dict[str, float]:
     its share of the batches and images)."""
     state, config, prepared = run.state, run.config, run.prepared
     model, device, val_data = state.model, state.device, run.val_data
-    source = run.store if run.store is not None else prepared
+    split_inputs = run.store if run.store is not None else prepared  # stored features, or images
     model.eval()
     total, count = 0.0, 0
     batches = [
@@ -364,7 +364,7 @@ def _validate(run: Run) -> dict[str, float]:
     total, count = distributed.sum_over_ranks(total, count)
     hypotheses = decode_split(
         model,
-        source,
+        split_inputs,
         "val",
         beam_size=1,
         decoding=config.decoding,
@@ -474,7 +474,8 @@ def train(
     here first) and call `callbacks` on every rank, so callbacks must then be functions the processes
     can import (a ValueError says so before anything starts).
     """
-    processes = distributed.device_count(config.training.devices, resolve_device(config.training.device))
+    device = resolve_device(config.training.device, config.model.decoder)
+    processes = distributed.device_count(config.training.devices, device)
     if processes > 1 and config.training.scst.enabled and distributed.world_size() == 1:
         config = _cross_entropy_on_devices(config, processes, progress, callbacks, resume)
         if isinstance(config, TrainResult):  # its time budget ran out: the SCST phase waits for a rerun
@@ -550,12 +551,12 @@ def _train_on_devices(config: Config, processes: int, progress: bool, callbacks,
     """`train` on `processes` devices: the data and feature store made once here, then one training
     process per device; what rank 0 wrote is read back into the TrainResult."""
     callbacks = _callbacks_for_ranks(callbacks, processes)
-    device = resolve_device(config.training.device)
+    device = resolve_device(config.training.device, config.model.decoder)
     if config.training.eval_splits and config.training.eval_beam_sizes:
         resolve_tokenizer(config.training.metric_tokenizer)
     if device.type == "cuda":
         config = preflight(config, prepare_for(config, progress).vocab, device, processes, progress)
-    make_source(config, device=device, progress=progress)
+    prepared_and_features(config, device=device, progress=progress)
     if progress:  # the ranks print to the process's output, which a notebook cell does not show
         print(f"{config.run_name}: training on {processes} {device.type} devices, "
               f"{distributed.batch_split(config.batch_size, processes)}")
@@ -582,7 +583,7 @@ def _start_run(config: Config, lock: RunLock, prepared, store, progress: bool, c
     data, the model and its optimiser, fresh or restored from last.pt; config.yaml written."""
     max_hours = config.training.max_hours  # the budget counts preparing data and extracting features too
     deadline = time.perf_counter() + max_hours * 3600 if max_hours else None
-    device = distributed.rank_device(resolve_device(config.training.device))
+    device = distributed.rank_device(resolve_device(config.training.device, config.model.decoder))
     progress = progress and distributed.is_main()
     if config.training.eval_splits and config.training.eval_beam_sizes:
         resolve_tokenizer(config.training.metric_tokenizer)  # "ptb" without Java fails now, not at the end
@@ -598,7 +599,7 @@ def _start_run(config: Config, lock: RunLock, prepared, store, progress: bool, c
         checkpoint, last_path = cross_entropy_start(config, prepared.vocab), None
     if device.type == "cuda" and distributed.world_size() == 1:  # on several, the launcher checked
         config = preflight(config, prepared.vocab, device, progress=progress)
-    prepared, store = make_source(config, prepared, store, device=device, progress=progress)
+    prepared, store = prepared_and_features(config, prepared, store, device=device, progress=progress)
     train_data, val_data = _datasets(config, prepared, store)
     val_data = _val_subset(val_data, prepared, store, config.training.val_max_images)
     phase = checkpoint.get("phase", "xe") if checkpoint is not None else "xe"
@@ -644,7 +645,7 @@ def _print_start(run: Run, resumed: bool) -> None:
         print(f"{state.run_dir} already finished its {state.epoch} epochs: nothing to train")
     trainable = sum(p.numel() for p in state.model.parameters() if p.requires_grad)
     print(
-        f"{config.run_name}: {config.model.cell_type} decoder, "
+        f"{config.run_name}: {config.model.decoder} decoder, "
         f"{config.model.backbone} ({config.training.mode}), "
         f"{len(run.train_data):,} training captions, {run.steps_per_epoch} steps/epoch, device "
         f"{state.device}, {trainable:,} trainable parameters"

@@ -63,7 +63,7 @@ def _device_or_default(device) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def make_source(config: Config, prepared=None, store=None, device=None, progress: bool = True):
+def prepared_and_features(config: Config, prepared=None, store=None, device=None, progress: bool = True):
     """(prepared dataset, feature store or None) for `config`, from the caches in its work dir.
 
     The store is made only in features mode; a given store must match the config's backbone.
@@ -79,7 +79,7 @@ def make_source(config: Config, prepared=None, store=None, device=None, progress
         for key, have, want in (
             ("backbone", store.backbone, config.model.backbone),
             ("image size", store.image_size, config.image_size),
-            ("channels", store.channels, config.model.attn_dim),
+            ("channels", store.channels, config.model.feature_channels),
             ("layout", store.layout, config.data.feature_layout),
         )
         if have != want

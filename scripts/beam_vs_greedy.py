@@ -30,7 +30,7 @@ from helpers.demo import make_demo_dataset  # noqa: E402
 from helpers.evaluate import decode_split, per_image_cider  # noqa: E402
 from helpers.prepare import prepare_dataset  # noqa: E402
 from helpers.train import train  # noqa: E402
-from helpers.workdir import features_for, make_source  # noqa: E402
+from helpers.workdir import features_for, prepared_and_features  # noqa: E402
 
 DECODERS = ("Vanilla_RNN", "LSTM", "Attention_LSTM", "Transformer")
 FRESH_SCENES_SEED = 1  # the demo's own scenes come from generator seed 0
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             config = demo_config(decoder, seed, work_dir, args.overrides)
             beam_size(config)  # before any data is made
             with contextlib.redirect_stdout(io.StringIO()):  # the helpers' one-line reports, not the table
-                prepared, store = make_source(config, progress=False)
+                prepared, store = prepared_and_features(config, progress=False)
                 fresh, fresh_store = fresh_scenes(config, args.scenes)
                 scores = compare(config, prepared, store, fresh, fresh_store)
             row = {"decoder": decoder, "seed": seed, **scores}

@@ -56,7 +56,7 @@ from helpers.demo import make_demo_dataset  # noqa: E402
 from helpers.features import extract_features, store_encoder  # noqa: E402
 from helpers.images import ImageDataset, default_decoder, default_num_workers, image_loader  # noqa: E402
 from helpers.train import train  # noqa: E402
-from helpers.workdir import make_source, prepare_for  # noqa: E402
+from helpers.workdir import prepared_and_features, prepare_for  # noqa: E402
 
 DECODERS = ("Vanilla_RNN", "LSTM", "Attention_LSTM", "Transformer")
 IMAGE_DECODERS = ("nvjpeg", "torchvision", "pil")  # helpers.choices.JPEG_DECODERS
@@ -172,7 +172,7 @@ def add_grain(demo: Path, grain: float) -> float:
 def prepare_data(bench: Bench) -> Done:
     """The prepared captions and the training configs' feature store (decoded as data.jpeg_decoder says)."""
     config = bench.config()
-    prepared, store = make_source(config, device=bench.device, progress=False)
+    prepared, store = prepared_and_features(config, device=bench.device, progress=False)
     counts = "/".join(str(len(names)) for names in prepared.splits.values())
     decoder = default_decoder() if config.data.jpeg_decoder == "auto" else config.data.jpeg_decoder
     return Done(f"{counts} images ({'/'.join(prepared.splits)}), {store.backbone} {store.image_size} px "

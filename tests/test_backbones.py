@@ -143,10 +143,10 @@ def test_byte_images_give_the_same_features_as_float_images():
         image_transform("resnet50", dtype=torch.float16)
 
 
-def test_trainable_stages_cover_the_whole_trunk():
+def test_trainable_layers_cover_the_whole_trunk():
     for name in ("regnet_x_400mf", "resnet50"):
         encoder = ImageEncoder(pretrained=False, backbone=name, verbose=False)
-        staged = sum(p.numel() for stage in encoder.trainable_stages() for p in stage.parameters())
+        staged = sum(p.numel() for stage in encoder.trainable_layers() for p in stage.parameters())
         assert staged == sum(p.numel() for p in encoder.cnn.parameters())
 
 
@@ -230,7 +230,7 @@ def test_modern_backbones_have_five_stages_covering_the_trunk(name):
     """Stem, then four stages each with the downsampling before it (like RegNet): the last one is the
     7x7 stage (Swin's final norm included), which finetune mode trains alone by default."""
     encoder = ImageEncoder(pretrained=False, backbone=name, verbose=False)
-    stages = encoder.trainable_stages()
+    stages = encoder.trainable_layers()
     assert len(stages) == 5
     staged = [p for stage in stages for p in stage.parameters()]
     assert len(staged) == len({id(p) for p in staged}) == len(list(encoder.cnn.parameters()))

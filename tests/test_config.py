@@ -26,13 +26,13 @@ DECODERS = {"Vanilla_RNN": "rnn", "LSTM": "lstm", "Attention_LSTM": "attn", "Tra
 @pytest.mark.parametrize("name, cell", DECODERS.items())
 def test_decoder_configs_load_in_the_original_layout(name, cell):
     raw = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
-    assert set(raw["model"]) == {"cell_type", "wordvec_dim", "hidden_dim", "backbone"}
+    assert set(raw["model"]) == {"decoder", "wordvec_dim", "hidden_dim", "backbone"}
     assert set(raw["embeddings"]) == {"use_glove", "glove_path"}
     assert "batch_size" in raw
     config = load_config(CONFIG_DIR / f"{name}.yaml")
     assert config.name == name
-    assert config.model.cell_type == cell
-    assert (config.model.backbone, config.model.attn_dim) == ("resnet50", 2048)  # inferred from null
+    assert config.model.decoder == cell
+    assert (config.model.backbone, config.model.feature_channels) == ("resnet50", 2048)  # inferred from null
     assert (config.model.wordvec_dim, config.model.hidden_dim) == (300, 512)
     assert config.embeddings.use_glove and config.embeddings.glove_path == "glove.6B.300d.txt"
     assert config.training.mode == "features"
@@ -50,8 +50,8 @@ def test_decoder_configs_load_in_the_original_layout(name, cell):
 )
 def test_presets_merge_over_a_decoder_config(preset, backbone, hidden, attn_dim, batch):
     config = load_config(["Attention_LSTM", preset])
-    assert config.model.cell_type == "attn"  # from the decoder config, untouched by the preset
-    assert (config.model.backbone, config.model.hidden_dim, config.model.attn_dim) == (
+    assert config.model.decoder == "attn"  # from the decoder config, untouched by the preset
+    assert (config.model.backbone, config.model.hidden_dim, config.model.feature_channels) == (
         backbone,
         hidden,
         attn_dim,
@@ -65,8 +65,8 @@ def test_presets_merge_over_a_decoder_config(preset, backbone, hidden, attn_dim,
 @pytest.mark.parametrize(
     "backbone, channels", [("resnet50", 2048), ("resnet101", 2048), ("regnet_x_400mf", 400)]
 )
-def test_attn_dim_is_inferred_from_the_backbone(backbone, channels):
-    assert load_config("LSTM", [f"model.backbone={backbone}"]).model.attn_dim == channels
+def test_feature_channels_are_inferred_from_the_backbone(backbone, channels):
+    assert load_config("LSTM", [f"model.backbone={backbone}"]).model.feature_channels == channels
 
 
 def test_overrides_are_parsed_as_yaml_scalars_with_dotted_keys():
@@ -104,14 +104,14 @@ def test_dict_overrides_nested_or_dotted_and_later_files_win(tmp_path):
 def test_config_serialises_and_round_trips():
     config = load_config(["Transformer", "kaggle_small_gpu"], ["training.epochs=2"])
     data = json.loads(json.dumps(config.to_dict()))
-    assert data["model"]["cell_type"] == "transformer" and data["model"]["attn_dim"] == 400
+    assert data["model"]["decoder"] == "transformer" and data["model"]["feature_channels"] == 400
     assert config_from_dict(data) == config
     assert yaml.safe_load(str(config)) == data  # printable as YAML
 
 
 def test_demo_overlay_switches_to_a_small_cpu_setup():
     config = load_config(["Attention_LSTM", "research", "demo"], {"data.work_dir": "/w"})
-    assert config.model.backbone == "regnet_x_400mf" and config.model.attn_dim == 400
+    assert config.model.backbone == "regnet_x_400mf" and config.model.feature_channels == 400
     assert config.model.pretrained_backbone is False
     assert config.embeddings.glove_path == "demo" and config.model.wordvec_dim == 50
     assert config.data.dataset == "demo" and config.data.image_size == 96
@@ -134,7 +134,7 @@ def test_unknown_key_suggests_the_closest_and_names_the_file(tmp_path):
     assert str(bad) in message
     assert "unknown key 'model.hiden_dim'" in message
     assert "Did you mean 'model.hidden_dim'?" in message
-    assert "attn_dim" in message  # the valid keys are listed
+    assert "feature_channels" in message  # the valid keys are listed
 
 
 def test_unknown_top_level_key_from_an_override():
@@ -174,22 +174,40 @@ def test_unknown_metric_tokenizer_lists_the_choices():
     assert "'auto', 'ptb', 'project'" in message
 
 
-def test_unknown_cell_type_lists_the_choices_and_aliases_work():
-    message = _error("LSTM", ["model.cell_type=gru"])
-    assert (
-        "model.cell_type='gru' is not valid" in message and "'rnn', 'lstm', 'attn', 'transformer'" in message
-    )
-    assert load_config("LSTM", ["model.cell_type=attention"]).model.cell_type == "attn"
+def test_unknown_decoder_lists_the_choices_and_aliases_work():
+    message = _error("LSTM", ["model.decoder=gru"])
+    assert "model.decoder='gru' is not valid" in message and "'rnn', 'lstm', 'attn', 'transformer'" in message
+    assert load_config("LSTM", ["model.decoder=attention"]).model.decoder == "attn"
 
 
-def test_attn_dim_contradicting_the_backbone_states_the_right_value():
+def test_renamed_keys_still_read_their_old_names_and_keep_run_folder_names(tmp_path):
+    """model.cell_type (which named the Transformer too) is model.decoder, model.attn_dim (the CNN's
+    channels) model.feature_channels and training.finetune_stages (stages are the notebooks')
+    training.finetune_layers; configs, overrides and stored configs with the old names load, and run
+    names, hashed over the old names, stay those of the folders users already have."""
+    old = tmp_path / "old.yaml"
+    old.write_text("model:\n  cell_type: transformer\n  attn_dim: 2048\n")
+    config = load_config(old)
+    assert (config.model.decoder, config.model.feature_channels) == ("transformer", 2048)
+    assert load_config("LSTM", ["model.cell_type=rnn"]).model.decoder == "rnn"
+    assert load_config("LSTM", ["training.finetune_stages=2"]).training.finetune_layers == 2
+    stored = load_config("LSTM").to_dict()
+    stored["model"]["cell_type"] = stored["model"].pop("decoder")
+    stored["model"]["attn_dim"] = stored["model"].pop("feature_channels")
+    assert config_from_dict(stored).run_name == load_config("LSTM").run_name
+    assert load_config(["LSTM", "demo"]).run_name == "LSTM-regnet_x_400mf_untrained-glove-96-c37f0f"
+    assert load_config("Transformer").run_name == "Transformer-resnet50-glove-224-c088cd"
+
+
+def test_feature_channels_contradicting_the_backbone_state_the_right_value():
     message = _error(["LSTM", "kaggle_small_gpu"], ["model.attn_dim=1280"])
     assert (
-        "model.attn_dim=1280 but regnet_x_400mf outputs 400 channels; remove attn_dim or set it to 400"
+        "model.feature_channels=1280 but regnet_x_400mf outputs 400 channels; remove feature_channels (or "
+        "the original notes' attn_dim) or set it to 400"
         in message
     )
     message = _error("LSTM", ["model.attn_dim=400"])
-    assert "resnet50 outputs 2048 channels; remove attn_dim or set it to 2048" in message
+    assert "resnet50 outputs 2048 channels; remove feature_channels" in message
 
 
 @pytest.mark.parametrize(
@@ -358,7 +376,8 @@ def test_bare_glove_6b_name_offline_names_the_dataset(tmp_path, vocab, monkeypat
 
 def test_a_backbone_can_be_switched_on_top_of_a_preset():
     config = load_config(["LSTM", "kaggle_small_gpu"], ["model.backbone=resnet50"])
-    assert (config.model.backbone, config.model.attn_dim, config.model.hidden_dim) == ("resnet50", 2048, 256)
+    model = config.model
+    assert (model.backbone, model.feature_channels, model.hidden_dim) == ("resnet50", 2048, 256)
 
 
 def test_split_is_explicit_and_checked():

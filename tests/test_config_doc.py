@@ -19,7 +19,7 @@ EVERY_DECODER = {
     "model.wordvec_dim": 300,
     "model.hidden_dim": 512,
     "model.backbone": "resnet50",
-    "model.attn_dim": 2048,  # inferred from the backbone
+    "model.feature_channels": 2048,  # inferred from the backbone
     "embeddings.use_glove": True,
     "embeddings.glove_path": "glove.6B.300d.txt",
     "batch_size": 128,
@@ -29,10 +29,10 @@ EVERY_DECODER = {
 }
 # model.dropout is inferred from the decoder (null: 0.5 recurrent, 0.1 transformer).
 DECODERS = {
-    "Vanilla_RNN": {"model.cell_type": "rnn", "model.dropout": 0.5},
-    "LSTM": {"model.cell_type": "lstm", "model.dropout": 0.5},
-    "Attention_LSTM": {"model.cell_type": "attn", "model.dropout": 0.5},
-    "Transformer": {"model.cell_type": "transformer", "training.lr": 5e-4, "model.dropout": 0.1},
+    "Vanilla_RNN": {"model.decoder": "rnn", "model.dropout": 0.5},
+    "LSTM": {"model.decoder": "lstm", "model.dropout": 0.5},
+    "Attention_LSTM": {"model.decoder": "attn", "model.dropout": 0.5},
+    "Transformer": {"model.decoder": "transformer", "training.lr": 5e-4, "model.dropout": 0.1},
 }
 
 
@@ -54,7 +54,7 @@ def test_decoder_configs_hold_the_original_layout_and_otherwise_only_what_differ
     """model: and embeddings: with the original project's few keys, batch_size, then the changes."""
     raw = dict(_flatten(yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text(encoding="utf-8"))))
     original_layout = {
-        "model.cell_type", "model.wordvec_dim", "model.hidden_dim", "model.backbone",
+        "model.decoder", "model.wordvec_dim", "model.hidden_dim", "model.backbone",
         "embeddings.use_glove", "embeddings.glove_path", "batch_size",
     }
     defaults = flat(Config())
@@ -80,7 +80,7 @@ def test_the_reference_lists_every_key_with_its_default():
     keys = set(flat(Config())) | {"name", "sources"}
     assert set(rows) == keys
     assert "| `training.lr` | `float` | `0.001` |" in rows["training.lr"]
-    assert "| `model.attn_dim` | `int \\| None` | `null` |" in rows["model.attn_dim"]
+    assert "| `model.feature_channels` | `int \\| None` | `null` |" in rows["model.feature_channels"]
 
 
 def test_a_key_without_a_comment_stops_the_script_with_its_name(tmp_path):

@@ -22,7 +22,7 @@ from helpers.checkpoints import load_checkpoint
 from helpers.config import ConfigError, load_config
 from helpers.distributed import DevicesUnavailableError, device_count
 from helpers.train import epoch_batches, train
-from helpers.workdir import make_source, prepare_for
+from helpers.workdir import prepare_for, prepared_and_features
 
 
 def tiny_config(work, demo_dir, name: str, **overrides):
@@ -55,7 +55,7 @@ def tiny_values(work, demo_dir, name: str, **overrides) -> dict:
 def demo_work(demo_dir, tmp_path_factory):
     """Prepared data and feature store of the 120-image demo, made once for this module's runs."""
     work = tmp_path_factory.mktemp("distributed")
-    make_source(tiny_config(work, demo_dir, "prepare"), progress=False)
+    prepared_and_features(tiny_config(work, demo_dir, "prepare"), progress=False)
     return work, demo_dir
 
 
@@ -210,7 +210,7 @@ def scores_of_a_run(run_dir, out) -> None:
     from helpers.checkpoints import load_run
 
     model, _, config = load_run(run_dir)
-    prepared, store = make_source(config, progress=False)
+    prepared, store = prepared_and_features(config, progress=False)
     suffix = f"-rank{distributed.rank()}" if distributed.rank() else ""
     marks = out.with_name(f"{out.stem}{suffix}.metrics")
     compute_metrics = evaluate.compute_metrics

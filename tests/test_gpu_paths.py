@@ -21,7 +21,7 @@ from helpers.preflight import PreflightError, preflight
 from helpers.runlock import RunLock
 from helpers.runs import cross_entropy_config, rng_state, seed_everything, seed_rank, set_rng_state
 from helpers.train import train
-from helpers.workdir import make_source
+from helpers.workdir import prepared_and_features
 
 
 def nccl_stand_in(backend: str) -> str:
@@ -48,7 +48,7 @@ def tiny_config(work, demo_dir, *overrides, name: str = "LSTM"):
 @pytest.fixture(scope="module")
 def demo_work(demo_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("gpu-paths")
-    prepared, _ = make_source(tiny_config(work, demo_dir), progress=False)
+    prepared, _ = prepared_and_features(tiny_config(work, demo_dir), progress=False)
     return work, prepared
 
 
@@ -231,16 +231,16 @@ def test_running_out_of_gpu_memory_names_what_to_lower_and_keeps_the_run(demo_wo
     message = str(raised.value)
     assert calls == [1] and "while training oom (CUDA out of memory. Tried to allocate 2.00 GiB" in message
     assert "batch_size (now 45; e.g. batch_size=22)" in message and "model.hidden_dim (now 32)" in message
-    assert "Of the allocated" not in message and "finetune_stages" not in message
+    assert "Of the allocated" not in message and "finetune_layers" not in message
     assert (config.run_path / "last.pt").read_bytes() == last
     RunLock(config.run_path).acquire()  # released: nothing left locked
 
 
-def test_out_of_memory_while_fine_tuning_names_the_stages_and_image_size_too(tmp_path, demo_dir):
-    config = tiny_config(tmp_path, demo_dir, "training.mode=finetune", "training.finetune_stages=2",
+def test_out_of_memory_while_fine_tuning_names_the_layers_and_image_size_too(tmp_path, demo_dir):
+    config = tiny_config(tmp_path, demo_dir, "training.mode=finetune", "training.finetune_layers=2",
                          name="Transformer")
     message = str(out_of_memory_error(torch.OutOfMemoryError("CUDA out of memory."), config, "training X"))
-    order = ["batch_size (now 45", "training.finetune_stages (now 2", "data.image_size (now 96)",
+    order = ["batch_size (now 45", "training.finetune_layers (now 2", "data.image_size (now 96)",
              "model.hidden_dim (now 32), model.num_layers (now"]
     positions = [message.index(part) for part in order]
     assert positions == sorted(positions)

@@ -20,7 +20,7 @@ from helpers.runs import TrainState
 from helpers.stages import stage_config
 from helpers.train import main as train_main
 from helpers.train import train
-from helpers.workdir import make_source
+from helpers.workdir import prepared_and_features
 
 NULL, START, END = 0, 1, 2
 WORDS = ["<NULL>", "<START>", "<END>", "<UNK>"] + "a dog cat runs on grass the red ball".split()
@@ -215,7 +215,7 @@ def test_the_command_line_and_the_notebooks_switch_scst_on(tmp_path, demo_dir, m
 @pytest.fixture(scope="module")
 def small_demo(demo_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("scst")
-    prepared, store = make_source(demo_config(work, demo_dir), progress=False)
+    prepared, store = prepared_and_features(demo_config(work, demo_dir), progress=False)
     return work, prepared, store
 
 

@@ -62,7 +62,7 @@ def test_config_then_demo_then_preset_then_parameters_then_widgets_then_override
 
     demo = stage_config("Transformer", {**NOTEBOOK_DEFAULTS, "DEMO": True}, env)
     assert (demo.data.dataset, demo.data.data_dir, demo.model.pretrained_backbone) == ("demo", None, False)
-    assert demo.embeddings.glove_path == "demo" and demo.model.cell_type == "transformer"
+    assert demo.embeddings.glove_path == "demo" and demo.model.decoder == "transformer"
     assert (demo.training.epochs, demo.batch_size) == (8, 50)
 
     # A preset applies in DEMO mode too (over the demo's sizes, keeping its generated data and GloVe).

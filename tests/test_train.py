@@ -25,7 +25,7 @@ from helpers.models import build_model
 from helpers.optimization import lr_factor
 from helpers.runs import TrainState
 from helpers.train import epoch_batches, train
-from helpers.workdir import make_source
+from helpers.workdir import prepared_and_features
 
 
 def demo_config(name: str, work, demo_dir=None, **overrides):
@@ -45,7 +45,7 @@ def small_demo(demo_dir, tmp_path_factory):
     """Prepared data and a feature store of the 120-image demo, shared by this module's runs."""
     work = tmp_path_factory.mktemp("train")
     config = demo_config("LSTM", work, demo_dir)
-    prepared, store = make_source(config, progress=False)
+    prepared, store = prepared_and_features(config, progress=False)
     return work, prepared, store
 
 
@@ -123,7 +123,7 @@ def test_frozen_pretrained_cnn_is_left_out_of_checkpoints(tmp_path):
         assert sum(v.numel() for v in kept.values()) == sum(
             p.numel() for n, p in model.named_parameters() if not n.startswith("image_encoder.")
         ) + sum(b.numel() for n, b in model.named_buffers() if not n.startswith("image_encoder."))
-    config.training.mode = "finetune"  # trained CNN stages: kept
+    config.training.mode = "finetune"  # trained CNN layers: kept
     assert any(k.startswith("image_encoder.") for k in model_state(model, config))
 
 
@@ -403,7 +403,7 @@ def test_a_run_writes_its_files_and_evaluate_run_scores_it(small_demo):
     assert "optimizer" not in best and best["best_epoch"] == result.best_epoch
     results = json.loads((run / "results.json").read_text())
     assert results["vocab_size"] == len(prepared.vocab) and results["epochs"] == 2
-    assert results["config"]["model"]["cell_type"] == "rnn"
+    assert results["config"]["model"]["decoder"] == "rnn"
     assert set(results["metrics"]["test"]) == {"beam1", "beam2"}
     assert (
         results["parameters"]["decoder"] + results["parameters"]["encoder"] == results["parameters"]["total"]
@@ -424,7 +424,7 @@ def test_a_run_writes_its_files_and_evaluate_run_scores_it(small_demo):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["regnet_x_400mf", "swin_t"])
-def test_finetune_trains_only_the_last_backbone_stages(small_demo, backbone):
+def test_finetune_trains_only_the_last_backbone_layers(small_demo, backbone):
     work, prepared, _ = small_demo
     config = demo_config(
         "LSTM",
@@ -433,7 +433,7 @@ def test_finetune_trains_only_the_last_backbone_stages(small_demo, backbone):
         **{
             "model.backbone": backbone,
             "training.mode": "finetune",
-            "training.finetune_stages": 1,
+            "training.finetune_layers": 1,
             "training.epochs": 1,
             "data.image_size": 64,
             "training.eval_splits": [],
@@ -442,10 +442,10 @@ def test_finetune_trains_only_the_last_backbone_stages(small_demo, backbone):
     )
     torch.manual_seed(config.training.seed)
     vectors = load_word_vectors(config, prepared.vocab)
-    initial = build_model(config, prepared.vocab, word_vectors=vectors).image_encoder.trainable_stages()
+    initial = build_model(config, prepared.vocab, word_vectors=vectors).image_encoder.trainable_layers()
     initial = [{k: v.clone() for k, v in stage.state_dict().items()} for stage in initial]
     result = train(config, prepared=prepared, progress=False)
-    stages = result.model.image_encoder.trainable_stages()
+    stages = result.model.image_encoder.trainable_layers()
     changed = [
         any(not torch.equal(v, initial[i][k]) for k, v in s.state_dict().items())
         for i, s in enumerate(stages)
@@ -462,7 +462,7 @@ def test_finetune_trains_only_the_last_backbone_stages(small_demo, backbone):
 def learning_demo(tmp_path_factory):
     """The 300-image demo (30 test images) with regnet_x_400mf random features at 96 px."""
     work = tmp_path_factory.mktemp("learning")
-    prepared, store = make_source(demo_config("LSTM", work), progress=False)
+    prepared, store = prepared_and_features(demo_config("LSTM", work), progress=False)
     blind_path = store.path.parent / f"{store.path.name}-zeros"
     shutil.copytree(store.path, blind_path)
     blind = FeatureStore.open(blind_path)
@@ -690,7 +690,7 @@ def test_the_beam_vs_greedy_script_measures_what_compute_metrics_does_and_reuses
     (row,) = beam_vs_greedy.main(argv)
     config = beam_vs_greedy.demo_config("LSTM", 3, tmp_path, ["training.epochs=2"])
     assert config.training.seed == 3 and config.training.epochs == 2
-    prepared, store = make_source(config, progress=False)
+    prepared, store = prepared_and_features(config, progress=False)
     fresh, fresh_store = beam_vs_greedy.fresh_scenes(config, 40)
     assert len(fresh.splits["test"]) == 40
     checkpoint = config.run_path / "last.pt"

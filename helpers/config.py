@@ -291,6 +291,14 @@ def config_layers(config: str | Path, presets: Sequence[str | Path] = (), demo: 
     config, then configs/demo.yaml in DEMO mode (generated data and GloVe file, random CNN weights, a
     small CPU-sized model), then the presets (backbone and sizes), so a preset also applies in DEMO
     mode. Explicit parameters and `key=value` overrides come after all files."""
+    for preset in presets:
+        model = read_yaml(find_config(preset)).get("model") or {}
+        if "decoder" in model or "cell_type" in model:
+            raise ConfigError(
+                f"{find_config(preset)} sets the decoder (model.decoder), so it is a decoder config, not a "
+                f"preset: pass it as the config (command line: --config {Path(str(preset)).stem}; notebooks: "
+                "the training notebook of that decoder), with presets from configs/presets/ over it."
+            )
     return [config, *(["demo"] if demo else []), *presets]
 
 
@@ -314,10 +322,35 @@ def find_config(name_or_path: str | Path) -> Path:
     )
 
 
+class _DuplicateKey(Exception):
+    """A key given twice in one YAML mapping: (key, its line, the first one's line)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, refusing a key given twice in one mapping: PyYAML keeps the last one
+    and drops the first silently (a second `training:` section loses the first one's settings)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(key, line, seen[key])
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
-    """One YAML file as a mapping (an empty file is an empty mapping)."""
+    """One YAML file as a mapping (an empty file is an empty mapping); a key given twice is refused."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # a SafeLoader
+    except _DuplicateKey as duplicate:
+        key, line, first = duplicate.args
+        raise ConfigError(
+            f"{path}:{line}: '{key}' is given twice in the same section (first at line {first}); YAML "
+            "would keep only the second and silently drop the first one's settings. Merge them into one."
+        ) from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if data is None:
@@ -449,6 +482,11 @@ def _assign(config: Config, dotted: str, value: Any, origin: str) -> None:
             choices = sorted(fields)
             close = difflib.get_close_matches(part, choices, n=1, cutoff=0.6)
             hint = f" Did you mean '{prefix + '.' if prefix else ''}{close[0]}'?" if close else ""
+            if not close and depth == 0:  # a section's key at the top level, e.g. epochs
+                sections = {name: getattr(target, name) for name in fields}
+                homes = [f"{name}.{part}" for name, section in sections.items()
+                         if dataclasses.is_dataclass(section) and part in _keys_of(section)]
+                hint = f" Did you mean '{homes[0]}'?" if homes else ""
             raise ConfigError(
                 f"{origin}: unknown key '{where}'.{hint} Valid keys"
                 f"{' in ' + repr(prefix) if prefix else ''}: {', '.join(choices)}."
@@ -469,6 +507,11 @@ def _assign(config: Config, dotted: str, value: Any, origin: str) -> None:
             setattr(target, part, _coerce(hint_type, value, where, origin))
             return
         target = getattr(target, part)
+
+
+def _keys_of(section: Any) -> set[str]:
+    """The key names of a config section (a dataclass)."""
+    return {item.name for item in dataclasses.fields(section)}
 
 
 def _type_name(hint: Any) -> str:

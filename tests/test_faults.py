@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from helpers.checkpoints import CheckpointError, load_checkpoint
-from helpers.config import ConfigError, bad_image_limit, load_config
+from helpers.config import ConfigError, bad_image_limit, config_layers, load_config
 from helpers.embeddings import GloveFormatError, load_glove_embeddings, write_glove_file
 from helpers.evaluate import evaluate_run
 from helpers.files import WriteError, atomic_path, remove_abandoned_temporaries, write_json_atomic
@@ -498,3 +498,38 @@ def test_kill_9_mid_training_then_a_second_run_refuses_and_a_third_resumes(tmp_p
     results = json.loads((run_dir / "results.json").read_text())
     assert results["epochs"] == epochs and results["status"] == "finished"
     assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp") or p.name in ("run.lock", OWNER_NAME)]
+
+
+# ------------------------------------------------------------------------------------ config mix-ups
+
+
+def test_a_key_given_twice_in_a_config_file_is_refused_with_both_lines(tmp_path):
+    """PyYAML keeps the last of two equal keys: a second `training:` section would drop the first one's
+    lr and epochs without a word."""
+    config = tmp_path / "mine.yaml"
+    config.write_text("training:\n  lr: 0.01\n  epochs: 3\nmodel:\n  hidden_dim: 64\n"
+                      "training:\n  epochs: 5\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(["LSTM", str(config)])
+    message = str(refused.value)
+    assert f"{config}:6: 'training' is given twice in the same section (first at line 1)" in message
+    config.write_text("model:\n  hidden_dim: 64\n  hidden_dim: 128\n")
+    with pytest.raises(ConfigError, match=r"mine.yaml:3: 'hidden_dim' is given twice .* \(first at line 2\)"):
+        load_config(["LSTM", str(config)])
+
+
+def test_a_decoder_config_given_as_a_preset_is_refused_naming_where_it_belongs(tmp_path):
+    """--config Transformer --preset Vanilla_RNN trained an RNN in a folder named Transformer-...; with
+    --demo it failed with an unrelated Karpathy-split error."""
+    from helpers.train import main
+
+    with pytest.raises(ConfigError, match=r"Vanilla_RNN.yaml sets the decoder .* --config Vanilla_RNN"):
+        load_config(config_layers("Transformer", ["Vanilla_RNN"]))
+    assert main(["--config", "Transformer", "--preset", "Vanilla_RNN", "--demo", "--quiet",
+                 f"data.work_dir={tmp_path}"]) == 2
+    assert load_config(config_layers("Transformer", ["kaggle_small_gpu"])).model.decoder == "transformer"
+
+
+def test_a_section_key_given_at_the_top_level_is_pointed_to_its_section():
+    with pytest.raises(ConfigError, match=r"unknown key 'epochs'\. Did you mean 'training\.epochs'\?"):
+        load_config("LSTM", ["epochs=3"])

@@ -1,5 +1,5 @@
 """The named choices a config picks from, and the plain facts about them: backbones, caption decoders
-(`model.cell_type`), feature-store layouts and JPEG decoders.
+(`model.decoder`), feature-store layouts and JPEG decoders.
 
 Plain data without torch, so that `helpers.config` checks a config without importing torch or any
 other helpers module; the modules that build these things (backbones, decoders, models, features,

@@ -609,7 +609,7 @@ def extract_features(
     the smaller choices. Images that cannot be decoded get zero rows and are listed; more than
     `max_bad_images` of them (a count, or a fraction of all images) stops the run with the list,
     keeping the rows already written. `batch_size` defaults to the backbone's recommendation.
-    `decoder` (see `helpers.images.DECODERS`) defaults to `helpers.images.default_decoder()`:
+    `decoder` (see `helpers.choices.JPEG_DECODERS`) defaults to `helpers.images.default_decoder()`:
     torchvision's libjpeg-turbo decoder in the loader workers; "nvjpeg" decodes on the GPU.
     `devices` above 1 runs one process per device (helpers.distributed): each encodes every
     `devices`-th batch and rank 0 writes them all in row order, so the store, its progress files and

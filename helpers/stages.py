@@ -471,7 +471,7 @@ def caption_uploads(run_dir, beam_size: int = 3):
 
 def _run_config(run_dir) -> Config:
     results = Path(run_dir) / "results.json"
-    return config_from_dict(json.loads(results.read_text(encoding="utf-8"))["config"], source=str(results))
+    return config_from_dict(json.loads(results.read_text(encoding="utf-8"))["config"], origin=str(results))
 
 
 # The word-vector choices the course compares: label -> widget choices.

@@ -663,6 +663,12 @@ def _check_ranges(config: Config, origin: str) -> None:
     for key, value in {**positive, **optional_positive}.items():
         if (key in positive or value is not None) and value <= 0:
             raise ConfigError(f"{origin}: {key}={value} must be positive.")
+    if data.max_caption_length < 2:
+        raise ConfigError(
+            f"{origin}: data.max_caption_length={data.max_caption_length} cuts every caption to one word, "
+            "which no caption metric scores above 0; keep at least 2 words (captions run to 10-15 words: "
+            "the default 20 keeps them whole)."
+        )
     if data.image_size is not None and data.image_size < BACKBONE_STRIDE:
         raise ConfigError(
             f"{origin}: data.image_size={data.image_size} is too small; the CNN needs >= "

@@ -103,7 +103,7 @@ from helpers.runs import (
     seed_rank,
     take_run_folder,
 )
-from helpers.text import NULL
+from helpers.text import NULL, SPECIAL_TOKENS
 from helpers.workdir import prepare_for, prepared_and_features
 
 Callback = Callable[[str, TrainState], None]
@@ -178,6 +178,19 @@ def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int) -> lis
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(num_items, generator=generator).tolist()
     return [order[i : i + batch_size] for i in range(0, num_items, batch_size)]
+
+
+def check_vocabulary(prepared, config: Config) -> None:
+    """Before any training: the vocabulary holds words, not only the special tokens (every caption
+    would train to <UNK> and score 0)."""
+    if len(prepared.vocab.idx_to_word) > len(SPECIAL_TOKENS):
+        return
+    raise ConfigError(
+        f"{prepared.root}: the vocabulary holds only the special tokens {SPECIAL_TOKENS}: no word of the "
+        f"training captions is seen data.min_word_count={config.data.min_word_count} times. Lower "
+        "data.min_word_count (default 5; command line: data.min_word_count=5; notebooks: OVERRIDES = "
+        '["data.min_word_count=5"]).'
+    )
 
 
 def check_splits(prepared, config: Config) -> None:
@@ -591,6 +604,7 @@ def _start_run(config: Config, lock: RunLock, prepared, store, progress: bool, c
     if prepared is None:
         prepared = prepare_for(config, progress)
     check_splits(prepared, config)
+    check_vocabulary(prepared, config)
     last_path = config.run_path / "last.pt"
     checkpoint = load_checkpoint(last_path, "cpu") if resume else None  # RNG states must stay CPU tensors
     if checkpoint is not None:

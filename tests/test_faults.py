@@ -533,3 +533,18 @@ def test_a_decoder_config_given_as_a_preset_is_refused_naming_where_it_belongs(t
 def test_a_section_key_given_at_the_top_level_is_pointed_to_its_section():
     with pytest.raises(ConfigError, match=r"unknown key 'epochs'\. Did you mean 'training\.epochs'\?"):
         load_config("LSTM", ["epochs=3"])
+
+
+def test_a_vocabulary_of_special_tokens_only_is_refused_before_training(tmp_path, demo_dir):
+    """data.min_word_count above every word's count left <NULL> <START> <END> <UNK>: the run trained
+    every caption to <UNK>, scored 0 and exited 0."""
+    config = demo_config(tmp_path, demo_dir, **{"data.min_word_count": 100_000, "training.run_name": "none"})
+    with pytest.raises(ConfigError, match=r"vocabulary holds only the special tokens .* "
+                                          r"data\.min_word_count=100000 times\. Lower data\.min_word_count"):
+        train(config, progress=False)
+    assert not (config.run_path / "last.pt").exists()
+
+
+def test_captions_cut_to_one_word_are_refused_in_the_config():
+    with pytest.raises(ConfigError, match=r"data\.max_caption_length=1 cuts every caption to one word"):
+        load_config("LSTM", ["data.max_caption_length=1"])

@@ -120,6 +120,12 @@ def _training_step(decoder: str, device: torch.device) -> None:
     torch.multinomial(log_probs.exp(), 1, generator=generator)
 
 
+def first_line(error: BaseException) -> str:
+    """An error's first line (torch's CUDA errors run to many), or its type when it says nothing."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class DeviceOutOfMemoryError(RuntimeError):
     """The GPU ran out of memory; the message names the settings to lower, largest effect first."""
 
@@ -138,9 +144,8 @@ def out_of_memory_error(error: BaseException, config, what: str) -> DeviceOutOfM
         ]
     layers = f", model.num_layers (now {model.num_layers})" if model.decoder == "transformer" else ""
     lower.append(f"the decoder's size: model.hidden_dim (now {model.hidden_dim}){layers}")
-    torch_says = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return DeviceOutOfMemoryError(
-        f"The GPU ran out of memory while {what} ({torch_says}). Nothing of the step that failed was "
+        f"The GPU ran out of memory while {what} ({first_line(error)}). Nothing of the step that failed was "
         "saved; the run folder's last.pt and best.pt are as the last completed save left them. Lower, in "
         f"this order: {'; '.join(lower)}. Notebooks: OVERRIDES = [\"batch_size=...\"]; command line: "
         "key=value. A changed setting trains in a new run folder (the settings name it, unless "

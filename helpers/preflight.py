@@ -14,7 +14,7 @@ import torch
 from helpers import distributed
 from helpers.backbones import feature_side
 from helpers.config import Config, config_with
-from helpers.devices import out_of_memory_error
+from helpers.devices import first_line, out_of_memory_error
 from helpers.images import check_nvjpeg
 from helpers.models import build_model
 from helpers.objectives import CrossEntropy, SelfCritical
@@ -43,7 +43,7 @@ def preflight(config: Config, vocab, device: torch.device, processes: int = 1, p
             checked.append(f"nvJPEG batch (within {check_nvjpeg(device)} grey levels of the CPU's)")
         except Exception as error:  # noqa: BLE001 - any failure: the CPU decoders give the reference pixels
             config = config_with(config, {"data.jpeg_decoder": "torchvision"})
-            print(f"nvJPEG failed on {device} ({_first_line(error)}): images are decoded on the CPU instead "
+            print(f"nvJPEG failed on {device} ({first_line(error)}): images are decoded on the CPU instead "
                   "(data.jpeg_decoder=torchvision, libjpeg-turbo in the loader workers).")
     if processes > 1:
         distributed.launch(_preflight_steps, (config, vocab, device), processes, device, backend)
@@ -121,12 +121,5 @@ def _checking(what: str, config: Config, fix: str):
     except Exception as error:
         raise PreflightError(
             f"Preflight: {what} failed on a tiny batch, before any long work started and with nothing "
-            f"written ({type(error).__name__}: {_first_line(error)}). {fix}"
+            f"written ({type(error).__name__}: {first_line(error)}). {fix}"
         ) from error
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-

@@ -45,13 +45,23 @@ HELPERS_DATASET_TITLE = "Captioning Helpers"
 # from the wheels beside it (Internet off) or the registry (Internet on); in the repository
 # `pip install -e .` has installed `helpers` already and the cell finds no wheel.
 HELPERS_BOOTSTRAP = """\
-import glob, os, subprocess, sys  # `helpers`: from the attached captioning-helpers dataset, or a wheel here
+import glob, os, subprocess, sys, zipfile  # `helpers`: from the attached helpers dataset, or a wheel here
 from importlib.metadata import distributions
 from packaging.version import Version
 wheels = [os.path.abspath(path) for pattern in ("/kaggle/input/*/", "/kaggle/input/datasets/*/*/", "")
           for path in glob.glob(pattern + "captioning_helpers-*.whl")]
 if wheels:  # the newest (1.10.0 over 1.9.0), with what it needs from the wheels beside it or the registry
     wheel = max(wheels, key=lambda path: Version(os.path.basename(path).split("-")[1]))
+    try:  # a wheel cut short on upload: pip would only say it is invalid
+        with zipfile.ZipFile(wheel) as archive:
+            bad = archive.testzip()
+        damaged = bad and f"{bad} fails its checksum"
+    except zipfile.BadZipFile as error:
+        damaged = str(error)
+    if damaged:
+        raise RuntimeError(f"{wheel} is damaged ({damaged}; {os.path.getsize(wheel):,} bytes): an upload cut "
+                           "short? Rebuild the helpers dataset with `python -m helpers.kaggle --owner NAME`, "
+                           "upload it again and attach the new version (Add Input), then rerun this cell.")
     keep = [f"{d.name}=={d.version}" for d in distributions() if d.name in ("torch", "torchvision")]
     print("Installing", wheel)  # keeping the installed torch: Kaggle's build matches its CUDA
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",

@@ -632,3 +632,26 @@ def test_the_wheels_file_list_follows_pyproject(fake_repo, tmp_path):
     members = zipfile.ZipFile(kg.build_helpers_wheel(tmp_path, fake_repo)).namelist()
     assert {"helpers/tables/__init__.py", "helpers/tables/words.json", "helpers/text.py"} <= set(members)
     assert not [name for name in members if "NOTES" in name or "__pycache__" in name]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupted"])
+def test_setup_cell_names_a_damaged_helpers_wheel_and_the_rebuild(tmp_path, damage):
+    """Issue 28, case 15: a wheel cut short on upload ended in pip's 'invalid wheel' and a traceback, with
+    no word of rebuilding and uploading the helpers dataset again."""
+    from conftest import make_wheel
+
+    dataset = tmp_path / "input" / "captioning-helpers"
+    wheel = make_wheel(dataset, "captioning-helpers", "1.0.0", code="VALUE = 1\n" * 2000)
+    data = bytearray(wheel.read_bytes())
+    if damage == "truncated":
+        del data[len(data) // 2 :]
+    else:  # same size, one byte of the compressed module flipped: the CRC check catches it
+        data[len(data) // 4] ^= 0xFF
+    wheel.write_bytes(bytes(data))
+    cell = kg.HELPERS_BOOTSTRAP.replace("/kaggle/input", str(tmp_path / "input"))
+    done = subprocess.run([sys.executable, "-c", cell], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, **OFFLINE}, timeout=120)
+    assert done.returncode != 0
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"RuntimeError: {wheel} is damaged"), done.stderr
+    assert "python -m helpers.kaggle --owner NAME" in error and "upload it again" in error

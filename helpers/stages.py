@@ -30,11 +30,13 @@ from helpers.config import (
 from helpers.embeddings import glove_coverage, load_glove_embeddings, nearest_neighbours
 from helpers.evaluate import METRIC_LABELS
 from helpers.features import ATTACHED_RECORD, FeatureStore, record_attached_store
+from helpers.figures import show_captions
 from helpers.glove import resolve_glove_path
 from helpers.images import load_image
-from helpers.notebook import RunChoice, feature_map, find_earlier_outputs, show_captions
+from helpers.notebook import find_earlier_outputs
 from helpers.text import Vocabulary
 from helpers.train import train as train_loop
+from helpers.widgets import RunChoice, feature_map
 from helpers.workdir import features_for, prepare_for, prepared_and_features
 
 # Notebook parameter -> config key. A parameter set to None keeps the config's value.
@@ -53,7 +55,7 @@ PARAMETER_KEYS = {
     "SCST": "training.scst.enabled",
     "DEVICES": "training.devices",
 }
-# Widget choice -> config key (the widgets of notebook.py: backbone dropdown, option checkboxes).
+# Widget choice -> config key (the widgets of widgets.py: backbone dropdown, option checkboxes).
 CHOICE_KEYS = {
     "dataset": "data.dataset",
     "backbone": "model.backbone",
@@ -218,7 +220,7 @@ def _copy_once(source: Path, target: Path) -> list[str]:
 
 def sample_captions(run_dir: str | Path, prepared, split: str = "test", count: int = 6) -> dict[str, Any]:
     """Images, references and generated captions (every beam size scored) of `count` images of a split,
-    read from the run's results.json, ready for `notebook.show_captions(**samples)`."""
+    read from the run's results.json, ready for `figures.show_captions(**samples)`."""
     path = Path(run_dir) / "results.json"
     if not path.is_file():
         raise FileNotFoundError(f"No {path}: evaluate the run first (helpers.evaluate.evaluate_run).")
@@ -348,7 +350,7 @@ def compare_backbones(names, config: Config, prepared, batches: int = 3):
 
 
 def reference_samples(prepared, split: str = "train", count: int = 6) -> dict[str, Any]:
-    """Images of a split with their reference captions, for `notebook.show_captions(**samples)`."""
+    """Images of a split with their reference captions, for `figures.show_captions(**samples)`."""
     names = prepared.splits[split][:count]
     references = prepared.references(split)
     return {
@@ -413,7 +415,8 @@ def attention_samples(
     names = store.filenames(split)[:count]
     rows = torch.from_numpy(store.features(split)[:count].astype("float32"))
     max_length = prepared.max_caption_length
-    decoded = caption_features(model, rows, prepared.vocab, beam_size, max_length, decoding)
+    vocab = Vocabulary([model.idx_to_word[i] for i in range(len(model.idx_to_word))])  # the checkpoint's
+    decoded = caption_features(model, rows, vocab, beam_size, max_length, decoding)
     crop = image_transform(store.backbone, display_size)
     return [
         (crop(load_image(prepared.image_path(name))), words, maps)
@@ -422,7 +425,7 @@ def attention_samples(
 
 
 def best_run(table) -> Path:
-    """The run folder with the highest CIDEr in a `notebook.results_table`."""
+    """The run folder with the highest CIDEr in a `tables.results_table`."""
     if table is None or len(table) == 0:
         raise FileNotFoundError("No results.json found: run a training notebook (03-06) first.")
     return Path(table.sort_values("CIDEr", ascending=False).iloc[0]["path"]).parent
@@ -441,7 +444,7 @@ def test_images(run_dir, count: int = 3, split: str = "test", work_dir=None) -> 
 
 def caption_samples(run_dir, named_images, beam_size: int = 3) -> dict[str, Any]:
     """Caption (file name, PIL image) pairs with the run's best model, greedy and with beam search,
-    for `notebook.show_captions(**samples)`: each image titled with its file name."""
+    for `figures.show_captions(**samples)`: each image titled with its file name."""
     names, images = [name for name, _ in named_images], [image for _, image in named_images]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, checkpoint, config = load_run(run_dir, device=device)
@@ -458,7 +461,7 @@ def caption_samples(run_dir, named_images, beam_size: int = 3) -> dict[str, Any]
 
 
 def caption_uploads(run_dir, beam_size: int = 3):
-    """What `notebook.upload_widget` does with uploaded images: caption them with the run's best model,
+    """What `widgets.upload_widget` does with uploaded images: caption them with the run's best model,
     print each file name with its beam-search caption, and show them captioned under their names."""
     def caption(named_images) -> None:
         samples = caption_samples(run_dir, named_images, beam_size=beam_size)

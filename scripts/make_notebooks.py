@@ -47,7 +47,7 @@ def setup_code(runs=None):
     """The setup cell; `runs`: the glob of run folders to bring in from attached outputs (to resume)."""
     reuse = f"stages.reuse_earlier_outputs(env, runs={runs!r});" if runs else "stages.reuse_earlier_outputs(env);"
     return HELPERS_BOOTSTRAP + f'''
-from helpers import notebook as nb, stages
+from helpers import notebook as nb, figures, tables, widgets, stages
 
 env = nb.setup(WORK_DIR)
 params = stages.parameters(globals())
@@ -107,14 +107,14 @@ or a seeded split by image with `OVERRIDES = ["data.split=seeded"]`. Everything 
     ("code", SETUP),
     ("md", "## Choose the dataset\nThe default comes from the parameters (DEMO picks the generated one); only the "
            "`data` settings matter here, the decoder is picked in notebooks 03-06."),
-    ("code", 'dataset = nb.choose_dataset(stages.stage_config("LSTM", params, env).data.dataset)'),
+    ("code", 'dataset = widgets.choose_dataset(stages.stage_config("LSTM", params, env).data.dataset)'),
     ("code", 'config = stages.stage_config("LSTM", params, env, dataset=dataset.value)\nprint(stages.describe(config))'),
     ("md", "## Prepare the dataset\nA second run with the same settings reuses the files at once; other settings get their own folder."),
     ("code", "prepared = stages.prepare(config)\nprint(prepared.summary())"),
     ("md", "## How long are the captions?\nCaptions longer than `max_caption_length` words are cut (the count is in the summary above)."),
-    ("code", "nb.plot_caption_lengths(prepared);"),
+    ("code", "figures.plot_caption_lengths(prepared);"),
     ("md", "## A few training images with their reference captions"),
-    ("code", 'nb.show_captions(**stages.reference_samples(prepared, "train", count=6));'),
+    ("code", 'figures.show_captions(**stages.reference_samples(prepared, "train", count=6));'),
 ])
 
 write("01_glove", [
@@ -131,7 +131,7 @@ GloVe covers, which words it misses, and what it thinks our words are near.
     ("md", SETUP_MD),
     ("code", SETUP),
     ("md", "## The vocabulary (from stage 00, or rebuilt now)\nPick the dataset whose vocabulary GloVe should cover."),
-    ("code", 'dataset = nb.choose_dataset(stages.stage_config("LSTM", params, env).data.dataset)'),
+    ("code", 'dataset = widgets.choose_dataset(stages.stage_config("LSTM", params, env).data.dataset)'),
     ("code", 'config = stages.stage_config("LSTM", params, env, dataset=dataset.value, use_glove=True)\n'
              'prepared = stages.prepare(config)\nprint(stages.describe(config))'),
     ("md", "## Find the GloVe file and build the vocabulary's matrix"),
@@ -170,10 +170,10 @@ Extraction is resumable: if the session ends, rerun and it continues where it st
     ("md", "## The registry\nFrom torchvision's weights: parameters, GFLOPs per image and ImageNet top-1 accuracy of the "
            "pretrained weights; the feature map and the bytes one image takes in the default uint8 store "
            "(C x h x w codes plus a float16 offset and step per channel) at the weights' own image size."),
-    ("code", "nb.backbone_table()"),
+    ("code", "widgets.backbone_table()"),
     ("md", "## Pick the backbones to measure and the one to extract\nThe defaults come from the parameters, so *Run All* needs no clicks."),
-    ("code", "compare = nb.choose_backbones(COMPARE)\n"
-             "chosen = nb.choose_backbone(config.model.backbone, image_size=config.image_size)"),
+    ("code", "compare = widgets.choose_backbones(COMPARE)\n"
+             "chosen = widgets.choose_backbone(config.model.backbone, image_size=config.image_size)"),
     ("md", "## Measured on this machine"),
     ("code", "stages.compare_backbones(compare.value, config, prepared, batches=MEASURE_BATCHES)"),
     ("md", "## Extract the feature store for the chosen backbone"),
@@ -241,7 +241,7 @@ this run's GPU paths on a tiny batch, and stops in seconds with the setting to c
                "far; run it again (attach this notebook's output) to continue where it stopped."),
         ("code", "result = stages.train(config, prepared, store, resume=None if RESUME else False,\n"
                  "                      hours_left=env.hours_left(SESSION_HOURS))"),
-        ("code", "nb.plot_history(result.run_dir / \"history.json\");"),
+        ("code", "figures.plot_history(result.run_dir / \"history.json\");"),
         ("md", "## Scores on val and test (greedy and beam search)\nThe training loop scored its best "
                "checkpoint with each of `BEAM_SIZES` at the end (and wrote them to `results.json`); "
                "`python -m helpers.evaluate RUN_DIR --beam-size N` scores other beam sizes later. In DEMO "
@@ -250,14 +250,14 @@ this run's GPU paths on a tiny batch, and stops in seconds with the setting to c
                "(README, *Putting a score next to a paper's*)."),
         ("code", "stages.metrics_frame(result.results)"),
         ("md", "## Test images with their reference and generated captions"),
-        ("code", 'nb.show_captions(**stages.sample_captions(result.run_dir, prepared, "test", count=SAMPLES));'),
+        ("code", 'figures.show_captions(**stages.sample_captions(result.run_dir, prepared, "test", count=SAMPLES));'),
     ]
     if attention:
         cells += [
             ("md", "## Where the model looked for each word"),
             ("code", 'for sample in stages.attention_samples(result.model, prepared, store, "test", count=2,\n'
                      "                                         decoding=config.decoding):\n"
-                     "    nb.show_attention(*sample);"),
+                     "    figures.show_attention(*sample);"),
         ]
     write(name, cells)
 
@@ -277,21 +277,21 @@ One row per run, split and beam size, best CIDEr first, scores x 100 as papers p
 PTB tokenizer the published figures use, `project` the suite's own (when Java was missing); compare
 runs scored the same way, or rescore with `python -m helpers.evaluate RUN_DIR --tokenizer ptb`.
 A `status` of `paused` marks a run whose session budget ran out: run its notebook again to finish it."""),
-    ("code", "table = nb.results_table([env.work_dir, *env.input_dirs], split=SPLIT)\ntable"),
-    ("code", "nb.plot_results(table);"),
+    ("code", "table = tables.results_table([env.work_dir, *env.input_dirs], split=SPLIT)\ntable"),
+    ("code", "figures.plot_results(table);"),
     ("md", """## Side by side
 Runs that differ in one choice only, next to each other (CIDEr): backbone against backbone, random
 against GloVe against frozen GloVe word vectors, decoder against decoder. Each row is one setting of
 all other choices; a choice with no such pair of runs says so. The short runs of notebooks 01 and 02
 (`COMPARE_EPOCHS`) pair with each other."""),
-    ("code", 'for choice in ("backbone", "embeddings", "decoder"):\n    nb.show_side_by_side(table, choice)'),
+    ("code", 'for choice in ("backbone", "embeddings", "decoder"):\n    tables.show_side_by_side(table, choice)'),
     ("md", "## The best model on a few test images"),
     ("code", "best = stages.best_run(table)\n"
-             "nb.show_captions(**stages.caption_samples(best, stages.test_images(best, count=3, work_dir=env.work_dir),\n"
+             "figures.show_captions(**stages.caption_samples(best, stages.test_images(best, count=3, work_dir=env.work_dir),\n"
              "                                         beam_size=BEAM_SIZE));"),
     ("md", "## Caption your own image\nUpload one or more images: each is captioned by the best model at once, "
            "under its file name."),
-    ("code", "upload = nb.upload_widget(stages.caption_uploads(best, beam_size=BEAM_SIZE))"),
+    ("code", "upload = widgets.upload_widget(stages.caption_uploads(best, beam_size=BEAM_SIZE))"),
     ("md", "## Share the best model as a Kaggle Model\nThe best run exported as a self-contained model folder "
            "(weights, config, vocabulary, decoding options and a model card with its test scores) and the "
            "`kagglehub.model_upload` call that makes it a Kaggle Model. Set your Kaggle user name, then "

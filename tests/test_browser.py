@@ -179,7 +179,7 @@ def _assert_clean(page, name: str) -> None:
 
 
 def _summary(page) -> str:
-    """The run choice's live config text (helpers.notebook.RunChoice.summary)."""
+    """The run choice's live config text (helpers.widgets.RunChoice.summary)."""
     return page.locator(".widget-html pre").filter(has_text="run folder").first.inner_text()
 
 

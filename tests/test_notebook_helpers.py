@@ -1,4 +1,5 @@
-"""Display helpers of the notebooks: session setup, earlier-output discovery, widgets, figures, results."""
+"""What the notebooks use: session setup and earlier-output discovery (helpers.notebook), widgets,
+figures and the results table (helpers.widgets, helpers.figures, helpers.tables)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from helpers import figures, tables, widgets  # noqa: E402
 from helpers import notebook as nb  # noqa: E402
 
 
@@ -205,33 +207,33 @@ FAKE_REGISTRY = {
 
 
 def test_choose_backbone_defaults_labels_and_echo(capsys):
-    dropdown = nb.choose_backbone("small", registry=FAKE_REGISTRY)
+    dropdown = widgets.choose_backbone("small", registry=FAKE_REGISTRY)
     assert dropdown.value == "small"
     assert capsys.readouterr().out == "BACKBONE = 'small'\n"
     assert dict(dropdown.options) == {
         "big: 25.6 M params, 2048 x 7 x 7 features at 224 px, recommended batch 128": "big",
         "small: 5.5 M params, 400 x 7 x 7 features at 224 px, recommended batch 256": "small",
     }
-    at_96 = nb.choose_backbone("small", registry=FAKE_REGISTRY, image_size=96)
+    at_96 = widgets.choose_backbone("small", registry=FAKE_REGISTRY, image_size=96)
     assert at_96.options[1][0] == "small: 5.5 M params, 400 x 3 x 3 features at 96 px, recommended batch 256"
     dropdown.value = "big"
     assert dropdown.echo.value == "<code>BACKBONE = &#x27;big&#x27;</code>"
-    table = nb.backbone_table(FAKE_REGISTRY)
+    table = widgets.backbone_table(FAKE_REGISTRY)
     assert table.loc["small", "channels"] == 400 and table.loc["big", "parameters (M)"] == 25.56
     assert table.loc["big", "store per image (uint8, bytes)"] == 2048 * 53
     with pytest.raises(ValueError, match="Unknown backbone 'vit'; choose from big, small"):
-        nb.choose_backbone("vit", registry=FAKE_REGISTRY)
+        widgets.choose_backbone("vit", registry=FAKE_REGISTRY)
 
 
 def test_choose_backbone_with_the_real_registry():
     from helpers.backbones import BACKBONES
 
-    dropdown = nb.choose_backbone("regnet_x_400mf")
+    dropdown = widgets.choose_backbone("regnet_x_400mf")
     assert dropdown.value == "regnet_x_400mf"
     assert [value for _, value in dropdown.options] == list(BACKBONES)
     label = dict((value, label) for label, value in dropdown.options)["regnet_x_400mf"]
     assert "400 x 7 x 7 features" in label and f"batch {BACKBONES['regnet_x_400mf'].batch_size}" in label
-    table = nb.backbone_table()
+    table = widgets.backbone_table()
     convnext = torchvision.models.ConvNeXt_Tiny_Weights.IMAGENET1K_V1.meta
     assert table.loc["convnext_tiny", "GFLOPs"] == convnext["_ops"]
     assert table.loc["convnext_tiny", "ImageNet top-1 (%)"] == convnext["_metrics"]["ImageNet-1K"]["acc@1"]
@@ -240,10 +242,10 @@ def test_choose_backbone_with_the_real_registry():
 
 
 def test_choose_backbones_and_options(capsys):
-    select = nb.choose_backbones(["big", "small"], registry=FAKE_REGISTRY)
+    select = widgets.choose_backbones(["big", "small"], registry=FAKE_REGISTRY)
     assert select.value == ("big", "small")
-    assert nb.choose_backbones("big", registry=FAKE_REGISTRY).value == ("big",)
-    options = nb.choose_options(use_glove=True, freeze=False, pretrained=False)
+    assert widgets.choose_backbones("big", registry=FAKE_REGISTRY).value == ("big",)
+    options = widgets.choose_options(use_glove=True, freeze=False, pretrained=False)
     assert options.value == {"use_glove": True, "freeze": False, "pretrained": False}
     assert options["use_glove"] is True
     out = capsys.readouterr().out
@@ -257,15 +259,15 @@ def test_choose_backbones_and_options(capsys):
 
 
 def test_choose_preset_reads_the_presets():
-    presets = nb.preset_choices()
+    presets = widgets.preset_choices()
     assert {"beginner", "kaggle_small_gpu", "research"} <= set(presets)
     assert presets["kaggle_small_gpu"].startswith("kaggle_small_gpu: regnet_x_400mf, hidden 256")
-    dropdown = nb.choose_preset("research")
+    dropdown = widgets.choose_preset("research")
     assert dropdown.value == "research"
-    none = nb.choose_preset(None, ["a", "b"])
-    assert none.value == nb.NO_PRESET and none.label == "(none)"  # shown, not a blank dropdown
+    none = widgets.choose_preset(None, ["a", "b"])
+    assert none.value == widgets.NO_PRESET and none.label == "(none)"  # shown, not a blank dropdown
     with pytest.raises(ValueError, match="Unknown preset 'expert'"):
-        nb.choose_preset("expert")
+        widgets.choose_preset("expert")
 
 
 def test_run_choice_widgets_follow_each_other_and_show_the_config(tmp_path, capsys):
@@ -288,18 +290,18 @@ def test_run_choice_widgets_follow_each_other_and_show_the_config(tmp_path, caps
     choice.options.boxes["freeze"].value = True
     assert choice.config.run_path != before and "glove-frozen" in choice.config.run_name
     assert str(choice.config.run_path) in choice.summary.value
-    choice.preset.value = nb.NO_PRESET
+    choice.preset.value = widgets.NO_PRESET
     assert choice.backbone.value == "regnet_x_400mf" and choice.options["freeze"] is False
 
 
 def test_choose_dataset_offers_the_kaggle_datasets_and_the_demo(capsys):
-    dropdown = nb.choose_dataset("flickr8k")
+    dropdown = widgets.choose_dataset("flickr8k")
     assert dropdown.value == "flickr8k" and "DATASET = 'flickr8k'" in capsys.readouterr().out
     names = [value for _, value in dropdown.options]
     assert names == ["flickr8k", "flickr30k", "coco", "demo"]
     assert "adityajn105/flickr8k" in dropdown.options[0][0]
     with pytest.raises(ValueError, match="Unknown dataset 'mnist'"):
-        nb.choose_dataset("mnist")
+        widgets.choose_dataset("mnist")
 
 
 def _png_bytes(color, size=(20, 10)) -> bytes:
@@ -311,7 +313,7 @@ def _png_bytes(color, size=(20, 10)) -> bytes:
 def test_uploaded_images_from_ipywidgets8_value():
     from ipywidgets.widgets.widget_upload import _deserialize_value
 
-    upload = nb.upload_widget()
+    upload = widgets.upload_widget()
     files = [("red.png", (255, 0, 0)), ("blue.png", (0, 0, 255))]
     upload.value = _deserialize_value(
         [
@@ -326,14 +328,14 @@ def test_uploaded_images_from_ipywidgets8_value():
         ],
         None,
     )
-    images = nb.uploaded_images(upload)
+    images = widgets.uploaded_images(upload)
     assert [name for name, _ in images] == ["red.png", "blue.png"]
     assert images[0][1].size == (20, 10) and images[0][1].getpixel((3, 3)) == (255, 0, 0)
     assert images[1][1].getpixel((0, 0)) == (0, 0, 255)
     old_style = {"g.png": {"metadata": {"name": "g.png"}, "content": _png_bytes((0, 255, 0))}}
-    assert nb.uploaded_images(old_style)[0][1].getpixel((1, 1)) == (0, 255, 0)
+    assert widgets.uploaded_images(old_style)[0][1].getpixel((1, 1)) == (0, 255, 0)
     with pytest.raises(ValueError, match="'notes.txt' is not a readable image"):
-        nb.uploaded_images([{"name": "notes.txt", "content": b"hello"}])
+        widgets.uploaded_images([{"name": "notes.txt", "content": b"hello"}])
 
 
 # ----------------------------------------------------------------------------------------- figures
@@ -346,7 +348,7 @@ def test_show_captions_grid_and_texts(tmp_path):
     references = [[f"reference {i} one", f"reference {i} two", f"reference {i} three"] for i in range(4)]
     long = "a dog runs through the tall green grass next to a small wooden fence on a sunny afternoon"
     generated = {"greedy": [long, "g1", "g2", "g3"], "beam 3": ["b0", "b1", "b2", "b3"]}
-    fig = nb.show_captions(images, references, generated, ncols=3)
+    fig = figures.show_captions(images, references, generated, ncols=3)
     assert len(fig.axes) == 8  # an image and a text box per image
     text = _text_of(fig)
     for i in range(4):
@@ -359,7 +361,7 @@ def test_show_captions_grid_and_texts(tmp_path):
     shapes = [ax.images[0].get_array().shape for ax in fig.axes[:4]]
     assert shapes == [(30, 40, 3), (30, 30, 3), (16, 24, 3), (24, 16, 3)]
     with pytest.raises(ValueError, match="3 greedy captions for 4 images"):
-        nb.show_captions(images, references, {"greedy": ["x"] * 3})
+        figures.show_captions(images, references, {"greedy": ["x"] * 3})
 
 
 @pytest.mark.parametrize("size", [(20, 200), (200, 20), (60, 60)])  # portrait, landscape, square
@@ -367,7 +369,7 @@ def test_show_captions_text_stays_in_its_cell_for_any_aspect_ratio(size):
     long = "a man in a red jacket and a blue hat climbs a very steep snowy mountain ridge above the clouds"
     images = [Image.new("RGB", size, (200, 10, 10)) for _ in range(5)]
     references = [[long, "a climber on a mountain"] for _ in images]
-    fig = nb.show_captions(images, references, {"greedy": [long] * 5, "beam 3": ["a man"] * 5}, ncols=3,
+    fig = figures.show_captions(images, references, {"greedy": [long] * 5, "beam 3": ["a man"] * 5}, ncols=3,
                            titles=[f"image_{i}.jpg" for i in range(5)])
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
@@ -390,34 +392,34 @@ def test_show_captions_text_stays_in_its_cell_for_any_aspect_ratio(size):
 
 
 def test_attention_overlay_is_smooth_and_image_sized():
-    assert np.allclose(nb.attention_overlay(np.full((7, 7), 0.02), (224, 160)), 1.0)
+    assert np.allclose(figures.attention_overlay(np.full((7, 7), 0.02), (224, 160)), 1.0)
     corner = np.zeros((7, 7), dtype=np.float32)
     corner[0, 0] = 1.0
-    overlay = nb.attention_overlay(corner, (224, 224))
+    overlay = figures.attention_overlay(corner, (224, 224))
     assert overlay.shape == (224, 224) and overlay.min() >= 0 and math.isclose(overlay.max(), 1.0)
     row, col = np.unravel_index(overlay.argmax(), overlay.shape)
     assert row < 32 and col < 32
     assert overlay[:32, :32].mean() > 5 * overlay[64:, 64:].mean()
     assert len(np.unique(np.round(overlay[:48, 0], 4))) > 10  # interpolated, not 32-pixel blocks
     with pytest.raises(ValueError, match="must be 2-D"):
-        nb.attention_overlay(np.zeros((2, 7, 7)), (10, 10))
+        figures.attention_overlay(np.zeros((2, 7, 7)), (10, 10))
 
 
 def test_show_attention_panels():
     image = torch.rand(3, 64, 96)
     words = ["a", "dog", "runs"]
     attention = torch.softmax(torch.randn(5, 49), dim=1)  # more steps than words: the rest is ignored
-    fig = nb.show_attention(image, words, attention, ncols=2)
+    fig = figures.show_attention(image, words, attention, ncols=2)
     assert len(fig.axes) == 4
     assert [ax.get_title() for ax in fig.axes] == ["image", *words]
     for ax, grid in zip(fig.axes[1:], attention[:3].reshape(3, 7, 7).numpy()):
         overlay = ax.images[1].get_array()
         assert overlay.shape == (64, 96)
-        assert np.allclose(overlay, nb.attention_overlay(grid, (64, 96)))
+        assert np.allclose(overlay, figures.attention_overlay(grid, (64, 96)))
     with pytest.raises(ValueError, match="3 words but only 2 attention maps"):
-        nb.show_attention(image, words, attention[:2])
+        figures.show_attention(image, words, attention[:2])
     with pytest.raises(ValueError, match="not a square grid"):
-        nb.show_attention(image, words, torch.rand(3, 50))
+        figures.show_attention(image, words, torch.rand(3, 50))
 
 
 HISTORY = [
@@ -427,7 +429,7 @@ HISTORY = [
 
 
 def test_plot_history_from_list_and_files(tmp_path):
-    fig = nb.plot_history(HISTORY)
+    fig = figures.plot_history(HISTORY)
     assert len(fig.axes) == 2
     curves = {line.get_label(): list(line.get_ydata()) for ax in fig.axes for line in ax.get_lines()}
     assert curves == {  # the papers' names and scale, as in the results table
@@ -441,11 +443,11 @@ def test_plot_history_from_list_and_files(tmp_path):
 
     results = tmp_path / "results.json"
     results.write_text(json.dumps({"history": HISTORY}))
-    assert len(nb.plot_history(results).axes[0].get_lines()) == 2
+    assert len(figures.plot_history(results).axes[0].get_lines()) == 2
     broken = tmp_path / "history.json"
     broken.write_text('[{"epoch": 1,\n "train_loss": }]')
     with pytest.raises(ValueError, match=r"history\.json: line 2: broken JSON"):
-        nb.plot_history(broken)
+        figures.plot_history(broken)
 
 
 # ----------------------------------------------------------------------------------------- results
@@ -502,7 +504,7 @@ def test_results_table_two_runs(tmp_path):
     attn = _results("attn", "resnet101", False, False, {"test": {"beam_1": _scores(0.65, 0.21, 0.48, 0.61)}})
     _write(work / "runs" / "lstm-resnet50" / "results.json", lstm)
     _write(inputs / "notebooks" / "jane" / "x" / "runs" / "attn-resnet101" / "results.json", attn)
-    table = nb.results_table([work, inputs])
+    table = tables.results_table([work, inputs])
     assert list(table["run"]) == ["attn-resnet101", "lstm-resnet50", "lstm-resnet50"]  # best CIDEr first
     assert list(table["decoder"]) == ["Attention LSTM", "LSTM", "LSTM"]
     assert list(table["embeddings"]) == ["random", "GloVe (frozen)", "GloVe (frozen)"]
@@ -517,7 +519,7 @@ def test_results_table_two_runs(tmp_path):
     for column in ["BLEU-1", "BLEU-2", "BLEU-3", "split", "backbone", "device"]:
         assert column in table.columns
 
-    fig = nb.plot_results(table)
+    fig = figures.plot_results(table)
     assert len(fig.axes) == 2 and [ax.get_title() for ax in fig.axes] == ["BLEU-4 (test)", "CIDEr (test)"]
     assert [bar.get_width() for bar in fig.axes[1].patches] == pytest.approx([61.0, 52.0, 40.0])
     assert fig.axes[1].get_yticklabels()[0].get_text() == "Attention LSTM / resnet101 / random / beam 1"
@@ -525,14 +527,14 @@ def test_results_table_two_runs(tmp_path):
 
 def test_results_table_tolerates_gaps_and_names_broken_files(tmp_path):
     _write(tmp_path / "runs" / "bare" / "results.json", {"config": {}})
-    table = nb.results_table(tmp_path)
+    table = tables.results_table(tmp_path)
     assert list(table["run"]) == ["bare"] and "CIDEr" not in table.columns
-    assert nb.results_table(tmp_path / "missing").empty
+    assert tables.results_table(tmp_path / "missing").empty
     broken = tmp_path / "runs" / "bad" / "results.json"
     _write(broken, {})
     broken.write_text('{"metrics": {')
     with pytest.raises(ValueError, match=f"{broken}: line 1: broken JSON"):
-        nb.results_table(tmp_path)
+        tables.results_table(tmp_path)
 
 
 def test_results_table_prints_scores_as_papers_do(tmp_path):
@@ -542,7 +544,7 @@ def test_results_table_prints_scores_as_papers_do(tmp_path):
         tmp_path / "runs" / "x" / "results.json",
         _results("lstm", "resnet50", True, False, {"test": {"beam1": scores}}, train_wall_time_s=100.0),
     )
-    row = nb.results_table(tmp_path).iloc[0]
+    row = tables.results_table(tmp_path).iloc[0]
     assert (row["BLEU-1"], row["BLEU-4"], row["CIDEr"], row["train_time_min"]) == (71.23, 23.46, 109.88, 1.67)
 
 
@@ -560,16 +562,16 @@ def test_side_by_side_pairs_runs_that_differ_in_one_choice(tmp_path):
         results = _results(cell, backbone, glove, freeze, {"test": {"beam1": _scores(0.6, 0.2, 0.4, cider)}})
         results["run_name"] = name
         _write(tmp_path / f"root{index % 2}" / "runs" / name / "results.json", results)
-    table = nb.results_table([tmp_path / "root0", tmp_path / "root1"], split="test")
+    table = tables.results_table([tmp_path / "root0", tmp_path / "root1"], split="test")
 
-    backbones = nb.side_by_side(table, "backbone")
+    backbones = tables.side_by_side(table, "backbone")
     assert backbones.shape == (1, 2) and backbones.columns.name == "CIDEr by backbone"
     assert backbones.iloc[0].to_dict() == {"resnet101": 60.0, "resnet50": 50.0}
-    embeddings = nb.side_by_side(table, "embeddings", metric="BLEU-4")
+    embeddings = tables.side_by_side(table, "embeddings", metric="BLEU-4")
     assert embeddings.shape == (1, 3) and set(embeddings.columns) == {"random", "GloVe", "GloVe (frozen)"}
-    assert nb.side_by_side(table, "decoder").empty  # e differs from every other run in more than one way
+    assert tables.side_by_side(table, "decoder").empty  # e differs from every other run in more than one way
     with pytest.raises(ValueError, match="Unknown choice 'colour'"):
-        nb.side_by_side(table, "colour")
+        tables.side_by_side(table, "colour")
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="the PTB tokenizer needs Java")

@@ -109,7 +109,7 @@ def test_glove_notebook_reports_coverage_and_neighbours(suite):
 def test_backbones_notebook_measures_and_extracts(suite):
     out, executed = suite
     path = executed["02_backbones"]
-    registry = text_of(output_of(path, "nb.backbone_table()"))
+    registry = text_of(output_of(path, "widgets.backbone_table()"))
     for column in ("GFLOPs", "ImageNet top-1 (%)", "store per image (uint8, bytes)", "40704", "swin_t"):
         assert column in registry  # 40704: 768 x 7 x 7 codes + 768 x 4 range bytes, ConvNeXt and Swin
     table = text_of(output_of(path, "compare_backbones"))

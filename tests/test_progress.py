@@ -54,10 +54,10 @@ def test_a_saved_notebook_keeps_one_summary_line_per_loop_and_readable_widgets()
         """,
         """
         import ipywidgets
-        from helpers import notebook as nb
+        from helpers import widgets
         backbone = ipywidgets.Dropdown(options=["resnet50", "regnet_x_400mf"], description="Backbone")
         glove = ipywidgets.Checkbox(value=True, description="GloVe")
-        nb._show(ipywidgets.VBox([ipywidgets.HTML("<table></table>"), backbone, glove]))
+        widgets.display_in_notebook(ipywidgets.VBox([ipywidgets.HTML("<table></table>"), backbone, glove]))
         """,
     )
     features, epoch, decoding, widgets = notebook.cells

@@ -36,7 +36,8 @@ def test_without_fcntl_helpers_imports_and_a_locked_demo_training_runs(tmp_path,
     assert owner.stdout.readline().strip() == "ready", owner.stderr.read()
     trainer = python(f"""
 import json
-import helpers, helpers.evaluate, helpers.notebook, helpers.train
+import helpers, helpers.evaluate, helpers.figures, helpers.notebook, helpers.tables, helpers.train
+import helpers.widgets
 from helpers.config import load_config
 from helpers.runlock import RunFolderBusyError, RunLock
 assert "fcntl" not in {{name for name, module in sys.modules.items() if module is not None}}

@@ -17,6 +17,8 @@ import argparse
 import atexit
 import contextlib
 import difflib
+import errno
+import hashlib
 import io
 import json
 import os
@@ -24,6 +26,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Hashable, Mapping, Sequence
@@ -40,7 +43,7 @@ from helpers.config import DATA_SPLITS, ConfigError
 from helpers.devices import resolve_device
 from helpers.errors import INPUT_ERRORS
 from helpers.features import ImageFeatureDataset
-from helpers.files import write_json_atomic
+from helpers.files import WriteError, describe_write_error, write_json_atomic
 from helpers.images import ImageDataset, image_loader
 from helpers.text import END, NULL, START, caption_ids, tokenize
 from helpers.workdir import prepared_and_features
@@ -370,7 +373,6 @@ def decode_split(
     beam_size: int = 1,
     max_length: int | None = None,
     batch_size: int = 64,
-    vocab=None,
     max_images: int | None = None,
     image_size: int | None = None,
     num_workers: int | None = None,
@@ -379,9 +381,10 @@ def decode_split(
     """Caption every image of `split`: {filename: caption}. Under several devices
     (helpers.distributed) each captions its share and every one gets all captions.
 
-    `source` is a FeatureStore (the decoder reads the stored features; `vocab` then comes from the
-    model's idx_to_word unless given) or a PreparedDataset (images pass through the model's CNN, as
-    in fine-tuned runs). `max_length` defaults to the prepared max caption length, or 20.
+    `source` is a FeatureStore (the decoder reads the stored features) or a PreparedDataset (images
+    pass through the model's CNN, as in fine-tuned runs). Word ids are read with the model's own
+    vocabulary (the checkpoint's), never the prepared data's, which may have changed since it was
+    trained. `max_length` defaults to the prepared max caption length, or 20.
     `max_images` decodes only the first N images (quick validation); `image_size` is the crop side
     for images (default: the backbone's); `num_workers` image-decoding workers (default: by CPU count).
     `decoding`: further options of the model's sample() (a config's `decoding`).
@@ -389,9 +392,8 @@ def decode_split(
     device = _model_device(model)
     batches = _split_batches(model, source, split, batch_size, max_images, image_size, num_workers, device)
     if not hasattr(source, "features"):  # a PreparedDataset
-        vocab = vocab or source.vocab
         max_length = max_length or source.max_caption_length
-    idx_to_word = vocab.idx_to_word if vocab is not None else model.idx_to_word
+    idx_to_word = model.idx_to_word
     end = model.word_to_idx[END]
     skipped = {model.word_to_idx[NULL], model.word_to_idx[START]}
     max_length = max_length or 20
@@ -437,6 +439,14 @@ def _first(dataset, count: int | None):
 # ------------------------------------------------------------------------------------- run evaluation
 
 
+def vocabulary_record(idx_to_word: Sequence[str] | Mapping[int, str]) -> dict[str, Any]:
+    """{"words": size, "sha256": digest of the words in id order}: which vocabulary a row was decoded
+    with (two rows decoded by other vocabularies are not comparable)."""
+    words = [idx_to_word[i] for i in range(len(idx_to_word))]
+    digest = hashlib.sha256("\n".join(words).encode("utf-8")).hexdigest()
+    return {"words": len(words), "sha256": digest[:16]}
+
+
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
     """Total, trainable, CNN (image_encoder) and decoder parameter counts."""
     total = sum(p.numel() for p in model.parameters())
@@ -461,7 +471,7 @@ def score_model(
     spice: bool = False,
 ) -> tuple[dict, dict, dict]:
     """Metrics {split: {"beam<k>": metrics}}, the captions {split: {"beam<k>": {file: caption}}} and
-    how each was scored {split: {"beam<k>": {"tokenizer": ..., "images": n}}}.
+    how each was decoded and scored {split: {"beam<k>": `_how_decoded`'s record}}.
 
     Without a feature store the images pass through the model's CNN at `image_size`. `tokenizer`:
     "auto" (PTB when Java is on PATH, as papers score), "ptb" or "project". `decoding`: the options of
@@ -471,6 +481,8 @@ def score_model(
     """
     source = store if store is not None else prepared
     tokenizer = resolve_tokenizer(tokenizer)
+    max_length = max_length or prepared.max_caption_length
+    vocabulary = vocabulary_record(model.idx_to_word)
     metrics: dict[str, dict[str, dict[str, float]]] = {}
     captions: dict[str, dict[str, dict[str, str]]] = {}
     scoring: dict[str, dict[str, dict[str, Any]]] = {}
@@ -479,24 +491,18 @@ def score_model(
         metrics[split], captions[split], scoring[split] = {}, {}, {}
         for beam in beam_sizes:
             started = time.perf_counter()
-            hypotheses = decode_split(
-                model,
-                source,
-                split,
-                beam_size=beam,
-                decoding=decoding,
-                batch_size=batch_size,
-                vocab=prepared.vocab,
-                max_length=max_length or prepared.max_caption_length,
-                image_size=image_size,
-            )
+            hypotheses = decode_split(model, source, split, beam_size=beam, decoding=decoding,
+                                      batch_size=batch_size, max_length=max_length, image_size=image_size)
             scores = distributed.from_main(
                 compute_metrics, {k: references[k] for k in hypotheses}, hypotheses, meteor=meteor,
                 tokenizer=tokenizer, spice=spice,
             )
             metrics[split][f"beam{beam}"] = scores
             captions[split][f"beam{beam}"] = hypotheses
-            scoring[split][f"beam{beam}"] = {"tokenizer": tokenizer, "images": len(hypotheses)}
+            scoring[split][f"beam{beam}"] = _how_decoded(
+                f"{split} beam {beam}", hypotheses, tokenizer, vocabulary,
+                {"beam_size": beam, "max_length": max_length, **(decoding or {})},
+            )
             if progress:
                 print(
                     f"{split} beam {beam}: BLEU-4 {as_printed(scores['Bleu_4'])}  "
@@ -505,6 +511,21 @@ def score_model(
                     f"{time.perf_counter() - started:.1f} s)"
                 )
     return metrics, captions, scoring
+
+
+def _how_decoded(row: str, hypotheses: dict[str, str], tokenizer: str, vocabulary: dict,
+                 decoding: dict) -> dict[str, Any]:
+    """A results.json row's record of how it was decoded and scored; empty captions (which score 0)
+    counted, and warned about with the settings that avoid them."""
+    empty = sum(not caption for caption in hypotheses.values())
+    if empty and distributed.rank() == 0:
+        print(
+            f"warning: {row}: {empty} of {len(hypotheses)} captions are empty and score 0. Raise "
+            "training.eval_min_length (words before a caption may end; default 3) or "
+            "training.eval_length_penalty, or use a narrower beam.", file=sys.stderr,
+        )
+    return {"tokenizer": tokenizer, "images": len(hypotheses), "empty_captions": empty, "decoding": decoding,
+            "vocabulary": vocabulary}
 
 
 def evaluate_run(
@@ -519,9 +540,11 @@ def evaluate_run(
     tokenizer: str | None = None,
     checkpoint_name: str = "best",
     spice: bool = False,
+    results_path: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Score a run's best.pt (or `checkpoint_name`.pt, e.g. "last"; last.pt when no epoch was validated
-    yet) on `split` with each beam size and merge the figures into results.json.
+    yet) on `split` with each beam size and merge the figures into results.json (the run folder's, or
+    `results_path`: for a read-only run folder, such as an attached Kaggle output).
 
     The prepared data and the feature store are rebuilt from the run's config (cached in its work
     dir) unless given. `tokenizer` defaults to the run's training.metric_tokenizer. `spice`: SPICE too,
@@ -533,6 +556,7 @@ def evaluate_run(
     run_dir = Path(run_dir)
     splits = [split] if isinstance(split, str) else list(split)
     check_split_names(splits)
+    results_path = _writable_results_path(run_dir, results_path)
     device = resolve_device(device or "auto")
     which = checkpoint_name
     if which == "best" and run_dir.is_dir() and not (run_dir / "best.pt").is_file() and (
@@ -543,10 +567,7 @@ def evaluate_run(
     model, checkpoint, config = load_run(run_dir, device=device, which=which)
     tokenizer = resolve_tokenizer(tokenizer or config.training.metric_tokenizer)
     prepared, store = prepared_and_features(config, prepared, store, device=device)
-    empty = [name for name in splits if not prepared.splits.get(name)]
-    if empty:
-        names = ", ".join(empty)
-        raise ConfigError(f"{prepared.root}: the split {names} has no images; score another split.")
+    _check_data(run_dir, checkpoint, prepared, splits)
     metrics, captions, scoring = score_model(
         model,
         prepared,
@@ -561,7 +582,47 @@ def evaluate_run(
         decoding=config.decoding,
         spice=spice,
     )
-    return write_results(run_dir, model, config, checkpoint, metrics, captions, device, scoring)
+    return write_results(run_dir, model, config, checkpoint, metrics, captions, device, scoring,
+                         path=results_path)
+
+
+def _check_data(run_dir: Path, checkpoint: dict, prepared, splits: Sequence[str]) -> None:
+    """Every split to score has images; a note when the captions changed since training (the model
+    still decodes with its own vocabulary, decode_split's rule)."""
+    if list(checkpoint["vocab"]) != prepared.vocab.idx_to_word:
+        print(
+            f"note: the captions changed since {run_dir.name} was trained ({len(checkpoint['vocab']):,} -> "
+            f"{len(prepared.vocab):,} words): it decodes with its own vocabulary and is scored against "
+            "today's references."
+        )
+    empty = [name for name in splits if not prepared.splits.get(name)]
+    if empty:
+        names = ", ".join(empty)
+        raise ConfigError(f"{prepared.root}: the split {names} has no images; score another split.")
+
+
+def _writable_results_path(run_dir: Path, results_path: str | os.PathLike | None) -> Path:
+    """Where results.json goes, refused before any decoding where it cannot be written (scores computed
+    for nothing would be lost)."""
+    path = Path(results_path) if results_path is not None else run_dir / "results.json"
+    if results_path is None and not run_dir.is_dir():
+        return path  # no run folder: loading it says so
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, probe = tempfile.mkstemp(dir=path.parent, prefix=".results-probe-")
+        os.close(descriptor)
+        os.unlink(probe)
+    except OSError as error:
+        if results_path is not None:
+            raise WriteError(describe_write_error(path, error)) from None
+        why = "is on a read-only file system" if error.errno == errno.EROFS else "cannot be written"
+        raise WriteError(
+            f"{path.parent} {why} (an attached Kaggle output is read-only), so its results.json cannot be "
+            f"written; nothing was decoded. Write the scores elsewhere: python -m helpers.evaluate "
+            f"{run_dir} --results /kaggle/working/{run_dir.name}/results.json (Python: evaluate_run(..., "
+            "results_path=...)); the rows already in its results.json are carried over."
+        ) from None
+    return path
 
 
 def check_split_names(splits: Sequence[str]) -> None:
@@ -583,12 +644,15 @@ def write_results(
     device,
     scoring: dict | None = None,
     status: str | None = None,
+    path: str | os.PathLike | None = None,
 ) -> dict:
-    """Merge metrics, captions and how they were scored into <run_dir>/results.json (earlier splits
-    and beams are kept). `status` ("finished", or "paused" when training.max_hours ran out) is
-    written by the training loop; a later rescoring keeps it."""
-    path = Path(run_dir) / "results.json"
-    results = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    """Merge metrics, captions and how they were scored into <run_dir>/results.json, or `path` (earlier
+    splits and beams are kept, starting from the run folder's when `path` is new). `status`
+    ("finished", or "paused" when training.max_hours ran out) is written by the training loop; a
+    later rescoring keeps it."""
+    path = Path(path) if path is not None else Path(run_dir) / "results.json"
+    earlier = path if path.is_file() else Path(run_dir) / "results.json"
+    results = json.loads(earlier.read_text(encoding="utf-8")) if earlier.is_file() else {}
     # best.pt's history stops at the best epoch; history.json has every epoch trained.
     history_path = Path(run_dir) / "history.json"
     history = (
@@ -657,13 +721,21 @@ def main(argv: list[str] | None = None) -> int:
         description="Score a trained run (its best.pt) and write results.json into the run folder.",
     )
     parser.add_argument("run_dir", help="the run folder written by python -m helpers.train")
-    parser.add_argument("--split", action="append", help="split to score (repeatable; default test)")
+    parser.add_argument(
+        "--split", action="append", help="split to score: train, val or test (repeatable, or val,test; "
+        "default test)"
+    )
     parser.add_argument(
         "--beam-size", type=int, action="append", help="beam size (repeatable; default 1 and 3)"
     )
     parser.add_argument(
         "--checkpoint", choices=("best", "last"), default="best",
         help="which weights to score: best.pt (best val CIDEr, default) or last.pt",
+    )
+    parser.add_argument(
+        "--results", metavar="FILE",
+        help="write results.json here instead of into the run folder (for a read-only run folder, such "
+        "as an attached Kaggle output); its earlier rows are carried over",
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR even when Java is available")
@@ -684,20 +756,21 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--beam-size must be at least 1, got {args.beam_size}.")
         results = evaluate_run(
             args.run_dir,
-            split=args.split or ["test"],
+            split=[name for given in args.split or ["test"] for name in given.split(",") if name],
             beam_sizes=args.beam_size or (1, 3),
             device=args.device,
             meteor=False if args.no_meteor else "auto",
             tokenizer=args.tokenizer,
             checkpoint_name=args.checkpoint,
             spice=args.spice,
+            results_path=args.results,
         )
     except (*INPUT_ERRORS, JavaUnavailableError, SpiceUnavailableError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"\n{results['run_name']}: best epoch {results['best_epoch']} of {results['epochs']}")
     print(format_metrics_table(results["metrics"]))
-    print(f"results: {Path(args.run_dir) / 'results.json'}")
+    print(f"results: {args.results or Path(args.run_dir) / 'results.json'}")
     return 0
 
 

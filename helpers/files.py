@@ -37,7 +37,7 @@ _TEMPORARY_NAME = re.compile(r"^\.(?P<target>.+?)\.(?:(?P<pid>\d+)-)?[A-Za-z0-9_
 
 
 # What an OSError while writing says about the disk rather than about the program.
-_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EISDIR)
 
 
 class WriteError(OSError):
@@ -67,6 +67,11 @@ def describe_write_error(path: str | os.PathLike, error: OSError) -> str:
             f"cannot write {path}: {path.parent} {reason}. Set training.run_dir "
             "(and data.work_dir) to a writable folder; on Kaggle that is under /kaggle/working, since "
             "/kaggle/input is read-only (the notebooks copy an attached run folder there themselves)."
+        )
+    if error.errno == errno.EISDIR:
+        return (
+            f"cannot write {path}: it is a folder, where a file belongs. Remove or rename the folder "
+            f"(rm -r '{path}'), then run the command again."
         )
     return f"could not write {path}: {error.strerror or error}. Check the disk, then run the command again."
 

@@ -78,13 +78,16 @@ def _repeated_ngram_ban(tokens: Tensor, t: int, n: int, vocab_size: int) -> Tens
     return hits > 0
 
 
-def _check_beam_arguments(beam_size: int, no_repeat_ngram_size: int, n_best: int | None) -> None:
+def _check_beam_arguments(beam_size: int, no_repeat_ngram_size: int, n_best: int | None, min_length: int,
+                          max_length: int) -> None:
     if beam_size < 1:
         raise ValueError(f"beam_size must be at least 1, got {beam_size}")
     if n_best is not None and not 1 <= n_best <= beam_size:
         raise ValueError(f"n_best must be between 1 and beam_size={beam_size}, got {n_best}")
     if no_repeat_ngram_size < 0:
         raise ValueError(f"no_repeat_ngram_size must be 0 (off) or positive, got {no_repeat_ngram_size}")
+    if not 0 <= min_length <= max_length:
+        raise ValueError(f"min_length must be between 0 (off) and max_length={max_length}, got {min_length}")
 
 
 def _extend_attention(history, attention: Tensor, parent: Tensor, parent_finished: Tensor, t: int, length):
@@ -124,6 +127,7 @@ def beam_search(
     no_repeat_ngram_size: int = 0,
     mask_unk: bool = False,
     n_best: int | None = None,
+    min_length: int = 0,
 ):
     """Decode a batch with beam search, all images and beams at once (batch * beam_size rows).
 
@@ -134,13 +138,13 @@ def beam_search(
     ``score / length ** alpha`` (length: words up to and including ``<END>``; alpha, the length
     penalty: 0 ranks by summed log-probability, 1 by the mean per word).
     ``beam_size=1`` is greedy. ``no_repeat_ngram_size=n`` (0: off) forbids any n-gram twice in a
-    caption; ``mask_unk`` never emits ``<UNK>``. Returns ``(tokens (N, max_length), attention (N,
-    max_length, H'*W') or None)``, ``<NULL>`` (attention zeros) after ``<END>``; with ``n_best`` the n
-    best of each image, best first: ``(tokens (N, n, max_length), scores (N, n), attention or None)``.
+    caption; ``mask_unk`` never emits ``<UNK>``; ``min_length=m`` (0: off) allows ``<END>`` only after m
+    words (a wide beam otherwise ends on an empty caption: one ``<END>`` costs less than many words).
+    Returns ``(tokens (N, max_length), attention (N, max_length, H'*W') or None)``, ``<NULL>`` after
+    ``<END>``; with ``n_best``, each image's n best: ``(tokens (N, n, L), scores (N, n), attention)``.
     """
-    _check_beam_arguments(beam_size, no_repeat_ngram_size, n_best)
-    N, k = features.shape[0], beam_size
-    device = features.device
+    _check_beam_arguments(beam_size, no_repeat_ngram_size, n_best, min_length, max_length)
+    N, k, device = features.shape[0], beam_size, features.device
     state = tuple(s.repeat_interleave(k, dim=0) for s in model.init_state(features))
     words = torch.full((N * k,), model._start, dtype=torch.long, device=device)
     scores = torch.zeros(N, k, device=device)
@@ -154,7 +158,8 @@ def beam_search(
     for t in range(max_length):
         log_probs, state, attention = model.step(state, words)
         vocab_size = log_probs.shape[1]
-        log_probs = _allowed(log_probs.float().view(N, k, vocab_size), model, tokens, finished, t, unk,
+        banned = [unk] * (unk is not None) + [model._end] * (t < min_length)
+        log_probs = _allowed(log_probs.float().view(N, k, vocab_size), model, tokens, finished, t, banned,
                              no_repeat_ngram_size)
         scores, flat_choice = _best_extensions(scores.unsqueeze(2) + log_probs)
         parent = flat_choice // vocab_size
@@ -165,9 +170,8 @@ def beam_search(
         lengths = lengths.gather(1, parent) + (~parent_finished).long()
         finished = parent_finished | (word == model._end)
         if attention is not None:
-            attention_history = _extend_attention(
-                attention_history, attention, parent, parent_finished, t, max_length
-            )
+            attention_history = _extend_attention(attention_history, attention, parent, parent_finished, t,
+                                                  max_length)
         rows = (row_offsets + parent).view(-1)
         state = tuple(s.index_select(0, rows) for s in state)
         words = word.view(-1)
@@ -186,14 +190,16 @@ def _finalists(tokens: Tensor, normalised: Tensor, attention_history, n_best: in
     return tokens[rows, top], top_scores, top_attention
 
 
-def _allowed(log_probs: Tensor, model, tokens: Tensor, finished: Tensor, t: int, unk, ngram: int) -> Tensor:
-    """Step t's log-probabilities (N, k, V) with the banned words at -inf: <UNK> (when ``unk`` is its
-    id), words repeating an n-gram, and all but <NULL> (at no cost) after <END>."""
-    if unk is not None:
-        log_probs[:, :, unk] = -math.inf
+def _allowed(log_probs: Tensor, model, tokens: Tensor, finished: Tensor, t: int, banned: list[int],
+             ngram: int) -> Tensor:
+    """Step t's log-probabilities (N, k, V) with the banned words at -inf: the ids in ``banned`` (<UNK>,
+    <END> before the minimum length), words repeating an n-gram, and all but <NULL> (at no cost) after
+    <END>."""
+    if banned:
+        log_probs[:, :, banned] = -math.inf
     if ngram and t >= ngram:
-        banned = _repeated_ngram_ban(tokens, t, ngram, log_probs.shape[2])
-        log_probs = log_probs.masked_fill(banned, -math.inf)
+        repeats = _repeated_ngram_ban(tokens, t, ngram, log_probs.shape[2])
+        log_probs = log_probs.masked_fill(repeats, -math.inf)
     null_only = torch.full((log_probs.shape[2],), -math.inf, device=log_probs.device)
     null_only[model._null] = 0.0
     return torch.where(finished.unsqueeze(2), null_only, log_probs)
@@ -347,17 +353,19 @@ class CaptioningModel(nn.Module):
         alpha: float = DEFAULT_LENGTH_PENALTY,
         no_repeat_ngram_size: int = 0,
         mask_unk: bool = False,
+        min_length: int = 0,
     ):
         """Caption a batch: token ids (N, max_length), starting with the first word after ``<START>``.
 
         ``beam_size=1`` is greedy decoding; larger values run :func:`beam_search` over the whole batch
-        with length normalisation ``score / length ** alpha``; ``no_repeat_ngram_size`` and
-        ``mask_unk`` are as there. Positions after ``<END>`` hold ``<NULL>``. Models with attention
-        also return the attention maps (N, max_length, H', W'), on the CPU like the course module.
+        with length normalisation ``score / length ** alpha``; ``no_repeat_ngram_size``, ``mask_unk``
+        and ``min_length`` are as there (their defaults decode as the course module did). Positions
+        after ``<END>`` hold ``<NULL>``. Models with attention also return the attention maps
+        (N, max_length, H', W'), on the CPU like the course module.
         """
         features, (captions, attention) = self._decode(
             images, max_length, beam_size, alpha=alpha, no_repeat_ngram_size=no_repeat_ngram_size,
-            mask_unk=mask_unk,
+            mask_unk=mask_unk, min_length=min_length,
         )
         if not self.returns_attention:
             return captions
@@ -370,7 +378,8 @@ class CaptioningModel(nn.Module):
         """The n best captions of each image and their scores: (tokens (N, n, max_length), scores (N, n)).
 
         Best first; scores are the length-normalised log-probabilities beam search ranks by.
-        ``beam_size`` defaults to n; ``options`` (alpha, no_repeat_ngram_size, mask_unk) as :meth:`sample`.
+        ``beam_size`` defaults to n; ``options`` (alpha, no_repeat_ngram_size, mask_unk, min_length) as
+        :meth:`sample`.
         """
         _, (tokens, scores, _) = self._decode(images, max_length, beam_size or n, n_best=n, **options)
         return tokens, scores

@@ -326,7 +326,7 @@ def cross_entropy_config(config: Config) -> Config:
 def cross_entropy_start(config: Config, vocab) -> dict | None:
     """For a fresh SCST run: the last.pt of the finished cross-entropy run of the same settings, its
     best.pt copied into the SCST run folder (the phase starts from it); None when there is none."""
-    if not config.training.scst.enabled or config.training.run_name:
+    if not config.training.scst.enabled:
         return None
     cross_entropy = cross_entropy_config(config).run_path
     try:
@@ -335,11 +335,24 @@ def cross_entropy_start(config: Config, vocab) -> dict | None:
     except (CheckpointError, FileNotFoundError):
         return None
     if not finished_training(checkpoint, config):
-        return None  # unfinished: this run trains its cross-entropy epochs itself
+        return None  # unfinished: train() finishes it first (unfinished_cross_entropy)
     check_resume_compatible(checkpoint, vocab, cross_entropy_config(config), cross_entropy / "last.pt")
     config.run_path.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(config.run_path / "best.pt", best)
     return checkpoint | {"scst_from": str(cross_entropy)}
+
+
+def unfinished_cross_entropy(config: Config) -> dict | None:
+    """For an SCST run not started yet: the last.pt of its cross-entropy run (same settings, SCST off)
+    when that run is there with epochs left, which train() then finishes first, in its own folder,
+    instead of training every cross-entropy epoch again; else None."""
+    if not config.training.scst.enabled or (config.run_path / "last.pt").is_file():
+        return None
+    try:
+        checkpoint = load_checkpoint(cross_entropy_config(config).run_path / "last.pt", "cpu")
+    except (CheckpointError, FileNotFoundError):
+        return None
+    return None if finished_training(checkpoint, config) else checkpoint
 
 
 def finished_training(checkpoint: dict, config: Config) -> bool:

@@ -20,9 +20,10 @@ session's time runs out (`last.pt` saved, mid-epoch if need be, the best weights
 `results.json` with status "paused"); the next call continues. At the end best.pt is scored on
 `training.eval_splits` into `results.json`.
 
-An SCST run has its own run folder (`...-scst-<hash>`); it starts from the finished cross-entropy run of
-the same settings when that folder is there (copying its checkpoints, `scst_from` names it), else it
-trains those cross-entropy epochs itself first. On several devices (helpers.distributed) the ranks
+An SCST run has its own run folder (`...-scst-<hash>`, or `<training.run_name>-scst`); it starts from
+the finished cross-entropy run of the same settings when that folder is there (copying its checkpoints,
+`scst_from` names it), finishes that run first when it has epochs left, and else trains those
+cross-entropy epochs itself first. On several devices (helpers.distributed) the ranks
 share each batch; SCST's cross-entropy epochs train on all of them and its phase on one. On a GPU a
 preflight (helpers.preflight) first runs the run's GPU paths on a tiny batch.
 """
@@ -102,6 +103,7 @@ from helpers.runs import (
     seed_everything,
     seed_rank,
     take_run_folder,
+    unfinished_cross_entropy,
 )
 from helpers.text import NULL, SPECIAL_TOKENS
 from helpers.workdir import prepare_for, prepared_and_features
@@ -383,7 +385,6 @@ def _validate(run: Run) -> dict[str, float]:
         decoding=config.decoding,
         max_length=config.data.max_caption_length,
         batch_size=config.batch_size,
-        vocab=prepared.vocab,
         max_images=config.training.val_max_images,
         image_size=config.image_size,
         num_workers=config.training.num_workers,
@@ -489,8 +490,10 @@ def train(
     """
     device = resolve_device(config.training.device, config.model.decoder)
     processes = distributed.device_count(config.training.devices, device)
-    if processes > 1 and config.training.scst.enabled and distributed.world_size() == 1:
-        config = _cross_entropy_on_devices(config, processes, progress, callbacks, resume)
+    if config.training.scst.enabled and distributed.world_size() == 1 and (
+        processes > 1 or unfinished_cross_entropy(config)
+    ):
+        config = _cross_entropy_first(config, processes, progress, callbacks)
         if isinstance(config, TrainResult):  # its time budget ran out: the SCST phase waits for a rerun
             return config
         processes = 1
@@ -512,24 +515,22 @@ def train(
         raise out_of_memory_error(error, config, f"training {config.run_name}") from error
 
 
-def _cross_entropy_on_devices(config: Config, processes: int, progress: bool, callbacks, resume):
-    """SCST on several devices: the cross-entropy epochs train on all of them, as the cross-entropy
-    run of the same settings (its own folder), and the self-critical phase, which samples and scores
-    captions on one device, starts from that run. Returns the SCST run's config (one device, the time
-    budget that is left), or the cross-entropy run's TrainResult when its budget ran out first."""
-    if config.training.run_name:
-        raise ConfigError(
-            f"training.scst.enabled with training.devices={config.training.devices!r} ({processes} devices) "
-            f"and training.run_name={config.training.run_name!r}: the cross-entropy epochs train on every "
-            "device in a run folder of their own, which a fixed run name does not leave room for. Remove "
-            "training.run_name, or train on one device (training.devices=1; notebooks: DEVICES = 1)."
-        )
+def _cross_entropy_first(config: Config, processes: int, progress: bool, callbacks):
+    """The cross-entropy run an SCST run starts from (same settings, its own folder), trained or
+    finished first: on several devices, because the self-critical phase samples and scores captions on
+    one device; on one, when that run is there with epochs left (they are not trained again in the SCST
+    folder). Returns the SCST run's config (one device, the time budget that is left), or the
+    cross-entropy run's TrainResult when its budget ran out first."""
     started = time.perf_counter()
     cross_entropy = cross_entropy_config(config)
-    if progress:
+    checkpoint = unfinished_cross_entropy(config)
+    if progress and checkpoint is not None:
+        print(f"{cross_entropy.run_path}: {checkpoint['epoch']} of {config.training.epochs} cross-entropy "
+              "epochs done; finishing them there first, then the SCST phase starts from it.")
+    elif progress:
         print(f"SCST with {processes} devices: the cross-entropy epochs train on all of them "
               f"({cross_entropy.run_path}), then the self-critical phase on one device.")
-    result = train(cross_entropy, progress=progress, callbacks=callbacks, resume=resume)
+    result = train(cross_entropy, progress=progress, callbacks=callbacks)  # resumed when it is there
     max_hours = config.training.max_hours
     left = max_hours - (time.perf_counter() - started) / 3600 if max_hours else None
     if result.paused or (left is not None and left <= 0):

@@ -150,7 +150,10 @@ def test_unknown_top_level_key_from_an_override():
         ("training.amp=maybe", "training.amp='maybe' is not valid: expected true or false"),
         ("embeddings.use_glove=1", "expected true or false"),
         ("training.lr=fast", "training.lr='fast' is not valid: expected a number"),
-        ("training.eval_beam_sizes=three", "expected a list of an integer"),
+        ("training.eval_beam_sizes=three", "expected a list of integers: write it in brackets, "
+         "training.eval_beam_sizes=[1, 3]"),
+        ("training.eval_splits=val", "a list of strings: write it in brackets, training.eval_splits=[val]"),
+        ("training.eval_splits=val,test", "training.eval_splits=[val, test]"),
         ("model=lstm", "'model' is a section"),
         ("model.hidden_dim.x=1", "'model.hidden_dim' is a value, not a section"),
     ],

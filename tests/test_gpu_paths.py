@@ -266,6 +266,7 @@ def test_scst_with_two_devices_trains_cross_entropy_on_both_then_scst_on_one(dem
     last = load_checkpoint(cross_entropy / "last.pt")
     assert last["epoch"] == 1 and len(last["rank_rng"]) == 1
     assert load_checkpoint(config.run_path / "last.pt")["scst_from"] == str(cross_entropy)
-    with pytest.raises(Exception, match="training.run_name='fixed'.*training.devices=1"):
-        train(tiny_config(work, demo_dir, "training.devices=2", "training.scst.enabled=true",
-                          "training.run_name=fixed"), progress=False)
+    fixed = train(tiny_config(work, demo_dir, "training.devices=2", "training.scst.enabled=true",
+                              "training.scst.epochs=1", "training.run_name=fixed"), progress=False)
+    assert fixed.run_dir.name == "fixed-scst"  # the cross-entropy run keeps the name given (issue 28, case 7)
+    assert load_checkpoint(fixed.run_dir / "last.pt")["scst_from"] == str(fixed.run_dir.with_name("fixed"))

@@ -280,3 +280,50 @@ def test_every_decoder_trains_an_scst_phase(name, small_demo, demo_dir):
     assert any(not torch.equal(after[key], cross_entropy[key]) for key in after)
     statistics = [key for key in after if key.startswith("feature_norm.running_")]  # mean and variance
     assert statistics and all(torch.equal(after[key], cross_entropy[key]) for key in statistics)
+
+
+def _epochs_trained(log: list):
+    """A callback appending the phase of each epoch trained to `log`."""
+    def count(event: str, state: TrainState) -> None:
+        if event == "epoch_end":
+            log.append(state.phase)
+    return count
+
+
+def test_scst_with_a_run_name_of_your_own_starts_from_that_finished_run(small_demo, demo_dir):
+    """Issue 28, case 7: it was refused (the folder held the cross-entropy run's config), a new name
+    trained the cross-entropy epochs again, and --no-resume overwrote the finished run's best.pt."""
+    work, prepared, store = small_demo
+    settings = ["training.epochs=1", "training.eval_splits=[]", "training.run_name=mine"]
+    plain = demo_config(work, demo_dir, *settings)
+    train(plain, prepared=prepared, store=store, progress=False)
+    best = (plain.run_path / "best.pt").read_bytes()
+    scst = demo_config(work, demo_dir, *settings, "training.scst.enabled=true", "training.scst.epochs=1")
+    assert scst.run_path == plain.run_path.with_name("mine-scst")
+    trained = []
+    result = train(scst, prepared=prepared, store=store, progress=False, callbacks=[_epochs_trained(trained)])
+    assert trained == ["scst"] and [row.get("phase", "xe") for row in result.history] == ["xe", "scst"]
+    assert load_checkpoint(scst.run_path / "last.pt")["scst_from"] == str(plain.run_path)
+    train(scst, prepared=prepared, store=store, progress=False, resume=False)  # --no-resume: SCST over
+    assert (plain.run_path / "best.pt").read_bytes() == best
+
+
+def test_scst_after_an_unfinished_cross_entropy_run_finishes_it_instead_of_starting_over(
+    small_demo, demo_dir, capsys
+):
+    """Issue 28, case 10: every cross-entropy epoch was trained again in the SCST folder, with no word."""
+    work, prepared, store = small_demo
+    settings = ["training.eval_splits=[]", "training.run_name=half"]
+    first = train(demo_config(work, demo_dir, "training.epochs=1", *settings), prepared=prepared, store=store,
+                  progress=False)
+    config = demo_config(work, demo_dir, "training.epochs=2", *settings, "training.scst.enabled=true",
+                         "training.scst.epochs=1")
+    trained = []
+    with pytest.warns(UserWarning, match="training.epochs 1 -> 2 on resume"):
+        result = train(config, prepared=prepared, store=store, callbacks=[_epochs_trained(trained)])
+    assert trained == ["xe", "scst"]  # the second cross-entropy epoch, then SCST: not three epochs
+    out = capsys.readouterr().out
+    assert f"{first.run_dir}: 1 of 2 cross-entropy epochs done; finishing them there first" in out
+    assert [row.get("phase", "xe") for row in result.history] == ["xe", "xe", "scst"]
+    assert result.history[0] == first.history[0]  # the first epoch kept, not trained again
+    assert load_checkpoint(first.run_dir / "last.pt")["epoch"] == 2

@@ -260,7 +260,7 @@ def test_compare_decoding_scores_each_backbone(earlier_session):
     assert table.loc["regnet_x_400mf", "run"].startswith("LSTM-regnet_x_400mf_untrained-glove-96-")
     model, _, config = load_run(work / "comparisons" / table.loc["regnet_x_400mf", "run"])
     hypotheses = decode_split(  # greedy at the run's decoding options (trigram blocking, <UNK> masked)
-        model, store, "val", vocab=prepared.vocab, max_length=config.data.max_caption_length,
+        model, store, "val", max_length=config.data.max_caption_length,
         decoding=config.decoding,
     )
     bleu4 = compute_metrics(prepared.references("val"), hypotheses, meteor=False)["Bleu_4"]

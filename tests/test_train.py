@@ -410,7 +410,7 @@ def test_a_run_writes_its_files_and_evaluate_run_scores_it(small_demo):
     )
 
     # The test metrics equal decoding the split with the best model and scoring it directly.
-    hypotheses = decode_split(result.model, store, "test", vocab=prepared.vocab, max_length=16)
+    hypotheses = decode_split(result.model, store, "test", max_length=16, decoding=config.decoding)
     direct = compute_metrics(prepared.references("test"), hypotheses, meteor=False)
     assert results["metrics"]["test"]["beam1"] == direct
     assert results["captions"]["test"]["beam1"] == hypotheses
@@ -488,7 +488,7 @@ def _train_demo(name: str, work, prepared, store, run_name: str):
 def _score(model, store, prepared, split: str, metric: str, beam_size: int = 1, decoding=None) -> float:
     """`metric` of the model's captions of `split` against all their references."""
     hypotheses = decode_split(
-        model, store, split, beam_size=beam_size, vocab=prepared.vocab, max_length=16, decoding=decoding
+        model, store, split, beam_size=beam_size, max_length=16, decoding=decoding
     )
     references = prepared.references(split)
     return compute_metrics({key: references[key] for key in hypotheses}, hypotheses, meteor=False)[metric]

@@ -16,6 +16,7 @@ Outside a launched process group every function here answers as the only process
 
 from __future__ import annotations
 
+import logging
 import pickle
 import signal
 import socket
@@ -275,6 +276,11 @@ def launch(target: Callable[..., Any], args: tuple, processes: int, device: torc
             _process, args=(target, args, processes, address, backend, folder), nprocs=processes,
             start_method="spawn", join=False,
         )
+        spawn_log = logging.getLogger("torch.multiprocessing.spawn")
+        level = spawn_log.level
+        # after a failure torch logs each rank it ends ("Terminating process N via signal SIGTERM"):
+        # the error raised here says what ended them
+        spawn_log.setLevel(logging.ERROR)
         try:
             while not context.join():
                 pass
@@ -289,6 +295,8 @@ def launch(target: Callable[..., Any], args: tuple, processes: int, device: torc
             if raised is None:
                 raise
             raise raised from failure
+        finally:
+            spawn_log.setLevel(level)
 
 
 def _stop(processes: list, grace_s: float = 10.0) -> None:

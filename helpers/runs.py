@@ -301,10 +301,12 @@ def _checkpoint_position(path: Path) -> dict | None:
         return None
 
 
-def take_run_folder(run_dir: Path, lock: RunLock, resume: bool | None, progress: bool) -> bool:
-    """Lock the run folder, clear what killed writes left, and say whether to resume from last.pt."""
-    lock.acquire()
-    if lock.taken_over_from and progress:
+def take_run_folder(run_dir: Path, lock: RunLock | None, resume: bool | None, progress: bool) -> bool:
+    """Lock the run folder (unless `lock` is None: a device process, whose launcher holds it), clear what
+    killed writes left, and say whether to resume from last.pt."""
+    if lock is not None:
+        lock.acquire()
+    if lock is not None and lock.taken_over_from and progress:
         owner = lock.taken_over_from
         print(
             f"{run_dir}: the training that held it (process {owner.get('pid')} since {owner.get('since')}) "

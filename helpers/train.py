@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.multiprocessing import ProcessExitedException
 from torch.utils.data import DataLoader, Dataset
 
 from helpers import distributed
@@ -500,7 +501,8 @@ def train(
     try:
         if processes > 1 and distributed.world_size() == 1:
             return _train_on_devices(config, processes, progress, callbacks, resume)
-        lock = RunLock(config.run_path)
+        # one of several device processes: the process that launched them holds the run folder's lock
+        lock = RunLock(config.run_path) if distributed.world_size() == 1 else None
         try:
             run = _start_run(config, lock, prepared, store, progress, callbacks, resume)
             paused = fit(run)
@@ -508,7 +510,8 @@ def train(
                 _print_pause(run)
             return _score_best(run, paused)
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
     except torch.OutOfMemoryError as error:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # the notebook's kernel goes on with the memory given back
@@ -522,6 +525,8 @@ def _cross_entropy_first(config: Config, processes: int, progress: bool, callbac
     folder). Returns the SCST run's config (one device, the time budget that is left), or the
     cross-entropy run's TrainResult when its budget ran out first."""
     started = time.perf_counter()
+    # a busy or read-only SCST run folder is said now, not after the cross-entropy epochs
+    RunLock(config.run_path).acquire().release()
     cross_entropy = cross_entropy_config(config)
     checkpoint = unfinished_cross_entropy(config)
     if progress and checkpoint is not None:
@@ -562,20 +567,25 @@ def _callbacks_for_ranks(callbacks: Sequence[Callback] | None, processes: int) -
 
 
 def _train_on_devices(config: Config, processes: int, progress: bool, callbacks, resume) -> TrainResult:
-    """`train` on `processes` devices: the data and feature store made once here, then one training
-    process per device; what rank 0 wrote is read back into the TrainResult."""
+    """`train` on `processes` devices: the run folder locked by this process (its owner, whom a busy
+    message names) before anything is prepared, the data and feature store made once here, then one
+    training process per device; what rank 0 wrote is read back into the TrainResult."""
     callbacks = _callbacks_for_ranks(callbacks, processes)
     device = resolve_device(config.training.device, config.model.decoder)
     if config.training.eval_splits and config.training.eval_beam_sizes:
         resolve_tokenizer(config.training.metric_tokenizer)
-    if device.type == "cuda":
-        config = preflight(config, prepare_for(config, progress).vocab, device, processes, progress)
-    prepared_and_features(config, device=device, progress=progress)
-    if progress:  # the ranks print to the process's output, which a notebook cell does not show
-        print(f"{config.run_name}: training on {processes} {device.type} devices, "
-              f"{distributed.batch_split(config.batch_size, processes)}")
-    args = (config, None, None, progress, callbacks, resume)
-    distributed.launch(train, args, processes, device)
+    lock = RunLock(config.run_path)
+    try:
+        resume = take_run_folder(config.run_path, lock, resume, progress)
+        if device.type == "cuda":
+            config = preflight(config, prepare_for(config, progress).vocab, device, processes, progress)
+        prepared_and_features(config, device=device, progress=progress)
+        if progress:  # the ranks print to the process's output, which a notebook cell does not show
+            print(f"{config.run_name}: training on {processes} {device.type} devices, "
+                  f"{distributed.batch_split(config.batch_size, processes)}")
+        distributed.launch(train, (config, None, None, progress, callbacks, resume), processes, device)
+    finally:
+        lock.release()
     run_dir = config.run_path
     last = load_checkpoint(run_dir / "last.pt", "cpu")
     if progress:
@@ -591,7 +601,7 @@ def _train_on_devices(config: Config, processes: int, progress: bool, callbacks,
     )
 
 
-def _start_run(config: Config, lock: RunLock, prepared, store, progress: bool, callbacks,
+def _start_run(config: Config, lock: RunLock | None, prepared, store, progress: bool, callbacks,
                resume: bool | None) -> Run:
     """Take the run folder (its lock, once the config is known to be usable) and start its run: the
     data, the model and its optimiser, fresh or restored from last.pt; config.yaml written."""
@@ -736,6 +746,8 @@ def _score_best(run: Run, paused: bool) -> TrainResult:
 # ---------------------------------------------------------------------------------------- command line
 
 
+RESUME_HINT = ("Every checkpoint finished so far is kept (last.pt at each epoch's end, or every "
+               "training.checkpoint_every_steps steps): run the same command again to resume from it.")
 USER_ERRORS = (  # one message, no traceback
     *INPUT_ERRORS, NonFiniteLossError, JavaUnavailableError, PreflightError, DeviceOutOfMemoryError,
 )
@@ -785,6 +797,14 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except ProcessExitedException as error:  # a device process ended by a signal: the others stopped
+        print(f"error: training process {error.error_index} (pid {error.error_pid}) was ended by "
+              f"{error.signal_name} (kill -9, or the system's out-of-memory killer: `dmesg | tail` says "
+              f"which), so the others stopped too. {RESUME_HINT}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"error: interrupted. {RESUME_HINT}", file=sys.stderr)
+        return 130
     _print_result(result, config)
     return 0
 

@@ -327,3 +327,32 @@ def test_scst_after_an_unfinished_cross_entropy_run_finishes_it_instead_of_start
     assert [row.get("phase", "xe") for row in result.history] == ["xe", "xe", "scst"]
     assert result.history[0] == first.history[0]  # the first epoch kept, not trained again
     assert load_checkpoint(first.run_dir / "last.pt")["epoch"] == 2
+
+
+def test_a_busy_scst_folder_is_refused_before_the_cross_entropy_run_is_finished(small_demo, demo_dir):
+    """The checks that need no data come first: a held SCST folder is named before the unfinished
+    cross-entropy run trains its remaining epochs."""
+    import subprocess
+    import sys
+
+    from helpers.runlock import RunFolderBusyError
+
+    work, prepared, store = small_demo
+    settings = ["training.eval_splits=[]", "training.run_name=held"]
+    first = train(demo_config(work, demo_dir, "training.epochs=1", *settings), prepared=prepared, store=store,
+                  progress=False)
+    before = (first.run_dir / "last.pt").read_bytes()
+    config = demo_config(work, demo_dir, "training.epochs=2", *settings, "training.scst.enabled=true")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from helpers.runlock import RunLock\n"
+         f"lock = RunLock({str(config.run_path)!r}).acquire(); print('ready', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(RunFolderBusyError, match=f"in use by process {holder.pid}"):
+            train(config, prepared=prepared, store=store, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (first.run_dir / "last.pt").read_bytes() == before

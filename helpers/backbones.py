@@ -309,7 +309,8 @@ def measure_backbone(
     num_images: int | None = None,
 ) -> dict:
     """Measured facts for the comparison table: parameters, channels, feature-map shape, images/s
-    (after one warm-up batch; fp16 autocast and channels_last on CUDA, as extraction runs), peak GPU
+    (after one warm-up batch; fp16 autocast and channels_last on CUDA, as extraction runs) with the
+    time of each timed batch (their spread shows how far a busy machine moved the figure), peak GPU
     memory, and the feature store size for `num_images` images."""
     import time
 
@@ -328,12 +329,14 @@ def measure_backbone(
         shape = tuple(encoder(images).shape[1:])  # warm-up: cuDNN autotuning, lazy allocations
         if on_cuda:
             torch.cuda.synchronize(device)
-        started = time.perf_counter()
+        times = []
         for _ in range(batches):
+            started = time.perf_counter()
             encoder(images)
-        if on_cuda:
-            torch.cuda.synchronize(device)
-        elapsed = time.perf_counter() - started
+            if on_cuda:
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - started)
+        elapsed = sum(times)
     row = {
         "backbone": backbone,
         "parameters (M)": round(encoder.num_parameters / 1e6, 2),
@@ -341,6 +344,7 @@ def measure_backbone(
         "feature map": "x".join(str(n) for n in shape),
         "image size": size,
         "images/s": round(batches * batch_size / elapsed, 1),
+        "batch times (s)": [round(seconds, 4) for seconds in times],
         "peak GPU memory (MB)": round(torch.cuda.max_memory_allocated(device) / 2**20) if on_cuda else None,
         "device": str(device),
     }

@@ -91,21 +91,23 @@ def show_captions(
     entries = max(len(block) for block in blocks)
     ncols = max(1, min(ncols, count))
     nrows = math.ceil(count / ncols)
-    title_height = 0.25 if titles is not None else 0.0
+    # Each row: a band for the titles (a title sits above its image, so it gets room of its own and
+    # never reaches the captions of the row above), the images, then the captions and a margin.
+    title_height = 0.32 if titles is not None else 0.12
     text_height = (_LINE_POINTS * text_lines + _GAP_POINTS * (entries + 1)) / 72 + 0.15
     fig = plt.figure(figsize=(_CELL_WIDTH * ncols, nrows * (_IMAGE_HEIGHT + title_height + text_height)))
     grid = fig.add_gridspec(
-        2 * nrows, ncols, height_ratios=[_IMAGE_HEIGHT + title_height, text_height] * nrows,
+        3 * nrows, ncols, height_ratios=[title_height, _IMAGE_HEIGHT, text_height] * nrows,
         hspace=0.0, wspace=0.06, left=0.01, right=0.99, top=1.0, bottom=0.0,
     )  # fmt: skip
     for index in range(count):
-        ax = fig.add_subplot(grid[2 * (index // ncols), index % ncols])
+        ax = fig.add_subplot(grid[3 * (index // ncols) + 1, index % ncols])
         ax.imshow(as_image_array(images[index]))  # aspect 'equal': the image fits its fixed box
         ax.set_axis_off()
         if titles is not None:
             ax.set_title(str(titles[index]), fontsize=9)
     for index, block in enumerate(blocks):
-        _draw_caption_block(fig.add_subplot(grid[2 * (index // ncols) + 1, index % ncols]), block)
+        _draw_caption_block(fig.add_subplot(grid[3 * (index // ncols) + 2, index % ncols]), block)
     return _finish(fig)
 
 
@@ -139,18 +141,15 @@ def _draw_caption_block(ax, block: list[tuple[str, str]]) -> None:
 
 
 def attention_overlay(attention_map, size: tuple[int, int]) -> np.ndarray:
-    """One attention map (h, w) upsampled smoothly (bicubic) to `size` = (height, width), scaled to
-    [0, 1] by its maximum."""
+    """One attention map (h, w) upsampled smoothly (bilinear) to `size` = (height, width), on the
+    scale of its weights: bilinear never overshoots, so the colour bar reads true weights."""
     from PIL import Image
 
     grid = np.asarray(attention_map, dtype=np.float32)
     if grid.ndim != 2:
         raise ValueError(f"An attention map must be 2-D (h, w), got shape {grid.shape}.")
     height, width = size
-    upsampled = np.asarray(Image.fromarray(grid).resize((width, height), Image.Resampling.BICUBIC))
-    upsampled = np.clip(upsampled, 0.0, None)
-    peak = upsampled.max()
-    return upsampled / peak if peak > 0 else upsampled
+    return np.asarray(Image.fromarray(grid).resize((width, height), Image.Resampling.BILINEAR))
 
 
 def _attention_grids(attention, steps: int) -> np.ndarray:
@@ -172,30 +171,61 @@ def _attention_grids(attention, steps: int) -> np.ndarray:
     return maps[:steps]
 
 
+def _grey(picture: np.ndarray) -> np.ndarray:
+    """The image in grey, lightened, so the colours drawn over it are the attention's alone."""
+    grey = picture.astype(np.float32).mean(axis=2) if picture.ndim == 3 else picture.astype(np.float32)
+    grey = grey / 255.0 if picture.dtype.kind in "ui" else grey
+    return 0.35 + 0.65 * grey
+
+
+def _attention_panel(ax, picture, grid, word: str, vmax: float, cmap) -> None:
+    """One word's panel: the grey image, the weights over it (transparent where the model did not
+    look, so the image shows through) and the feature grid's cell borders."""
+    height, width = picture.shape[:2]
+    overlay = attention_overlay(grid, (height, width))
+    ax.imshow(_grey(picture), cmap="gray", vmin=0.0, vmax=1.0)
+    ax.imshow(overlay, cmap=cmap, vmin=0.0, vmax=vmax, alpha=np.clip(overlay / vmax, 0.0, 1.0) * 0.85)
+    rows, cols = grid.shape
+    for row in range(1, rows):
+        ax.axhline(row * height / rows - 0.5, color="0.2", linewidth=0.6, alpha=0.5, linestyle=":")
+    for col in range(1, cols):
+        ax.axvline(col * width / cols - 0.5, color="0.2", linewidth=0.6, alpha=0.5, linestyle=":")
+    ax.set_title(word, fontsize=10)
+    ax.set_axis_off()
+
+
 def show_attention(
-    image, words: Sequence[str], attention, ncols: int = 5, alpha: float = 0.6, cmap: str = "jet"
+    image, words: Sequence[str], attention, caption: str | None = None, reference: str | None = None,
+    title: str | None = None, note: str | None = None, ncols: int = 5, cmap: str = "magma",
 ):
-    """The image, then one panel per generated word with its attention upsampled to the image and
-    overlaid; the word is the panel's title. Returns the figure (len(words) + 1 axes)."""
+    """The image, then one panel per generated word with its attention weights over the feature grid
+    drawn over a grey copy of the image (clear where the model did not look), the grid's cells marked,
+    and one colour bar for all panels (the weights; each map sums to 1 over the grid). Above them:
+    `title` (which example), the generated `caption` (default: the words), a `reference` caption and
+    `note` (which grid, which attention). Returns the figure (image, words, colour bar axes)."""
     import matplotlib.pyplot as plt
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
 
     picture = as_image_array(image)
     maps = _attention_grids(attention, len(words))
+    vmax = float(maps.max()) if maps.size and maps.max() > 0 else 1.0
     panels = len(words) + 1
     ncols = max(1, min(ncols, panels))
     nrows = math.ceil(panels / ncols)
-    fig = plt.figure(figsize=(2.6 * ncols, 2.7 * nrows))
-    ax = fig.add_subplot(nrows, ncols, 1)
-    ax.imshow(picture)
-    ax.set_title("image", fontsize=10)
-    ax.set_axis_off()
-    for index, (word, grid) in enumerate(zip(words, maps), start=2):
-        ax = fig.add_subplot(nrows, ncols, index)
-        ax.imshow(picture)
-        ax.imshow(attention_overlay(grid, picture.shape[:2]), cmap=cmap, alpha=alpha, vmin=0.0, vmax=1.0)
-        ax.set_title(word, fontsize=10)
-        ax.set_axis_off()
-    fig.tight_layout()
+    fig = plt.figure(figsize=(2.6 * ncols + 0.8, 2.7 * nrows + 0.9), layout="constrained")
+    axes = [fig.add_subplot(nrows, ncols, index) for index in range(1, panels + 1)]
+    axes[0].imshow(picture)
+    axes[0].set_title("image", fontsize=10)
+    axes[0].set_axis_off()
+    for ax, word, grid in zip(axes[1:], words, maps):
+        _attention_panel(ax, picture, grid, word, vmax, cmap)
+    bar = fig.colorbar(ScalarMappable(Normalize(0.0, vmax), cmap), ax=axes, fraction=0.025, pad=0.01)
+    bar.set_label(f"attention weight (sums to 1 over the {maps.shape[1]} x {maps.shape[2]} grid)", fontsize=8)
+    width = int(24 * ncols)
+    heading = [title, f"generated: {caption if caption is not None else ' '.join(words)}",
+               f"reference: {reference}" if reference else None, note]
+    fig.suptitle("\n".join(_wrap(line, width) for line in heading if line), fontsize=9, x=0.01, ha="left")
     return _finish(fig)
 
 
@@ -209,10 +239,13 @@ def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def plot_history(history: Sequence[Mapping[str, Any]] | str | Path):
+def plot_history(
+    history: Sequence[Mapping[str, Any]] | str | Path, per_word: Mapping[str, float] | None = None
+):
     """Loss curves (left) and validation BLEU-4 / CIDEr / METEOR / ROUGE-L x 100 (right, as papers and
     the results table print them) per epoch, from a history list, a history.json, or a results.json
-    holding 'history'."""
+    holding 'history'. The logged losses are per caption (summed over its words); `per_word` ({split:
+    words per caption}, helpers.anatomy.per_word) divides each split's loss into a loss per word."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -236,13 +269,20 @@ def plot_history(history: Sequence[Mapping[str, Any]] | str | Path):
         column = METRIC_COLUMNS.get(re.sub(r"[^a-z0-9]", "", name.lower()))
         return f"{split} {column}" if column else key.replace("_", " ")
 
+    def scale(key: str) -> float:
+        if key in metric_keys:
+            return 100.0
+        split = key.partition("_")[0]
+        return 1.0 / per_word[split] if per_word and split in per_word else 1.0
+
+    loss_title = "loss per word (cross-entropy, nats)" if per_word else "loss per caption (its words summed)"
     fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(11, 3.8))
-    for axis, chosen, title, scale in (
-        (loss_ax, loss_keys, "loss", 1),
-        (metric_ax, metric_keys, "validation metrics (x 100)", 100),
+    for axis, chosen, title in (
+        (loss_ax, loss_keys, loss_title),
+        (metric_ax, metric_keys, "validation metrics (x 100)"),
     ):
         for key in chosen:
-            values = [scale * record.get(key, np.nan) for record in records]
+            values = [scale(key) * record.get(key, np.nan) for record in records]
             axis.plot(epochs, values, marker="o", label=label(key))
         axis.set_title(title)
         axis.set_xlabel("epoch")
@@ -256,10 +296,56 @@ def plot_history(history: Sequence[Mapping[str, Any]] | str | Path):
     return _finish(fig)
 
 
+def plot_comparison(runs, per_word: Mapping[str, float] | None = None):
+    """The short runs of a comparison (helpers.comparisons.ShortRun) as curves per epoch: val CIDEr x 100
+    (left) and val loss (right; per word with `per_word`, helpers.anatomy.per_word), one line per
+    variant; a variant with a note (e.g. saturated features) is dashed. Returns the figure."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    words = (per_word or {}).get("val")
+    fig, (cider_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 3.6))
+    for index, run in enumerate(runs):
+        style = {"marker": "o", "color": f"C{index % 10}", "linestyle": "--" if run.note else "-",
+                 "label": f"{run.name} (see its note)" if run.note else run.name}
+        epochs, cider = run.curve("val_CIDEr")
+        cider_ax.plot(epochs, [100 * value for value in cider], **style)
+        epochs, loss = run.curve("val_loss")
+        loss_ax.plot(epochs, [value / words if words else value for value in loss], **style)
+    loss_title = "val loss per word (nats)" if words else "val loss per caption (summed over its words)"
+    for axis, title in ((cider_ax, "val CIDEr (x 100, greedy) after each epoch"), (loss_ax, loss_title)):
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+    cider_ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _finish(fig)
+
+
+DECODER_COLOURS = {"Vanilla RNN": "C0", "LSTM": "C1", "Attention LSTM": "C2", "Transformer": "C3"}
+
+
+def _result_label(row) -> str:
+    """'LSTM · regnet_x_400mf · GloVe · 8 ep · beam 3': what tells one bar from another."""
+    parts = [getattr(row, name, None) for name in ("decoder", "backbone", "embeddings")]
+    if any(part is None or part != part for part in parts):  # a missing choice (NaN): the run's name
+        return str(row.run)
+    epochs, beam = getattr(row, "epochs", np.nan), getattr(row, "beam", np.nan)
+    epochs = f"{epochs:g} ep" if is_number(epochs) and epochs == epochs else "? ep"
+    beam = f"beam {beam:g}" if is_number(beam) and beam == beam else "beam ?"
+    return " · ".join([*map(str, parts), epochs, beam])
+
+
 def plot_results(table, split: str | None = None, metrics: Sequence[str] = ("BLEU-4", "CIDEr")):
     """One horizontal bar chart per metric, a bar per run and beam size (the test split by default,
-    else the first split present). Returns the figure."""
+    else the first split present): coloured by decoder, labelled with the choices and epochs; the
+    full runs first, then the short comparison runs of notebooks 01 and 02, hatched and set apart
+    (fewer epochs: they rank among themselves only). Returns the figure."""
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    from helpers.tables import COMPARISON
 
     if table.empty:
         raise ValueError("No results to plot: train a model first (no results.json found).")
@@ -269,44 +355,63 @@ def plot_results(table, split: str | None = None, metrics: Sequence[str] = ("BLE
     metrics = [metric for metric in metrics if metric in rows.columns]
     if rows.empty or not metrics:
         raise ValueError(f"No {', '.join(metrics) or 'metric'} figures for split {split!r} in the table.")
-    labels = [
-        f"{row.decoder} / {row.backbone} / {row.embeddings} / beam {row.beam:g}"
-        if all(hasattr(row, name) for name in ("decoder", "backbone", "embeddings", "beam"))
-        else str(row.run)
-        for row in rows.itertuples()
-    ]
-    fig, axes = plt.subplots(
-        1, len(metrics), figsize=(5.5 * len(metrics), 0.45 * len(rows) + 1.5), squeeze=False
-    )
+    short = rows["kind"].eq(COMPARISON) if "kind" in rows.columns else rows["run"].map(lambda _: False)
+    rows = rows.assign(_short=short).sort_values("_short", kind="stable")  # full runs first
+    colours = [DECODER_COLOURS.get(getattr(row, "decoder", None), "0.5") for row in rows.itertuples()]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics) + 2.8, 0.32 * len(rows) + 1.9),
+                             squeeze=False, sharey=True)
     for ax, metric in zip(axes[0], metrics):
         values = rows[metric].to_numpy(dtype=float)
-        ax.barh(range(len(values)), values, color=[f"C{i % 10}" for i in range(len(values))])
-        ax.set_yticks(range(len(values)), labels, fontsize=8)
-        ax.invert_yaxis()
-        ax.set_title(f"{metric} ({split})")
+        bars = ax.barh(range(len(values)), values, color=colours, edgecolor="white")
+        for bar, is_short in zip(bars, rows["_short"]):
+            if is_short:
+                bar.set(hatch="///", alpha=0.55)
+        ax.set_yticks(range(len(values)), [_result_label(row) for row in rows.itertuples()], fontsize=8)
+        ax.set_title(f"{metric} ({split}, x 100)", fontsize=10)
         for position, value in enumerate(values):
             if np.isfinite(value):
                 ax.text(value, position, f" {value:.1f}", va="center", fontsize=8)
         if np.isfinite(values).any():
             ax.set_xlim(0, np.nanmax(values) * 1.2)  # room for the value labels
-    fig.tight_layout()
+        if rows["_short"].any() and not rows["_short"].all():
+            ax.axhline(int((~rows["_short"]).sum()) - 0.5, color="0.3", linestyle="--", linewidth=0.8)
+    axes[0][0].invert_yaxis()  # shared: best first, for every panel
+    shown = set(rows["decoder"]) if "decoder" in rows.columns else set()
+    handles = [Patch(color=colour, label=name) for name, colour in DECODER_COLOURS.items() if name in shown]
+    if rows["_short"].any():
+        label = "short comparison run, fewer epochs (below the line)"
+        handles.append(Patch(facecolor="0.85", hatch="///", label=label))
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 1))
     return _finish(fig)
 
 
 def plot_caption_lengths(prepared):
-    """Histogram of caption lengths (words) per split, with the truncation length marked."""
+    """Caption lengths in words per split, as a share of the split's captions: a bar per split side by
+    side at each whole length (so val and test show next to the larger train split), the truncation
+    length marked."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     null = prepared.vocab.word_to_idx[NULL]
-    fig, ax = plt.subplots(figsize=(7, 3.2))
     limit = prepared.max_caption_length
-    for split in prepared.splits:
-        encoded, _ = prepared.captions(split)
-        lengths = (np.asarray(encoded) != null).sum(axis=1) - 2  # minus <START> and <END>
-        ax.hist(lengths, bins=np.arange(0, limit + 2) - 0.5, alpha=0.55, label=f"{split} ({len(lengths):,})")
+    lengths = {  # words: minus <START> and <END>
+        split: (np.asarray(prepared.captions(split)[0]) != null).sum(axis=1) - 2 for split in prepared.splits
+    }
+    width = 0.8 / max(1, len(lengths))
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for index, (split, words) in enumerate(lengths.items()):
+        share = 100 * np.bincount(words, minlength=limit + 1) / max(1, len(words))
+        offset = (index - (len(lengths) - 1) / 2) * width
+        ax.bar(np.arange(len(share)) + offset, share, width=width, color=f"C{index}",
+               label=f"{split} ({len(words):,} captions)")
+    shortest = min((int(words.min()) for words in lengths.values() if len(words)), default=0)
     ax.axvline(limit + 0.5, color="k", linestyle="--", linewidth=1, label=f"max_caption_length {limit}")
+    ax.set_xlim(max(0, shortest - 1) - 0.5, limit + 1.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("words per caption")
-    ax.set_ylabel("captions")
-    ax.legend(fontsize=8)
+    ax.set_ylabel("% of the split's captions")
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return _finish(fig)

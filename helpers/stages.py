@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import json
 import shutil
 import warnings
@@ -14,10 +15,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from helpers.anatomy import per_word
 from helpers.backbones import BACKBONES, image_transform, measure_backbone
 from helpers.checkpoints import load_run
+from helpers.comparisons import Comparison, ShortRun, duration_text, timing_text
 from helpers.config import (
     Config,
     ConfigError,
@@ -28,12 +32,14 @@ from helpers.config import (
     parse_overrides,
 )
 from helpers.embeddings import glove_coverage, load_glove_embeddings, nearest_neighbours
-from helpers.evaluate import METRIC_LABELS
-from helpers.features import ATTACHED_RECORD, FeatureStore, record_attached_store
+from helpers.evaluate import METRIC_LABELS, decode_split, per_image_cider
+from helpers.features import ATTACHED_RECORD, FLOAT16_MAX, FeatureStore, record_attached_store
 from helpers.figures import show_captions
 from helpers.glove import resolve_glove_path
 from helpers.images import load_image
 from helpers.notebook import find_earlier_outputs
+from helpers.progress import ProgressLine
+from helpers.tables import COMPARISONS_DIR, FULL
 from helpers.text import Vocabulary
 from helpers.train import train as train_loop
 from helpers.widgets import RunChoice, feature_map
@@ -126,31 +132,26 @@ def describe(config: Config) -> str:
             *([f"SCST        {t.scst.epochs} epochs after them, lr {t.scst.lr}, {t.scst.samples_per_image} "
                f"samples per image, {t.scst.baseline} baseline"] if t.scst.enabled else []),
             f"run folder  {config.run_path}",
-            *([f"NOTE        {note}"] if (note := cannot_learn(config)) else []),
         ]
     )
 
 
-def cannot_learn(config: Config) -> str | None:
-    """Why a choice will train a model that learns nothing, or None. Random-weight ResNets (DEMO has no
-    weights to download) grow activations beyond the float16 range: their saturated features carry
-    almost nothing a decoder can use (val loss stalls, BLEU-4 near 0)."""
-    if config.model.pretrained_backbone or not config.model.backbone.startswith("resnet"):
+def saturation_note(store) -> str | None:
+    """Why a feature store's features may carry little a decoder can use, measured: their values
+    reached the float16 limit and were cut there (random-weight deep ResNets grow that large), or
+    None. Read from a uint8 store's per-channel ranges (small files); a float16 store is not read."""
+    if store is None or store.layout != "uint8":
         return None
-    return (
-        f"{config.model.backbone} with random weights gives saturated features that a decoder cannot "
-        "learn from; pick regnet_x_400mf (it learns with random weights too), or ImageNet weights "
-        "(PRETRAINED = True, with Internet or the weights attached)."
-    )
-
-
-@contextlib.contextmanager
-def _said_already(config: Config):
-    """Silence helpers.features' float16-range warning where `cannot_learn` already told the reader."""
-    with warnings.catch_warnings():
-        if cannot_learn(config):
-            warnings.filterwarnings("ignore", message="Feature values reached", category=UserWarning)
-        yield
+    peak = 0.0
+    for split in store.splits:
+        ranges = np.load(store.ranges_path(split), mmap_mode="r").astype(np.float32)  # (N, 2, C)
+        low, high = ranges[:, 0], ranges[:, 0] + 255 * ranges[:, 1]  # a code's 0 and its 255
+        peak = max(peak, float(np.abs(low).max()), float(np.abs(high).max()))
+    if peak < FLOAT16_MAX:
+        return None
+    return (f"its {store.backbone} features reached the float16 limit ({FLOAT16_MAX:.0f}) and were cut "
+            "there (random weights let deep ResNets grow that large): the saturated values carry less "
+            "of the image")
 
 
 def choose_run(decoder: str, params: Mapping[str, Any], env):
@@ -286,14 +287,13 @@ def features(config: Config, prepared):
     """The feature store for `config`'s backbone (stage 02; resumed or reused when present, and
     extracted again when it was read from an attached output that is gone: extracting is this
     stage's job)."""
-    with _said_already(config):
-        return features_for(config, prepared, allow_reextract=True)
+    return features_for(config, prepared, allow_reextract=True)
 
 
-def data_for(config: Config):
-    """(prepared dataset, feature store or None in finetune mode), reusing both when present."""
-    with _said_already(config):
-        return prepared_and_features(config)
+def data_for(config: Config, progress: bool = True):
+    """(prepared dataset, feature store or None in finetune mode), reusing both when present;
+    `progress=False` says nothing of either."""
+    return prepared_and_features(config, progress=progress)
 
 
 def describe_store(store) -> str:
@@ -333,20 +333,35 @@ def neighbour_table(matrix, vocab, count: int = 6, k: int = 5):
 
 
 def compare_backbones(names, config: Config, prepared, batches: int = 3):
-    """Measured table of `names` at the config's image size on its device, with the store size for
-    this dataset (helpers.backbones.measure_backbone)."""
+    """Measured table of `names` at the config's image size on its device (helpers.backbones.
+    measure_backbone): images/s of the median timed batch, marked where the batches' times spread
+    too far to be a fact (comparisons.timing_text), peak GPU memory ("-" on the CPU) and the size
+    of the feature store for this dataset in the config's layout, in a unit that fits it."""
     import pandas as pd
 
     num_images = sum(len(files) for files in prepared.splits.values())
     device = "cuda" if config.training.device == "cuda" and torch.cuda.is_available() else "cpu"
     batch = 32 if device == "cuda" else 4
-    rows = [
-        measure_backbone(
-            name, config.image_size, batch_size=batch, batches=batches, device=device, num_images=num_images
-        )
-        for name in names
-    ]
+    rows = []
+    for name in names:
+        row = measure_backbone(name, config.image_size, batch_size=batch, batches=batches, device=device)
+        memory = row.pop("peak GPU memory (MB)")
+        row["images/s"] = timing_text([batch / seconds for seconds in row.pop("batch times (s)")])
+        row["peak GPU memory (MB)"] = "-" if memory is None else f"{memory:,}"
+        layout = config.data.feature_layout
+        per_image = BACKBONES[name].store_bytes(row["image size"], layout)
+        row[f"feature store ({layout})"] = size_text(num_images * per_image)
+        rows.append(row)
     return pd.DataFrame(rows).set_index("backbone")
+
+
+def size_text(size_bytes: float) -> str:
+    """A size in the unit that fits it, to three digits: 812 kB, 21.6 MB, 3.40 GB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size_bytes >= scale:
+            value = size_bytes / scale
+            return f"{value:.{2 if value < 10 else 1 if value < 100 else 0}f} {unit}"
+    return f"{size_bytes:.0f} B"
 
 
 def reference_samples(prepared, split: str = "train", count: int = 6) -> dict[str, Any]:
@@ -368,8 +383,10 @@ class TrainingPaused(RuntimeError):
     """Training paused (time budget) before any epoch finished: no weights to show yet."""
 
 
-def train(config: Config, prepared, store, resume: bool | None = None, hours_left: float | None = None):
-    """The one training loop (helpers.train.train); resumes from last.pt unless resume=False.
+def train(config: Config, prepared, store, resume: bool | None = None, hours_left: float | None = None,
+          progress: bool = True):
+    """The one training loop (helpers.train.train); resumes from last.pt unless resume=False;
+    `progress=False` logs nothing.
 
     `hours_left` (from `env.hours_left(SESSION_HOURS)`) caps training.max_hours so the session ends
     its run cleanly. A pause before the first epoch ended leaves nothing to show: that stops the
@@ -379,7 +396,7 @@ def train(config: Config, prepared, store, resume: bool | None = None, hours_lef
         config = copy.deepcopy(config)
         limit = config.training.max_hours
         config.training.max_hours = hours_left if limit is None else min(limit, hours_left)
-    result = train_loop(config, prepared=prepared, store=store, resume=resume)
+    result = train_loop(config, prepared=prepared, store=store, resume=resume, progress=progress)
     if result.paused and result.best_epoch is None:
         raise TrainingPaused(
             f"The session's time budget ran out before the first epoch ended; {result.run_dir / 'last.pt'} "
@@ -403,43 +420,87 @@ def metrics_frame(results: Mapping[str, Any]):
     return pd.DataFrame.from_dict(rows, orient="index").round(2)
 
 
-def attention_samples(
-    model, prepared, store, split: str = "test", count: int = 2, beam_size: int = 1, display_size: int = 320,
-    decoding: Mapping[str, Any] | None = None,
-):
-    """(image, words, attention (len(words), h, w)) for the first `count` images of a split.
-
-    The image is the centre crop the CNN saw (same region, shown at `display_size` px), so the
-    attention grid lines up with it.
-    """
-    names = store.filenames(split)[:count]
-    rows = torch.from_numpy(store.features(split)[:count].astype("float32"))
-    max_length = prepared.max_caption_length
+def attention_samples(result, prepared, store, config: Config, split: str = "test", display_size: int = 320):
+    """The image of `split` whose greedy caption scored best and the one that scored worst (CIDEr-D of
+    each image, helpers.evaluate.per_image_cider, over the captions in results.json), decoded again
+    with their attention, for `figures.show_attention(**sample)`: the crop the CNN saw (shown at
+    `display_size` px, so the grid lines up with it), the words and their maps, the caption, a
+    reference, a title naming the example and a note on what the maps are."""
+    captions = ((result.results or {}).get("captions", {}).get(split) or {}).get("beam1")
+    if not captions:
+        raise KeyError(f"{result.run_dir}: results.json holds no greedy {split} captions; score them first.")
+    references = prepared.references(split)
+    scores = per_image_cider({name: references[name] for name in captions}, captions)
+    ranked = sorted(scores, key=lambda name: (scores[name], name))
+    chosen = [("Best", ranked[-1]), ("Worst", ranked[0])]
+    model = result.model
+    table = store.features(split)
+    rows = torch.from_numpy(np.stack([np.asarray(table[store.index_of(split, name)]) for _, name in chosen]))
     vocab = Vocabulary([model.idx_to_word[i] for i in range(len(model.idx_to_word))])  # the checkpoint's
-    decoded = caption_features(model, rows, vocab, beam_size, max_length, decoding)
+    decoded = caption_features(model, rows.float(), vocab, 1, config.data.max_caption_length, config.decoding)
     crop = image_transform(store.backbone, display_size)
-    return [
-        (crop(load_image(prepared.image_path(name))), words, maps)
-        for name, (_, words, maps) in zip(names, decoded)
-    ]
+    samples = []
+    for (which, name), (caption, words, maps) in zip(chosen, decoded):
+        samples.append({
+            "image": crop(load_image(prepared.image_path(name))), "words": words, "attention": maps,
+            "caption": caption, "reference": references[name][0],
+            "title": f"{which} of {len(scores)} {split} images by CIDEr-D (x 100): {name}, "
+                     f"{100 * scores[name]:.1f}",
+            "note": attention_note(model, store, maps.shape[1:]),
+        })
+    return samples
+
+
+def attention_note(model, store, grid: tuple[int, int]) -> str:
+    """What an attention map of `model` shows: the grid it spreads over and, for the Transformer,
+    which layer and heads."""
+    rows, cols = grid
+    where = (f"Attention over the {rows} x {cols} grid of {store.backbone} features ({store.image_size} px "
+             f"images: one cell per {store.image_size // rows} px)")
+    if getattr(model, "cell_type", "") == "transformer":
+        layers, heads = len(model.decoder.layers), model.decoder.num_heads
+        return (f"{where}: the cross-attention of the last layer ({layers} of {layers}), averaged over "
+                f"its {heads} heads.")
+    return (f"{where}: the weights at the step that wrote each word (its previous hidden state's scaled dot "
+            "product with each cell, softmaxed).")
+
+
+def run_summary(result, next_notebook: str) -> str:
+    """The line a training notebook ends with: best epoch and its val CIDEr, test CIDEr of each beam
+    size scored, minutes of training, and what to run next."""
+    best = (result.best_metrics or {}).get("val_CIDEr")
+    tests = (result.results or {}).get("metrics", {}).get("test", {})
+    scored = ", ".join(
+        f"{100 * metrics['CIDEr']:.1f} {'greedy' if beam == 'beam1' else beam.replace('beam', 'beam ')}"
+        for beam, metrics in sorted(tests.items()) if "CIDEr" in metrics
+    ) or "-"
+    paused = "; paused: run this notebook again to finish" if result.paused else ""
+    return (
+        f"Summary: best epoch {result.best_epoch} of {result.epochs} (val CIDEr "
+        f"{'-' if best is None else f'{100 * best:.1f}'}); test CIDEr {scored}; "
+        f"{duration_text(result.wall_time_s)} of training{paused}. Next: {next_notebook}."
+    )
 
 
 def best_run(table) -> Path:
-    """The run folder with the highest CIDEr in a `tables.results_table`."""
+    """The run folder with the highest CIDEr in a `tables.results_table`: among the full runs of
+    notebooks 03-06 when there are any (the short comparison runs train fewer epochs)."""
     if table is None or len(table) == 0:
         raise FileNotFoundError("No results.json found: run a training notebook (03-06) first.")
-    return Path(table.sort_values("CIDEr", ascending=False).iloc[0]["path"]).parent
+    full = table[table["kind"] == FULL] if "kind" in table.columns else table
+    rows = full if len(full) else table
+    return Path(rows.sort_values("CIDEr", ascending=False).iloc[0]["path"]).parent
 
 
-def test_images(run_dir, count: int = 3, split: str = "test", work_dir=None) -> list[tuple[str, Any]]:
-    """(file name, PIL image) of a few images of the run's own test split, for captioning. The run
-    folder is read where it is (an attached output too); its prepared data is looked up in `work_dir`
-    (this session's; default: the run's own)."""
+def scored_samples(run_dir, count: int = 3, split: str = "test", work_dir=None) -> dict[str, Any]:
+    """A few images of the run's `split` with their reference captions beside the captions the run
+    was scored with (each beam size, from its results.json), for `figures.show_captions(**samples)`:
+    what the table's figures measure. The run folder is read where it is (an attached output too);
+    its prepared data is looked up in `work_dir` (this session's; default: the run's own)."""
     config = _run_config(run_dir)
     if work_dir is not None:
         config.data.work_dir = str(work_dir)
-    prepared = prepare(config)
-    return [(name, load_image(prepared.image_path(name))) for name in prepared.splits[split][:count]]
+    return sample_captions(run_dir, prepare_for(config, progress=False), split, count)
 
 
 def caption_samples(run_dir, named_images, beam_size: int = 3) -> dict[str, Any]:
@@ -483,10 +544,11 @@ EMBEDDING_VARIANTS = {
     "GloVe, frozen": {"use_glove": True, "freeze": True},
     "GloVe, trainable": {"use_glove": True, "freeze": False},
 }
-COMPARISONS_DIR = "comparisons"  # the short comparison runs of 01 and 02, below the work dir
 
 
-def compare_decoding(names, params: Mapping[str, Any], env, epochs: int = 2, decoder: str = "LSTM"):
+def compare_decoding(
+    names, params: Mapping[str, Any], env, epochs: int = 2, decoder: str = "LSTM"
+) -> Comparison:
     """Caption quality per backbone: a short run of the same decoder on each backbone's features
     (extracted first where missing), scored greedily on the val split."""
     variants = {name: {"backbone": name} for name in names}
@@ -495,7 +557,7 @@ def compare_decoding(names, params: Mapping[str, Any], env, epochs: int = 2, dec
 
 def compare_embeddings(
     params: Mapping[str, Any], env, epochs: int = 2, decoder: str = "LSTM", **choices: Any
-):
+) -> Comparison:
     """Caption quality per word-vector choice (random, GloVe frozen, GloVe trainable): the same short
     run of one decoder on the same features, scored greedily on the val split. `choices` (e.g. the
     dataset widget's) apply to every run."""
@@ -503,37 +565,67 @@ def compare_embeddings(
     return _compare_runs(variants, "embeddings", params, env, epochs, decoder)
 
 
-def _compare_runs(variants, label: str, params, env, epochs: int, decoder: str):
-    """One short run per variant (`{label: widget choices}`) and a table of its best epoch's val BLEU-4
-    and CIDEr (x 100, greedy, as the training loop validates), epochs, training time and run folder
-    (below <work dir>/comparisons)."""
-    import pandas as pd
+def _short_config(choices: Mapping[str, Any], params, env, epochs: int, decoder: str) -> Config:
+    """A comparison run's config: run folders named by their choices like any run, kept apart from
+    the full runs (below <work dir>/comparisons), scored greedily on test for notebook 07."""
+    short = [
+        f"training.epochs={epochs}",
+        f"training.run_dir={Path(env.work_dir) / COMPARISONS_DIR}",
+        "training.eval_splits=[test]",  # greedy test scores: notebook 07 sets them side by side
+        "training.eval_beam_sizes=[1]",
+        "training.meteor=false",
+        "training.patience=null",
+    ]
+    overrides = [*(params.get("OVERRIDES") or []), *short]
+    return stage_config(decoder, {**params, "OVERRIDES": overrides}, env, **choices)
 
-    rows = []
+
+@contextlib.contextmanager
+def _told_on_failure():
+    """Keep what the code inside prints to itself, and print it only when that code fails."""
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(said):
+            yield
+    except BaseException:
+        print(said.getvalue(), end="")
+        raise
+
+
+def _short_run(name: str, config: Config) -> tuple[ShortRun, Any]:
+    """Train one variant quietly under one progress line, then decode the val split with its best
+    model and score each image: (the ShortRun, the prepared dataset). Features still to extract show
+    their own progress line (minutes on a real dataset); saturated ones (measured, `saturation_note`)
+    are the run's note, in place of helpers.features' warning."""
+    with _told_on_failure(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Feature values reached", category=UserWarning)
+        prepared, store = data_for(config)  # its lines kept back; an extraction's progress line shown
+        line = ProgressLine(1, f"{name}: training {config.training.epochs} epochs", unit="run")
+        result = train(config, prepared, store, progress=False)
+        captions = decode_split(
+            result.model, store if store is not None else prepared, "val",
+            max_length=config.data.max_caption_length, batch_size=config.batch_size,
+            max_images=config.training.val_max_images,
+            image_size=config.image_size, decoding=config.decoding,
+        )  # fmt: skip
+    references = prepared.references("val")
+    per_image = per_image_cider({image: references[image] for image in captions}, captions)
+    note = saturation_note(store)
+    run = ShortRun(name, result.history, per_image, captions, result.best_epoch, result.wall_time_s,
+                   result.run_dir.name, note)
+    distinct = len(set(captions.values()))
+    line.close(f"{name}: {result.epochs} epochs in {duration_text(result.wall_time_s)}, best epoch "
+               f"{result.best_epoch}, val CIDEr {100 * run.mean_cider:.1f}, {distinct} distinct captions "
+               f"for {len(captions)} images" + ("; see its note in the verdict" if note else ""))
+    return run, prepared
+
+
+def _compare_runs(variants, label: str, params, env, epochs: int, decoder: str) -> Comparison:
+    """One short run per variant (`{name: widget choices}`), each shown as one progress line, for the
+    curves, table and verdict of a Comparison."""
+    runs, prepared = [], None
     for name, choices in variants.items():
-        short = [  # run folders named by their choices like any run, kept apart from the full runs
-            f"training.epochs={epochs}",
-            f"training.run_dir={Path(env.work_dir) / COMPARISONS_DIR}",
-            "training.eval_splits=[test]",  # greedy test scores: notebook 07 sets them side by side
-            "training.eval_beam_sizes=[1]",
-            "training.meteor=false",
-            "training.patience=null",
-        ]
-        config = stage_config(
-            decoder, {**params, "OVERRIDES": [*(params.get("OVERRIDES") or []), *short]}, env, **choices
-        )
-        if note := cannot_learn(config):
-            print(f"{name}: {note}")
-        prepared, store = data_for(config)
-        result = train(config, prepared, store)
-        rows.append(
-            {
-                label: name,
-                "epochs": result.epochs,
-                "val BLEU-4": round(100 * result.best_metrics["val_Bleu_4"], 2),
-                "val CIDEr": round(100 * result.best_metrics["val_CIDEr"], 2),
-                "train time (s)": round(result.wall_time_s, 1),
-                "run": result.run_dir.name,
-            }
-        )
-    return pd.DataFrame(rows).set_index(label)
+        config = _short_config(choices, params, env, epochs, decoder)
+        run, prepared = _short_run(name, config)
+        runs.append(run)
+    return Comparison(label, runs, per_word(prepared) if prepared is not None else None)

@@ -334,9 +334,11 @@ def choose_dataset(default: str):
 
 
 def upload_widget(on_upload=None):
-    """A FileUpload for 'caption your own image' (its button shows how many files it holds). Each
-    upload calls `on_upload([(file name, RGB PIL image), ...])` at once, its output shown under the
-    button (e.g. helpers.stages.caption_uploads); `uploaded_images(widget)` reads it later too."""
+    """A FileUpload for 'caption your own image' (its button shows how many files it holds), after a
+    printed line that says what it does and that it needs a running notebook (where widgets do not
+    run, that line is all a reader sees). Each upload calls `on_upload([(file name, RGB PIL image),
+    ...])` at once, its output shown under the button (e.g. helpers.stages.caption_uploads);
+    `uploaded_images(widget)` reads it later too."""
     import ipywidgets
 
     upload = ipywidgets.FileUpload(
@@ -355,6 +357,8 @@ def upload_widget(on_upload=None):
                 print(f"{type(error).__name__}: {error}")
 
     upload.observe(handle, "value")
+    print(f"[{upload.description}] below: pick image files; each is captioned under the button at once. "
+          "The button needs this notebook running: a saved copy (GitHub, HTML) shows no button.")
     display_in_notebook(ipywidgets.VBox([upload, upload.output]))
     return upload
 

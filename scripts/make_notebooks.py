@@ -109,9 +109,13 @@ or a seeded split by image with `OVERRIDES = ["data.split=seeded"]`. Everything 
            "`data` settings matter here, the decoder is picked in notebooks 03-06."),
     ("code", 'dataset = widgets.choose_dataset(stages.stage_config("LSTM", params, env).data.dataset)'),
     ("code", 'config = stages.stage_config("LSTM", params, env, dataset=dataset.value)\nprint(stages.describe(config))'),
-    ("md", "## Prepare the dataset\nA second run with the same settings reuses the files at once; other settings get their own folder."),
-    ("code", "prepared = stages.prepare(config)\nprint(prepared.summary())"),
-    ("md", "## How long are the captions?\nCaptions longer than `max_caption_length` words are cut (the count is in the summary above)."),
+    ("md", "## Prepare the dataset\nA second run with the same settings reuses the files at once; other settings "
+           "get their own folder. It prints the split: images and captions per split, the vocabulary, and what "
+           "was cut or left out."),
+    ("code", "prepared = stages.prepare(config)"),
+    ("md", "## How long are the captions?\nThe share of each split's captions per length in words, the splits "
+           "side by side: similar bars mean val and test read like train. Captions longer than "
+           "`max_caption_length` words are cut (the count is in the summary above)."),
     ("code", "figures.plot_caption_lengths(prepared);"),
     ("md", "## A few training images with their reference captions"),
     ("code", 'figures.show_captions(**stages.reference_samples(prepared, "train", count=6));'),
@@ -142,12 +146,22 @@ GloVe covers, which words it misses, and what it thinks our words are near.
     ("code", 'print(", ".join(coverage.missing[:60]) or "none")'),
     ("md", "## Nearest neighbours of a few frequent caption words (cosine similarity)"),
     ("code", "stages.neighbour_table(matrix, prepared.vocab, count=6)"),
-    ("md", "## Optional: does GloVe help?\nWith `COMPARE_EPOCHS > 0`, the same LSTM trains for that many epochs "
-           "with random word vectors, with GloVe kept frozen and with GloVe fine-tuned, on the same features "
-           "(extracted first where missing, and reused by stage 02), and each is scored on the val split. "
-           "The original notes claim GloVe trains faster: this table measures it on your data."),
+    ("md", """## Optional: does GloVe help?
+With `COMPARE_EPOCHS > 0`, the same LSTM trains for that many epochs with random word vectors, with
+GloVe kept frozen and with GloVe fine-tuned, on the same features (extracted first where missing, and
+reused by stage 02); each run is one progress line. The original notes claim GloVe trains faster: the
+curves show the val CIDEr after every epoch, so a head start shows as a curve that starts higher. The
+table gives each run's best epoch; *distinct captions* counts the different captions it wrote for the
+val images (a model that writes one caption for every image has learnt the language, not the images).
+The verdict compares the best run with each other one on the same val images: a difference smaller
+than two standard errors of the per-image differences is below the noise of this data, and is none.
+Frozen and trainable GloVe start from the same vectors and seed, and a few epochs move the trainable
+vectors little: when both write the very same captions the verdict says so."""),
     ("code", "if COMPARE_EPOCHS:\n"
-             "    display(stages.compare_embeddings(params, env, epochs=COMPARE_EPOCHS, dataset=dataset.value))"),
+             "    comparison = stages.compare_embeddings(params, env, epochs=COMPARE_EPOCHS, dataset=dataset.value)\n"
+             "    figures.plot_comparison(comparison.runs, comparison.per_word)\n"
+             "    display(comparison.table())\n"
+             "    print(comparison.verdict())"),
 ])
 
 write("02_backbones", [
@@ -174,14 +188,28 @@ Extraction is resumable: if the session ends, rerun and it continues where it st
     ("md", "## Pick the backbones to measure and the one to extract\nThe defaults come from the parameters, so *Run All* needs no clicks."),
     ("code", "compare = widgets.choose_backbones(COMPARE)\n"
              "chosen = widgets.choose_backbone(config.model.backbone, image_size=config.image_size)"),
-    ("md", "## Measured on this machine"),
+    ("md", """## Measured on this machine
+*images/s* is the median of the `MEASURE_BATCHES` timed batches. Where their times spread by more than
+25% it reads *(noisy ±N%)*: something else was using the machine (on a CPU, often), and the figure is
+no fact; *(measured once)* marks a single timed batch. *peak GPU memory* reads "-" without a GPU; the
+*feature store* column is the store's size for this dataset."""),
     ("code", "stages.compare_backbones(compare.value, config, prepared, batches=MEASURE_BATCHES)"),
     ("md", "## Extract the feature store for the chosen backbone"),
     ("code", 'config = stages.stage_config("LSTM", params, env, backbone=chosen.value)\n'
              "store = stages.features(config, prepared)\nprint(stages.describe_store(store))"),
-    ("md", "## Optional: caption quality per backbone\nWith `COMPARE_EPOCHS > 0`, the same LSTM trains for that many "
-           "epochs on each compared backbone's features (extracted first where missing) and is scored on the val split."),
-    ("code", "if COMPARE_EPOCHS:\n    display(stages.compare_decoding(compare.value, params, env, epochs=COMPARE_EPOCHS))"),
+    ("md", """## Optional: caption quality per backbone
+With `COMPARE_EPOCHS > 0`, the same LSTM trains for that many epochs on each compared backbone's
+features (extracted first where missing), each run one progress line, and is scored on the val split:
+the val CIDEr after every epoch, the table of best epochs, and a verdict that compares the best
+backbone with each other one on the same val images, calling a difference below two standard errors
+of the per-image differences no difference. A backbone whose features cannot be learnt from (its note
+says why) is drawn dashed and left out of the verdict. *captions/s* is the median over epochs, marked
+*(noisy ±N%)* where the epochs' speeds spread too far to be a fact."""),
+    ("code", "if COMPARE_EPOCHS:\n"
+             "    comparison = stages.compare_decoding(compare.value, params, env, epochs=COMPARE_EPOCHS)\n"
+             "    figures.plot_comparison(comparison.runs, comparison.per_word)\n"
+             "    display(comparison.table())\n"
+             "    print(comparison.verdict())"),
 ])
 
 DECODERS = {
@@ -192,11 +220,19 @@ start, and its gradients vanish over long captions: the baseline the others must
 torch's fused LSTM kernel. Its cell state carries information across the caption far better than the
 vanilla RNN.""", False),
     "05_train_attention_lstm": ("Attention_LSTM", "Attention LSTM", """The LSTM looks at the whole feature grid at every
-word: scaled dot-product attention of its hidden state over the 7x7 locations gives a context vector
-(Show, Attend and Tell style). The attention maps show where it looked for each word.""", True),
+word: scaled dot-product attention of its hidden state over the grid's cells (one cell per 32 pixels
+of the image on each side) gives a context vector (Show, Attend and Tell style). The attention maps at
+the end show where it looked for each word, over this run's grid.""", True),
     "06_train_transformer": ("Transformer", "Transformer", """A Transformer decoder: masked self-attention over the
-words so far, cross-attention over the image's feature grid, sinusoidal positions. The
-cross-attention maps show where each word looked.""", True),
+words so far, cross-attention over the image's feature grid, sinusoidal positions. The maps at the end
+show where each word looked: the last layer's cross-attention, averaged over its heads.""", True),
+}
+# What each training notebook suggests next.
+NEXT = {
+    "03_train_vanilla_rnn": "04_train_lstm, the LSTM, whose cell state carries a caption's start to its end",
+    "04_train_lstm": "05_train_attention_lstm, the LSTM that looks at the image's grid for every word",
+    "05_train_attention_lstm": "06_train_transformer, attention over the words and over the image",
+    "06_train_transformer": "07_results, every run in one table and the best model on your own image",
 }
 
 for name, (config_name, title, story, attention) in DECODERS.items():
@@ -235,13 +271,30 @@ this run's GPU paths on a tiny batch, and stops in seconds with the setting to c
         ("code", "config = choice.config"),
         ("md", "## Data and features (reused from stages 00 and 02 when present)"),
         ("code", "prepared, store = stages.data_for(config)"),
+        ("md", """## The model
+What training will update, as torch prints it (the CNN folded into one line: training reads its stored
+features and never runs it), with its parameter counts, and where to read its code: the decoder's
+class holds the step that turns a word and a state into the next state."""),
+        ("code", "from helpers import anatomy\n\n"
+                 "model = anatomy.untrained_model(config, prepared)\n"
+                 "print(anatomy.describe_model(model, config.training.mode))\n"
+                 "print(anatomy.code_location(model))"),
+        ("md", """## One batch through it
+The first four training captions, teacher forced: the decoder reads each caption up to its last word
+(`captions_in`) and is scored on predicting it shifted by one (`captions_out`). The loss sums the
+cross-entropy over a caption's words and averages over the captions, so it is also shown per word: an
+untrained model knows nothing and scores about ln(vocabulary size) per word."""),
+        ("code", "print(anatomy.one_batch(model, config, prepared, store))"),
         ("md", "## Train\nCheckpoints (`last.pt` every epoch and every few hundred steps, `best.pt` by val "
                "CIDEr) are written atomically to the run folder. When the session nears `SESSION_HOURS`, "
                "training pauses with `last.pt` saved and the notebook goes on with the best weights so "
-               "far; run it again (attach this notebook's output) to continue where it stopped."),
+               "far; run it again (attach this notebook's output) to continue where it stopped. The log prints each "
+               "epoch's losses per caption (summed over its words); the curves below show them per word."),
         ("code", "result = stages.train(config, prepared, store, resume=None if RESUME else False,\n"
                  "                      hours_left=env.hours_left(SESSION_HOURS))"),
-        ("code", "figures.plot_history(result.run_dir / \"history.json\");"),
+        ("md", "## Learning curves\nLoss per word (left) and the val scores after each epoch (right)."),
+        ("code", "figures.plot_history(result.run_dir / \"history.json\", per_word=anatomy.per_word(prepared))\n"
+                 "print(anatomy.loss_terms(config))"),
         ("md", "## Scores on val and test (greedy and beam search)\nThe training loop scored its best "
                "checkpoint with each of `BEAM_SIZES` at the end (and wrote them to `results.json`); "
                "`python -m helpers.evaluate RUN_DIR --beam-size N` scores other beam sizes later. In DEMO "
@@ -254,30 +307,48 @@ this run's GPU paths on a tiny batch, and stops in seconds with the setting to c
     ]
     if attention:
         cells += [
-            ("md", "## Where the model looked for each word"),
-            ("code", 'for sample in stages.attention_samples(result.model, prepared, store, "test", count=2,\n'
-                     "                                         decoding=config.decoding):\n"
-                     "    figures.show_attention(*sample);"),
+            ("md", """## Where the model looked for each word
+The test image whose greedy caption scored best and the one that scored worst (CIDEr-D of each image),
+decoded again with their attention. Each panel is one generated word: the attention weights over the
+feature grid, drawn over a grey copy of the image (clear where the model did not look; the grid's cells
+are marked), with one colour bar for all. Above: the caption, a reference, and which grid and which
+attention the maps are."""),
+            ("code", "for sample in stages.attention_samples(result, prepared, store, config):\n"
+                     "    figures.show_attention(**sample);"),
         ]
+    cells += [
+        ("md", "## Summary"),
+        ("code", f"print(stages.run_summary(result, next_notebook={NEXT[name]!r}))"),
+    ]
     write(name, cells)
 
 write("07_results", [
     ("md", f"""# 07 · Results
 Every run found in the work dir and in attached outputs of the training notebooks (read where they
-are, never copied) in one table, the comparison plotted, and the best model captioning your own image.
+are, never copied): first one table to read at a glance, then what its numbers say, the comparison
+plotted, the best model's captions beside the references, the next step, and the best model
+captioning your own image.
 
 {DEMO_NOTE}"""),
     ("md", "## Parameters"),
     params_cell('SPLIT = "test"\nBEAM_SIZE = 3'),
     ("md", SETUP_MD),
     ("code", SETUP),
-    ("md", """## All runs
-One row per run, split and beam size, best CIDEr first, scores x 100 as papers print them (BLEU-4
-25.0). The `tokenizer` column says how captions were tokenized for scoring: `ptb` is the Java
-PTB tokenizer the published figures use, `project` the suite's own (when Java was missing); compare
-runs scored the same way, or rescore with `python -m helpers.evaluate RUN_DIR --tokenizer ptb`.
-A `status` of `paused` marks a run whose session budget ran out: run its notebook again to finish it."""),
-    ("code", "table = tables.results_table([env.work_dir, *env.input_dirs], split=SPLIT)\ntable"),
+    ("md", """## The results at a glance
+One row per run and beam size, scores x 100 as papers print them (BLEU-4 25.0), and the minutes each
+run trained. **Full runs** are the training notebooks' own (03-06); **comparisons** are the short runs
+of notebooks 01 and 02 (`COMPARE_EPOCHS`): fewer epochs, so they rank among themselves only. Each group
+lists the best CIDEr first. Every column of every run is in the last section."""),
+    ("code", "table = tables.results_table([env.work_dir, *env.input_dirs], split=SPLIT)\n"
+             "tables.show_summary(table)"),
+    ("md", """## What the numbers say
+Written from the table above (`tables.findings`): each choice ranked by CIDEr at one beam size. A
+difference under 5% of the score is called noise: the training seed alone moves the demo's CIDEr by
+about that much, and one run per setting cannot measure its own spread."""),
+    ("code", "tables.show_findings(table)"),
+    ("md", """## The comparison plotted
+A bar per run and beam size, coloured by decoder and labelled with its choices, epochs and beam size.
+Hatched below the dashed line: the short comparison runs, which trained fewer epochs."""),
     ("code", "figures.plot_results(table);"),
     ("md", """## Side by side
 Runs that differ in one choice only, next to each other (CIDEr): backbone against backbone, random
@@ -285,12 +356,31 @@ against GloVe against frozen GloVe word vectors, decoder against decoder. Each r
 all other choices; a choice with no such pair of runs says so. The short runs of notebooks 01 and 02
 (`COMPARE_EPOCHS`) pair with each other."""),
     ("code", 'for choice in ("backbone", "embeddings", "decoder"):\n    tables.show_side_by_side(table, choice)'),
-    ("md", "## The best model on a few test images"),
+    ("md", """## The best model's captions beside the references
+The best full run's captions of a few images of the split, as it was scored (each beam size), under
+two of the captions people wrote for each image (grey): what the scores above measure."""),
     ("code", "best = stages.best_run(table)\n"
-             "figures.show_captions(**stages.caption_samples(best, stages.test_images(best, count=3, work_dir=env.work_dir),\n"
-             "                                         beam_size=BEAM_SIZE));"),
-    ("md", "## Caption your own image\nUpload one or more images: each is captioned by the best model at once, "
-           "under its file name."),
+             "print(f\"best run: {best.name}\")\n"
+             "figures.show_captions(**stages.scored_samples(best, count=3, split=SPLIT, work_dir=env.work_dir));"),
+    ("md", """## Next step: Flickr8k on a GPU
+The demo checks that every stage runs; its generated shapes rank nothing about photos. To rank the
+choices on photos, run the suite on Flickr8k on Kaggle with `DEMO = False` (README, *On Kaggle, step by step*:
+attach *Flickr8k*, *GloVe 6B 300d* and your *captioning-helpers*, accelerator **GPU T4 x2**): 00, then
+01 and 02, then 03-06, then this notebook with their outputs attached.
+
+What to expect. No Kaggle T4 has been measured yet, so these are bounds from BENCHMARKS.md, not T4
+timings:
+
+| step | measured (BENCHMARKS.md) | on a T4: estimate |
+|---|---|---|
+| feature store, 8,091 photos, ResNet50 (02) | 450 photos/s end to end on an H100; about 12 min on a 2-core CPU (§3) | between 18 s (8,091 / 450, the H100's rate) and 12 min (the CPU's) |
+| one training epoch, 30,000 captions (03-06) | 2-core CPU: about 30 s vanilla RNN, 1 min LSTM, 14 min attention LSTM or Transformer (§6) | the GPU loop is not measured; the CPU times x 10 epochs (the configs' default) bound it: at most about 5 min, 10 min and 2.3 h of training, scoring not included |
+
+Already on Flickr8k? Compare your `test beam 3` rows scored with the `ptb` tokenizer with the papers'
+(README, *Putting a score next to a paper's*), then try `SCST = True` in a training notebook."""),
+    ("md", """## Caption your own image
+Upload one or more images: each is captioned by the best model at once, under its file name. The
+button needs this notebook running (Jupyter, Kaggle, Colab); in a saved copy it cannot answer."""),
     ("code", "upload = widgets.upload_widget(stages.caption_uploads(best, beam_size=BEAM_SIZE))"),
     ("md", "## Share the best model as a Kaggle Model\nThe best run exported as a self-contained model folder "
            "(weights, config, vocabulary, decoding options and a model card with its test scores) and the "
@@ -302,4 +392,11 @@ all other choices; a choice with no such pair of runs says so. The short runs of
              "model_upload = kaggle_models.prepare_model_upload(best, KAGGLE_OWNER, env.work_dir)\n"
              "print(kaggle_models.describe(model_upload))\n"
              "# kaggle_models.upload_model(model_upload)"),
+    ("md", """## Every column
+The whole table: one row per run, split and beam size, every score and where the run is. The
+`tokenizer` column says how captions were tokenized for scoring: `ptb` is the Java PTB tokenizer the
+published figures use, `project` the suite's own (when Java was missing); compare runs scored the same
+way, or rescore with `python -m helpers.evaluate RUN_DIR --tokenizer ptb`. A `status` of `paused` marks
+a run whose session budget ran out: run its notebook again to finish it."""),
+    ("code", "tables.show_every_column(table)"),
 ])

@@ -2,7 +2,8 @@
 
 Notebooks 02, 05 and 07 run one after the other in DEMO mode (small: one epoch, one backbone) through
 the UI: Run All, then in 05 a widget is changed and the config it shows must name another run
-folder, and in 07 a JPEG is uploaded and its caption must appear under its file name. Every notebook
+folder, and in 07 the results table must fit a 1280 px screen unwrapped and a JPEG is uploaded and
+its caption must appear under its file name. Every notebook
 must end with no error output, no stray stderr output, and widgets drawn as widgets (never as their
 `VBox(children=...` text). Screenshots of each stage are saved in the test's temporary folder (and
 in $BROWSER_SCREENSHOTS when set).
@@ -183,6 +184,59 @@ def _summary(page) -> str:
     return page.locator(".widget-html pre").filter(has_text="run folder").first.inner_text()
 
 
+def _assert_summary_fits(page) -> None:
+    """07's results table as a reader sees it on a 1280 px screen beside the file browser: every
+    column drawn inside the output area, none scrolled out of sight, and no cell wrapped onto a
+    second line."""
+    page.set_viewport_size({"width": 1280, "height": 1000})
+    page.wait_for_timeout(500)  # JupyterLab lays the notebook out again
+    table = page.locator(".jp-OutputArea-output table.results-summary")
+    assert table.count() == 1, "07 shows no summary table"
+    table.scroll_into_view_if_needed()
+    seen = table.evaluate(
+        """table => {
+            const area = table.closest('.jp-OutputArea-output');
+            const right = Math.min(area.getBoundingClientRect().right, window.innerWidth);
+            const cells = [...table.querySelectorAll('th, td')];
+            const header = [...table.querySelectorAll('thead th')].map(th => th.textContent.trim());
+            const lines = cell => {  // the text lines a cell is drawn on
+                const range = document.createRange();
+                range.selectNodeContents(cell);
+                return new Set([...range.getClientRects()].map(box => Math.round(box.top))).size;
+            };
+            const wrapped = cells.filter(c => lines(c) > 1).map(c => c.textContent.trim());
+            const beyond = cells.filter(c => c.getBoundingClientRect().right > right + 1)
+                .map(c => c.textContent);
+            return {header, right, overflow: area.scrollWidth - area.clientWidth, wrapped, beyond};
+        }"""
+    )
+    for column in ("decoder", "backbone", "embeddings", "epochs", "beam", "BLEU-4", "METEOR", "CIDEr"):
+        assert column in seen["header"], f"07's summary lacks {column}: {seen['header']}"
+    assert "minutes" in seen["header"], seen["header"]
+    assert not seen["beyond"] and seen["overflow"] <= 0, f"07's summary is wider than 1280 px: {seen}"
+    assert not seen["wrapped"], f"07's summary wraps cells onto two lines: {seen['wrapped']}"
+
+
+def _outputs_of(page, snippet: str):
+    """The drawn outputs of the code cell whose source holds `snippet`."""
+    cell = page.locator(".jp-CodeCell").filter(has_text=snippet)
+    assert cell.count() == 1, f"no single cell with {snippet!r}"
+    return cell.locator(".jp-OutputArea-output")
+
+
+def _assert_training_notebook_teaches(page) -> None:
+    """05 as a reader sees it: the model and one batch before training, the loss per word, the two
+    attention figures, and the closing summary naming the next notebook."""
+    model = " ".join(_outputs_of(page, "describe_model").all_inner_texts())
+    assert "(decoder): AttentionLSTM(" in model and "class AttentionLSTM" in model and "trained." in model
+    batch = " ".join(_outputs_of(page, "one_batch").all_inner_texts())
+    assert "captions_out" in batch and "per word" in batch and "ln(" in batch
+    assert "Losses are per word" in " ".join(_outputs_of(page, "plot_history").all_inner_texts())
+    assert _outputs_of(page, "attention_samples").locator("img").count() == 2  # the best and the worst image
+    summary = " ".join(_outputs_of(page, "run_summary").all_inner_texts())
+    assert summary.startswith("Summary: best epoch 1 of 1") and "Next: 06_train_transformer" in summary
+
+
 def test_02_05_07_run_all_change_a_widget_and_upload_an_image(lab, browser, tmp_path):
     _, _, folder, work = lab
     shots = []
@@ -192,12 +246,15 @@ def test_02_05_07_run_all_change_a_widget_and_upload_an_image(lab, browser, tmp_
     shots.append(_screenshot(page, folder, "02_backbones"))
     _assert_clean(page, "02_backbones")
     assert list(work.glob("features/*/*/index.json")), "02 extracted no feature store"
+    measured = " ".join(_outputs_of(page, "compare_backbones").all_inner_texts())
+    assert "(measured once)" in measured and "None" not in measured  # MEASURE_BATCHES = 1: no fact
     page.close()
 
     page = _open(browser, lab, "05_train_attention_lstm")
     _run_all(page)
     shots.append(_screenshot(page, folder, "05_train_attention_lstm"))
     _assert_clean(page, "05_train_attention_lstm")
+    _assert_training_notebook_teaches(page)
     before = _summary(page)
     trained = re.search(r"run folder\s+(\S+)", before).group(1)
     assert Path(trained, "best.pt").is_file() and Path(trained).name.startswith("Attention_LSTM-")
@@ -218,7 +275,7 @@ def test_02_05_07_run_all_change_a_widget_and_upload_an_image(lab, browser, tmp_
     page = _open(browser, lab, "07_results")
     _run_all(page)
     _assert_clean(page, "07_results")
-    assert page.locator(".jp-OutputArea-output table").count() >= 1  # the results table
+    _assert_summary_fits(page)
     from PIL import Image
 
     photo = tmp_path / "my_holiday_photo.jpg"

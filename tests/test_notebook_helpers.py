@@ -21,7 +21,7 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from helpers import figures, tables, widgets  # noqa: E402
+from helpers import comparisons, figures, tables, widgets  # noqa: E402
 from helpers import notebook as nb  # noqa: E402
 
 
@@ -386,17 +386,18 @@ def test_show_captions_text_stays_in_its_cell_for_any_aspect_ratio(size):
             below = index + 3
             if below < len(image_axes):
                 title = image_axes[below].title.get_window_extent(renderer)
-                assert box.y0 >= title.y1 - 1, (index, box, title)
+                assert box.y0 >= title.y1 + 5, (index, box, title)  # a clear gap, not touching
         for first, second in zip(boxes, boxes[1:]):
             assert second.y1 <= first.y0 + 1  # caption lines of one image do not overlap either
 
 
-def test_attention_overlay_is_smooth_and_image_sized():
-    assert np.allclose(figures.attention_overlay(np.full((7, 7), 0.02), (224, 160)), 1.0)
+def test_attention_overlay_is_smooth_image_sized_and_keeps_the_weights():
+    assert np.allclose(figures.attention_overlay(np.full((7, 7), 0.02), (224, 160)), 0.02)  # the colour bar's
     corner = np.zeros((7, 7), dtype=np.float32)
     corner[0, 0] = 1.0
     overlay = figures.attention_overlay(corner, (224, 224))
-    assert overlay.shape == (224, 224) and overlay.min() >= 0 and math.isclose(overlay.max(), 1.0)
+    assert overlay.shape == (224, 224) and overlay.min() >= 0
+    assert math.isclose(overlay.max(), 1.0)  # no overshoot past the largest weight
     row, col = np.unravel_index(overlay.argmax(), overlay.shape)
     assert row < 32 and col < 32
     assert overlay[:32, :32].mean() > 5 * overlay[64:, 64:].mean()
@@ -405,17 +406,27 @@ def test_attention_overlay_is_smooth_and_image_sized():
         figures.attention_overlay(np.zeros((2, 7, 7)), (10, 10))
 
 
-def test_show_attention_panels():
+def test_show_attention_panels_with_sentence_reference_grid_and_colour_bar():
     image = torch.rand(3, 64, 96)
     words = ["a", "dog", "runs"]
     attention = torch.softmax(torch.randn(5, 49), dim=1)  # more steps than words: the rest is ignored
-    fig = figures.show_attention(image, words, attention, ncols=2)
-    assert len(fig.axes) == 4
-    assert [ax.get_title() for ax in fig.axes] == ["image", *words]
-    for ax, grid in zip(fig.axes[1:], attention[:3].reshape(3, 7, 7).numpy()):
-        overlay = ax.images[1].get_array()
-        assert overlay.shape == (64, 96)
-        assert np.allclose(overlay, figures.attention_overlay(grid, (64, 96)))
+    fig = figures.show_attention(image, words, attention, caption="a dog runs", reference="a brown dog runs",
+                                 title="Best of 2 test images", note="the last layer, 4 heads", ncols=2)
+    *panels, bar = fig.axes
+    assert [ax.get_title() for ax in panels] == ["image", *words]
+    heading = fig._suptitle.get_text()
+    for part in ("Best of 2 test images", "generated: a dog runs", "reference: a brown dog runs",
+                 "the last layer, 4 heads"):
+        assert part in heading
+    assert "7 x 7 grid" in bar.get_ylabel()  # the colour bar names the grid the weights spread over
+    weights = attention[:3].numpy()
+    assert bar.get_ylim() == pytest.approx((0.0, weights.max()))  # true weights, one scale for all words
+    for ax, grid in zip(panels[1:], weights.reshape(3, 7, 7)):
+        grey, overlay = ax.images
+        assert grey.get_cmap().name == "gray" and overlay.get_cmap().name != "jet"
+        assert overlay.get_array().shape == (64, 96)
+        assert np.allclose(overlay.get_array(), figures.attention_overlay(grid, (64, 96)))
+        assert len(ax.lines) == 12  # the 7 x 7 grid's inner borders: 6 across, 6 down
     with pytest.raises(ValueError, match="3 words but only 2 attention maps"):
         figures.show_attention(image, words, attention[:2])
     with pytest.raises(ValueError, match="not a square grid"):
@@ -441,6 +452,12 @@ def test_plot_history_from_list_and_files(tmp_path):
     assert [line.get_label() for line in fig.axes[1].get_lines()] == ["val BLEU-4", "val CIDEr"]
     assert list(fig.axes[0].get_lines()[0].get_xdata()) == [1, 2]
 
+    per_word = figures.plot_history(HISTORY, per_word={"train": 10.0, "val": 5.0})
+    losses = {line.get_label(): list(line.get_ydata()) for line in per_word.axes[0].get_lines()}
+    assert losses == {"train loss": pytest.approx([0.4, 0.3]), "val loss": pytest.approx([0.7, 0.62])}
+    assert per_word.axes[0].get_title() == "loss per word (cross-entropy, nats)"
+    assert fig.axes[0].get_title() == "loss per caption (its words summed)"
+
     results = tmp_path / "results.json"
     results.write_text(json.dumps({"history": HISTORY}))
     assert len(figures.plot_history(results).axes[0].get_lines()) == 2
@@ -448,6 +465,85 @@ def test_plot_history_from_list_and_files(tmp_path):
     broken.write_text('[{"epoch": 1,\n "train_loss": }]')
     with pytest.raises(ValueError, match=r"history\.json: line 2: broken JSON"):
         figures.plot_history(broken)
+
+
+# ------------------------------------------------------------------------------------- comparisons
+
+
+def _short_run(name, scores, captions=None, note=None, cider_curve=(0.5, 1.0)):
+    """A hand-made comparison run: per-image val CIDEr-D `scores`, its curve over epochs."""
+    history = [{"epoch": epoch, "val_loss": 20.0 - 5 * epoch, "val_Bleu_4": 0.2, "val_CIDEr": cider,
+                "captions_per_s": 100.0 + epoch} for epoch, cider in enumerate(cider_curve, start=1)]
+    names = [f"{i}.jpg" for i in range(len(scores))]
+    return comparisons.ShortRun(name, history, dict(zip(names, scores)),
+                                dict(zip(names, captions or [f"{name} {i}" for i in range(len(scores))])),
+                                best_epoch=len(cider_curve), run=f"LSTM-{name}", note=note)
+
+
+def test_paired_difference_is_the_mean_and_standard_error_of_per_image_differences():
+    a = _short_run("a", [1.0, 2.0, 3.0, 6.0])
+    b = _short_run("b", [1.0, 1.0, 1.0, 1.0], captions=["a 0", "x", "y", "z"])
+    diff = comparisons.paired_difference(a, b)
+    differences = np.array([0.0, 1.0, 2.0, 5.0])
+    assert diff.mean == pytest.approx(2.0) and diff.images == 4 and diff.same_captions == 1
+    assert diff.standard_error == pytest.approx(differences.std(ddof=1) / 2)
+    assert diff.noise == pytest.approx(2 * diff.standard_error)
+    assert diff.within_noise  # 2.0 is less than two standard errors (2.16): four images tell nothing
+
+
+def test_verdict_says_when_a_difference_is_below_the_noise_of_the_data():
+    base = np.linspace(0.5, 1.5, 30)
+    swings = np.where(np.arange(30) % 2 == 0, 0.6, -0.5)  # +0.05 on average, swinging 0.55 each way
+    lucky = _short_run("lucky", base + swings, cider_curve=(0.9, 1.05))  # ahead by less than its noise
+    steady = _short_run("steady", base, cider_curve=(0.7, 1.0))
+    line = comparisons.verdict([steady, lucky])
+    assert line.startswith("Verdict on 30 val images") and "lucky scores" in line
+    assert "vs steady +" in line and "below the noise" in line
+    assert "No variant beats another beyond the noise of this data" in line
+
+    better = _short_run("better", base + 0.5 + swings / 10)  # ahead by far more than its noise
+    line = comparisons.verdict([steady, better])
+    assert "vs steady +50.5 ± 2.0 (above the noise)" in line and "better is best on this data" in line
+
+
+def test_verdict_names_exact_ties_and_each_note():
+    frozen = _short_run("GloVe, frozen", [1.0, 2.0, 1.5], captions=["x", "y", "z"])
+    trainable = _short_run("GloVe, trainable", [1.0, 2.0, 1.5], captions=["x", "y", "z"])
+    random = _short_run("random", [0.1, 0.2, 0.15])
+    line = comparisons.verdict([random, frozen, trainable])
+    assert "GloVe, frozen scores 150.0" in line
+    assert "vs GloVe, trainable +0.0 ± 0.0: the same caption for all 3 images, an exact tie" in line
+    assert "GloVe, frozen and GloVe, trainable lead together; random falls behind" in line
+    saturated = _short_run("resnet101", [0.1, 0.1, 0.1], note="its features were cut at the float16 limit")
+    alone = comparisons.verdict([saturated])
+    assert alone.endswith("resnet101 scores 10.0; nothing else to rank it against. "
+                          "Note on resnet101: its features were cut at the float16 limit.")
+
+
+def test_comparison_table_curves_and_timings_as_a_reader_reads_them():
+    runs = [_short_run("random", [0.5, 0.7], captions=["same", "same"]),
+            _short_run("resnet101", [0.9, 0.9], note="saturated features")]
+    runs[1].history[1].pop("val_Bleu_4")
+    table = comparisons.comparison_table(runs, "backbone", per_word={"val": 10.0})
+    assert list(table.index) == ["random", "resnet101"]
+    assert table.loc["random", "val loss per word"] == "1.000"  # (20 - 10) / 10 words per caption
+    assert table.loc["random", "distinct captions"] == "1 of 2"
+    assert table.loc["random", "val CIDEr"] == "100.00"
+    assert table.loc["resnet101", "val BLEU-4"] == "-"  # a missing value
+    assert table.loc["resnet101", "note"] == "see the verdict" and table.loc["random", "note"] == "-"
+    assert table.loc["random", "best epoch"] == "2 of 2" and table.loc["random", "captions/s"] == "102"
+    fig = figures.plot_comparison(runs, per_word={"val": 10.0})
+    cider, loss = fig.axes
+    assert [line.get_label() for line in cider.get_lines()] == ["random", "resnet101 (see its note)"]
+    assert list(cider.get_lines()[0].get_ydata()) == pytest.approx([50.0, 100.0])
+    assert list(loss.get_lines()[0].get_ydata()) == pytest.approx([1.5, 1.0])
+    assert cider.get_lines()[1].get_linestyle() == "--" and loss.get_title() == "val loss per word (nats)"
+
+    assert comparisons.timing_text([2.0, 2.1, 1.9]) == "2.0"
+    assert comparisons.timing_text([1.0, 3.0, 2.0]) == "2.0 (noisy ±50%)"  # a busy machine: no fact
+    assert comparisons.timing_text([4.2]) == "4.2 (measured once)"
+    assert comparisons.timing_text([]) == "-" and comparisons.timing_text([float("nan")]) == "-"
+    assert [comparisons.duration_text(s) for s in (4.4, 210, 7560)] == ["4 s", "3.5 min", "2.1 h"]
 
 
 # ----------------------------------------------------------------------------------------- results
@@ -520,9 +616,13 @@ def test_results_table_two_runs(tmp_path):
         assert column in table.columns
 
     fig = figures.plot_results(table)
-    assert len(fig.axes) == 2 and [ax.get_title() for ax in fig.axes] == ["BLEU-4 (test)", "CIDEr (test)"]
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(fig.axes) == 2 and titles == ["BLEU-4 (test, x 100)", "CIDEr (test, x 100)"]
     assert [bar.get_width() for bar in fig.axes[1].patches] == pytest.approx([61.0, 52.0, 40.0])
-    assert fig.axes[1].get_yticklabels()[0].get_text() == "Attention LSTM / resnet101 / random / beam 1"
+    labels = [label.get_text() for label in fig.axes[0].get_yticklabels()]
+    assert labels == ["Attention LSTM · resnet101 · random · ? ep · beam 1",
+                      "LSTM · resnet50 · GloVe (frozen) · 10 ep · beam 3",
+                      "LSTM · resnet50 · GloVe (frozen) · 10 ep · beam 1"]
 
 
 def test_results_table_tolerates_gaps_and_names_broken_files(tmp_path):
@@ -572,6 +672,131 @@ def test_side_by_side_pairs_runs_that_differ_in_one_choice(tmp_path):
     assert tables.side_by_side(table, "decoder").empty  # e differs from every other run in more than one way
     with pytest.raises(ValueError, match="Unknown choice 'colour'"):
         tables.side_by_side(table, "colour")
+
+
+def test_caption_lengths_are_whole_words_per_split_side_by_side():
+    """Shares of each split's captions (so the small val and test splits show beside train), a bar per
+    split at each whole length, integer ticks only."""
+    from helpers.text import SPECIAL_TOKENS
+
+    vocab = SimpleNamespace(word_to_idx={token: index for index, token in enumerate(SPECIAL_TOKENS)})
+    null, start, end = 0, 1, 2  # <NULL>, <START>, <END>
+
+    def encoded(lengths):
+        rows = np.full((len(lengths), 8), null)
+        for row, length in enumerate(lengths):
+            rows[row, : length + 2] = [start, *[4] * length, end]
+        return rows, None
+
+    lengths = {"train": [3] * 90 + [5] * 10, "val": [3, 5], "test": [5, 5]}
+    prepared = SimpleNamespace(vocab=vocab, max_caption_length=6, splits=lengths,
+                               captions=lambda split: encoded(lengths[split]))
+    fig = figures.plot_caption_lengths(prepared)
+    ax = fig.axes[0]
+    bars = {(round(bar.get_x() + bar.get_width() / 2, 3), round(bar.get_height(), 3)) for bar in ax.patches}
+    width = 0.8 / 3  # train left of each whole length, val on it, test right of it
+    expected = {(3 - width, 90.0), (5 - width, 10.0), (3.0, 50.0), (5 + width, 100.0)}
+    assert {(round(x, 3), share) for x, share in expected} <= bars
+    fig.canvas.draw()
+    ticks = [tick for tick in ax.get_xticks() if ax.get_xlim()[0] <= tick <= ax.get_xlim()[1]]
+    assert ticks and all(float(tick).is_integer() for tick in ticks)
+    assert [text.get_text() for text in ax.get_legend().get_texts()][1:] == [
+        "train (100 captions)", "val (2 captions)", "test (2 captions)"]
+
+
+def _full_and_comparison_runs(root):
+    """Two full LSTM runs of 8 epochs (beam 1 and 3) and two comparison LSTM runs of 2 epochs, the
+    same choices as the first full run: in the bar chart of old they read as the same model twice."""
+    runs = {
+        ("runs", "lstm-a"): ("lstm", {"beam1": _scores(0.7, 0.534, 0.5, 1.20),
+                                      "beam3": _scores(0.7, 0.55, 0.5, 1.25)}),
+        ("runs", "attn-a"): ("attn", {"beam1": _scores(0.7, 0.60, 0.5, 1.40, METEOR=0.3)}),
+        ("comparisons", "lstm-a-short"): ("lstm", {"beam1": _scores(0.6, 0.278, 0.4, 0.80)}),
+        ("comparisons", "lstm-b-short"): ("lstm", {"beam1": _scores(0.6, 0.30, 0.4, 0.90)}),
+    }
+    for (folder, name), (cell, metrics) in runs.items():
+        epochs = 2 if folder == "comparisons" else 8
+        results = _results(cell, "regnet_x_400mf", True, False, {"test": metrics}, epochs=epochs,
+                           train_wall_time_s=60.0 * epochs)
+        results["run_name"] = name
+        _write(root / folder / name / "results.json", results)
+    return tables.results_table(root, split="test")
+
+
+def test_the_summary_table_is_compact_and_keeps_comparison_runs_apart(tmp_path):
+    table = _full_and_comparison_runs(tmp_path)
+    assert list(table["kind"]) == ["full", "full", "full", "comparison", "comparison"]
+    summary = tables.summary_table(table)
+    assert list(summary.columns) == ["backbone", "embeddings", "epochs", "beam", "BLEU-4", "METEOR", "CIDEr",
+                                     "minutes"]
+    assert summary.index.names == ["runs", "decoder"]
+    groups = list(summary.index.get_level_values("runs"))
+    assert groups == ["full runs"] * 3 + ["comparisons"] * 2  # full runs first
+    assert list(summary["CIDEr"]) == [140.0, 125.0, 120.0, 90.0, 80.0]  # best first in each group
+    assert list(summary["epochs"]) == [8, 8, 8, 2, 2]
+    assert list(summary["minutes"]) == [8.0, 8.0, 8.0, 2.0, 2.0]
+    assert summary.loc[("full runs", "LSTM"), "BLEU-4"].tolist() == [55.0, 53.4]
+
+
+def test_the_results_chart_colours_by_decoder_and_sets_comparison_runs_apart(tmp_path):
+    table = _full_and_comparison_runs(tmp_path)
+    fig = figures.plot_results(table)
+    labels = [label.get_text() for label in fig.axes[0].get_yticklabels()]
+    assert labels[0].startswith("Attention LSTM") and "8 ep" in labels[1] and "2 ep" in labels[-1]
+    bars = fig.axes[1].patches
+    colours = [bar.get_facecolor()[:3] for bar in bars]
+    assert colours[1] == colours[2] == colours[3] != colours[0]  # one colour per decoder, not per bar
+    assert [bool(bar.get_hatch()) for bar in bars] == [False, False, False, True, True]
+    legend = [text.get_text() for text in fig.legends[0].get_texts()]
+    assert legend[:2] == ["LSTM", "Attention LSTM"] and "short comparison run" in legend[2]
+
+
+def _hand_made(rows, dataset="flickr8k"):
+    import pandas as pd
+
+    columns = ["kind", "decoder", "backbone", "embeddings", "epochs", "beam", "CIDEr"]
+    table = pd.DataFrame([dict(zip(columns, row)) for row in rows])
+    return table.assign(split="test", dataset=dataset)
+
+
+def test_findings_are_written_from_the_tables_numbers():
+    table = _hand_made([
+        ("full", "Attention LSTM", "resnet50", "GloVe", 10, 3, 60.0),
+        ("full", "LSTM", "resnet50", "GloVe", 10, 3, 50.0),
+        ("full", "LSTM", "resnet50", "random", 10, 3, 49.5),  # GloVe's twin: 0.5 points apart
+        ("full", "LSTM", "resnet101", "GloVe", 10, 3, 40.0),
+        ("full", "LSTM", "resnet50", "GloVe", 10, 1, 99.0),  # another beam: ranked apart, not mixed in
+        ("comparison", "Transformer", "resnet50", "GloVe", 2, 3, 70.0),  # short: no decoder ranking
+    ])
+    decoders, glove, backbones = tables.findings(table)
+    assert decoders.startswith("Best decoder: Attention LSTM, CIDEr 60.0 (test split, beam 3")
+    assert "then LSTM 50.0" in decoders and "Transformer" not in decoders
+    assert "Against LSTM: +10.0 CIDEr points (+17%), more than noise." in decoders
+    assert "GloVe +0.5 CIDEr points (+1%), within noise (under 5% of the score) (1 pair)" in glove
+    assert "runs of 10 epochs" in glove
+    assert backbones.startswith("Best backbone: resnet50, CIDEr 50.0, then resnet101 40.0")
+    assert "+10.0 CIDEr points (+20%), more than noise" in backbones
+
+    close = _hand_made([("full", "Transformer", "swin_t", "GloVe", 10, 3, 50.2),
+                        ("full", "LSTM", "swin_t", "GloVe", 10, 3, 50.0)], dataset="demo")
+    decoders, glove, backbones, demo = tables.findings(close)
+    assert "Best decoder: Transformer" in decoders and "within noise" in decoders
+    assert glove.startswith("No GloVe run has a twin with random word vectors")
+    assert backbones.startswith("No two runs differ in the backbone only")
+    assert "says nothing about photos" in demo
+    only = tables.findings(close.iloc[1:])[0]
+    assert only.startswith("Only LSTM is among the full runs (CIDEr 50.0, test split, beam 3, its best full")
+    assert tables.findings(close.iloc[0:0]) == [
+        "No scored run yet: train a model (notebooks 03-06), then run this notebook again."
+    ]
+
+
+def test_the_best_run_is_a_full_run_when_there_is_one(tmp_path):
+    from helpers.stages import best_run
+
+    table = _full_and_comparison_runs(tmp_path)
+    assert best_run(table).name == "attn-a"
+    assert best_run(table[table["kind"] == "comparison"]).name == "lstm-b-short"
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="the PTB tokenizer needs Java")

@@ -692,7 +692,7 @@ def _print_epoch(record: dict[str, float], improved: bool, state: TrainState | N
     print(
         f"{'SCST ' if 'scst_epoch' in record else ''}epoch {record['epoch']}: "
         f"train loss {record['train_loss']:.3f}{reward}, "
-        f"val loss {record['val_loss']:.3f}, "
+        f"val loss {record['val_loss']:.3f} (per caption), "
         f"BLEU-4 {as_printed(record['val_Bleu_4'])}, CIDEr {as_printed(record['val_CIDEr'])}"
         f"{' (best)' if improved else ''}, {record['captions_per_s']:.0f} captions/s, "
         f"{record['time_s']:.0f} s"

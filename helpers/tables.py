@@ -232,7 +232,15 @@ def summary_table(table):
     for name in ("epochs", "beam"):
         summary[name] = pd.to_numeric(summary[name], errors="coerce").round().astype("Int64")
     summary.index.names = ["runs", "decoder"]
+    summary["minutes"] = [_minutes(value) for value in pd.to_numeric(summary["minutes"], errors="coerce")]
     return summary.round(1)
+
+
+def _minutes(value: float) -> str:
+    """Training minutes to one decimal; '<0.1' for a run of seconds (not 0.0, which reads as none)."""
+    if value != value:  # nan: no training time recorded
+        return "-"
+    return "<0.1" if value < 0.05 else f"{value:.1f}"
 
 
 def _show_frame(frame, css_class: str, **options: Any) -> None:

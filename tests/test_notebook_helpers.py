@@ -734,7 +734,8 @@ def test_the_summary_table_is_compact_and_keeps_comparison_runs_apart(tmp_path):
     assert groups == ["full runs"] * 3 + ["comparisons"] * 2  # full runs first
     assert list(summary["CIDEr"]) == [140.0, 125.0, 120.0, 90.0, 80.0]  # best first in each group
     assert list(summary["epochs"]) == [8, 8, 8, 2, 2]
-    assert list(summary["minutes"]) == [8.0, 8.0, 8.0, 2.0, 2.0]
+    assert list(summary["minutes"]) == ["8.0", "8.0", "8.0", "2.0", "2.0"]
+    assert [tables._minutes(m) for m in (0.04, 0.05, 61.25, float("nan"))] == ["<0.1", "0.1", "61.2", "-"]
     assert summary.loc[("full runs", "LSTM"), "BLEU-4"].tolist() == [55.0, 53.4]
 
 

@@ -491,10 +491,9 @@ def train(
     """
     device = resolve_device(config.training.device, config.model.decoder)
     processes = distributed.device_count(config.training.devices, device)
-    if config.training.scst.enabled and distributed.world_size() == 1 and (
-        processes > 1 or unfinished_cross_entropy(config)
-    ):
-        config = _cross_entropy_first(config, processes, progress, callbacks)
+    unfinished = unfinished_cross_entropy(config) if distributed.world_size() == 1 else None
+    if config.training.scst.enabled and distributed.world_size() == 1 and (processes > 1 or unfinished):
+        config = _cross_entropy_first(config, processes, progress, callbacks, unfinished)
         if isinstance(config, TrainResult):  # its time budget ran out: the SCST phase waits for a rerun
             return config
         processes = 1
@@ -518,19 +517,18 @@ def train(
         raise out_of_memory_error(error, config, f"training {config.run_name}") from error
 
 
-def _cross_entropy_first(config: Config, processes: int, progress: bool, callbacks):
+def _cross_entropy_first(config: Config, processes: int, progress: bool, callbacks, unfinished: dict | None):
     """The cross-entropy run an SCST run starts from (same settings, its own folder), trained or
     finished first: on several devices, because the self-critical phase samples and scores captions on
-    one device; on one, when that run is there with epochs left (they are not trained again in the SCST
-    folder). Returns the SCST run's config (one device, the time budget that is left), or the
-    cross-entropy run's TrainResult when its budget ran out first."""
+    one device; on one, when that run is there with epochs left (`unfinished`, its last.pt: they are not
+    trained again in the SCST folder). Returns the SCST run's config (one device, the time budget that
+    is left), or the cross-entropy run's TrainResult when its budget ran out first."""
     started = time.perf_counter()
     # a busy or read-only SCST run folder is said now, not after the cross-entropy epochs
     RunLock(config.run_path).acquire().release()
     cross_entropy = cross_entropy_config(config)
-    checkpoint = unfinished_cross_entropy(config)
-    if progress and checkpoint is not None:
-        print(f"{cross_entropy.run_path}: {checkpoint['epoch']} of {config.training.epochs} cross-entropy "
+    if progress and unfinished is not None:
+        print(f"{cross_entropy.run_path}: {unfinished['epoch']} of {config.training.epochs} cross-entropy "
               "epochs done; finishing them there first, then the SCST phase starts from it.")
     elif progress:
         print(f"SCST with {processes} devices: the cross-entropy epochs train on all of them "

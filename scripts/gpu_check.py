@@ -10,10 +10,11 @@ own, so that one failure hides no other: the four decoders trained one epoch in 
 gradient scaler (their feature store decoded by nvJPEG, which each run's preflight checks), then
 resumed from last.pt for a second; an SCST epoch; fine-tuning the CNN; feature extraction with the
 nvJPEG decoder and with the CPU decoders (images/s end to end, and the CNN alone on decoded crops, to
-show whether decoding or the CNN limits it) and how far nvJPEG's pixels and features are from the CPU
-decoders'; with two or more GPUs an NCCL all-reduce, DDP training, SCST after DDP training and
-extraction sharded over 2 devices. Nothing is downloaded: the CNN keeps random weights
-(model.pretrained_backbone=false, as the demo config) and the GloVe file is the demo's.
+show whether decoding or the CNN limits it), notebook 02's per-batch backbone measurement, and how
+far nvJPEG's pixels and features are from the CPU decoders'; with two or more GPUs an NCCL
+all-reduce, DDP training, SCST after DDP training and extraction sharded over 2 devices. Nothing is
+downloaded: the CNN keeps random weights (model.pretrained_backbone=false, as the demo config) and the
+GloVe file is the demo's.
 
 Each path prints one line, PASS / FAIL / SKIP, its name, its time and what it found (a FAIL the first
 line of its exception, a SKIP why), then a table of the timings; a FAIL's traceback and last output
@@ -49,7 +50,7 @@ from torch.utils.data import Subset
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from helpers import distributed  # noqa: E402
-from helpers.backbones import get_backbone, image_transform  # noqa: E402
+from helpers.backbones import get_backbone, image_transform, measure_backbone  # noqa: E402
 from helpers.checkpoints import load_checkpoint  # noqa: E402
 from helpers.config import load_config  # noqa: E402
 from helpers.demo import make_demo_dataset  # noqa: E402
@@ -287,6 +288,23 @@ def extract(decoder: str, bench: Bench) -> Done:
                 f"{store.layout} store", images / seconds)
 
 
+def measure_backbones(bench: Bench) -> Done:
+    """Notebook 02's measured table (helpers.backbones.measure_backbone): fp16 channels_last batches
+    timed one by one (each synchronised), their median, and the peak memory on a GPU."""
+    batch = 64 if bench.device.type == "cuda" else 4
+    row = measure_backbone(bench.sizes.backbone, bench.sizes.extract_size, batch_size=batch, batches=3,
+                           device=bench.device)
+    times = row["batch times (s)"]
+    if len(times) != 3 or min(times) <= 0:
+        raise RuntimeError(f"batch times {times}: expected 3 positive times")
+    if bench.device.type == "cuda" and not row["peak GPU memory (MB)"]:
+        raise RuntimeError("no peak GPU memory measured on CUDA")
+    median = sorted(times)[1]
+    memory = row["peak GPU memory (MB)"] or "-"
+    return Done(f"{bench.sizes.backbone} at {bench.sizes.extract_size} px, batch {batch}, batches "
+                f"{', '.join(f'{t:.3f}' for t in times)} s, peak memory {memory} MB", batch / median)
+
+
 def cnn_alone(bench: Bench) -> Done:
     """The CNN on crops already decoded and on the device, as extraction runs it (fp16 autocast and
     channels_last on CUDA): the images/s that decoding would have to keep up with."""
@@ -436,6 +454,7 @@ CHECKS: list[tuple[str, Callable[[Bench], Done]]] = [
     *[(f"decode/{decoder}", partial(decode, decoder)) for decoder in IMAGE_DECODERS],
     *[(f"extract/{decoder}", partial(extract, decoder)) for decoder in IMAGE_DECODERS],
     ("cnn-alone", cnn_alone),
+    ("measure-backbone", measure_backbones),
     ("compare-decoders", compare_decoders),
     ("nccl-all-reduce", nccl_all_reduce),
     ("ddp-train", ddp_train),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,3 +98,15 @@ def fake_kaggle_wheels(tmp_path_factory):
     make_wheel(folder, "pycocoevalcap", "1.2", requires=["pycocotools>=2.0.2"])
     make_wheel(folder, "pycocotools", "2.0.11")
     return folder
+
+
+def hold_run_lock(run_dir) -> subprocess.Popen:
+    """A Python child holding `run_dir`'s run lock (another process, as a second training would be) until
+    it is killed; returned once it holds it."""
+    code = ("import time; from helpers.runlock import RunLock\n"
+            f"lock = RunLock({str(run_dir)!r}).acquire(); print('ready', flush=True); time.sleep(600)")
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = child.stdout.readline()
+    assert line.strip() == "ready", line + child.stderr.read()
+    return child

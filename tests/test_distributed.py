@@ -476,17 +476,14 @@ def test_on_several_devices_a_busy_or_read_only_run_folder_is_refused_before_any
     demo_dir, tmp_path, monkeypatch
 ):
     """Issue 28, case 12: both checks came after preparing, extracting and spawning (an hour on COCO)."""
+    from conftest import hold_run_lock
+
     from helpers.files import WriteError
     from helpers.runlock import RunFolderBusyError
 
     config = tiny_config(tmp_path, demo_dir, "busy", **{"training.devices": 2})
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from helpers.runlock import RunLock\n"
-         f"lock = RunLock({str(config.run_path)!r}).acquire(); print('ready', flush=True); time.sleep(600)"],
-        stdout=subprocess.PIPE, text=True,
-    )
+    holder = hold_run_lock(config.run_path)
     try:
-        assert holder.stdout.readline().strip() == "ready"
         with pytest.raises(RunFolderBusyError, match=f"in use by process {holder.pid}"):
             train(config, progress=False)
     finally:

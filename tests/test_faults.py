@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import hold_run_lock as hold_lock
 from PIL import Image
 
 from helpers.checkpoints import CheckpointError, load_checkpoint
@@ -77,13 +78,6 @@ def sigkill(child: subprocess.Popen) -> None:
     child.send_signal(signal.SIGKILL)
     child.wait(timeout=30)
     assert child.returncode == -signal.SIGKILL
-
-
-def hold_lock(run_dir: Path) -> subprocess.Popen:
-    return spawn(
-        "import time; from helpers.runlock import RunLock\n"
-        f"lock = RunLock({str(run_dir)!r}).acquire(); print('ready', flush=True); time.sleep(600)"
-    )
 
 
 def files_in(folder: Path) -> dict[str, bytes]:

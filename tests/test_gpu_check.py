@@ -55,7 +55,7 @@ def test_the_dry_run_runs_every_path_on_the_cpu(tmp_path):
     _check_json_matches(results, lines)
     assert results["dry_run"] and results["torch"] and results["torchvision"]
     timed = ["decode/torchvision", "decode/pil", "extract/torchvision", "extract/pil", "cnn-alone",
-             "ddp-extract"]
+             "measure-backbone", "ddp-extract"]
     assert all(results["paths"][path]["images_per_s"] > 0 for path in timed)
     assert "pil: pixels max 0" in results["paths"]["compare-decoders"]["detail"]
 

@@ -332,8 +332,7 @@ def test_scst_after_an_unfinished_cross_entropy_run_finishes_it_instead_of_start
 def test_a_busy_scst_folder_is_refused_before_the_cross_entropy_run_is_finished(small_demo, demo_dir):
     """The checks that need no data come first: a held SCST folder is named before the unfinished
     cross-entropy run trains its remaining epochs."""
-    import subprocess
-    import sys
+    from conftest import hold_run_lock
 
     from helpers.runlock import RunFolderBusyError
 
@@ -343,13 +342,8 @@ def test_a_busy_scst_folder_is_refused_before_the_cross_entropy_run_is_finished(
                   progress=False)
     before = (first.run_dir / "last.pt").read_bytes()
     config = demo_config(work, demo_dir, "training.epochs=2", *settings, "training.scst.enabled=true")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from helpers.runlock import RunLock\n"
-         f"lock = RunLock({str(config.run_path)!r}).acquire(); print('ready', flush=True); time.sleep(600)"],
-        stdout=subprocess.PIPE, text=True,
-    )
+    holder = hold_run_lock(config.run_path)
     try:
-        assert holder.stdout.readline().strip() == "ready"
         with pytest.raises(RunFolderBusyError, match=f"in use by process {holder.pid}"):
             train(config, prepared=prepared, store=store, progress=False)
     finally:
